@@ -1,0 +1,248 @@
+"""Reading and writing image files for the command line.
+
+Supported formats
+-----------------
+- ``.tif`` / ``.tiff`` (tifffile): any shape and dtype, written unchanged
+  (float results stay float32).
+- ``.npy`` (NumPy): any shape and dtype, written unchanged.
+- ``.png`` / ``.jpg`` / ``.jpeg`` (imageio): one 2D grey or ``(H, W, 3)`` RGB
+  (or RGBA) image in 8 bits (PNG also 16-bit grey). An alpha channel is dropped
+  on reading, and on writing JPEG.
+
+Float to PNG/JPEG
+-----------------
+``restore`` and ``degrade`` return float32 in the input's intensity scale, so
+:func:`write_image` maps floats back to integers by rounding and clipping,
+never by stretching the contrast. The integer range comes from ``like`` (the
+input image or its dtype) when given:
+
+- ``like`` is uint8 (or another integer type whose range fits 0..255):
+  round and clip to 0..255, uint8;
+- ``like`` is uint16 (or any wider integer type): round and clip to 0..65535, uint16;
+- ``like`` is a float array whose values lie in [0, 1]: multiply by 255,
+  round and clip to 0..255, uint8.
+
+Without a usable ``like`` the array's own maximum decides: at most 1 -> the
+[0, 1] rule, at most 255 -> uint8, otherwise uint16 (values above 65535 clip).
+Negative values always clip to 0. JPEG and colour PNG hold 8 bits only: 16-bit
+values are divided by 257 (65535 -> 255) before writing.
+
+Writing is atomic: the data goes to a temporary file beside the target and is
+moved into place only when complete, so an interrupted run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from napari_treg.errors import InvalidInputError
+
+TIFF = (".tif", ".tiff")
+PICTURE = (".png", ".jpg", ".jpeg")
+NUMPY = (".npy",)
+SUPPORTED = TIFF + PICTURE + NUMPY
+
+PathLike = str | os.PathLike
+
+
+def file_format(path: PathLike) -> str:
+    """The lower-case extension of ``path``; raises InvalidInputError if unsupported."""
+    ext = Path(path).suffix.lower()
+    if ext not in SUPPORTED:
+        raise InvalidInputError(
+            f"unsupported file type {ext or '(no extension)'!r} for {os.fspath(path)!r}; "
+            f"use one of {', '.join(SUPPORTED)}"
+        )
+    return ext
+
+
+def check_output_path(path: PathLike) -> Path:
+    """Validate an output path before any work is done (extension, existing folder)."""
+    file_format(path)
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InvalidInputError(f"output folder does not exist: {os.fspath(folder)!r}")
+    if target.is_dir():
+        raise InvalidInputError(f"output path is a folder, not a file: {os.fspath(target)!r}")
+    return target
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+def _read_picture(path: Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    image = np.asarray(iio.imread(path))
+    if image.ndim == 3 and image.shape[-1] == 4:  # RGBA -> RGB
+        image = image[..., :3]
+    elif image.ndim == 3 and image.shape[-1] == 2:  # grey + alpha -> grey
+        image = image[..., 0]
+    return image
+
+
+def _read_numpy(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+_READERS: dict[str, Callable[[Path], np.ndarray]] = {
+    **{ext: _read_tiff for ext in TIFF},
+    **{ext: _read_picture for ext in PICTURE},
+    **{ext: _read_numpy for ext in NUMPY},
+}
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an image file as a NumPy array (dtype and shape as stored).
+
+    Raises InvalidInputError for a missing file, an unsupported extension or
+    a file that cannot be decoded.
+    """
+    ext = file_format(path)
+    source = Path(path)
+    if not source.exists():
+        raise InvalidInputError(f"input file not found: {os.fspath(source)!r}")
+    if source.is_dir():
+        raise InvalidInputError(f"input is a folder, not a file: {os.fspath(source)!r}")
+    try:
+        image = _READERS[ext](source)
+    except (OSError, ValueError, SyntaxError) as exc:  # SyntaxError: some PIL decoders
+        raise InvalidInputError(f"cannot read {os.fspath(source)!r}: {exc}") from exc
+    return np.asarray(image)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _range_from_like(like: np.ndarray | np.dtype | type | None) -> str | None:
+    """'unit', 'uint8' or 'uint16' as implied by the source image, or None."""
+    if like is None:
+        return None
+    dtype = like.dtype if isinstance(like, np.ndarray) else np.dtype(like)
+    if dtype == np.bool_:
+        return None
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return "uint8" if info.min >= -256 and info.max <= 255 else "uint16"
+    if isinstance(like, np.ndarray) and like.size and np.issubdtype(dtype, np.floating):
+        finite = like[np.isfinite(like)]
+        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+            return "unit"
+    return None
+
+
+def _range_from_data(array: np.ndarray) -> str:
+    """'unit', 'uint8' or 'uint16', guessed from the array's own maximum."""
+    finite = array[np.isfinite(array)] if np.issubdtype(array.dtype, np.floating) else array
+    top = float(finite.max()) if finite.size else 0.0
+    if np.issubdtype(array.dtype, np.floating) and top <= 1.0:
+        return "unit"
+    return "uint8" if top <= 255 else "uint16"
+
+
+def to_8_or_16_bit(
+    array: np.ndarray, like: np.ndarray | np.dtype | type | None = None, *, max_bits: int = 16
+) -> np.ndarray:
+    """Convert an array to uint8 or uint16 for PNG/JPEG (see the module docstring)."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype in (np.uint8, np.uint16) and like is None:
+        out = array
+    else:
+        kind = _range_from_like(like) or _range_from_data(array)
+        values = np.nan_to_num(array.astype(np.float64), nan=0.0)
+        if kind == "unit":
+            values = values * 255.0
+        top = 65535 if kind == "uint16" else 255
+        dtype = np.uint16 if kind == "uint16" else np.uint8
+        out = np.clip(np.rint(values), 0, top).astype(dtype)
+    if out.dtype == np.uint16 and max_bits == 8:
+        out = np.rint(out / 257.0).astype(np.uint8)
+    return out
+
+
+def _picture_array(array: np.ndarray, ext: str, like) -> np.ndarray:
+    """The 2D grey or (H, W, 3) RGB integer array that a PNG/JPEG file can hold."""
+    image = np.asarray(array)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    rgb = image.ndim == 3 and image.shape[-1] in (3, 4)  # RGB or RGBA
+    if image.ndim != 2 and not rgb:
+        raise InvalidInputError(
+            f"{ext} holds one 2D grey, RGB or RGBA image, got shape {image.shape}; "
+            "use .tif or .npy for stacks"
+        )
+    if rgb and ext != ".png":
+        image = image[..., :3]  # JPEG has no alpha channel
+    eight_bit_only = ext != ".png" or rgb  # Pillow writes 16-bit PNG for grey only
+    return to_8_or_16_bit(image, like, max_bits=8 if eight_bit_only else 16)
+
+
+def _write_tiff(path: Path, array: np.ndarray) -> None:
+    import tifffile
+
+    tifffile.imwrite(path, array)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    iio.imwrite(path, array, extension=".png")
+
+
+def _write_jpeg(path: Path, array: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    iio.imwrite(path, array, extension=".jpg", quality=95)
+
+
+def _write_numpy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+
+
+_WRITERS: dict[str, Callable[[Path, np.ndarray], None]] = {
+    ".tif": _write_tiff,
+    ".tiff": _write_tiff,
+    ".png": _write_png,
+    ".jpg": _write_jpeg,
+    ".jpeg": _write_jpeg,
+    ".npy": _write_numpy,
+}
+
+
+def write_image(
+    path: PathLike, array: np.ndarray, *, like: np.ndarray | np.dtype | type | None = None
+) -> Path:
+    """Write ``array`` to ``path`` atomically; returns the path written.
+
+    ``.tif`` and ``.npy`` keep the array's dtype and shape. ``.png`` and
+    ``.jpg`` get uint8 (or 16-bit grey PNG) converted by the rule in the module
+    docstring, with ``like`` (the source image or its dtype) giving the range.
+    """
+    ext = file_format(path)
+    target = check_output_path(path)
+    data = np.asarray(array)
+    if ext in PICTURE:
+        data = _picture_array(data, ext, like)
+    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+    try:
+        _WRITERS[ext](temp, data)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return target

@@ -1,0 +1,32 @@
+"""Diffusion priors for TReg: Stable Diffusion 1.5, a tiny test model, and how to load them.
+
+Importing this package is cheap: diffusers and transformers are imported only when a
+model is built or loaded.
+"""
+
+from .base import DiffusionPrior, NoiseSchedule
+from .loading import (
+    CLIP_IMAGE_REPO,
+    SD15_REPO,
+    clear_model_cache,
+    download_model,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
+from .stable_diffusion import StableDiffusionPrior
+from .tiny import build_tiny_prior
+
+__all__ = [
+    "CLIP_IMAGE_REPO",
+    "SD15_REPO",
+    "DiffusionPrior",
+    "NoiseSchedule",
+    "StableDiffusionPrior",
+    "build_tiny_prior",
+    "clear_model_cache",
+    "download_model",
+    "load_model",
+    "resolve_device",
+    "resolve_dtype",
+]

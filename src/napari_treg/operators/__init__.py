@@ -1,0 +1,20 @@
+"""Forward operators ``y = A x`` with exact adjoints.
+
+Each operator works on torch tensors ``(B, C, H, W)`` of any size, batch and
+floating dtype. Blurs use one boundary rule: half-sample symmetric mirroring.
+"""
+
+from .base import LinearOperator
+from .blur import GaussianBlur, KernelBlur, MotionBlur
+from .masking import Denoising, Inpainting
+from .resample import SuperResolution
+
+__all__ = [
+    "LinearOperator",
+    "SuperResolution",
+    "GaussianBlur",
+    "MotionBlur",
+    "KernelBlur",
+    "Inpainting",
+    "Denoising",
+]

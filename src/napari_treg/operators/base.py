@@ -1,0 +1,73 @@
+"""Linear forward operators A and their adjoints, on ``(B, C, H, W)`` tensors.
+
+Every operator maps an image ``x`` to a measurement ``y = A x`` and back with
+the exact adjoint ``A^T``; ``tests/test_operators.py`` proves
+``<A x, y> = <x, A^T y>`` for each of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError
+
+
+class LinearOperator(ABC):
+    """A linear measurement model ``y = A x`` acting on the last two axes."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``A`` to images ``(B, C, H, W)``."""
+
+    @abstractmethod
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Apply ``A^T`` to measurements ``(B, C, h, w)``."""
+
+    def measurement_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """Size of ``A x`` for an image of size ``image_hw``."""
+        return image_hw
+
+    def image_hw(self, measurement_hw: tuple[int, int]) -> tuple[int, int]:
+        """Size of the image that a measurement of size ``measurement_hw`` comes from."""
+        return measurement_hw
+
+    def padded(self, pad_h: int, pad_w: int) -> LinearOperator:
+        """The operator for an image padded by ``pad_h`` rows and ``pad_w`` columns.
+
+        Padding is added at the bottom and right (mirror), in image pixels.
+        Operators whose parameters do not depend on the image size return self.
+        """
+        return self
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """``A^T A x``."""
+        return self.adjoint(self.forward(x))
+
+    def check_image_hw(self, image_hw: tuple[int, int]) -> None:
+        """Raise :class:`InvalidInputError` if an image of this size cannot be measured."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+
+def as_positive_number(value: float, name: str, *, integer: bool = False) -> float:
+    """Validate an operator parameter: finite and > 0 (and an integer if asked)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise InvalidInputError(f"{name} must be a positive finite number, got {value!r}")
+    if integer and number != int(number):
+        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+    return int(number) if integer else number
+
+
+def drop_leading_singletons(array: np.ndarray) -> np.ndarray:
+    """``(1, 1, H, W)`` -> ``(H, W)``: a 2D array saved or painted with extra axes."""
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    return array

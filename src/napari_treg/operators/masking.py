@@ -1,0 +1,82 @@
+"""Pointwise operators: inpainting (a mask of missing pixels) and denoising (identity)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError
+from .base import LinearOperator, drop_leading_singletons
+
+
+class Inpainting(LinearOperator):
+    """Missing pixels: ``A x`` keeps the observed pixels and zeroes the missing ones.
+
+    Parameters
+    ----------
+    mask : array (H, W)
+        True, or a label > 0 (a napari Labels layer), marks a *missing* pixel.
+    """
+
+    def __init__(self, mask: np.ndarray | torch.Tensor):
+        self.missing = validate_mask(mask)
+        self._keep = (~self.missing).to(torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_image_hw(tuple(x.shape[-2:]))
+        return x * self._keep.to(x)
+
+    adjoint = forward
+
+    def check_image_hw(self, image_hw: tuple[int, int]) -> None:
+        if tuple(image_hw) != tuple(self.missing.shape):
+            h, w = self.missing.shape
+            raise InvalidInputError(
+                f"the inpainting mask is {h}x{w} but the image is {image_hw[0]}x{image_hw[1]}: "
+                "they must have the same height and width"
+            )
+
+    def padded(self, pad_h: int, pad_w: int) -> Inpainting:
+        array = np.pad(self.missing.numpy(), ((0, pad_h), (0, pad_w)), mode="symmetric")
+        return Inpainting(array)
+
+    @property
+    def missing_fraction(self) -> float:
+        return float(self.missing.float().mean())
+
+    def __repr__(self) -> str:
+        h, w = self.missing.shape
+        return f"Inpainting(mask={h}x{w}, missing={100 * self.missing_fraction:.1f}%)"
+
+
+class Denoising(LinearOperator):
+    """The identity: the measurement is the image plus noise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    adjoint = forward
+
+    def __repr__(self) -> str:
+        return "Denoising()"
+
+
+def validate_mask(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A 2D boolean tensor, True = missing; refuses masks that hide nothing or everything."""
+    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if array.dtype.kind not in "biuf":
+        raise InvalidInputError(f"the inpainting mask must be boolean or labels, got dtype {array.dtype}")
+    array = drop_leading_singletons(array)
+    if array.ndim != 2:
+        raise InvalidInputError(f"the inpainting mask must be 2D (H, W), got shape {np.shape(mask)}")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise InvalidInputError("the inpainting mask contains NaN or infinite values")
+    missing = array > 0
+    if not missing.any():
+        raise InvalidInputError(
+            "the inpainting mask marks no pixel as missing (label > 0 = missing): "
+            "paint the missing region, or use Denoising()"
+        )
+    if missing.all():
+        raise InvalidInputError("the inpainting mask marks every pixel as missing: nothing is measured")
+    return torch.from_numpy(missing.copy())

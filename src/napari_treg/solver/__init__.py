@@ -1,0 +1,18 @@
+"""The TReg solver: DDIM schedule, conjugate gradient, adaptive negation and the sampler."""
+
+from .cg import conjugate_gradient, data_consistency
+from .methods import METHODS, get_method
+from .negation import AdaptiveNegation
+from .sampler import TRegConfig, treg_sample
+from .schedule import ddim_steps
+
+__all__ = [
+    "AdaptiveNegation",
+    "METHODS",
+    "TRegConfig",
+    "conjugate_gradient",
+    "data_consistency",
+    "ddim_steps",
+    "get_method",
+    "treg_sample",
+]
