@@ -41,6 +41,7 @@ class TRegConfig:
         return asdict(self)
 
 
+@torch.no_grad()
 def treg_sample(
     prior: DiffusionPrior,
     y: torch.Tensor,

@@ -1,0 +1,19 @@
+"""Restoration methods by name: the sampler ``restore(method=...)`` runs.
+
+Each entry has the signature of :func:`~napari_treg.solver.sampler.treg_sample`.
+"""
+
+from __future__ import annotations
+
+from ..errors import InvalidInputError
+from .sampler import treg_sample
+
+METHODS = {"treg": treg_sample}
+
+
+def get_method(name: str):
+    """The sampler function registered under ``name``."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise InvalidInputError(f"unknown method {name!r}; choose one of {sorted(METHODS)}") from None
