@@ -219,3 +219,18 @@ def test_sr_of_an_image_too_small_for_the_model_is_refused(tiny):
 def test_a_constant_image_gives_no_nan(tiny):
     result = restore(np.full((16, 16), 7, np.uint16), Denoising(), model=tiny, **FAST)
     assert np.isfinite(result).all()
+
+
+def test_prompts_must_be_text(tiny):
+    with pytest.raises(InvalidInputError, match="prompt must be text"):
+        restore(np.zeros((16, 16)), Denoising(), model=tiny, prompt=3, steps=1)
+    # None means no text
+    a = restore(np.zeros((16, 16)), Denoising(), model=tiny, prompt=None, **FAST)
+    b = restore(np.zeros((16, 16)), Denoising(), model=tiny, prompt="", **FAST)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_real_model_on_the_cpu_warns_that_it_is_slow(tiny, monkeypatch):
+    monkeypatch.setattr(tiny, "is_test_model", False)
+    with pytest.warns(UserWarning, match="CPU"):
+        restore(np.zeros((16, 16)), Denoising(), model=tiny, steps=1)

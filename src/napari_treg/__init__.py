@@ -5,7 +5,14 @@
 """
 
 from .api import degrade, restore
-from .errors import Cancelled, DivergenceError, InvalidInputError, ModelNotFoundError, TRegError
+from .errors import (
+    Cancelled,
+    DivergenceError,
+    InvalidInputError,
+    ModelNotFoundError,
+    OutOfMemoryError,
+    TRegError,
+)
 
 __version__ = "0.1.0"
 
@@ -14,6 +21,7 @@ __all__ = [
     "DivergenceError",
     "InvalidInputError",
     "ModelNotFoundError",
+    "OutOfMemoryError",
     "TRegError",
     "degrade",
     "restore",

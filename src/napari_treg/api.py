@@ -5,17 +5,19 @@ NumPy in, NumPy out; inputs are never modified. See ``docs/api.md``.
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 
 from . import imaging
-from .errors import Cancelled, InvalidInputError
+from .errors import Cancelled, InvalidInputError, OutOfMemoryError
 
 from .models.base import DiffusionPrior
 from .operators import LinearOperator
@@ -23,6 +25,7 @@ from .solver import TRegConfig, get_method
 
 ProgressCallback = Callable[..., None]
 CancelSignal = threading.Event | Callable[[], bool] | None
+_T = TypeVar("_T")
 
 
 def degrade(
@@ -155,11 +158,13 @@ def restore(
     run = _Run.prepare(image, operator, rgb, batch_size, config, seed, method)
     is_cancelled = cancel_checker(cancel)
     _raise_if(is_cancelled)
-    prior = model if isinstance(model, DiffusionPrior) else _load(model, device, dtype)
+    prior = model if isinstance(model, DiffusionPrior) else guard_memory(lambda: _load(model, device, dtype))
     _raise_if(is_cancelled)
-    text = prior.embed_text([str(prompt)])
-    null = prior.embed_text([str(negative_prompt)])
-    result, residual = run.execute(prior, text, null, progress, preview_every, is_cancelled)
+    _warn_if_slow(prior)
+    text = prior.embed_text([_text(prompt, "prompt")])
+    null = prior.embed_text([_text(negative_prompt, "negative_prompt")])
+    result, residual = guard_memory(lambda: run.execute(prior, text, null, progress, preview_every, is_cancelled))
+    _raise_if(is_cancelled)  # cancelled during the last step: still nothing is returned
     if not return_info:
         return result
     info = {
@@ -185,6 +190,62 @@ def _load(model: str, device: str, dtype) -> DiffusionPrior:
     from .models import load_model  # imports diffusers: only when a model is needed
 
     return load_model(model, device=device, dtype=dtype)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an accelerator out-of-memory error (CUDA, or MPS / others by message)."""
+    cuda_oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if cuda_oom is not None and isinstance(error, cuda_oom):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def free_accelerator_memory() -> None:
+    """Collect garbage and return cached accelerator memory to the driver."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    backend = getattr(torch.backends, "mps", None)
+    if mps is not None and backend is not None and backend.is_available():
+        mps.empty_cache()
+
+
+def guard_memory(work: Callable[[], _T]) -> _T:
+    """Run ``work()``; an out-of-memory error frees memory and becomes :class:`OutOfMemoryError`.
+
+    The new error is raised outside the ``except`` block, so no traceback keeps
+    the failed run's tensors alive.
+    """
+    try:
+        return work()
+    except Exception as error:  # noqa: BLE001 - only out-of-memory errors are translated
+        if not is_out_of_memory(error):
+            raise
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+    free_accelerator_memory()
+    raise OutOfMemoryError(
+        f"out of memory ({detail}). The memory was released; try a smaller batch_size, "
+        "the low-memory mode (load_model(..., low_memory=True)) or tiling (tile_size), a smaller image, "
+        "or device='cpu'"
+    )
+
+
+def _text(value: str | None, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be text, got {type(value).__name__}")
+    return value
+
+
+def _warn_if_slow(prior: DiffusionPrior) -> None:
+    if prior.device.type == "cpu" and not prior.is_test_model:
+        warnings.warn(
+            f"{prior.name} runs on the CPU: expect many seconds per step (minutes to hours per image); "
+            "a CUDA GPU or Apple-silicon (mps) device is strongly recommended",
+            stacklevel=3,
+        )
 
 
 def make_config(**params) -> TRegConfig:

@@ -21,3 +21,7 @@ class DivergenceError(TRegError, RuntimeError):
 
 class Cancelled(TRegError):
     """A run was cancelled by the user; nothing was returned."""
+
+
+class OutOfMemoryError(TRegError, MemoryError):
+    """The accelerator (or host) ran out of memory; its memory was released before raising."""

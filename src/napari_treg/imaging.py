@@ -23,6 +23,7 @@ from .operators.convolution import mirror_index
 
 MIN_SIZE = 2
 MAX_NDIM = 5
+MAX_MAGNITUDE = 1e30  # larger finite values overflow float32 intensity maths
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,17 @@ def check_image(image: object, name: str = "image") -> np.ndarray:
             raise InvalidInputError(
                 f"{name} has {bad} NaN or infinite pixel(s): replace them first, e.g. np.nan_to_num({name})"
             )
+        _check_magnitude(array, name)
     return array
+
+
+def _check_magnitude(array: np.ndarray, name: str) -> None:
+    """Refuse values too large for float32 processing (the model's intensity maths)."""
+    if array.size and float(np.max(np.abs(array))) > MAX_MAGNITUDE:
+        raise InvalidInputError(
+            f"{name} has values up to {float(np.max(np.abs(array))):.3g}, beyond the {MAX_MAGNITUDE:.0e} "
+            f"that float32 processing supports: rescale it first (e.g. divide by its maximum)"
+        )
 
 
 def layout_of(array: np.ndarray, rgb: bool | None = None) -> Layout:
@@ -134,7 +145,8 @@ class IntensityScale:
     def from_data(cls, data: np.ndarray, percentiles: tuple[float, float] = (0.1, 99.9)) -> IntensityScale:
         low, high = np.percentile(data, percentiles).astype(np.float64)
         if not high > low:  # zero dynamic range: centre the constant on 0
-            low, high = low - 1.0, low + 1.0
+            half = max(1.0, abs(float(low)) * 1e-3)  # +-1 is lost in rounding for huge values
+            low, high = low - half, low + half
         return cls(float(low), float(high))
 
     def to_model(self, values: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ def load_model(
     progress: Progress | None = None,
     *,
     config: str | os.PathLike | None = None,
+    low_memory: bool = False,
+    compile: bool = False,
 ) -> DiffusionPrior:
     """Load (or fetch, then load) a diffusion prior; see the module docstring for ``spec``.
 
@@ -134,25 +137,43 @@ def load_model(
     config
         For a single checkpoint file only: a local diffusers SD 1.5 folder whose configs and
         tokenizer to use (otherwise the configs of the hub's SD 1.5 are used, from the cache).
+    low_memory
+        Stable Diffusion only: sliced attention, VAE slicing and tiling, text encoder on the
+        CPU (``StableDiffusionPrior.set_low_memory``); slower, for GPUs with 8 GB or less.
+    compile
+        Stable Diffusion only: ``torch.compile`` the networks (CUDA graphs on CUDA); the first
+        solve at each image size compiles (``StableDiffusionPrior.compile``).
 
     Models are cached per process by (spec, device, dtype); :func:`clear_model_cache` frees them.
     """
     if isinstance(spec, DiffusionPrior):
         return spec
+    disable_telemetry()
     if not isinstance(spec, (str, os.PathLike)):
         raise InvalidInputError(f"model must be a name, hub id, path or DiffusionPrior, not {type(spec).__name__}")
     target = resolve_device(device)
     precision = resolve_dtype(dtype, target)
     kind, where = classify_spec(spec)
     config_dir = str(Path(config).expanduser().resolve()) if config is not None else None
-    key = (kind, where, str(target), precision, config_dir)
+    key = (kind, where, str(target), precision, config_dir, bool(low_memory), bool(compile))
     with _LOCK:
         cached = _CACHE.get(key)
         if cached is not None and cached.device.type == target.type:
             return cached
         prior = _load(kind, where, target, precision, progress, config_dir)
+        prior = _apply_speed_options(prior, low_memory, compile)
         _CACHE[key] = prior
         return prior
+
+
+def _apply_speed_options(prior: DiffusionPrior, low_memory: bool, compile: bool) -> DiffusionPrior:
+    """Low-memory mode and torch.compile, for priors that support them (Stable Diffusion)."""
+    for flag, method in ((low_memory, "set_low_memory"), (compile, "compile")):
+        if flag:
+            if not callable(getattr(prior, method, None)):
+                raise InvalidInputError(f"{method.replace('set_', '')} is not available for the {prior.name} model")
+            getattr(prior, method)()
+    return prior
 
 
 def clear_model_cache() -> None:
@@ -172,6 +193,7 @@ def download_model(
     Run this once with internet access to use the model offline later. float16 fetches the
     half-size fp16 weights (used for every dtype when nothing else is cached).
     """
+    disable_telemetry()
     kind, where = classify_spec(spec)
     if kind != "hub":
         raise InvalidInputError(f"only hub models can be downloaded; {spec!r} is a {kind} model")
@@ -179,6 +201,20 @@ def download_model(
         return [fetch_image_tower(progress)]
     precision = resolve_dtype(dtype, torch.device("cuda"))
     return [fetch_pipeline(where, precision, progress), fetch_image_tower(progress)]
+
+
+def disable_telemetry() -> None:
+    """Turn off Hugging Face / diffusers / transformers usage telemetry for this process.
+
+    Sets ``HF_HUB_DISABLE_TELEMETRY`` and ``DISABLE_TELEMETRY`` and the flags that the
+    libraries already read at import (diffusers copies huggingface_hub's at import).
+    """
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["DISABLE_TELEMETRY"] = "1"
+    for module in ("huggingface_hub.constants", "diffusers.utils.hub_utils", "diffusers.utils.constants"):
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, "HF_HUB_DISABLE_TELEMETRY"):
+            loaded.HF_HUB_DISABLE_TELEMETRY = True
 
 
 def classify_spec(spec: str | os.PathLike) -> tuple[str, str]:

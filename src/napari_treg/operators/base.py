@@ -66,6 +66,12 @@ def as_positive_number(value: float, name: str, *, integer: bool = False) -> flo
     return int(number) if integer else number
 
 
+def exact(number: float) -> str:
+    """A float as ``repr`` writes it (round-trips exactly), without a trailing ``.0``: 5.0 -> "5"."""
+    text = repr(float(number))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def drop_leading_singletons(array: np.ndarray) -> np.ndarray:
     """``(1, 1, H, W)`` -> ``(H, W)``: a 2D array saved or painted with extra axes."""
     while array.ndim > 2 and array.shape[0] == 1:

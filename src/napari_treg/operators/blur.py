@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .base import LinearOperator, as_positive_number, drop_leading_singletons
+from .base import LinearOperator, as_positive_number, drop_leading_singletons, exact
 from .convolution import correlate_2d, correlate_2d_adjoint, correlate_axis, correlate_axis_adjoint
 
 
@@ -55,7 +55,7 @@ class GaussianBlur(LinearOperator):
         return correlate_axis_adjoint(y, self._taps, -r, 1, y.shape[2], dim=2)
 
     def __repr__(self) -> str:
-        return f"GaussianBlur(sigma={self.sigma:g}, size={self.size})"
+        return f"GaussianBlur(sigma={exact(self.sigma)}, size={self.size})"
 
 
 class KernelBlur(LinearOperator):
@@ -96,7 +96,7 @@ class MotionBlur(KernelBlur):
         super().__init__(motion_kernel(self.length, self.angle))
 
     def __repr__(self) -> str:
-        return f"MotionBlur(length={self.length:g}, angle={self.angle:g})"
+        return f"MotionBlur(length={exact(self.length)}, angle={exact(self.angle)})"
 
 
 def motion_kernel(length: float, angle: float) -> np.ndarray:
