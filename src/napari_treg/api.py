@@ -98,6 +98,9 @@ def restore(
     preview_every: int = 0,
     cancel: CancelSignal = None,
     return_info: bool = False,
+    tile_size: int | None = None,
+    tile_overlap: int = 64,
+    intensity_range: tuple[float, float] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, dict]:
     """Restore an image from its measurement ``y = A x + n`` with TReg.
 
@@ -139,6 +142,12 @@ def restore(
         current estimate of the current plane, every ``preview_every`` steps.
     cancel : threading.Event or callable, optional
         Checked every step; when set, :class:`~napari_treg.errors.Cancelled` is raised.
+    tile_size, tile_overlap : int
+        Restore images larger than ``tile_size`` (restored pixels; 512 suits SD 1.5) in
+        overlapping tiles blended without seams (:mod:`napari_treg.tiling`); None: one piece.
+    intensity_range : (float, float), optional
+        The input intensities mapped to the model's -1 and 1; default the 0.1 and 99.9
+        percentiles of the whole input (tiling passes the whole image's range to every tile).
     return_info : bool
         Also return a dict with the parameters, model, versions, run time and the
         data-consistency residual ``||A x - y|| / ||y||``.
@@ -149,13 +158,25 @@ def restore(
         The restored image in the input's intensity scale and layout (for
         super-resolution ``factor`` times larger), and the info dict if asked.
     """
+    if tile_size is not None and _needs_tiles(image, operator, rgb, tile_size):
+        from .tiling import restore_tiled
+
+        return restore_tiled(
+            image, operator, tile_size=tile_size, tile_overlap=tile_overlap, rgb=rgb, seed=seed,
+            progress=progress, preview_every=preview_every, return_info=return_info,
+            prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, steps=steps, dc_every=dc_every,
+            dc_until=dc_until, cg_iterations=cg_iterations, cg_lambda=cg_lambda,
+            adaptive_negation=adaptive_negation, negation_lr=negation_lr, negation_steps=negation_steps,
+            method=method, model=model, device=device, dtype=dtype, batch_size=batch_size, cancel=cancel,
+            intensity_range=intensity_range,
+        )
     started = time.perf_counter()
     config = make_config(
         steps=steps, guidance=guidance, dc_every=dc_every, dc_until=dc_until, cg_iterations=cg_iterations,
         cg_lambda=cg_lambda, adaptive_negation=adaptive_negation, negation_lr=negation_lr,
         negation_steps=negation_steps,
     )
-    run = _Run.prepare(image, operator, rgb, batch_size, config, seed, method)
+    run = _Run.prepare(image, operator, rgb, batch_size, config, seed, method, intensity_range)
     is_cancelled = cancel_checker(cancel)
     _raise_if(is_cancelled)
     prior = model if isinstance(model, DiffusionPrior) else guard_memory(lambda: _load(model, device, dtype))
@@ -184,6 +205,25 @@ def restore(
         "versions": package_versions(),
     }
     return result, info
+
+
+def _needs_tiles(image, operator: LinearOperator, rgb, tile_size) -> bool:
+    """Whether the restored image is larger than one tile (checked inputs; errors come from restore)."""
+    size = _integer(tile_size, "tile_size", minimum=8)
+    layout = imaging.layout_of(imaging.check_image(image), rgb)
+    return max(operator.image_hw(layout.hw)) > size
+
+
+def _intensity_scale(planes: np.ndarray, intensity_range) -> imaging.IntensityScale:
+    if intensity_range is None:
+        return imaging.IntensityScale.from_data(planes)
+    try:
+        low, high = (float(v) for v in intensity_range)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"intensity_range must be two numbers (low, high), got {intensity_range!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise InvalidInputError(f"intensity_range must be finite with low < high, got {intensity_range!r}")
+    return imaging.IntensityScale(low, high)
 
 
 def _load(model: str, device: str, dtype) -> DiffusionPrior:
@@ -286,7 +326,7 @@ class _Run:
     sampler: Callable
 
     @classmethod
-    def prepare(cls, image, operator, rgb, batch_size, config, seed, method) -> _Run:
+    def prepare(cls, image, operator, rgb, batch_size, config, seed, method, intensity_range=None) -> _Run:
         if not isinstance(operator, LinearOperator):
             raise InvalidInputError(
                 f"operator must be one of napari_treg.operators (e.g. SuperResolution(4)), got {operator!r}"
@@ -298,7 +338,7 @@ class _Run:
             raise InvalidInputError(f"the restored image would be {image_hw[0]}x{image_hw[1]}; at least 8x8 is needed")
         operator.check_image_hw(image_hw)
         planes = imaging.to_planes(array, layout)
-        scale = imaging.IntensityScale.from_data(planes)
+        scale = _intensity_scale(planes, intensity_range)
         return cls(
             operator, layout, scale.to_model(planes), scale,
             _integer(batch_size, "batch_size", minimum=1), config,

@@ -72,6 +72,8 @@ class StableDiffusionPrior(DiffusionPrior):
         self.name = name
         self.is_test_model = is_test_model
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self.low_memory = False
+        self.compiled = False
         self.max_tokens = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
         _check_compatible(text_encoder, image_encoder, unet, vae)
         for module in self._modules():
@@ -132,8 +134,9 @@ class StableDiffusionPrior(DiffusionPrior):
         tokens = self.tokenizer(
             prompts, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
         )
-        hidden = self.text_encoder(tokens.input_ids.to(self.device))[0]
-        return hidden.float()
+        text_device = next(self.text_encoder.parameters()).device
+        hidden = self.text_encoder(tokens.input_ids.to(text_device))[0]
+        return hidden.float().to(self.device)
 
     @torch.no_grad()
     def embed_image(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,9 +160,15 @@ class StableDiffusionPrior(DiffusionPrior):
     # -- device handling --------------------------------------------------------------------
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> StableDiffusionPrior:
-        """Move every component to ``device`` / ``dtype`` (in place); returns self."""
+        """Move every component to ``device`` / ``dtype`` (in place); returns self.
+
+        In low-memory mode the text encoder stays on the CPU in float32.
+        """
         for module in self._modules():
-            module.to(device=device, dtype=dtype)
+            if module is self.text_encoder and self.low_memory:
+                module.to(device="cpu", dtype=torch.float32)
+            else:
+                module.to(device=device, dtype=dtype)
         param = next(self.unet.parameters())
         self.device, self.dtype = param.device, param.dtype
         return self
@@ -170,6 +179,50 @@ class StableDiffusionPrior(DiffusionPrior):
         self.to("cpu")
         if on_accelerator:
             _empty_accelerator_cache()
+
+    # -- speed and memory -------------------------------------------------------------------
+
+    def set_low_memory(self, enabled: bool = True) -> StableDiffusionPrior:
+        """Trade speed for memory (for GPUs with 8 GB or less); returns self.
+
+        - sliced attention in the UNet (one head group at a time),
+        - VAE slicing (one image of a batch at a time) and tiling (images over 512 pixels
+          are decoded / encoded in overlapping tiles),
+        - the text encoder kept on the CPU in float32 (it runs twice per restore).
+
+        ``False`` restores the default (SDPA attention, whole-image VAE, all on one device).
+        """
+        enabled = bool(enabled)
+        if enabled:
+            self.unet.set_attention_slice("auto")
+            self.vae.enable_slicing()
+            self.vae.enable_tiling()
+        else:
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            self.unet.set_attn_processor(AttnProcessor2_0())  # scaled-dot-product attention
+            self.vae.disable_slicing()
+            self.vae.disable_tiling()
+        self.low_memory = enabled
+        self.text_encoder.to(device="cpu" if enabled else self.device, dtype=torch.float32 if enabled else self.dtype)
+        if enabled and self.device.type != "cpu":
+            _empty_accelerator_cache()
+        return self
+
+    def compile(self, mode: str | None = None) -> StableDiffusionPrior:
+        """``torch.compile`` the UNet, the VAE and the image tower in place; returns self.
+
+        ``mode`` defaults to ``"reduce-overhead"`` on CUDA (CUDA graphs: the solve is
+        launch-bound) and to torch's default elsewhere. The first solve at a new image
+        size pays the compilation (tens of seconds on a GPU; cached by inductor on disk
+        for later processes); shapes are static per image size (``dynamic=False``).
+        """
+        if mode is None and self.device.type == "cuda":
+            mode = "reduce-overhead"
+        for module in (self.unet, self.vae.encoder, self.vae.decoder, self.image_encoder):
+            module.compile(mode=mode, dynamic=False)
+        self.compiled = True
+        return self
 
     def _modules(self) -> list[torch.nn.Module]:
         return [self.unet, self.vae, self.text_encoder, self.image_encoder]

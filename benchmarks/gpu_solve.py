@@ -1,0 +1,157 @@
+"""GPU benchmark: one 512x512 TReg ``restore`` at the reference schedule vs its model calls.
+
+Random full-size SD 1.5 (benchmarks/sd15_random.py), fp16, x16 super-resolution of a
+32x32 measurement to 512x512, 200 steps, 57 data-consistency steps, CFG 5, adaptive
+negation on. Measures restore's wall time (median of --reps after one warm-up solve,
+which also pays any compilation), its peak GPU memory (torch.cuda.max_memory_allocated),
+the model calls it makes, and the eager cost of those calls; with --baselines (default)
+it runs ../shared/bench/graph_floor.py and treg_floor.py (copied to benchmarks/baselines/)
+in the same run and reports the issue's ratios:
+
+    restore / graphed-calls floor   (target <= 1.1)
+    eager reference loop / restore  (target >= 2.5)
+    peak memory                     (target <= 4 GiB)
+
+    python benchmarks/gpu_solve.py [--compile] [--low-memory] [--steps 200] [--reps 2]
+
+Prints a table and writes $OUT/gpu_solve[_compile|_lowmem].json when OUT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sd15_random import build_sd15_prior, environment, peak_gib, reset_peak, sync, table, timed, write_json  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def count_calls(prior) -> Counter:
+    """Wrap the prior's model methods to count calls (no synchronisation added)."""
+    counts: Counter = Counter()
+    for name in ("predict_noise", "decode", "encode", "embed_image", "embed_text"):
+        original = getattr(prior, name)
+
+        def wrapper(*args, _original=original, _name=name, **kwargs):
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        setattr(prior, name, wrapper)
+    return counts
+
+
+def primitives(prior, reps: int = 10) -> dict:
+    """Eager median time of each model call at the solve's shapes (512x512, CFG batch 2)."""
+    dev = prior.device
+    z = torch.randn(2, 4, 64, 64, device=dev)
+    text = torch.randn(2, 77, 768, device=dev)
+    x = torch.rand(1, 3, 512, 512, device=dev) * 2 - 1
+    out = {}
+    with torch.no_grad():
+        out["unet_cfg_b2"] = timed(lambda: prior.predict_noise(z, 500, text), reps, warm=2)[0]
+        out["vae_decode"] = timed(lambda: prior.decode(z[:1]), reps, warm=2)[0]
+        out["vae_encode"] = timed(lambda: prior.encode(x), reps, warm=2)[0]
+        out["clip_image"] = timed(lambda: prior.embed_image(x), reps, warm=2)[0]
+    return {k: round(v, 5) for k, v in out.items()}
+
+
+def run_baseline(script: str, *args: str) -> dict:
+    path = HERE / "baselines" / script
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=400)
+    if done.returncode != 0:
+        return {"error": done.stderr[-2000:]}
+    text = done.stdout
+    result = json.loads(text[text.index("{"):])
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA graphs)")
+    ap.add_argument("--low-memory", action="store_true", help="sliced attention, VAE slicing/tiling, text on CPU")
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="check the script on the CPU with the tiny model")
+    args = ap.parse_args()
+
+    from napari_treg import restore
+    from napari_treg.operators import SuperResolution
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, args.dtype)
+    start = time.perf_counter()
+    if args.smoke:
+        from napari_treg.models import load_model
+
+        device, dtype, args.no_baselines, args.dtype = "cpu", torch.float32, True, "float32"
+        prior = load_model("tiny", device="cpu")
+    else:
+        prior = build_sd15_prior(device, dtype)
+    build_s = time.perf_counter() - start
+    if args.low_memory:
+        prior.set_low_memory(True)
+    result = {"env": environment(), "dtype": args.dtype, "steps": args.steps, "compile": args.compile,
+              "low_memory": args.low_memory, "build_s": round(build_s, 1),
+              "attention": sorted({type(p).__name__ for p in prior.unet.attn_processors.values()})}
+    result["primitives_s"] = primitives(prior) if device == "cuda" else {}
+    if args.smoke:
+        args.steps = min(args.steps, 6)
+        result["steps"] = args.steps
+    if args.compile:
+        prior.compile()
+
+    y = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)  # -> 512x512
+    op = SuperResolution(16)
+    kwargs = dict(model=prior, steps=args.steps, prompt="a photograph", seed=0)  # reference defaults otherwise
+    reset_peak()
+    start = time.perf_counter()
+    restore(y, op, **kwargs)  # warm-up (and compilation)
+    sync()
+    result["first_solve_s"] = round(time.perf_counter() - start, 3)
+    reset_peak()
+    counts = count_calls(prior)
+    solve_s, (_, info) = timed(lambda: restore(y, op, return_info=True, **kwargs), reps=args.reps)
+    result["restore_s"] = round(solve_s, 3)
+    result["peak_gib"] = peak_gib()
+    result["calls_per_solve"] = {k: v // args.reps for k, v in counts.items()}
+    result["residual"] = info["residual"]
+    p = result["primitives_s"]
+    if p:
+        c = result["calls_per_solve"]
+        result["eager_calls_s"] = round(c["predict_noise"] * p["unet_cfg_b2"] + c["decode"] * p["vae_decode"]
+                                        + c["encode"] * p["vae_encode"] + c["embed_image"] * p["clip_image"], 3)
+        result["restore_over_eager_calls"] = round(solve_s / result["eager_calls_s"], 3)
+
+    if not args.no_baselines and device == "cuda":
+        del prior
+        torch.cuda.empty_cache()
+        graph = run_baseline("graph_floor.py")
+        ref = run_baseline("treg_floor.py", "--steps", str(args.steps))
+        result["baseline_graph_floor"] = graph
+        result["baseline_treg_floor"] = ref
+        if "graph_floor_s" in graph:
+            result["restore_over_graph_floor"] = round(solve_s / graph["graph_floor_s"], 3)  # target <= 1.1
+        if "reference_loop_s" in ref:
+            result["speedup_over_eager_reference"] = round(ref["reference_loop_s"] / solve_s, 3)  # target >= 2.5
+
+    name = ("smoke_" if args.smoke else "") + "gpu_solve" + ("_compile" if args.compile else "") + ("_lowmem" if args.low_memory else "")
+    table([(k, v) for k, v in result.items() if not isinstance(v, dict)])
+    write_json(name, result)
+
+
+if __name__ == "__main__":
+    main()
