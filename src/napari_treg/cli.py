@@ -350,18 +350,21 @@ def run_restore(args: argparse.Namespace) -> int:
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("demo_args", nargs=argparse.REMAINDER,
-                        help="arguments passed on to the demo")
+    try:
+        from napari_treg.plugin.demo import add_arguments
+    except ImportError:  # reported by run_demo
+        parser.add_argument("demo_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
+    add_arguments(parser)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Open napari with a sample image and the TReg widget."""
+    """Open napari with a sample image and the TReg widgets."""
     try:
-        from napari_treg.plugin.demo import main as demo_main
+        from napari_treg.plugin.demo import run
     except ImportError as exc:
         raise TRegError(f"the demo is not available ({exc})") from None
-    code = demo_main(args.demo_args) if args.demo_args else demo_main()
-    return int(code or 0)
+    return int(run(args) or 0)
 
 
 # --------------------------------------------------------------------------- dispatch

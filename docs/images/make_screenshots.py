@@ -1,0 +1,168 @@
+"""Regenerate the user guide's screenshots.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/images/make_screenshots.py
+
+Runs the real napari window (under Xvfb on a headless machine). The result shots use
+the analytic test prior (an exact prior over two shapes, no downloaded weights), the only prior
+here that makes a meaningful image without Stable Diffusion weights.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+WINDOW = (1500, 900)
+
+
+def save(image: np.ndarray, name: str, width: int | None = None) -> None:
+    """Save a screenshot as an optimised 256-colour PNG (well under 300 kB)."""
+    from PIL import Image
+
+    picture = Image.fromarray(np.ascontiguousarray(np.asarray(image)[..., :3]))
+    if width is not None and picture.width > width:
+        picture = picture.resize((width, round(picture.height * width / picture.width)), Image.LANCZOS)
+    picture = picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    path = HERE / name
+    picture.save(path, optimize=True)
+    print(f"{path.name}: {picture.width}x{picture.height}, {path.stat().st_size // 1024} kB")
+
+
+def grab(qwidget) -> np.ndarray:
+    """A QWidget as an RGB array."""
+    from qtpy.QtGui import QImage
+
+    image = qwidget.grab().toImage().convertToFormat(QImage.Format_RGB888)
+    bits = image.constBits()
+    bits.setsize(image.height() * image.bytesPerLine())
+    rows = np.frombuffer(bits, np.uint8).reshape(image.height(), image.bytesPerLine())
+    return rows[:, : 3 * image.width()].reshape(image.height(), image.width(), 3).copy()
+
+
+def dock_of(qwidget):
+    """The QDockWidget holding ``qwidget``."""
+    from qtpy.QtWidgets import QDockWidget
+
+    while qwidget is not None and not isinstance(qwidget, QDockWidget):
+        qwidget = qwidget.parent()
+    return qwidget
+
+
+def settle(seconds: float = 0.3) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.time() + seconds
+    while time.time() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def wait(widget) -> None:
+    while widget.is_running:
+        settle(0.05)
+    settle()
+
+
+def shapes_measurement(viewer):
+    """A 64 x 64 disk measured 8x smaller: at 8 x 8 pixels a disk and a square look alike."""
+    from napari_treg import degrade
+    from napari_treg.models.analytic import template
+    from napari_treg.operators import SuperResolution
+
+    clean = template("disk", (64, 64))
+    measured = degrade(clean, SuperResolution(8), noise=0.01, seed=0)
+    viewer.add_image(clean, name="disk (clean)", contrast_limits=(0, 1))
+    return viewer.add_image(
+        measured, name="disk 8x downsampled", scale=(8, 8), translate=(3.5, 3.5), contrast_limits=(0, 1),
+        metadata={"treg_simulation": {"source_layer": "disk (clean)",
+                                      "operator": {"name": "super_resolution", "factor": 8, "filter": "bicubic"}}},
+    )
+
+
+def close_notifications() -> None:
+    """Close napari's notification pop-ups (e.g. the PyQt5 deprecation notice) before a shot."""
+    from qtpy.QtWidgets import QApplication
+
+    for qwidget in QApplication.allWidgets():
+        if type(qwidget).__name__ == "NapariQtNotification":
+            qwidget.close()
+    settle()
+
+
+def main() -> int:
+    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
+    import napari
+
+    from napari_treg.plugin.demo import open_demo
+
+    viewer = napari.Viewer(title="napari-treg")
+    viewer.window._qt_window.resize(*WINDOW)
+    widget = open_demo(viewer, "fluorescence_blur")
+    widget.prompt.value = "fluorescent cell nuclei and filaments, sharp"
+    settle(1.0)
+    viewer.reset_view()
+    close_notifications()
+    save(viewer.screenshot(canvas_only=False, flash=False), "restore-widget.png", width=1200)
+
+    # the simulate widget, on its tab
+    simulate = viewer.window.dock_widgets["Simulate degradation (napari-treg)"]
+    dock_of(simulate.native).raise_()
+    simulate.operator.value = "super_resolution"
+    simulate.factor.value = 2
+    simulate.simulate()
+    settle()
+    save(grab(simulate.native)[:320], "simulate-widget.png")
+    viewer.layers.pop()
+
+    # the advanced settings, with the test models listed
+    dock_of(widget.native).raise_()
+    widget.advanced_frame.expand(animate=False)
+    widget.model.value = "tiny"
+    settle()
+    save(grab(widget.native), "restore-advanced.png")
+    widget.advanced_frame.collapse(animate=False)
+
+    # a run with the analytic prior: "a disk" vs "a square" from the same 8 x 8 measurement
+    viewer.layers.clear()
+    measurement = shapes_measurement(viewer)
+    widget.image.value = measurement
+    widget.model.value = "analytic"
+    widget.steps.value = 100
+    widget.negative_prompt.value = ""
+    widget.prompt.value = "a square"
+    captured = {}
+
+    def shoot_midway(step, total, preview):
+        if step >= total // 2 and preview is not None and "running" not in captured:
+            captured["running"] = viewer.screenshot(canvas_only=False, flash=False)
+
+    close_notifications()
+    widget._relay.stepped.connect(shoot_midway)
+    widget.run()
+    wait(widget)
+    widget._relay.stepped.disconnect(shoot_midway)
+    if "running" in captured:
+        save(captured["running"], "restore-running.png", width=1200)
+    widget.image.value = measurement
+    widget.prompt.value = "a disk"
+    widget.run()
+    wait(widget)
+    viewer.canvas.grid.enabled = True
+    viewer.canvas.grid.stride = 1
+    viewer.canvas.grid.shape = (2, 2)
+    viewer.layers.selection.active = viewer.layers[-1]
+    settle()
+    viewer.reset_view()
+    close_notifications()
+    save(viewer.screenshot(canvas_only=False, flash=False), "result-text-guidance.png", width=1200)
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""One restoration run as the widget starts it, without Qt.
+
+:func:`run_job` is what the widget's thread worker executes: load (or reuse) the
+model, call :func:`napari_treg.restore`, then compute the optional residual and
+ground-truth metrics. :func:`explain_error` turns any failure into a message that
+says what to do.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .. import api
+from ..errors import Cancelled, DivergenceError, InvalidInputError, ModelNotFoundError, TRegError
+from ..models.base import DiffusionPrior
+from ..operators import Inpainting, LinearOperator
+from .layers import Planes, ground_truth_metrics, reference_for
+
+#: progress(step, total, preview) for sampling; status(message, fraction) while loading
+StepProgress = Callable[[int, int, "np.ndarray | None"], None]
+Status = Callable[[str, "float | None"], None]
+
+
+class ModelHolder:
+    """The model a widget keeps between runs.
+
+    :meth:`release` frees it (the widget calls it when it closes or the model choice
+    changes); asked while a run uses the model, the release waits until the run ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.key: tuple[str, str, str | None] | None = None
+        self.prior: DiffusionPrior | None = None
+        self._busy = False
+        self._release_pending = False
+
+    @contextmanager
+    def use(self, spec: str, device: str, dtype: str | None, status: Status | None = None) -> Iterator[DiffusionPrior]:
+        """The loaded model for ``(spec, device, dtype)``, loading it (and dropping another) if needed."""
+        with self._lock:
+            self._busy = True
+        try:
+            yield self._get((spec, device, dtype), status)
+        finally:
+            with self._lock:
+                self._busy = False
+                pending, self._release_pending = self._release_pending, False
+            if pending:
+                self.release()
+
+    def _get(self, key: tuple[str, str, str | None], status: Status | None) -> DiffusionPrior:
+        from ..models import load_model
+
+        if self.prior is not None and self.key == key:
+            return self.prior
+        self._free()
+        spec, device, dtype = key
+        prior = load_model(spec, device=device, dtype=dtype, progress=status)
+        self.key, self.prior = key, prior
+        return prior
+
+    def release(self) -> None:
+        """Forget the model and free its memory (GPU memory included), now or after the current run."""
+        with self._lock:
+            if self._busy:
+                self._release_pending = True
+                return
+        self._free()
+
+    def _free(self) -> None:
+        held, self.key, self.prior = self.prior, None, None
+        if held is not None:
+            from ..models import clear_model_cache
+
+            # load_model caches per process; clearing that cache is how the engine frees memory
+            clear_model_cache()
+
+
+@dataclass
+class Job:
+    """Everything one run needs, read from the widget on the main thread."""
+
+    planes: Planes
+    operator: LinearOperator
+    rgb: bool
+    model: str
+    device: str
+    dtype: str | None
+    options: dict[str, Any]  # restore keyword arguments (prompt, steps, seed, ...)
+    preview_every: int = 0
+    residual: bool = False
+    reference: np.ndarray | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    #: the caller's handle on the input (the widget keeps its napari layer here)
+    source: Any = None
+    #: provenance that restore does not see (operator choice, layer names)
+    record: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What a finished run hands back to the main thread."""
+
+    result: np.ndarray
+    info: dict
+    residual: np.ndarray | None = None
+    metrics: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_job(
+    job: Job, holder: ModelHolder, progress: StepProgress | None = None, status: Status | None = None
+) -> Outcome:
+    """Load or reuse the model, restore, then compute residual and metrics (runs in a worker thread)."""
+    if job.cancel.is_set():
+        raise Cancelled("cancelled before the start")
+    if status is not None:
+        status(f"loading model {job.model}", None)
+
+    def on_step(step: int, total: int, preview: np.ndarray | None = None) -> None:
+        if progress is not None:
+            progress(step, total, preview)
+
+    with holder.use(job.model, job.device, job.dtype, status) as prior:
+        if status is not None:
+            status("restoring", 0.0)
+        result, info = api.restore(
+            job.planes.data,
+            job.operator,
+            **job.options,
+            model=prior,
+            rgb=job.rgb,
+            progress=on_step,
+            preview_every=job.preview_every,
+            cancel=job.cancel,
+            return_info=True,
+        )
+    outcome = Outcome(result, info)
+    if job.residual:
+        measured = api.degrade(result, job.operator, noise=0.0, rgb=job.rgb)
+        outcome.residual = residual_image(measured, job.planes.data, job.operator, job.rgb)
+    if job.reference is not None:
+        try:
+            reference = reference_for(job.reference, result.shape, job.planes)
+            outcome.metrics = ground_truth_metrics(result, reference, job.rgb)
+        except InvalidInputError as error:
+            outcome.warnings.append(f"no PSNR/SSIM: {error}")
+    return outcome
+
+
+def residual_image(measured: np.ndarray, measurement: np.ndarray, operator: LinearOperator, rgb: bool) -> np.ndarray:
+    """``|A x - y|`` per pixel; zero where an inpainting mask says nothing was measured."""
+    residual = np.abs(measured - np.asarray(measurement, dtype=np.float32))
+    if isinstance(operator, Inpainting):
+        missing = operator.missing.numpy()
+        if rgb:
+            residual[..., missing, :] = 0
+        else:
+            residual[..., missing] = 0
+    return residual
+
+
+def explain_error(error: BaseException) -> str:
+    """A message for a notification: what went wrong and what to do, no traceback."""
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, Cancelled):
+        return "Restoration cancelled."
+    if isinstance(error, ModelNotFoundError):
+        return (
+            f"The model could not be loaded. {text}\n"
+            "To try the plugin without weights, choose the tiny test model under Advanced > model."
+        )
+    if _is_out_of_memory(error):
+        return (
+            "Out of memory while restoring. Restore the current plane instead of the whole stack, "
+            "choose float16 precision, crop the image, or run on another device (Advanced > device)."
+        )
+    if isinstance(error, DivergenceError):
+        return f"The restoration diverged. {text}"
+    if isinstance(error, (TRegError, ValueError)):
+        return f"Cannot restore: {text}"
+    return f"Restoration failed ({type(error).__name__}: {text}). Check the inputs and settings, then try again."
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(error, torch.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()

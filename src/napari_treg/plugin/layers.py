@@ -1,0 +1,269 @@
+"""Layer bookkeeping without Qt: planes, geometry, names, contrast, provenance, metrics.
+
+napari places pixel ``i`` of a layer at world ``translate + scale * i`` (pixel
+centres). A super-resolution measurement pixel ``j`` covers image pixels
+``factor*j .. factor*j + factor - 1`` (see :mod:`napari_treg.operators.resample`),
+so the restored layer gets ``scale / factor`` and a translate moved back by
+``scale * (factor - 1) / (2 * factor)``; the simulated measurement gets the inverse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+CURRENT_PLANE = "current plane"
+WHOLE_STACK = "whole stack"
+
+
+# -- planes of a stack ----------------------------------------------------------------------
+
+
+def plane_ndim(rgb: bool) -> int:
+    """Array axes of one image plane: (H, W) or (H, W, 3)."""
+    return 3 if rgb else 2
+
+
+def leading_shape(shape: Sequence[int], rgb: bool) -> tuple[int, ...]:
+    """The stack axes (Z, T, ...) in front of the image plane."""
+    return tuple(shape[: len(shape) - plane_ndim(rgb)])
+
+
+def current_plane_index(data_position: Sequence[float], shape: Sequence[int], rgb: bool) -> tuple[int, ...]:
+    """Index of the displayed plane from a position in data coordinates (one value per layer axis)."""
+    lead = leading_shape(shape, rgb)
+    position = list(data_position)[: len(lead)]
+    return tuple(int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(position, lead))
+
+
+@dataclass(frozen=True)
+class Planes:
+    """The part of a layer that one run restores."""
+
+    data: np.ndarray
+    #: leading index of the plane, or None for the whole stack (and for single images)
+    index: tuple[int, ...] | None
+
+    @property
+    def description(self) -> str:
+        if self.index is None:
+            return WHOLE_STACK
+        return f"{CURRENT_PLANE} {list(self.index)}" if self.index else "single image"
+
+
+def select_planes(data: Any, rgb: bool, mode: str, index: Sequence[int]) -> Planes:
+    """``data`` itself (whole stack / single image) or its plane at ``index``, as a NumPy copy."""
+    lead = leading_shape(np.shape(data), rgb)
+    if mode not in (CURRENT_PLANE, WHOLE_STACK):
+        raise InvalidInputError(f"planes must be {CURRENT_PLANE!r} or {WHOLE_STACK!r}, got {mode!r}")
+    if not lead:
+        return Planes(np.array(data), ())
+    if mode == WHOLE_STACK:
+        return Planes(np.array(data), None)
+    index = tuple(int(i) for i in index)
+    if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
+        raise InvalidInputError(f"plane index {index} does not fit a stack of shape {lead}")
+    return Planes(np.array(data[index]), index)
+
+
+def mask_for_planes(
+    mask: np.ndarray | None, planes: Planes, image_shape: Sequence[int], rgb: bool
+) -> np.ndarray | None:
+    """The 2D inpainting mask for the planes being restored.
+
+    A mask can be 2D (the same for every plane) or a stack like the image: then the
+    current plane's slice is used, or, for the whole stack, the one mask all planes share.
+    """
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.ndim == 2:
+        return mask
+    lead = leading_shape(image_shape, rgb)
+    if mask.shape[: len(lead)] != lead or mask.ndim != len(lead) + 2:
+        raise InvalidInputError(
+            f"the mask has shape {mask.shape} but the image planes are {tuple(image_shape)}: "
+            "draw the mask as a 2D Labels layer or as a stack matching the image"
+        )
+    if planes.index:
+        return mask[planes.index]
+    flat = mask.reshape(-1, *mask.shape[-2:]) > 0
+    if not (flat == flat[:1]).all():
+        raise InvalidInputError(
+            "the mask differs from plane to plane: restore one plane at a time ('current plane'), "
+            "or draw one 2D mask for the whole stack"
+        )
+    return flat[0]
+
+
+def place_plane(result: np.ndarray, planes: Planes) -> np.ndarray:
+    """A current-plane result with singleton stack axes in front, so it overlays its plane."""
+    if not planes.index:
+        return result
+    return result.reshape((1,) * len(planes.index) + result.shape)
+
+
+# -- geometry -------------------------------------------------------------------------------
+
+
+def restored_geometry(
+    scale: Sequence[float], translate: Sequence[float], factor: int, index: Sequence[int] | None = None
+) -> tuple[list[float], list[float]]:
+    """Scale and translate of a restored layer (per layer axis, RGB axis excluded).
+
+    The last two axes shrink by ``factor`` with pixel centres aligned; the stack axes of a
+    current-plane result move to that plane.
+    """
+    scale, translate = [float(s) for s in scale], [float(t) for t in translate]
+    for axis in (-2, -1):
+        translate[axis] -= scale[axis] * (factor - 1) / (2 * factor)
+        scale[axis] /= factor
+    for axis, i in enumerate(index or ()):
+        translate[axis] += scale[axis] * i
+    return scale, translate
+
+
+def measurement_geometry(
+    scale: Sequence[float], translate: Sequence[float], factor: int
+) -> tuple[list[float], list[float]]:
+    """Scale and translate of a simulated super-resolution measurement, overlaying its image."""
+    scale, translate = [float(s) for s in scale], [float(t) for t in translate]
+    for axis in (-2, -1):
+        translate[axis] += scale[axis] * (factor - 1) / 2
+        scale[axis] *= factor
+    return scale, translate
+
+
+def plane_geometry(
+    scale: Sequence[float], translate: Sequence[float], index: Sequence[int] | None
+) -> tuple[list[float], list[float]]:
+    """Geometry of a layer holding one plane (singleton stack axes) of a layer."""
+    return restored_geometry(scale, translate, 1, index)
+
+
+# -- display --------------------------------------------------------------------------------
+
+
+def result_name(input_name: str, prompt: str, max_prompt: int = 32) -> str:
+    """``"<input> (TReg: <prompt>)"``, the prompt shortened to ``max_prompt`` characters."""
+    prompt = " ".join(str(prompt).split())
+    if len(prompt) > max_prompt:
+        prompt = prompt[: max_prompt - 1].rstrip() + "…"
+    return f"{input_name} (TReg: {prompt})" if prompt else f"{input_name} (TReg)"
+
+
+def percentile_limits(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
+    """Contrast limits from percentiles of the finite values; never an empty range."""
+    values = np.asarray(data, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    if not hi > lo:
+        lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        hi = lo + (abs(lo) * 1e-3 or 1.0)
+    return lo, hi
+
+
+def display_kwargs(result: np.ndarray, rgb: bool, colormap: Any, input_limits: Sequence[float]) -> dict:
+    """Colormap and contrast for a result: RGB keeps the input's limits (its colours), grey is stretched."""
+    if rgb:
+        return {"rgb": True, "contrast_limits": [float(v) for v in input_limits]}
+    return {"colormap": colormap, "contrast_limits": list(percentile_limits(result))}
+
+
+# -- provenance and metrics -----------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """``value`` with NumPy scalars, tuples and paths turned into JSON-friendly Python values."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def restore_metadata(
+    *,
+    input_name: str,
+    operator: dict,
+    settings: dict,
+    info: dict,
+    planes: Planes,
+    metrics: dict | None = None,
+) -> dict:
+    """``layer.metadata["treg"]``: everything needed to reproduce and judge a result."""
+    record = {
+        **info,  # from restore(return_info=True): params, model, seed, residual, seconds, versions
+        "input_layer": input_name,
+        "operator": operator,
+        "settings": settings,
+        "planes": planes.description,
+        "plane_index": None if planes.index is None else list(planes.index),
+    }
+    if metrics:
+        record["metrics"] = metrics
+    return plain(record)
+
+
+def ground_truth_metrics(result: np.ndarray, reference: np.ndarray, rgb: bool) -> dict[str, float]:
+    """PSNR (dB) and SSIM of ``result`` against a clean ``reference`` of the same shape.
+
+    The data range is the reference's; SSIM is averaged over the planes of a stack.
+    """
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    result = np.asarray(result, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if result.shape != reference.shape:
+        raise InvalidInputError(
+            f"the reference is {reference.shape} but the result is {result.shape}: "
+            "choose the clean image the measurement was simulated from"
+        )
+    data_range = float(reference.max() - reference.min()) or 1.0
+    identical = bool(np.array_equal(result, reference))
+    psnr = math.inf if identical else float(peak_signal_noise_ratio(reference, result, data_range=data_range))
+    shape = result.shape[-3:] if rgb else result.shape[-2:]
+    side = min(shape[:2])
+    win = min(7, side if side % 2 else side - 1)
+    ssims = []
+    for ref_plane, res_plane in zip(reference.reshape(-1, *shape), result.reshape(-1, *shape)):
+        if win < 3:
+            break
+        ssims.append(
+            structural_similarity(
+                ref_plane, res_plane, data_range=data_range, win_size=win, channel_axis=-1 if rgb else None
+            )
+        )
+    return {"psnr": psnr, "ssim": float(np.mean(ssims)) if ssims else math.nan}
+
+
+def reference_for(reference: np.ndarray, result_shape: Sequence[int], planes: Planes) -> np.ndarray:
+    """The part of a reference layer to compare with a result (its plane, for a current-plane run)."""
+    reference = np.asarray(reference)
+    if planes.index and reference.shape != tuple(result_shape):
+        tail = reference.shape[len(planes.index) :]
+        if tail == tuple(result_shape):
+            return reference[planes.index]
+    return reference
+
+
+def format_metrics(metrics: dict) -> str:
+    """``"PSNR 27.31 dB, SSIM 0.812"``."""
+    parts = []
+    if "psnr" in metrics:
+        parts.append(f"PSNR {metrics['psnr']:.2f} dB")
+    if "ssim" in metrics and not math.isnan(metrics["ssim"]):
+        parts.append(f"SSIM {metrics['ssim']:.3f}")
+    return ", ".join(parts)

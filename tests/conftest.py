@@ -1,0 +1,37 @@
+"""Shared fixtures for the napari plugin tests (napari's ``make_napari_viewer`` runs under Xvfb)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# tests never reach the Hugging Face hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def restore_widget(make_napari_viewer):
+    """A docked "Restore (TReg)" widget set to the tiny test model and 4 steps."""
+    from napari_treg.plugin.restore_widget import RestoreWidget
+
+    viewer = make_napari_viewer()
+    widget = RestoreWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Restore (TReg)")
+    widget.model.value = "tiny"
+    widget.device.value = "cpu"
+    widget.steps.value = 4
+    return widget
+
+
+@pytest.fixture
+def run_to_end(qtbot):
+    """``run_to_end(widget)``: press Run and wait until the worker has finished."""
+
+    def run(widget, timeout_ms: int = 120_000):
+        worker = widget.run()
+        assert worker is not None, "the run did not start"
+        qtbot.waitUntil(lambda: not widget.is_running, timeout=timeout_ms)
+        return worker
+
+    return run

@@ -1,0 +1,187 @@
+"""The plugin's Qt-free logic: operators from widget values, planes, geometry, provenance, the run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_treg.errors import Cancelled, InvalidInputError, ModelNotFoundError
+from napari_treg.operators import Denoising, GaussianBlur, Inpainting, KernelBlur, MotionBlur, SuperResolution
+from napari_treg.plugin.choices import OPERATORS, build_operator, model_spec, sr_factor, visible_parameters
+from napari_treg.plugin.job import Job, ModelHolder, explain_error, residual_image, run_job
+from napari_treg.plugin.layers import (
+    CURRENT_PLANE,
+    WHOLE_STACK,
+    Planes,
+    current_plane_index,
+    ground_truth_metrics,
+    mask_for_planes,
+    measurement_geometry,
+    percentile_limits,
+    place_plane,
+    reference_for,
+    restore_metadata,
+    restored_geometry,
+    result_name,
+    select_planes,
+)
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [("super_resolution", SuperResolution), ("gaussian_blur", GaussianBlur), ("motion_blur", MotionBlur),
+     ("psf_blur", KernelBlur), ("inpainting", Inpainting), ("denoising", Denoising)],
+)
+def test_build_operator_for_every_choice(key, kind):
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:4] = 1
+    operator = build_operator(key, factor=2, sigma=1.5, length=5, angle=30, psf=np.ones((3, 3)), mask=mask)
+    assert isinstance(operator, kind)
+    assert sr_factor(operator) == (2 if key == "super_resolution" else 1)
+
+
+def test_operator_needs_its_layer_and_shows_only_its_parameters():
+    with pytest.raises(InvalidInputError, match="PSF"):
+        build_operator("psf_blur")
+    with pytest.raises(InvalidInputError, match="label > 0 = missing"):
+        build_operator("inpainting")
+    assert {k for k, v in visible_parameters("motion_blur").items() if v} == {"length", "angle"}
+    assert not any(visible_parameters("denoising").values())
+    assert [c.key for c in OPERATORS][0] == "super_resolution"
+
+
+def test_model_spec():
+    assert model_spec("tiny") == "tiny"
+    assert model_spec("sd15", "/ignored") == "sd15"
+    assert model_spec("folder", "/models/sd15") == "/models/sd15"
+    with pytest.raises(InvalidInputError, match="model path"):
+        model_spec("checkpoint", ".")
+
+
+def test_planes_of_grey_rgb_and_stacks():
+    image = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5)
+    assert select_planes(image[0, 0], False, CURRENT_PLANE, ()).index == ()
+    plane = select_planes(image, False, CURRENT_PLANE, (1, 2))
+    np.testing.assert_array_equal(plane.data, image[1, 2])
+    assert plane.description == "current plane [1, 2]"
+    assert select_planes(image, False, WHOLE_STACK, (0, 0)).index is None
+    rgb = np.zeros((3, 4, 5, 3), np.uint8)
+    assert select_planes(rgb, True, CURRENT_PLANE, (2,)).data.shape == (4, 5, 3)
+    assert current_plane_index([0.6, 9.0, 0.2, 0.3], image.shape, False) == (1, 2)
+    assert current_plane_index([-3.0, 1.0, 1.0], rgb.shape, True) == (0,)
+    assert place_plane(np.zeros((4, 5)), plane).shape == (1, 1, 4, 5)
+
+
+def test_masks_for_planes():
+    image_shape = (3, 8, 8)
+    mask = np.zeros(image_shape, np.uint8)
+    mask[:, 2:4, 2:4] = 1
+    whole = Planes(np.zeros(image_shape), None)
+    assert mask_for_planes(mask, whole, image_shape, False).shape == (8, 8)
+    mask[1, 5, 5] = 2
+    with pytest.raises(InvalidInputError, match="differs from plane to plane"):
+        mask_for_planes(mask, whole, image_shape, False)
+    assert mask_for_planes(mask, Planes(np.zeros((8, 8)), (1,)), image_shape, False)[5, 5] == 2
+    with pytest.raises(InvalidInputError, match="2D Labels"):
+        mask_for_planes(np.zeros((2, 8, 8)), whole, image_shape, False)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_super_resolution_geometry_keeps_pixel_centres(factor):
+    scale, translate = [0.3, 0.5, 0.25], [7.0, 1.0, -2.0]
+    hr_scale, hr_translate = restored_geometry(scale, translate, factor)
+    assert hr_scale == pytest.approx([0.3, 0.5 / factor, 0.25 / factor])
+    for axis in (1, 2):
+        j = 5  # measurement pixel j is the mean of image pixels factor*j ... factor*j + factor - 1
+        lr_centre = translate[axis] + scale[axis] * j
+        hr_centres = hr_translate[axis] + hr_scale[axis] * (factor * j + np.arange(factor))
+        assert hr_centres.mean() == pytest.approx(lr_centre)
+    back_scale, back_translate = measurement_geometry(hr_scale, hr_translate, factor)
+    assert back_scale == pytest.approx(scale) and back_translate == pytest.approx(translate)
+    _, placed = restored_geometry(scale, translate, factor, (4,))
+    assert placed[0] == pytest.approx(7.0 + 4 * 0.3)
+
+
+def test_names_and_contrast():
+    assert result_name("cells", "") == "cells (TReg)"
+    long = result_name("cells", "a very long prompt " * 5)
+    assert long.startswith("cells (TReg: a very long") and long.endswith("…)") and len(long) < 50
+    assert percentile_limits(np.full((4, 4), 3.0)) == (3.0, pytest.approx(3.003))
+    lo, hi = percentile_limits(np.linspace(0, 100, 1001))
+    assert 0 < lo < 1 and 99 < hi < 100
+
+
+def test_metrics_against_a_reference():
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0, 255, (3, 32, 32))
+    noisy = reference + rng.normal(0, 5, reference.shape)
+    metrics = ground_truth_metrics(noisy, reference, rgb=False)
+    assert 25 < metrics["psnr"] < 40 and 0 < metrics["ssim"] < 1
+    assert ground_truth_metrics(reference, reference, rgb=False)["ssim"] == pytest.approx(1.0)
+    rgb = rng.uniform(0, 1, (16, 16, 3))
+    assert ground_truth_metrics(rgb, rgb, rgb=True)["ssim"] == pytest.approx(1.0)
+    with pytest.raises(InvalidInputError, match="clean image"):
+        ground_truth_metrics(noisy[0], reference, rgb=False)
+    planes = Planes(np.zeros((32, 32)), (1,))
+    np.testing.assert_array_equal(reference_for(reference, (32, 32), planes), reference[1])
+
+
+def test_metadata_is_plain_python():
+    info = {"params": {"steps": np.int64(4)}, "seed": 3, "residual": np.float32(0.5), "versions": {"torch": "2"}}
+    record = restore_metadata(
+        input_name="cells", operator={"name": "gaussian_blur", "sigma": 2.0}, settings={"model": "tiny"},
+        info=info, planes=Planes(np.zeros((4, 4)), (2,)), metrics={"psnr": 30.0},
+    )
+    assert record["params"]["steps"] == 4 and type(record["params"]["steps"]) is int
+    assert record["plane_index"] == [2] and record["metrics"] == {"psnr": 30.0}
+    assert record["operator"]["name"] == "gaussian_blur" and record["input_layer"] == "cells"
+
+
+def test_residual_ignores_unmeasured_pixels():
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = True
+    residual = residual_image(np.ones((2, 4, 4, 3), np.float32), np.zeros((2, 4, 4, 3)), Inpainting(mask), rgb=True)
+    assert residual[:, 0, 0].max() == 0 and residual[:, 1, 1].min() == 1
+
+
+def test_errors_say_what_to_do():
+    assert "tiny test model" in explain_error(ModelNotFoundError("weights missing"))
+    assert "current plane" in explain_error(RuntimeError("CUDA out of memory. Tried to allocate"))
+    assert explain_error(InvalidInputError("mask is 3x3")).startswith("Cannot restore: mask is 3x3")
+    assert "Traceback" not in explain_error(KeyError("x"))
+
+
+def _job(**kwargs) -> Job:
+    image = np.random.default_rng(0).uniform(0, 1, (16, 16)).astype(np.float32)
+    options = {"steps": 2, "seed": 0, "prompt": "", "cg_iterations": 1}
+    return Job(Planes(image, ()), GaussianBlur(1.0), False, "tiny", "cpu", None, options, **kwargs)
+
+
+def test_run_job_with_the_tiny_model_reuses_it():
+    holder = ModelHolder()
+    steps: list[tuple[int, int, bool]] = []
+    outcome = run_job(_job(preview_every=1, residual=True), holder, lambda s, t, p: steps.append((s, t, p is not None)))
+    assert outcome.result.shape == (16, 16) and outcome.residual.shape == (16, 16)
+    assert steps == [(1, 2, True), (2, 2, True)]
+    assert outcome.info["test_model"] and outcome.info["seed"] == 0
+    first = holder.prior
+    run_job(_job(reference=np.zeros((16, 16))), holder)
+    assert holder.prior is first  # reused
+    holder.release()
+    assert holder.prior is None
+
+
+def test_cancelled_job_raises_and_release_waits_for_the_run():
+    holder = ModelHolder()
+    job = _job()
+    job.cancel.set()
+    with pytest.raises(Cancelled):
+        run_job(job, holder)
+    with holder.use("tiny", "cpu", None) as prior:
+        holder.release()  # asked during a run: deferred
+        assert holder.prior is prior
+    assert holder.prior is None
+
+    cancel_at_first_step = _job()
+    with pytest.raises(Cancelled):
+        run_job(cancel_at_first_step, holder, lambda s, t, p: cancel_at_first_step.cancel.set())

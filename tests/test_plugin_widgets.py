@@ -1,0 +1,254 @@
+"""The dock widgets in a real napari viewer (Xvfb): runs with the tiny model, cancel, preview, stacks, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.utils.notifications import NotificationSeverity, notification_manager
+
+from napari_treg.plugin import restore_widget as restore_module
+from napari_treg.plugin.layers import WHOLE_STACK
+from napari_treg.plugin.restore_widget import PREVIEW_NAME
+from napari_treg.plugin.simulate_widget import SimulateWidget
+
+
+def _image(shape=(64, 64), dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0, 1, shape) * (255 if dtype == np.uint8 else 1000)).astype(dtype)
+
+
+def _errors() -> list[str]:
+    return [n.message for n in notification_manager.records if n.severity == NotificationSeverity.ERROR]
+
+
+def _added(viewer, before: list[str]) -> list:
+    return [layer for layer in viewer.layers if layer.name not in before]
+
+
+def test_run_adds_a_layer_with_provenance(restore_widget, run_to_end):
+    viewer = restore_widget.viewer
+    clean = viewer.add_image(_image(dtype=np.uint16), name="clean", colormap="green")
+    simulate = SimulateWidget(viewer)
+    simulate.image.value = clean
+    simulate.operator.value = "gaussian_blur"
+    simulate.sigma.value = 1.5
+    measurement = simulate.simulate()
+    assert measurement.metadata["treg_simulation"]["operator"] == {"name": "gaussian_blur", "sigma": 1.5}
+    # choosing a simulated measurement brings its operator and its clean reference
+    restore_widget.image.value = measurement
+    assert restore_widget.operator.value == "gaussian_blur" and restore_widget.sigma.value == 1.5
+    assert restore_widget.reference.value is clean
+    restore_widget.prompt.value = "fluorescent nuclei"
+    restore_widget.residual_layer.value = True
+    before = [layer.name for layer in viewer.layers]
+    original = measurement.data.copy()
+
+    run_to_end(restore_widget)
+
+    result, residual = _added(viewer, before)
+    assert result.name == f"{measurement.name} (TReg: fluorescent nuclei)"
+    assert result.data.shape == (64, 64) and result.colormap.name == "green"
+    lo, hi = result.contrast_limits
+    assert np.percentile(result.data, 0.5) == pytest.approx(lo, rel=1e-3) and lo < hi
+    record = result.metadata["treg"]
+    for key in ("params", "model", "seed", "residual", "seconds", "versions", "operator", "settings", "metrics"):
+        assert key in record, key
+    assert record["params"]["prompt"] == "fluorescent nuclei" and record["params"]["steps"] == 4
+    assert record["settings"]["model"] == "tiny" and record["test_model"] is True
+    assert record["metrics"]["psnr"] > 0 and "PSNR" in restore_widget.status.value
+    assert set(record["versions"]) >= {"napari-treg", "torch"}
+    assert residual.name.endswith("(TReg residual)") and residual.data.shape == (64, 64)
+    np.testing.assert_array_equal(measurement.data, original)
+    assert PREVIEW_NAME not in viewer.layers
+    assert restore_widget.run_button.enabled and not restore_widget.cancel_button.enabled
+    assert restore_widget.progress_bar.native.value() == 4
+
+
+def test_run_button_disabled_and_preview_updates_while_running(restore_widget, run_to_end, qtbot):
+    viewer = restore_widget.viewer
+    viewer.add_image(_image((32, 32)), name="y")
+    restore_widget.operator.value = "denoising"
+    updates, states = [], []
+
+    def watch(event):
+        layer = event.value
+        if layer.metadata.get("treg_preview"):
+            updates.append(layer.data.copy())
+            layer.events.data.connect(lambda e: updates.append(layer.data.copy()))
+            states.append((restore_widget.run_button.enabled, restore_widget.cancel_button.enabled))
+
+    viewer.layers.events.inserted.connect(watch)
+    run_to_end(restore_widget)
+    assert len(updates) >= 3  # one preview per step (preview_every = 1 for 4 steps)
+    assert all(update.shape == (32, 32) for update in updates)
+    assert states == [(False, True)]
+    assert PREVIEW_NAME not in viewer.layers
+
+
+def test_cancel_stops_adds_nothing_and_removes_the_preview(restore_widget, qtbot, monkeypatch):
+    viewer = restore_widget.viewer
+    layer = viewer.add_image(_image((32, 32)), name="y")
+    original = layer.data.copy()
+    restore_widget.operator.value = "denoising"
+    restore_widget.steps.value = 50
+    done = []  # steps finished, counted in the worker thread
+    run_job = restore_module.run_job
+
+    def counting_run_job(job, holder, progress=None, status=None):
+        def count(step, total, preview):
+            done.append(step)
+            progress(step, total, preview)
+
+        return run_job(job, holder, count, status)
+
+    monkeypatch.setattr(restore_module, "run_job", counting_run_job)
+    at_cancel = []
+
+    def cancel_at_second_step(step, total, preview):
+        if step == 2 and not at_cancel:
+            restore_widget.cancel()
+            at_cancel.append(len(done))
+
+    restore_widget._relay.stepped.connect(cancel_at_second_step)
+    before = [layer.name for layer in viewer.layers]
+    restore_widget.run()
+    qtbot.waitUntil(lambda: not restore_widget.is_running, timeout=120_000)
+    assert at_cancel and len(done) <= at_cancel[0] + 1 < 50  # stopped within one step of the request
+    assert [layer.name for layer in viewer.layers] == before  # no result, preview removed
+    np.testing.assert_array_equal(layer.data, original)
+    assert restore_widget.status.value.startswith("Cancelled")
+    assert not _errors()
+
+
+def test_stack_whole_and_current_plane(restore_widget, run_to_end):
+    viewer = restore_widget.viewer
+    stack = viewer.add_image(_image((3, 32, 32), dtype=np.uint16), name="stack", scale=(2.0, 0.5, 0.5))
+    restore_widget.image.value = stack
+    restore_widget.operator.value = "gaussian_blur"
+    restore_widget.preview.value = False
+    assert not restore_widget.planes.native.isHidden()
+
+    restore_widget.planes.value = WHOLE_STACK
+    run_to_end(restore_widget)
+    whole = viewer.layers[-1]
+    assert whole.data.shape == (3, 32, 32) and whole.metadata["treg"]["planes"] == WHOLE_STACK
+
+    restore_widget.image.value = stack
+    restore_widget.planes.value = "current plane"
+    viewer.dims.set_point(0, 4.0)  # world z = 4 -> plane 2
+    run_to_end(restore_widget)
+    plane = viewer.layers[-1]
+    assert plane.data.shape == (1, 32, 32)
+    assert plane.metadata["treg"]["plane_index"] == [2]
+    assert plane.translate[0] == pytest.approx(4.0)
+
+
+def test_super_resolution_rgb_output_geometry(restore_widget, run_to_end):
+    viewer = restore_widget.viewer
+    small = viewer.add_image(
+        _image((16, 16, 3), dtype=np.uint8), name="photo", rgb=True, scale=(2.0, 2.0), translate=(10, 20)
+    )
+    restore_widget.image.value = small
+    restore_widget.operator.value = "super_resolution"
+    restore_widget.factor.value = 4
+    run_to_end(restore_widget)
+    result = viewer.layers[-1]
+    assert result.rgb and result.data.shape == (64, 64, 3)
+    np.testing.assert_allclose(result.scale, [0.5, 0.5])
+    np.testing.assert_allclose(result.translate, [10 - 0.75, 20 - 0.75])
+
+
+def test_simulate_super_resolution_overlays_its_source(make_napari_viewer):
+    viewer = make_napari_viewer()
+    clean = viewer.add_image(_image((32, 32)), name="clean", scale=(0.5, 0.5))
+    widget = SimulateWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image.value = clean
+    widget.operator.value = "super_resolution"
+    widget.factor.value = 4
+    widget.noise.value = 0.0
+    assert not widget.factor.native.isHidden() and widget.sigma.native.isHidden()
+    measured = widget.simulate()
+    assert measured.data.shape == (8, 8)
+    np.testing.assert_allclose(measured.scale, [2.0, 2.0])
+    np.testing.assert_allclose(measured.translate, [0.75, 0.75])
+    assert measured.metadata["treg_simulation"]["operator"] == {"name": "super_resolution", "factor": 4,
+                                                                  "filter": "bicubic"}
+
+
+def test_bad_input_is_a_notification_not_a_traceback(restore_widget):
+    viewer = restore_widget.viewer
+    assert restore_widget.run() is None  # no image at all
+    viewer.add_image(_image((32, 32)), name="y")
+    restore_widget.operator.value = "inpainting"  # and no mask
+    assert restore_widget.run() is None
+    viewer.add_labels(np.eye(16, dtype=np.uint8), name="small mask")
+    restore_widget.mask.value = viewer.layers["small mask"]
+    assert restore_widget.run() is None
+    messages = _errors()
+    assert any("Image layer" in m for m in messages) and any("Labels layer" in m for m in messages)
+    assert any("mask is 16x16 but the image is 32x32" in m for m in messages)
+    assert restore_widget.run_button.enabled and not restore_widget.is_running
+
+
+def test_missing_weights_in_the_worker_become_a_notification(restore_widget, run_to_end, tmp_path):
+    restore_widget.viewer.add_image(_image((32, 32)), name="y")
+    restore_widget.operator.value = "denoising"
+    restore_widget.model.value = "folder"
+    restore_widget.model_path.value = tmp_path  # an empty folder: not a model
+    assert not restore_widget.model_path.native.isHidden()
+    before = len(restore_widget.viewer.layers)
+    run_to_end(restore_widget)
+    assert len(restore_widget.viewer.layers) == before
+    message = _errors()[-1]
+    assert "not a complete diffusers" in message and "tiny test model" in message
+    assert restore_widget.status.value.startswith("Failed")
+
+
+def test_out_of_memory_says_what_to_do(restore_widget, run_to_end, monkeypatch):
+    import torch
+
+    from napari_treg.plugin import job
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(job.api, "restore", out_of_memory)
+    restore_widget.viewer.add_image(_image((32, 32)), name="y")
+    restore_widget.operator.value = "denoising"
+    run_to_end(restore_widget)
+    assert "Restore the current plane" in _errors()[-1]
+    assert PREVIEW_NAME not in restore_widget.viewer.layers and restore_widget.run_button.enabled
+
+
+def test_changing_the_model_releases_it(restore_widget, run_to_end):
+    restore_widget.viewer.add_image(_image((32, 32)), name="y")
+    restore_widget.operator.value = "denoising"
+    restore_widget.preview.value = False
+    run_to_end(restore_widget)
+    holder = restore_widget._state.holder
+    assert holder.prior is not None and holder.prior.is_test_model
+    restore_widget.dtype.value = "float32"
+    assert holder.prior is None
+
+
+def test_closing_the_dock_releases_the_model(restore_widget, run_to_end, qtbot):
+    viewer = restore_widget.viewer
+    viewer.add_image(_image((32, 32)), name="y")
+    restore_widget.operator.value = "denoising"
+    run_to_end(restore_widget)
+    holder = restore_widget._state.holder
+    assert holder.prior is not None
+    viewer.window.remove_dock_widget(restore_widget.native)  # what the dock's close button does
+    assert holder.prior is None
+
+
+def test_widget_parameters_are_named_after_restore_arguments(restore_widget):
+    import inspect
+
+    from napari_treg import restore
+
+    arguments = set(inspect.signature(restore).parameters)
+    for name in restore_module.RESTORE_OPTIONS + ("image", "operator", "model", "device", "dtype"):
+        assert name in arguments
+        assert getattr(restore_widget, name).name == name
