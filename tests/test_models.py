@@ -304,9 +304,10 @@ def test_prior_instance_is_returned_as_is(tiny):
     assert load_model(tiny) is tiny
 
 
-def test_analytic_spec_loads_lazily():
-    pytest.importorskip("napari_treg.models.analytic")
-    assert isinstance(load_model("analytic", device="cpu"), DiffusionPrior)
+def test_analytic_spec_loads():
+    from napari_treg.models.analytic import AnalyticPrior
+
+    assert isinstance(load_model("analytic", device="cpu"), AnalyticPrior)
 
 
 # -- hub models (faked in a temporary cache) ------------------------------------------------

@@ -6,9 +6,15 @@ Each entry has the signature of :func:`~napari_treg.solver.sampler.treg_sample`.
 from __future__ import annotations
 
 from ..errors import InvalidInputError
+from .baselines import psld_sample, richardson_lucy_restore, tikhonov_restore
 from .sampler import treg_sample
 
-METHODS = {"treg": treg_sample}
+METHODS = {
+    "treg": treg_sample,
+    "psld": psld_sample,
+    "tikhonov": tikhonov_restore,
+    "richardson_lucy": richardson_lucy_restore,
+}
 
 
 def get_method(name: str):
