@@ -105,3 +105,20 @@ def test_adaptive_negation_lowers_similarity_and_stays_float32():
     assert torch.all(negation.last_similarity < before)
     # the loss is linear in u: Adam moves each element by about -lr * sign(f) per step
     assert torch.allclose(u - null.float(), -1e-2 * torch.sign(f)[:, None, :].expand_as(u), atol=2e-3)
+
+
+def test_adaptive_negation_equals_torch_adam_on_its_loss():
+    """The closed-form Adam steps are exactly torch.optim.Adam on mean_j <f, u_j>."""
+    gen = torch.Generator().manual_seed(1)
+    null = torch.randn(2, 5, 8, generator=gen)
+    negation = AdaptiveNegation(null, lr=8e-4, steps=10)
+    reference = null.clone().requires_grad_(True)
+    adam = torch.optim.Adam([reference], lr=8e-4)
+    for _ in range(3):  # the state carries over between data-consistency steps
+        f = torch.nn.functional.normalize(torch.randn(2, 8, generator=gen), dim=1)
+        u = negation.update(f)
+        for _ in range(10):
+            adam.zero_grad()
+            AdaptiveNegation.similarity(f, reference).sum().backward()
+            adam.step()
+        assert (u - reference.detach()).abs().max() < 1e-6  # float32 rounding of values ~1

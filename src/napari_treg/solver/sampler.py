@@ -67,7 +67,7 @@ def treg_sample(
     y = y.to(prior.device, torch.float32)
     text = text.to(prior.device, torch.float32)
     negation = AdaptiveNegation(null.to(prior.device), config.negation_lr, config.negation_steps)
-    null = negation.null.detach()
+    null = negation.null
 
     z = noise[0]
     for step in steps:
