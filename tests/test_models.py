@@ -509,3 +509,13 @@ def test_single_file_with_incomplete_config_folder(tmp_path):
     (tmp_path / "configs").mkdir()
     with pytest.raises(ModelNotFoundError, match="model_index.json"):
         load_model(path, device="cpu", config=tmp_path / "configs")
+
+
+def test_release_model_frees_only_that_model():
+    from napari_treg.models import release_model
+
+    first = load_model("tiny", device="cpu")
+    second = load_model("tiny", device="cpu", dtype="bfloat16")
+    release_model(first)
+    assert load_model("tiny", device="cpu", dtype="bfloat16") is second
+    assert load_model("tiny", device="cpu") is not first

@@ -11,6 +11,7 @@ from .loading import (
     clear_model_cache,
     download_model,
     load_model,
+    release_model,
     resolve_device,
     resolve_dtype,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "clear_model_cache",
     "download_model",
     "load_model",
+    "release_model",
     "resolve_device",
     "resolve_dtype",
 ]

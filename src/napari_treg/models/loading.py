@@ -176,6 +176,14 @@ def _apply_speed_options(prior: DiffusionPrior, low_memory: bool, compile: bool)
     return prior
 
 
+def release_model(prior: DiffusionPrior) -> None:
+    """Drop one model from the cache and free its memory; other cached models stay."""
+    with _LOCK:
+        for key in [key for key, cached in _CACHE.items() if cached is prior]:
+            del _CACHE[key]
+    prior.release()
+
+
 def clear_model_cache() -> None:
     """Release every cached model (frees GPU memory) and empty the cache."""
     with _LOCK:

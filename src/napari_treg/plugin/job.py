@@ -76,10 +76,9 @@ class ModelHolder:
     def _free(self) -> None:
         held, self.key, self.prior = self.prior, None, None
         if held is not None:
-            from ..models import clear_model_cache
+            from ..models import release_model
 
-            # load_model caches per process; clearing that cache is how the engine frees memory
-            clear_model_cache()
+            release_model(held)  # other cached models (a console script's) stay loaded
 
 
 @dataclass
