@@ -252,3 +252,31 @@ def test_widget_parameters_are_named_after_restore_arguments(restore_widget):
     for name in restore_module.RESTORE_OPTIONS + ("image", "operator", "model", "device", "dtype"):
         assert name in arguments
         assert getattr(restore_widget, name).name == name
+
+
+@pytest.mark.parametrize(
+    "data, operator, message",
+    [
+        (np.where(np.eye(32) > 0, np.nan, 1.0).astype(np.float32), "denoising", "NaN"),
+        (np.full((32, 32), 5, np.uint16), "psf_blur", "negative"),
+        (_image((30, 30)), "super_resolution", None),  # fine: any measurement size works
+    ],
+)
+def test_bad_image_content_is_a_notification(restore_widget, qtbot, data, operator, message):
+    viewer = restore_widget.viewer
+    viewer.add_image(data, name="y")
+    before = data.copy()
+    restore_widget.operator.value = operator
+    if operator == "psf_blur":
+        restore_widget.psf.value = viewer.add_image(-np.ones((5, 5), np.float32), name="psf")
+    restore_widget.preview.value = False
+    count, errors_before = len(viewer.layers), len(_errors())
+    restore_widget.run()
+    qtbot.waitUntil(lambda: not restore_widget.is_running, timeout=120_000)
+    new_errors = _errors()[errors_before:]
+    np.testing.assert_array_equal(viewer.layers["y"].data, before)
+    if message is None:
+        assert not new_errors and len(viewer.layers) == count + 1
+    else:
+        assert any(message in m for m in new_errors), new_errors
+        assert len(viewer.layers) == count and restore_widget.run_button.enabled
