@@ -1,4 +1,4 @@
-"""Shared fixtures for the napari plugin tests (napari's ``make_napari_viewer`` runs under Xvfb)."""
+"""Shared test settings, and fixtures for the napari plugin tests (``make_napari_viewer`` runs under Xvfb)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ import pytest
 
 # tests never reach the Hugging Face hub
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The test tensors are small: one thread is fastest, and immune to other jobs on 2 shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -15,15 +15,6 @@ from napari_treg.operators import SuperResolution
 from napari_treg.solver import TRegConfig, treg_sample
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is fastest, and immune to other jobs on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def prior() -> AnalyticPrior:
     return AnalyticPrior()

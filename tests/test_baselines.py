@@ -20,14 +20,6 @@ HW = (16, 16)
 NOISE = 0.01
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def prior():
     return AnalyticPrior()

@@ -31,15 +31,6 @@ NOISE = 0.01  # measurement noise (the paper's, on [-1, 1])
 Z = 5.0  # tolerance in standard errors
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is fastest, and immune to other jobs on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def solve(prior, y, op, hw, prompts, config, null_prompt="", seed=0):
     """Run the sampler on a batch (one prompt per sample); torch's global seed fixes the noise."""
     torch.manual_seed(seed)
@@ -254,17 +245,18 @@ def test_posterior_mean_in_the_null_space_and_with_dc_to_the_end():
     assert 0.95 < gain < 1.01
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TReg's reference schedule stops data consistency at 85 % of the steps; the last 30 DDIM steps "
-    "pull observed pixels halfway back to the prior mean when the prior is tight (gain ~0.49 here); "
-    "see docs/validation.md"
-))
-def test_posterior_mean_with_the_reference_schedule():
+def test_reference_schedule_stops_halfway_to_the_posterior_mean():
+    """A finding, not a wish: TReg's reference schedule has no DC in the last 15 % of the steps.
+
+    Those last 30 DDIM steps pull observed pixels back toward the prior mean when the prior
+    is tight: the mean covers about half of the way to the posterior mean (0.49 measured;
+    see docs/validation.md), against >= 95 % with ``dc_until=1`` (test above).
+    """
     prior, out, keep, b, m, posterior = gaussian_inpainting_case(TRegConfig())
     observed = keep > 0
     mean = out.mean(axis=0)
     gain = ((mean - m)[observed] * (posterior - m)[observed]).sum() / ((posterior - m)[observed] ** 2).sum()
-    assert gain > 0.95
+    assert 0.3 < gain < 0.7
 
 
 # -- claim: data consistency: the residual is at the noise level on SR and deblurring -------------
@@ -299,13 +291,11 @@ def test_reference_schedule_reduces_the_residual_of_a_prior_sample(name):
     assert dc_residual(op, TRegConfig()) < 0.85 * dc_residual(op, TRegConfig(dc_every=0))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with the reference schedule (no DC in the last 15 % of steps) the residual is ~3-4x the noise "
-    "level on this tight prior; see docs/validation.md"
-))
 @pytest.mark.parametrize("name", list(DC_OPERATORS))
-def test_residual_at_noise_level_with_the_reference_schedule(name):
-    assert dc_residual(DC_OPERATORS[name], TRegConfig()) < 1.5
+def test_reference_schedule_leaves_the_residual_above_the_noise_level(name):
+    """A finding: without DC in the last 15 % of steps the residual is ~3-4x the noise level on
+    this tight prior (docs/validation.md); DC to the end brings it to the noise level (above)."""
+    assert dc_residual(DC_OPERATORS[name], TRegConfig()) > 1.5
 
 
 class _WrongAdjoint(LinearOperator):

@@ -21,17 +21,16 @@ from napari_treg.errors import InvalidInputError, ModelNotFoundError
 from napari_treg.models import (
     CLIP_IMAGE_REPO,
     SD15_REPO,
-    DiffusionPrior,
     NoiseSchedule,
     StableDiffusionPrior,
     build_tiny_prior,
     clear_model_cache,
     download_model,
     load_model,
+    loading,
     resolve_device,
     resolve_dtype,
 )
-from napari_treg.models import loading
 from napari_treg.models.stable_diffusion import schedule_from_config
 
 SD_KEY = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"

@@ -18,7 +18,6 @@ import torch
 
 from . import imaging
 from .errors import Cancelled, InvalidInputError, OutOfMemoryError
-
 from .models.base import DiffusionPrior
 from .operators import LinearOperator
 from .solver import TRegConfig, get_method
