@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_treg import api, cli, degrade, io, restore
+from napari_treg import api, cli, degrade, io, memory, restore
 from napari_treg import operators as ops
 from napari_treg.errors import (
     Cancelled,
@@ -324,7 +324,7 @@ def test_out_of_memory_is_clear_releases_memory_and_a_retry_works(tiny, monkeypa
     image = np.random.default_rng(4).random((16, 16)).astype(np.float32)
     expected = restore(image, Denoising(), model=tiny, **QUICK)
     freed = []
-    monkeypatch.setattr(api, "free_accelerator_memory", lambda: freed.append(gc.collect()))
+    monkeypatch.setattr(memory, "free_accelerator_memory", lambda: freed.append(gc.collect()))
     fail = _FailOnce(tiny, error)
     monkeypatch.setattr(tiny, "predict_noise", fail)
     with pytest.raises(OutOfMemoryError) as caught:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import api
 from ..errors import Cancelled, DivergenceError, InvalidInputError, ModelNotFoundError, TRegError
+from ..memory import is_out_of_memory
 from ..models.base import DiffusionPrior
 from ..operators import Inpainting, LinearOperator
 from .layers import Planes, ground_truth_metrics, reference_for
@@ -175,7 +176,7 @@ def explain_error(error: BaseException) -> str:
             f"The model could not be loaded. {text}\n"
             "To try the plugin without weights, choose the tiny test model under Advanced > model."
         )
-    if _is_out_of_memory(error):
+    if isinstance(error, MemoryError) or is_out_of_memory(error):
         return (
             "Out of memory while restoring. Restore the current plane instead of the whole stack, "
             "choose float16 precision, crop the image, or run on another device (Advanced > device)."
@@ -185,16 +186,3 @@ def explain_error(error: BaseException) -> str:
     if isinstance(error, (TRegError, ValueError)):
         return f"Cannot restore: {text}"
     return f"Restoration failed ({type(error).__name__}: {text}). Check the inputs and settings, then try again."
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, MemoryError):
-        return True
-    try:
-        import torch
-
-        if isinstance(error, torch.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
