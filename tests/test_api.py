@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from napari_treg import Cancelled, InvalidInputError, degrade, restore
 from napari_treg.models.tiny import build_tiny_prior
@@ -234,3 +235,27 @@ def test_a_real_model_on_the_cpu_warns_that_it_is_slow(tiny, monkeypatch):
     monkeypatch.setattr(tiny, "is_test_model", False)
     with pytest.warns(UserWarning, match="CPU"):
         restore(np.zeros((16, 16)), Denoising(), model=tiny, steps=1)
+
+
+def test_residual_counts_only_measured_values_and_is_reported_against_the_noise():
+    from napari_treg.api import residual_summary, residual_sums
+
+    mask = np.zeros((8, 8), bool)
+    mask[:4] = True  # top half missing
+    op = Inpainting(mask)
+    x = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    y = torch.full((1, 1, 8, 8), 0.5, dtype=torch.float64)
+    y[..., :4, :] = 99.0  # whatever a measurement holds where nothing was measured
+    error, norm, count = residual_sums(op, x, y)
+    assert count == 32 and error == 32 * 0.25 and norm == 32 * 0.25
+    summary = residual_summary(np.array([error, norm, count]), noise=0.25)
+    assert summary["residual"] == 1.0 and summary["residual_over_noise"] == 2.0
+    assert residual_summary(np.array([error, norm, count]), noise=None)["residual_over_noise"] is None
+
+
+def test_info_reports_the_residual_in_noise_units(tiny):
+    image = np.random.default_rng(9).random((16, 16)).astype(np.float32)
+    _, info = restore(image, GaussianBlur(1.0), model=tiny, noise=0.02, return_info=True, **FAST)
+    assert info["noise"] == 0.02 and info["residual_over_noise"] > 0
+    with pytest.raises(InvalidInputError, match="noise"):
+        restore(image, GaussianBlur(1.0), model=tiny, noise=-1, **FAST)

@@ -157,12 +157,14 @@ def test_restore_options_reach_restore(tmp_path):
                  "--model", "tiny", "--device", "cpu", "--dtype", "float16", "--method", "treg",
                  "--dc-every", "2", "--dc-until", "0.5", "--cg-iterations", "3",
                  "--cg-lambda", "0.01", "--no-adaptive-negation", "--negation-lr", "0.001",
-                 "--negation-steps", "4", "--batch-size", "2", "--no-rgb")
+                 "--negation-steps", "4", "--batch-size", "2", "--no-rgb", "--noise", "0.02",
+                 "--tile-size", "256", "--tile-overlap", "32")
     assert cli.restore_kwargs(args) == {
         "prompt": "cells", "negative_prompt": "blur", "guidance": 3.0, "steps": 50, "seed": 7,
         "model": "tiny", "device": "cpu", "dtype": "float16", "method": "treg", "dc_every": 2,
         "dc_until": 0.5, "cg_iterations": 3, "cg_lambda": 0.01, "adaptive_negation": False,
-        "negation_lr": 0.001, "negation_steps": 4, "batch_size": 2, "rgb": False,
+        "negation_lr": 0.001, "negation_steps": 4, "batch_size": 2, "rgb": False, "noise": 0.02,
+        "tile_size": 256, "tile_overlap": 32,
     }
 
 

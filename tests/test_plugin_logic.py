@@ -185,3 +185,11 @@ def test_cancelled_job_raises_and_release_waits_for_the_run():
     cancel_at_first_step = _job()
     with pytest.raises(Cancelled):
         run_job(cancel_at_first_step, holder, lambda s, t, p: cancel_at_first_step.cancel.set())
+
+
+def test_data_consistency_line_speaks_in_noise_units():
+    from napari_treg.plugin.restore_widget import data_consistency_line
+
+    assert data_consistency_line({"residual": 0.0123}) == "Data consistency ||Ax - y|| / ||y|| = 0.0123."
+    line = data_consistency_line({"residual": 0.0123, "residual_over_noise": 1.04})
+    assert line.endswith("1 x the noise level (about 1 = consistent).")

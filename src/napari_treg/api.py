@@ -99,6 +99,7 @@ def restore(
     tile_size: int | None = None,
     tile_overlap: int = 64,
     intensity_range: tuple[float, float] | None = None,
+    noise: float | None = None,
 ) -> np.ndarray | tuple[np.ndarray, dict]:
     """Restore an image from its measurement ``y = A x + n`` with TReg.
 
@@ -146,9 +147,13 @@ def restore(
     intensity_range : (float, float), optional
         The input intensities mapped to the model's -1 and 1; default the 0.1 and 99.9
         percentiles of the whole input (tiling passes the whole image's range to every tile).
+    noise : float, optional
+        The measurement's noise sigma in model units (as in :func:`degrade`). Only reported:
+        ``info["residual_over_noise"]`` is the RMS residual over it (about 1 = consistent with
+        the measurement at its noise level). TReg's data-consistency step does not use it.
     return_info : bool
         Also return a dict with the parameters, model, versions, run time and the
-        data-consistency residual ``||A x - y|| / ||y||``.
+        data-consistency residual ``||A x - y|| / ||y||`` over the measured values.
 
     Returns
     -------
@@ -166,9 +171,10 @@ def restore(
             dc_until=dc_until, cg_iterations=cg_iterations, cg_lambda=cg_lambda,
             adaptive_negation=adaptive_negation, negation_lr=negation_lr, negation_steps=negation_steps,
             method=method, model=model, device=device, dtype=dtype, batch_size=batch_size, cancel=cancel,
-            intensity_range=intensity_range,
+            intensity_range=intensity_range, noise=noise,
         )
     started = time.perf_counter()
+    noise = None if noise is None else _finite(noise, "noise", minimum=0.0)
     config = make_config(
         steps=steps, guidance=guidance, dc_every=dc_every, dc_until=dc_until, cg_iterations=cg_iterations,
         cg_lambda=cg_lambda, adaptive_negation=adaptive_negation, negation_lr=negation_lr,
@@ -182,7 +188,7 @@ def restore(
     _warn_if_slow(prior)
     text = prior.embed_text([_text(prompt, "prompt")])
     null = prior.embed_text([_text(negative_prompt, "negative_prompt")])
-    result, residual = guard_memory(lambda: run.execute(prior, text, null, progress, preview_every, is_cancelled))
+    result, sums = guard_memory(lambda: run.execute(prior, text, null, progress, preview_every, is_cancelled))
     _raise_if(is_cancelled)  # cancelled during the last step: still nothing is returned
     if not return_info:
         return result
@@ -197,7 +203,7 @@ def restore(
         "device": str(prior.device),
         "dtype": str(prior.dtype).replace("torch.", ""),
         "seed": seed,
-        "residual": residual,
+        **residual_summary(sums, noise),
         "intensity_range": [run.scale.low, run.scale.high],
         "seconds": time.perf_counter() - started,
         "versions": package_versions(),
@@ -304,20 +310,18 @@ class _Run:
             _integer(seed, "seed", minimum=0), get_method(method),
         )
 
-    def execute(self, prior, text, null, progress, preview_every, is_cancelled) -> tuple[np.ndarray, float]:
-        """Solve every batch of planes; returns the result and the DC residual."""
-        results, err2, norm2 = [], 0.0, 0.0
+    def execute(self, prior, text, null, progress, preview_every, is_cancelled) -> tuple[np.ndarray, np.ndarray]:
+        """Solve every batch of planes; returns the result and the residual sums (see residual_sums)."""
+        results, sums = [], np.zeros(3)
         batches = range(0, len(self.planes), self.batch_size)
         total = len(batches) * self.config.steps
         for number, first in enumerate(batches):
             y = torch.from_numpy(self.planes[first : first + self.batch_size])
             callback = _step_callback(self, prior, number, total, progress, preview_every, is_cancelled)
             x = self.solve(prior, y, text, null, first, callback)
-            e2, n2 = _squared_residual(self.operator, x, y)
-            err2, norm2 = err2 + e2, norm2 + n2
+            sums += residual_sums(self.operator, x, y)
             results.append(self.to_output(x))
-        result = imaging.from_planes(np.concatenate(results), self.layout)
-        return result, math.sqrt(err2 / norm2) if norm2 > 0 else 0.0
+        return imaging.from_planes(np.concatenate(results), self.layout), sums
 
     def solve(self, prior, y, text, null, first, callback) -> torch.Tensor:
         """One batch: pad to the model's size multiple, sample, crop back (model units)."""
@@ -366,10 +370,30 @@ def _preview(run: _Run, prior: DiffusionPrior, z0: torch.Tensor) -> np.ndarray:
     return np.moveaxis(plane, 0, -1) if run.layout.rgb else plane[0]
 
 
-def _squared_residual(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """``||A x - y||^2`` and ``||y||^2`` in model units (float64)."""
-    y = y.double()
-    return float(((operator.forward(x.double()) - y) ** 2).sum()), float((y**2).sum())
+def residual_sums(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """``[||A x - y||^2, ||y||^2, m]`` over the ``m`` measured values, in model units (float64).
+
+    Values the operator does not measure (an inpainting mask's missing pixels) do not count,
+    whatever the measurement holds there.
+    """
+    y = operator.measured(y.double())
+    error = float(((operator.forward(x.double()) - y) ** 2).sum())
+    count = int(torch.count_nonzero(operator.measured(torch.ones_like(y))))
+    return np.array([error, float((y**2).sum()), count])
+
+
+def residual_summary(sums: np.ndarray, noise: float | None) -> dict:
+    """``residual`` = ``||A x - y|| / ||y||``; ``residual_over_noise`` = RMS residual / noise sigma.
+
+    ``residual_over_noise`` is about 1 for a result consistent with the measurement at its noise
+    level, and None when the noise level is not given.
+    """
+    error, norm, count = sums
+    return {
+        "residual": math.sqrt(error / norm) if norm > 0 else 0.0,
+        "noise": noise,
+        "residual_over_noise": math.sqrt(error / count) / noise if noise and count else None,
+    }
 
 
 def cancel_checker(cancel: CancelSignal) -> Callable[[], bool]:

@@ -53,6 +53,9 @@ RESTORE_DEFAULTS: dict[str, Any] = {
     "negation_steps": 10,
     "batch_size": 1,
     "rgb": None,
+    "noise": None,
+    "tile_size": None,
+    "tile_overlap": 64,
 }
 DEGRADE_DEFAULTS: dict[str, Any] = {"noise": 0.01, "seed": 0, "rgb": None}
 
@@ -276,6 +279,14 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
                      help="model precision (default: float16 on CUDA, float32 otherwise)")
     run.add_argument("--batch-size", type=positive_int, default=d["batch_size"],
                      help="planes of a stack solved together (default: %(default)s)")
+    run.add_argument("--tile-size", type=positive_int, default=d["tile_size"],
+                     help="restore images larger than this (restored pixels; 512 suits SD 1.5) in "
+                          "overlapping, seam-free tiles (default: one piece)")
+    run.add_argument("--tile-overlap", type=non_negative_int, default=d["tile_overlap"],
+                     help="overlap of neighbouring tiles in restored pixels (default: %(default)s)")
+    run.add_argument("--noise", type=non_negative_float, default=d["noise"],
+                     help="the measurement's noise sigma (as for degrade): the residual is then also "
+                          "reported in units of it (about 1 = consistent with the measurement)")
     add_rgb_argument(run)
     run.add_argument("--info", metavar="FILE.json",
                      help="also write the run's parameters, residual and versions as JSON")
@@ -324,6 +335,8 @@ def _restore_summary(output: str, info: dict[str, Any]) -> str:
         summary += f" in {info['seconds']:.1f} s"
     if "residual" in info:
         summary += f"; relative residual {info['residual']:.3g}"
+    if info.get("residual_over_noise") is not None:
+        summary += f" ({info['residual_over_noise']:.2g} x the noise level)"
     return summary
 
 

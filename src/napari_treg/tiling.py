@@ -264,7 +264,8 @@ def restore_tiled(
         return result
     info = dict(infos[-1])
     low, high = info.get("intensity_range", (scale.low, scale.high))
-    info["residual"] = whole_residual(operator, canvas.result(), planes, imaging.IntensityScale(low, high))
+    scale = imaging.IntensityScale(low, high)
+    info.update(whole_residual(operator, canvas.result(), planes, scale, restore_kwargs.get("noise")))
     info["seconds"] = time.perf_counter() - started
     info["tiling"] = {
         "tiles": plan.count, "tile_size": int(tile_size), "tile_overlap": int(tile_overlap),
@@ -361,10 +362,12 @@ class _Canvas:
         return np.moveaxis(blended, 0, -1) if self.layout.rgb else blended[0]
 
 
-def whole_residual(operator, restored: np.ndarray, measured: np.ndarray, scale: imaging.IntensityScale) -> float:
-    """``||A x - y|| / ||y||`` of the blended image, in model units (as ``restore`` reports it)."""
-    x = torch.from_numpy(scale.to_model(restored)).double()
-    y = torch.from_numpy(scale.to_model(measured)).double()
-    error = float(((operator.forward(x) - y) ** 2).sum())
-    norm = float((y**2).sum())
-    return math.sqrt(error / norm) if norm > 0 else 0.0
+def whole_residual(
+    operator, restored: np.ndarray, measured: np.ndarray, scale: imaging.IntensityScale, noise: float | None
+) -> dict:
+    """The residual entries of ``restore``'s info for the blended image, in model units."""
+    from . import api
+
+    x = torch.from_numpy(scale.to_model(restored))
+    y = torch.from_numpy(scale.to_model(measured))
+    return api.residual_summary(api.residual_sums(operator, x, y), noise)

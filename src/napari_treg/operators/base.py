@@ -42,6 +42,10 @@ class LinearOperator(ABC):
         """
         return self
 
+    def measured(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` with the values this operator does not measure set to 0 (all are measured here)."""
+        return y
+
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """``A^T A x``."""
         return self.adjoint(self.forward(x))

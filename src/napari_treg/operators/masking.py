@@ -27,6 +27,7 @@ class Inpainting(LinearOperator):
         return x * self._keep.to(x)
 
     adjoint = forward
+    measured = forward  # the missing pixels of a measurement hold no data
 
     def check_image_hw(self, image_hw: tuple[int, int]) -> None:
         if tuple(image_hw) != tuple(self.missing.shape):

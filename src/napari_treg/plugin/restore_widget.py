@@ -73,8 +73,17 @@ PREVIEW_NAME = "TReg preview"
 #: restore keyword arguments read straight from widgets of the same name
 RESTORE_OPTIONS = (
     "prompt", "negative_prompt", "guidance", "adaptive_negation", "negation_lr", "negation_steps",
-    "steps", "seed", "dc_every", "dc_until", "cg_iterations", "cg_lambda",
+    "steps", "seed", "dc_every", "dc_until", "cg_iterations", "cg_lambda", "noise",
 )
+
+
+def data_consistency_line(info: dict) -> str:
+    """How well the result explains the measurement, in words a user can judge."""
+    line = f"Data consistency ||Ax - y|| / ||y|| = {info.get('residual', 0.0):.3g}"
+    ratio = info.get("residual_over_noise")
+    if ratio is not None:
+        line += f", {ratio:.2g} x the noise level (about 1 = consistent)"
+    return line + "."
 
 
 def preview_interval(steps: int, previews: int = 20) -> int:
@@ -137,6 +146,10 @@ class RestoreWidget(Container):
             ComboBox(name="planes", label="planes", value=CURRENT_PLANE, choices=[CURRENT_PLANE, WHOLE_STACK],
                      tooltip="For stacks: restore only the displayed plane, or every plane"),
             *operator_widgets(viewer),
+            FloatSpinBox(name="noise", label="noise (sigma)", value=0.01, min=0.0, max=1.0, step=0.005,
+                         tooltip="The measurement's noise level, as a fraction of half the intensity range "
+                                 "(as in Simulate degradation). Used to judge the result: the residual is "
+                                 "reported in units of it. 0 = unknown."),
         ])
         text = Container(name="text", widgets=[
             LineEdit(name="prompt", label="prompt", value="",
@@ -463,7 +476,7 @@ class RestoreWidget(Container):
                 metadata={"treg_residual": {"result": name, "residual": outcome.info.get("residual")}},
             )
         lines = [f"Done in {outcome.info.get('seconds', 0.0):.1f} s: added '{name}'.",
-                 f"Data consistency ||Ax - y|| / ||y|| = {outcome.info.get('residual', 0.0):.3g}."]
+                 data_consistency_line(outcome.info)]
         if outcome.metrics:
             lines.append(f"Against '{job.record['reference']}': {format_metrics(outcome.metrics)}.")
         if outcome.info.get("test_model"):
