@@ -164,11 +164,13 @@ class StableDiffusionPrior(DiffusionPrior):
 
         In low-memory mode the text encoder stays on the CPU in float32.
         """
+        # torch's own Module.to: diffusers' override only adds a warning that fires on every
+        # dtype cast ("modules that should be kept in float32: []") for these unquantized models
         for module in self._modules():
             if module is self.text_encoder and self.low_memory:
-                module.to(device="cpu", dtype=torch.float32)
+                torch.nn.Module.to(module, device="cpu", dtype=torch.float32)
             else:
-                module.to(device=device, dtype=dtype)
+                torch.nn.Module.to(module, device=device, dtype=dtype)
         param = next(self.unet.parameters())
         self.device, self.dtype = param.device, param.dtype
         return self
