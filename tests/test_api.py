@@ -78,14 +78,16 @@ def test_grey_rgb_and_stacks_keep_their_layout(tiny, shape, rgb, expected):
         assert restore(image, Denoising(), model=tiny, rgb=rgb, **FAST).shape == expected
 
 
-def test_uint8_and_float_inputs_come_back_in_their_intensity_scale(tiny):
-    """With pure data consistency (no prior steps to speak of) a denoised image keeps its intensity scale."""
-    image = np.random.default_rng(2).integers(20, 200, (16, 16)).astype(np.uint8)
-    result = restore(image, Denoising(), model=tiny, steps=1, dc_every=1, guidance=0, cg_lambda=1e-6,
-                     adaptive_negation=False)
-    # the final output is the Tweedie estimate before DC, so only the scale is checked: it is near the
-    # input's range, not [-1, 1] or [0, 1]
-    assert 0 < np.percentile(np.abs(result), 90) < 1000
+@pytest.mark.parametrize("dtype, low, high", [(np.uint8, 20, 200), (np.uint16, 1000, 40000), (np.float32, -0.5, 0.25)])
+def test_results_come_back_in_the_input_intensity_scale(dtype, low, high):
+    """With a prior that knows the image (the analytic disk), denoising returns the input's values."""
+    from napari_treg.models.analytic import AnalyticPrior, template
+
+    disk = template("disk", (32, 32))  # in [0.15, 0.85]
+    image = (low + (high - low) * disk).astype(dtype)
+    result = restore(image, Denoising(), model=AnalyticPrior(), prompt="a disk", steps=50, dc_until=1.0)
+    assert result.dtype == np.float32
+    assert np.abs(result - image.astype(np.float32)).mean() < 0.03 * (high - low)
 
 
 def test_sizes_not_multiple_of_8_are_padded_and_cropped(tiny):
