@@ -280,3 +280,21 @@ def test_bad_image_content_is_a_notification(restore_widget, qtbot, data, operat
     else:
         assert any(message in m for m in new_errors), new_errors
         assert len(viewer.layers) == count and restore_widget.run_button.enabled
+
+
+def test_large_images_in_tiles_and_the_low_memory_mode(restore_widget, run_to_end):
+    viewer = restore_widget.viewer
+    viewer.add_image(_image((64, 64)), name="y")
+    restore_widget.operator.value = "gaussian_blur"
+    restore_widget.tile_size.value = 32
+    restore_widget.tile_overlap.value = 16
+    restore_widget.low_memory.value = True
+    before = [layer.name for layer in viewer.layers]
+    run_to_end(restore_widget)
+    (result,) = _added(viewer, before)
+    assert result.data.shape == (64, 64) and np.isfinite(result.data).all()
+    record = result.metadata["treg"]
+    assert record["tiling"]["tiles"] > 1 and record["params"]["tile_size"] == 32
+    assert restore_widget._state.holder.prior.low_memory
+    restore_widget.low_memory.value = False  # another model configuration: the loaded one is released
+    assert restore_widget._state.holder.prior is None

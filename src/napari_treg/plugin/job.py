@@ -36,18 +36,20 @@ class ModelHolder:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.key: tuple[str, str, str | None] | None = None
+        self.key: tuple[str, str, str | None, bool] | None = None
         self.prior: DiffusionPrior | None = None
         self._busy = False
         self._release_pending = False
 
     @contextmanager
-    def use(self, spec: str, device: str, dtype: str | None, status: Status | None = None) -> Iterator[DiffusionPrior]:
-        """The loaded model for ``(spec, device, dtype)``, loading it (and dropping another) if needed."""
+    def use(
+        self, spec: str, device: str, dtype: str | None, status: Status | None = None, low_memory: bool = False
+    ) -> Iterator[DiffusionPrior]:
+        """The loaded model for ``(spec, device, dtype, low_memory)``, loading it (and dropping another) if needed."""
         with self._lock:
             self._busy = True
         try:
-            yield self._get((spec, device, dtype), status)
+            yield self._get((spec, device, dtype, low_memory), status)
         finally:
             with self._lock:
                 self._busy = False
@@ -55,14 +57,14 @@ class ModelHolder:
             if pending:
                 self.release()
 
-    def _get(self, key: tuple[str, str, str | None], status: Status | None) -> DiffusionPrior:
+    def _get(self, key: tuple[str, str, str | None, bool], status: Status | None) -> DiffusionPrior:
         from ..models import load_model
 
         if self.prior is not None and self.key == key:
             return self.prior
         self._free()
-        spec, device, dtype = key
-        prior = load_model(spec, device=device, dtype=dtype, progress=status)
+        spec, device, dtype, low_memory = key
+        prior = load_model(spec, device=device, dtype=dtype, progress=status, low_memory=low_memory)
         self.key, self.prior = key, prior
         return prior
 
@@ -93,6 +95,7 @@ class Job:
     device: str
     dtype: str | None
     options: dict[str, Any]  # restore keyword arguments (prompt, steps, seed, ...)
+    low_memory: bool = False
     preview_every: int = 0
     residual: bool = False
     reference: np.ndarray | None = None
@@ -127,7 +130,7 @@ def run_job(
         if progress is not None:
             progress(step, total, preview)
 
-    with holder.use(job.model, job.device, job.dtype, status) as prior:
+    with holder.use(job.model, job.device, job.dtype, status, job.low_memory) as prior:
         if status is not None:
             status("restoring", 0.0)
         result, info = api.restore(

@@ -73,7 +73,7 @@ PREVIEW_NAME = "TReg preview"
 #: restore keyword arguments read straight from widgets of the same name
 RESTORE_OPTIONS = (
     "prompt", "negative_prompt", "guidance", "adaptive_negation", "negation_lr", "negation_steps",
-    "steps", "seed", "dc_every", "dc_until", "cg_iterations", "cg_lambda", "noise",
+    "steps", "seed", "dc_every", "dc_until", "cg_iterations", "cg_lambda", "noise", "tile_size", "tile_overlap",
 )
 
 
@@ -196,6 +196,13 @@ class RestoreWidget(Container):
                      tooltip="auto: the GPU if there is one, else the CPU"),
             ComboBox(name="dtype", label="precision", value=None, choices=list(PRECISIONS),
                      tooltip="float16 halves GPU memory; float32 is safest on the CPU"),
+            checkbox("low_memory", "low-memory mode", False,
+                     "Sliced attention, VAE tiling, text encoder on the CPU: for GPUs with little memory"),
+            SpinBox(name="tile_size", label="tile size", value=0, min=0, max=16384, step=64,
+                    tooltip="Restore images larger than this (restored pixels; 512 suits Stable Diffusion 1.5) "
+                            "in overlapping tiles blended without seams; 0 = in one piece"),
+            SpinBox(name="tile_overlap", label="tile overlap", value=64, min=0, max=1024, step=16,
+                    tooltip="Overlap of neighbouring tiles, in restored pixels"),
         ])
         buttons = Container(name="buttons", layout="horizontal", labels=False, widgets=[
             PushButton(name="run_button", text="Run", tooltip="Restore the image (in the background)"),
@@ -213,6 +220,7 @@ class RestoreWidget(Container):
         self._relay = _Relay(self.native, self._on_step, self._on_status)
         self._frame_sections()
         progress_bar.native.setFormat("%v / %m steps")
+        advanced.tile_size.native.setSpecialValueText("off (one piece)")
         progress_bar.visible = False  # shown from the first run on
         status.native.setWordWrap(True)
         status.native.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
@@ -221,7 +229,7 @@ class RestoreWidget(Container):
         buttons.cancel_button.changed.connect(self.cancel)
         inputs.operator.changed.connect(self._update_visibility)
         inputs.image.changed.connect(self._image_changed)
-        for name in ("model", "model_path", "device", "dtype"):
+        for name in ("model", "model_path", "device", "dtype", "low_memory"):
             advanced[name].changed.connect(self._model_changed)
         for event in ("inserted", "removed", "reordered"):
             getattr(viewer.layers.events, event).connect(self.reset_choices)
@@ -337,6 +345,7 @@ class RestoreWidget(Container):
         plane_hw = np.shape(planes.data)[-3:-1] if layer.rgb else np.shape(planes.data)[-2:]
         operator.check_image_hw(operator.image_hw(tuple(plane_hw)))  # e.g. a mask of another size
         options = {name: getattr(self, name).value for name in RESTORE_OPTIONS}
+        options["tile_size"] = options["tile_size"] or None  # 0 = one piece
         reference = self.reference.value
         return Job(
             planes=planes,
@@ -346,6 +355,7 @@ class RestoreWidget(Container):
             device=self.device.value,
             dtype=self.dtype.value,
             options=options,
+            low_memory=self.low_memory.value,
             preview_every=preview_interval(options["steps"]) if self.preview.value else 0,
             residual=self.residual_layer.value,
             reference=None if reference is None else np.asarray(reference.data),
