@@ -217,7 +217,8 @@ def test_out_of_memory_says_what_to_do(restore_widget, run_to_end, monkeypatch):
     restore_widget.viewer.add_image(_image((32, 32)), name="y")
     restore_widget.operator.value = "denoising"
     run_to_end(restore_widget)
-    assert "Restore the current plane" in _errors()[-1]
+    message = _errors()[-1]
+    assert "Restore the current plane" in message and "low-memory mode" in message and "tile size" in message
     assert PREVIEW_NAME not in restore_widget.viewer.layers and restore_widget.run_button.enabled
 
 

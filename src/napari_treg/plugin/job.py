@@ -181,8 +181,9 @@ def explain_error(error: BaseException) -> str:
         )
     if isinstance(error, MemoryError) or is_out_of_memory(error):
         return (
-            "Out of memory while restoring. Restore the current plane instead of the whole stack, "
-            "choose float16 precision, crop the image, or run on another device (Advanced > device)."
+            "Out of memory while restoring; the memory was released. Restore the current plane instead of "
+            "the whole stack, or under Advanced turn on the low-memory mode, set a tile size (e.g. 512), "
+            "choose float16 precision, or run on another device."
         )
     if isinstance(error, DivergenceError):
         return f"The restoration diverged. {text}"
