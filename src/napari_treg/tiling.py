@@ -37,7 +37,7 @@ import torch
 
 from . import imaging
 from .errors import InvalidInputError
-from .operators import Denoising, Inpainting, LinearOperator
+from .operators import LinearOperator
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
@@ -159,46 +159,15 @@ def operator_scale(operator: LinearOperator) -> int:
 # -- operators per tile -------------------------------------------------------------------------
 
 
-def crop_inpainting(operator: Inpainting, rows: slice, cols: slice) -> LinearOperator:
-    """The inpainting operator of one tile: its mask cut to the tile.
-
-    A tile with nothing missing is :class:`Denoising`; a tile with everything missing
-    keeps an all-missing mask (nothing measured there: the prior fills it in; the
-    overlapping neighbours carry the measured context).
-    """
-    missing = operator.missing[rows, cols]
-    if not bool(missing.any()):
-        return Denoising()
-    if bool(missing.all()):
-        return TileInpainting(missing)
-    return Inpainting(missing.numpy())
-
-
-class TileInpainting(Inpainting):
-    """An inpainting tile whose every pixel is missing (``Inpainting`` refuses such masks on purpose)."""
-
-    def __init__(self, missing: torch.Tensor):
-        self.missing = torch.as_tensor(missing, dtype=torch.bool).clone()
-        self._keep = (~self.missing).to(torch.float64)
-
-    def padded(self, pad_h: int, pad_w: int) -> TileInpainting:
-        array = np.pad(self.missing.numpy(), ((0, pad_h), (0, pad_w)), mode="symmetric")
-        return TileInpainting(torch.from_numpy(array))
-
-
 def tile_operator(operator: LinearOperator, rows: slice, cols: slice) -> LinearOperator:
     """The operator for the tile ``[rows, cols]`` of the measurement."""
     cropped = getattr(operator, "cropped", None)
-    if callable(cropped):
-        return cropped(rows, cols)
-    if isinstance(operator, Inpainting):
-        return crop_inpainting(operator, rows, cols)
-    return operator
+    return cropped(rows, cols) if callable(cropped) else operator
 
 
 def is_size_agnostic(operator: LinearOperator) -> bool:
-    """Whether one operator object serves every tile (all but masks and operators with ``cropped``)."""
-    return not (isinstance(operator, Inpainting) or callable(getattr(operator, "cropped", None)))
+    """Whether one operator object serves every tile (all but operators with ``cropped``, like masks)."""
+    return not callable(getattr(operator, "cropped", None))
 
 
 # -- the public function ------------------------------------------------------------------------

@@ -19,8 +19,18 @@ class Inpainting(LinearOperator):
     """
 
     def __init__(self, mask: np.ndarray | torch.Tensor):
-        self.missing = validate_mask(mask)
-        self._keep = (~self.missing).to(torch.float64)
+        self._set_missing(validate_mask(mask))
+
+    def _set_missing(self, missing: torch.Tensor) -> None:
+        self.missing = missing
+        self._keep = (~missing).to(torch.float64)
+
+    @classmethod
+    def _of_checked(cls, missing: torch.Tensor) -> Inpainting:
+        """An operator for a mask derived from a checked one (a tile of it may be all missing)."""
+        operator = cls.__new__(cls)
+        operator._set_missing(missing)
+        return operator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_image_hw(tuple(x.shape[-2:]))
@@ -39,7 +49,16 @@ class Inpainting(LinearOperator):
 
     def padded(self, pad_h: int, pad_w: int) -> Inpainting:
         array = np.pad(self.missing.numpy(), ((0, pad_h), (0, pad_w)), mode="symmetric")
-        return Inpainting(array)
+        return self._of_checked(torch.from_numpy(array))
+
+    def cropped(self, rows: slice, cols: slice) -> LinearOperator:
+        """The operator of the tile ``[rows, cols]``: its part of the mask.
+
+        A tile with nothing missing is :class:`Denoising`; a tile with everything missing is
+        allowed (the prior fills it in; overlapping neighbours carry the measured context).
+        """
+        missing = self.missing[rows, cols].clone()
+        return self._of_checked(missing) if bool(missing.any()) else Denoising()
 
     @property
     def missing_fraction(self) -> float:
