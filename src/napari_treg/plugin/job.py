@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
 
 from .. import api
 from ..errors import Cancelled, DivergenceError, InvalidInputError, ModelNotFoundError, TRegError
 from ..memory import is_out_of_memory
 from ..models.base import DiffusionPrior
-from ..operators import Inpainting, LinearOperator
+from ..operators import LinearOperator
 from .layers import Planes, ground_truth_metrics, reference_for
 
 #: progress(step, total, preview) for sampling; status(message, fraction) while loading
@@ -158,15 +159,11 @@ def run_job(
 
 
 def residual_image(measured: np.ndarray, measurement: np.ndarray, operator: LinearOperator, rgb: bool) -> np.ndarray:
-    """``|A x - y|`` per pixel; zero where an inpainting mask says nothing was measured."""
+    """``|A x - y|`` per pixel; zero where the operator measures nothing (an inpainting mask's holes)."""
     residual = np.abs(measured - np.asarray(measurement, dtype=np.float32))
-    if isinstance(operator, Inpainting):
-        missing = operator.missing.numpy()
-        if rgb:
-            residual[..., missing, :] = 0
-        else:
-            residual[..., missing] = 0
-    return residual
+    hw = residual.shape[-3:-1] if rgb else residual.shape[-2:]
+    keep = operator.measured(torch.ones((1, 1, *hw), dtype=torch.float32))[0, 0].numpy()
+    return residual * (keep[..., None] if rgb else keep)
 
 
 def explain_error(error: BaseException) -> str:
