@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sd15_random import build_sd15_prior, environment, peak_gib, reset_peak, sync, table, write_json  # noqa: E402
+from sd15_random import build_sd15_prior, environment, peak_gib, peak_reserved_gib, reset_peak, sync, table, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -43,9 +43,11 @@ def main() -> None:
         prior, size = build_sd15_prior("cuda", torch.float16), 512
     y = np.random.default_rng(0).uniform(0, 1, (args.planes, size // 16, size // 16, 3)).astype(np.float32)
     kwargs = dict(model=prior, steps=args.steps, rgb=True, prompt="a photograph")
-    restore(y[:1], SuperResolution(16), **{**kwargs, "steps": 3})  # warm-up
+    batches = [int(b) for b in args.batches.split(",")]
+    for batch in batches:  # warm-up: records the CUDA graphs of each batch size
+        restore(y[:batch], SuperResolution(16), batch_size=batch, **{**kwargs, "steps": 3})
     result = {"env": environment(), "model": prior.name, "size": size, "steps": args.steps, "planes": args.planes}
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch in batches:
         reset_peak()
         sync()
         start = time.perf_counter()
@@ -53,7 +55,7 @@ def main() -> None:
         sync()
         seconds = time.perf_counter() - start
         result[f"batch_{batch}"] = {"seconds": round(seconds, 3), "planes_per_s": round(args.planes / seconds, 4),
-                                    "peak_gib": peak_gib()}
+                                    "peak_gib": peak_gib(), "peak_reserved_gib": peak_reserved_gib()}
     table([(k, v) for k, v in result.items() if k != "env"])
     write_json("batching" + ("_tiny_cpu" if args.tiny else ""), result)
 

@@ -86,6 +86,11 @@ def peak_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
 
 
+def peak_reserved_gib() -> float | None:
+    """Peak memory the caching allocator held, CUDA-graph pools included."""
+    return round(torch.cuda.max_memory_reserved() / 2**30, 3) if torch.cuda.is_available() else None
+
+
 def reset_peak() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

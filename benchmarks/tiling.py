@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sd15_random import build_sd15_prior, environment, peak_gib, reset_peak, sync, table, write_json  # noqa: E402
+from sd15_random import build_sd15_prior, environment, peak_gib, peak_reserved_gib, reset_peak, sync, table, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -50,7 +50,8 @@ def main() -> None:
     kwargs = dict(model=prior, steps=args.steps, tile_size=args.tile, tile_overlap=args.overlap,
                   batch_size=args.batch_size, prompt="a photograph")
     rng = np.random.default_rng(0)
-    restore_tiled(rng.uniform(0, 1, (64, 64)).astype(np.float32), Denoising(), **{**kwargs, "steps": 2})  # warm-up
+    warm = rng.uniform(0, 1, (args.tile, args.tile)).astype(np.float32)
+    restore_tiled(warm, Denoising(), **{**kwargs, "steps": 2})  # warm-up: records the CUDA graphs of a tile
     result = {"env": environment(), "model": prior.name, "tile": args.tile, "overlap": args.overlap,
               "steps": args.steps, "batch_size": args.batch_size, "runs": []}
     for size in (int(s) for s in args.sizes.split(",")):
@@ -65,7 +66,7 @@ def main() -> None:
         assert out.shape == image.shape and np.isfinite(out).all()
         result["runs"].append({
             "size": size, "tiles": tiles, "seconds": round(seconds, 3), "s_per_tile": round(seconds / tiles, 4),
-            "peak_gib": peak_gib(), "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+            "peak_gib": peak_gib(), "peak_reserved_gib": peak_reserved_gib(), "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         })
         print(result["runs"][-1], flush=True)
     table([(f"{r['size']}x{r['size']}", r) for r in result["runs"]])

@@ -168,6 +168,15 @@ def test_restore_options_reach_restore(tmp_path):
     }
 
 
+def test_batch_size_is_auto_by_default_or_a_number():
+    def batch_size(*extra):
+        return cli.restore_kwargs(parse("restore", "in.tif", "-o", "o.tif", "--operator", "denoise", *extra))["batch_size"]
+
+    assert batch_size() == "auto"
+    assert batch_size("--batch-size", "auto") == "auto"
+    assert batch_size("--batch-size", "3") == 3
+
+
 def test_cli_defaults_match_the_api():
     from napari_treg.api import degrade, restore
 

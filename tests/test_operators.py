@@ -82,8 +82,8 @@ def test_box_super_resolution_is_pixel_binning():
 
 def test_bicubic_super_resolution_has_4_factor_taps_and_is_symmetric():
     op = SuperResolution(4)
-    assert op._taps.numel() == 16
-    assert torch.allclose(op._taps, op._taps.flip(0))
+    assert op._taps.tensor.numel() == 16
+    assert torch.allclose(op._taps.tensor, op._taps.tensor.flip(0))
 
 
 def test_gaussian_blur_matches_scipy_style_reference():
@@ -169,3 +169,12 @@ def test_shape_errors_name_the_fix():
         SuperResolution(4).check_image_hw((30, 32))
     with pytest.raises(InvalidInputError, match="same height and width"):
         Inpainting(np.eye(4)).forward(torch.zeros(1, 1, 5, 5))
+
+
+def test_operator_constants_are_copied_once_per_device_and_dtype():
+    op = SuperResolution(4)
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float32)
+    first = op._taps.like(x)
+    assert first.dtype == torch.float32 and first is op._taps.like(x)  # cached, not copied per call
+    assert op._taps.like(x.double()).dtype == torch.float64
+    assert torch.equal(op.forward(x), op.forward(x))

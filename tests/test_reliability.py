@@ -360,7 +360,7 @@ def test_other_runtime_errors_pass_through_unchanged(tiny, monkeypatch):
 # ------------------------------------------------------------------------------ faults: divergence
 
 
-def test_nan_noise_prediction_is_detected_within_ten_steps(tiny, monkeypatch):
+def test_nan_noise_prediction_stops_the_run_at_the_step_it_appears(tiny, monkeypatch):
     calls, steps = [], []
     original = tiny.predict_noise
 
@@ -370,10 +370,10 @@ def test_nan_noise_prediction_is_detected_within_ten_steps(tiny, monkeypatch):
         return eps * float("nan") if len(calls) > 3 else eps
 
     monkeypatch.setattr(tiny, "predict_noise", nan_after_three)
-    with pytest.raises(DivergenceError, match=r"diverged \(NaN or inf\) at step 10 of 30.*float32"):
+    with pytest.raises(DivergenceError, match=r"diverged \(NaN or inf\) at step 4 of 30.*float32"):
         restore(np.zeros((16, 16)), Denoising(), model=tiny, steps=30, dc_every=0,
                 progress=lambda step, total, preview=None: steps.append(step))
-    assert steps == list(range(1, 10))  # stopped at the first check, nothing returned
+    assert steps == [1, 2, 3]  # on the CPU the check is free, so every step is checked; nothing returned
 
 
 class _NanOperator(ops.LinearOperator):

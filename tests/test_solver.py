@@ -5,9 +5,11 @@ import math
 import numpy as np
 import torch
 
+from napari_treg.errors import DivergenceError
 from napari_treg.models.base import NoiseSchedule
 from napari_treg.operators import GaussianBlur, Inpainting, SuperResolution
 from napari_treg.solver import AdaptiveNegation, conjugate_gradient, data_consistency, ddim_steps
+from napari_treg.solver.divergence import DivergenceWatch
 from napari_treg.solver.sampler import Step, renoise
 
 
@@ -122,3 +124,27 @@ def test_adaptive_negation_equals_torch_adam_on_its_loss():
             AdaptiveNegation.similarity(f, reference).sum().backward()
             adam.step()
         assert (u - reference.detach()).abs().max() < 1e-6  # float32 rounding of values ~1
+
+
+def _watch_run(values: list[float], every: int) -> str | None:
+    """Feed one latent per step to a DivergenceWatch; the error message, or None."""
+    watch = DivergenceWatch(torch.device("cpu"), total=len(values), every=every)
+    try:
+        for index, value in enumerate(values):
+            watch.observe(torch.full((1, 4, 2, 2), value), index)
+        watch.check()
+    except DivergenceError as error:
+        return str(error)
+    return None
+
+
+def test_divergence_watch_names_the_first_bad_step_even_when_it_reads_late():
+    values = [0.0, 1.0, math.nan, 2.0, math.inf, 3.0, 4.0]
+    assert "at step 3 of 7" in _watch_run(values, every=1)
+    assert "at step 3 of 7" in _watch_run(values, every=5)  # read at step 5, names step 3
+    assert "at step 3 of 7" in _watch_run(values, every=100)  # only the final check reads it
+
+
+def test_divergence_watch_is_quiet_for_finite_runs_and_catches_the_last_step():
+    assert _watch_run([0.0, 1e30, -1e30, 5.0], every=3) is None
+    assert "at step 4 of 4" in _watch_run([0.0, 1.0, 2.0, -math.inf], every=3)

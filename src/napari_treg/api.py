@@ -17,7 +17,7 @@ import torch
 
 from . import imaging
 from .errors import Cancelled, InvalidInputError
-from .memory import guard_memory
+from .memory import auto_batch_size, free_bytes, guard_memory
 from .models.base import DiffusionPrior
 from .operators import LinearOperator
 from .solver import TRegConfig, get_method
@@ -91,7 +91,7 @@ def restore(
     device: str = "auto",
     dtype: str | torch.dtype | None = None,
     rgb: bool | None = None,
-    batch_size: int = 1,
+    batch_size: int | str = "auto",
     progress: ProgressCallback | None = None,
     preview_every: int = 0,
     cancel: CancelSignal = None,
@@ -134,8 +134,9 @@ def restore(
         ``"auto"`` picks cuda, mps, cpu; dtype float16 on cuda, float32 otherwise.
     rgb : bool, optional
         Whether the last axis is colour; default: a last axis of 3 or 4.
-    batch_size : int
-        Planes of a stack solved together.
+    batch_size : int or "auto"
+        Planes of a stack solved together. ``"auto"``: on a CUDA GPU as many as fit in its
+        free memory, at most 4; elsewhere 1.
     progress : callable, optional
         ``progress(step, total, preview=None)`` after every step; ``preview`` is the
         current estimate of the current plane, every ``preview_every`` steps.
@@ -186,6 +187,7 @@ def restore(
     prior = model if isinstance(model, DiffusionPrior) else guard_memory(lambda: _load(model, device, dtype))
     _raise_if(is_cancelled)
     _warn_if_slow(prior)
+    run.batch_size = resolve_batch_size(batch_size, prior, len(run.planes), run.operator.image_hw(run.layout.hw))
     text = prior.embed_text([_text(prompt, "prompt")])
     null = prior.embed_text([_text(negative_prompt, "negative_prompt")])
     result, sums = guard_memory(lambda: run.execute(prior, text, null, progress, preview_every, is_cancelled))
@@ -195,7 +197,7 @@ def restore(
     info = {
         "params": {
             "operator": repr(operator), "prompt": prompt, "negative_prompt": negative_prompt,
-            "method": method, "seed": seed, "rgb": run.layout.rgb, "batch_size": batch_size,
+            "method": method, "seed": seed, "rgb": run.layout.rgb, "batch_size": run.batch_size,
             **config.as_dict(),
         },
         "model": prior.name,
@@ -285,7 +287,7 @@ class _Run:
     layout: imaging.Layout
     planes: np.ndarray  # (N, C, h, w), model units
     scale: imaging.IntensityScale
-    batch_size: int
+    batch_size: int | str  # "auto" until the model is known
     config: TRegConfig
     seed: int
     sampler: Callable
@@ -306,7 +308,7 @@ class _Run:
         scale = _intensity_scale(planes, intensity_range)
         return cls(
             operator, layout, scale.to_model(planes), scale,
-            _integer(batch_size, "batch_size", minimum=1), config,
+            _batch_size(batch_size), config,
             _integer(seed, "seed", minimum=0), get_method(method),
         )
 
@@ -342,6 +344,21 @@ class _Run:
 
     def to_output(self, x: torch.Tensor) -> np.ndarray:
         return self.scale.from_model(x.numpy())
+
+
+def resolve_batch_size(batch_size: int | str, prior: DiffusionPrior, planes: int, image_hw: tuple[int, int]) -> int:
+    """``batch_size`` as a number: ``"auto"`` asks the device how many planes fit (see memory.py)."""
+    if batch_size != "auto":
+        return _batch_size(batch_size)
+    return auto_batch_size(planes, image_hw, prior.dtype, free_bytes(prior.device))
+
+
+def _batch_size(value: int | str) -> int | str:
+    if isinstance(value, str):
+        if value == "auto":
+            return value
+        raise InvalidInputError(f"batch_size must be a whole number >= 1 or 'auto', got {value!r}")
+    return _integer(value, "batch_size", minimum=1)
 
 
 def _step_callback(run, prior, number, total, progress, preview_every, is_cancelled):

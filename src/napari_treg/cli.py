@@ -51,7 +51,7 @@ RESTORE_DEFAULTS: dict[str, Any] = {
     "adaptive_negation": True,
     "negation_lr": 8e-4,
     "negation_steps": 10,
-    "batch_size": 1,
+    "batch_size": "auto",
     "rgb": None,
     "noise": None,
     "tile_size": None,
@@ -95,6 +95,11 @@ positive_float = _number(float, lambda v: 0 < v < float("inf"), "a number > 0")
 non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 unit_float = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 finite_float = _number(float, lambda v: abs(v) < float("inf"), "a finite number")
+
+
+def batch_size(text: str) -> int | str:
+    """``auto`` or a whole number > 0."""
+    return "auto" if text == "auto" else positive_int(text)
 
 
 # --------------------------------------------------------------------------- shared arguments
@@ -277,8 +282,9 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
                      help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     run.add_argument("--dtype", choices=DTYPES, default=d["dtype"],
                      help="model precision (default: float16 on CUDA, float32 otherwise)")
-    run.add_argument("--batch-size", type=positive_int, default=d["batch_size"],
-                     help="planes of a stack solved together (default: %(default)s)")
+    run.add_argument("--batch-size", type=batch_size, default=d["batch_size"],
+                     help="planes of a stack solved together; auto: as many as fit on a CUDA GPU, at most 4, "
+                          "else 1 (default: %(default)s)")
     run.add_argument("--tile-size", type=positive_int, default=d["tile_size"],
                      help="restore images larger than this (restored pixels; 512 suits SD 1.5) in "
                           "overlapping, seam-free tiles (default: one piece)")

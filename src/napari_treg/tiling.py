@@ -213,10 +213,11 @@ def restore_tiled(
     slices = plan.slices()
     canvas = _Canvas(plan, layout, len(planes))
     calls = _calls(operator, planes, slices)
+    extra["batch_size"] = _tile_batch_size(restore, restore_kwargs, max(len(stack) for _, stack in calls), plan)
     infos: list[dict] = []
     plane_offset = 0
     for number, (tile_op, stack) in enumerate(calls):
-        wrapped = canvas.progress_wrapper(progress, number, len(calls), plane_offset, restore_kwargs)
+        wrapped = canvas.progress_wrapper(progress, number, len(calls), plane_offset, extra)
         out = restore(
             _as_layer(stack, layout), tile_op, rgb=layout.rgb, seed=int(seed) + plane_offset,
             progress=wrapped, preview_every=preview_every if progress is not None else 0,
@@ -245,6 +246,21 @@ def restore_tiled(
     info["params"] = {**info["params"], "tile_size": int(tile_size), "tile_overlap": int(tile_overlap), "seed": seed}
     info["seed"] = seed
     return result, info
+
+
+def _tile_batch_size(restore: Callable, kwargs: dict, tiles: int, plan: Tiling) -> int:
+    """The batch size as a number (the progress and preview bookkeeping needs it)."""
+    batch_size = kwargs.get("batch_size", "auto")
+    from . import api
+
+    if batch_size != "auto" or restore is not api.restore:
+        return api._batch_size(batch_size) if batch_size != "auto" else 1
+    model = kwargs.get("model", "sd15")
+    prior = model if isinstance(model, api.DiffusionPrior) else api.guard_memory(
+        lambda: api._load(model, kwargs.get("device", "auto"), kwargs.get("dtype"))
+    )
+    restored_hw = (plan.tile_hw[0] * plan.scale, plan.tile_hw[1] * plan.scale)
+    return api.resolve_batch_size("auto", prior, tiles, restored_hw)
 
 
 def _parameters(function: Callable) -> set[str]:

@@ -138,8 +138,8 @@ def load_model(
         For a single checkpoint file only: a local diffusers SD 1.5 folder whose configs and
         tokenizer to use (otherwise the configs of the hub's SD 1.5 are used, from the cache).
     low_memory
-        Stable Diffusion only: sliced attention, VAE slicing and tiling, text encoder on the
-        CPU (``StableDiffusionPrior.set_low_memory``); slower, for GPUs with 8 GB or less.
+        Stable Diffusion only: VAE tiling and the text encoder on the CPU
+        (``StableDiffusionPrior.set_low_memory``); for GPUs with 8 GB or less.
     compile
         Stable Diffusion only: ``torch.compile`` the networks (CUDA graphs on CUDA); the first
         solve at each image size compiles (``StableDiffusionPrior.compile``).

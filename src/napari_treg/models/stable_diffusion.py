@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError
 from .base import DiffusionPrior, NoiseSchedule
+from .cuda_graphs import GraphCache
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -74,11 +75,18 @@ class StableDiffusionPrior(DiffusionPrior):
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
         self.low_memory = False
         self.compiled = False
+        #: replay the UNet, VAE and CLIP image calls from CUDA graphs on CUDA (see cuda_graphs.py)
+        self.cuda_graphs = True
+        self.graphs = GraphCache()
+        self._clip_constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.max_tokens = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
         _check_compatible(text_encoder, image_encoder, unet, vae)
         for module in self._modules():
             module.eval()
             module.requires_grad_(False)
+        # one image of a batch at a time through the VAE: its activations at 512x512 dwarf the
+        # UNet's, and a batch gains nothing there (the VAE is compute-bound)
+        vae.enable_slicing()
         param = next(unet.parameters())
         self.device = param.device
         self.dtype = param.dtype
@@ -104,12 +112,17 @@ class StableDiffusionPrior(DiffusionPrior):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``(B, 3, H, W)`` in [-1, 1] -> scaled posterior mean ``(B, 4, H/8, W/8)``."""
-        posterior = self.vae.encode(self._cast(x)).latent_dist
-        return (posterior.mean * self.scaling_factor).float()
+        return self._call("encode", self._encode, self._cast(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent -> image ``(B, 3, H, W)`` in [-1, 1] (not clipped)."""
-        return self.vae.decode(self._cast(z) / self.scaling_factor).sample.float()
+        return self._call("decode", self._decode, self._cast(z))
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.vae.encode(x).latent_dist.mean * self.scaling_factor).float()
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / self.scaling_factor).sample.float()
 
     # -- denoiser ---------------------------------------------------------------------------
 
@@ -117,9 +130,11 @@ class StableDiffusionPrior(DiffusionPrior):
         """UNet noise prediction; a single ``text`` row is shared by the whole batch."""
         if text.shape[0] == 1 and z.shape[0] > 1:
             text = text.expand(z.shape[0], *text.shape[1:])
-        timestep = torch.as_tensor(t, device=self.device)
-        out = self.unet(self._cast(z), timestep, encoder_hidden_states=self._cast(text))
-        return out.sample.float()
+        timestep = torch.full((), int(t), dtype=torch.int64, device=self.device)  # no host-to-device copy
+        return self._call("unet", self._predict_noise, self._cast(z), timestep, self._cast(text))
+
+    def _predict_noise(self, z: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.unet(z, timestep, encoder_hidden_states=text).sample.float()
 
     # -- CLIP -------------------------------------------------------------------------------
 
@@ -141,21 +156,37 @@ class StableDiffusionPrior(DiffusionPrior):
     @torch.no_grad()
     def embed_image(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``(B, 3, H, W)`` in [-1, 1] -> unit-length projected CLIP embedding (float32)."""
-        pixels = self._clip_pixels(x)
-        embeds = self.image_encoder(pixel_values=self._cast(pixels)).image_embeds
+        return self._call("clip_image", self._embed_image, x.to(self.device, torch.float32))
+
+    def _embed_image(self, x: torch.Tensor) -> torch.Tensor:
+        embeds = self.image_encoder(pixel_values=self._cast(self._clip_pixels(x))).image_embeds
         return F.normalize(embeds.float(), dim=-1)
 
     def _clip_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Resize (bicubic, antialiased) to the tower's size, map to [0, 1] and normalise."""
-        x = x.to(self.device, torch.float32)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         size = (self.image_size, self.image_size)
         x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
         x = ((x + 1) / 2).clamp(0, 1)
-        mean = torch.tensor(self.image_mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.image_std, device=self.device).view(1, -1, 1, 1)
+        mean, std = self._clip_normalisation(x.device)
         return (x - mean) / std
+
+    def _clip_normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP's mean and std on ``device``, made once (a copy per call would stall a GPU)."""
+        if device not in self._clip_constants:
+            mean = torch.tensor(self.image_mean, device=device).view(1, -1, 1, 1)
+            std = torch.tensor(self.image_std, device=device).view(1, -1, 1, 1)
+            self._clip_constants[device] = (mean, std)
+        return self._clip_constants[device]
+
+    # -- model calls ------------------------------------------------------------------------
+
+    def _call(self, name: str, fn, *inputs: torch.Tensor) -> torch.Tensor:
+        """``fn(*inputs)``, from a CUDA graph when it can be: CUDA, no autograd, not compiled."""
+        if self.cuda_graphs and self.device.type == "cuda" and not self.compiled and not torch.is_grad_enabled():
+            return self.graphs.run(name, fn, *inputs)
+        return fn(*inputs)
 
     # -- device handling --------------------------------------------------------------------
 
@@ -173,6 +204,7 @@ class StableDiffusionPrior(DiffusionPrior):
                 torch.nn.Module.to(module, device=device, dtype=dtype)
         param = next(self.unet.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.graphs.clear()  # recorded graphs point at the old weights
         return self
 
     def release(self) -> None:
@@ -187,25 +219,20 @@ class StableDiffusionPrior(DiffusionPrior):
     def set_low_memory(self, enabled: bool = True) -> StableDiffusionPrior:
         """Trade speed for memory (for GPUs with 8 GB or less); returns self.
 
-        - sliced attention in the UNet (one head group at a time),
-        - VAE slicing (one image of a batch at a time) and tiling (images over 512 pixels
-          are decoded / encoded in overlapping tiles),
+        - VAE tiling: images over 512 pixels are decoded / encoded in overlapping tiles,
         - the text encoder kept on the CPU in float32 (it runs twice per restore).
 
-        ``False`` restores the default (SDPA attention, whole-image VAE, all on one device).
+        Attention stays scaled-dot-product (its memory grows linearly with the image, and
+        diffusers' sliced attention measured more, not less: docs/performance.md). The VAE
+        always works one image of a batch at a time (slicing), in both modes.
         """
         enabled = bool(enabled)
         if enabled:
-            self.unet.set_attention_slice("auto")
-            self.vae.enable_slicing()
             self.vae.enable_tiling()
         else:
-            from diffusers.models.attention_processor import AttnProcessor2_0
-
-            self.unet.set_attn_processor(AttnProcessor2_0())  # scaled-dot-product attention
-            self.vae.disable_slicing()
             self.vae.disable_tiling()
         self.low_memory = enabled
+        self.graphs.clear()  # recorded with the other VAE code path
         self.text_encoder.to(device="cpu" if enabled else self.device, dtype=torch.float32 if enabled else self.dtype)
         if enabled and self.device.type != "cpu":
             _empty_accelerator_cache()
@@ -223,7 +250,8 @@ class StableDiffusionPrior(DiffusionPrior):
             mode = "reduce-overhead"
         for module in (self.unet, self.vae.encoder, self.vae.decoder, self.image_encoder):
             module.compile(mode=mode, dynamic=False)
-        self.compiled = True
+        self.compiled = True  # torch.compile's own CUDA graphs replace ours
+        self.graphs.clear()
         return self
 
     def _modules(self) -> list[torch.nn.Module]:

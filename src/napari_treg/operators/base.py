@@ -57,6 +57,26 @@ class LinearOperator(ABC):
         return self.forward(x)
 
 
+class DeviceCopies:
+    """A constant tensor of an operator, copied to each device and dtype once, on first use.
+
+    Copying a CPU tensor to a GPU makes the host wait for the GPU; done inside the sampler
+    loop it would stall every data-consistency step. This makes that copy once per run.
+    """
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+        self._copies: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        """The constant on ``x``'s device, in ``x``'s dtype."""
+        key = (x.device, x.dtype)
+        copy = self._copies.get(key)
+        if copy is None:
+            copy = self._copies[key] = self.tensor.to(device=x.device, dtype=x.dtype)
+        return copy
+
+
 def as_positive_number(value: float, name: str, *, integer: bool = False) -> float:
     """Validate an operator parameter: finite and > 0 (and an integer if asked)."""
     try:

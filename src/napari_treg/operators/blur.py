@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .base import LinearOperator, as_positive_number, drop_leading_singletons, exact
+from .base import DeviceCopies, LinearOperator, as_positive_number, drop_leading_singletons, exact
 from .convolution import correlate_2d, correlate_2d_adjoint, correlate_axis, correlate_axis_adjoint
 
 
@@ -42,17 +42,17 @@ class GaussianBlur(LinearOperator):
         if size % 2 == 0:
             raise InvalidInputError(f"GaussianBlur size must be odd, got {size}")
         self.size = size
-        self._taps = gaussian_taps(self.sigma, size // 2)
+        self._taps = DeviceCopies(gaussian_taps(self.sigma, size // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.size // 2
-        x = correlate_axis(x, self._taps, -r, 1, x.shape[2], dim=2)
-        return correlate_axis(x, self._taps, -r, 1, x.shape[3], dim=3)
+        x = correlate_axis(x, self._taps.like(x), -r, 1, x.shape[2], dim=2)
+        return correlate_axis(x, self._taps.like(x), -r, 1, x.shape[3], dim=3)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         r = self.size // 2
-        y = correlate_axis_adjoint(y, self._taps, -r, 1, y.shape[3], dim=3)
-        return correlate_axis_adjoint(y, self._taps, -r, 1, y.shape[2], dim=2)
+        y = correlate_axis_adjoint(y, self._taps.like(y), -r, 1, y.shape[3], dim=3)
+        return correlate_axis_adjoint(y, self._taps.like(y), -r, 1, y.shape[2], dim=2)
 
     def __repr__(self) -> str:
         return f"GaussianBlur(sigma={exact(self.sigma)}, size={self.size})"
@@ -68,13 +68,13 @@ class KernelBlur(LinearOperator):
     def __init__(self, kernel: np.ndarray | torch.Tensor):
         self.kernel = validate_kernel(kernel)
         # convolution = correlation with the flipped kernel
-        self._flipped = torch.flip(self.kernel, dims=(0, 1))
+        self._flipped = DeviceCopies(torch.flip(self.kernel, dims=(0, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return correlate_2d(x, self._flipped)
+        return correlate_2d(x, self._flipped.like(x))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return correlate_2d_adjoint(y, self._flipped)
+        return correlate_2d_adjoint(y, self._flipped.like(y))
 
     def __repr__(self) -> str:
         kh, kw = self.kernel.shape

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .base import LinearOperator, drop_leading_singletons
+from .base import DeviceCopies, LinearOperator, drop_leading_singletons
 
 
 class Inpainting(LinearOperator):
@@ -23,7 +23,7 @@ class Inpainting(LinearOperator):
 
     def _set_missing(self, missing: torch.Tensor) -> None:
         self.missing = missing
-        self._keep = (~missing).to(torch.float64)
+        self._keep = DeviceCopies((~missing).to(torch.float64))
 
     @classmethod
     def _of_checked(cls, missing: torch.Tensor) -> Inpainting:
@@ -34,7 +34,7 @@ class Inpainting(LinearOperator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_image_hw(tuple(x.shape[-2:]))
-        return x * self._keep.to(x)
+        return x * self._keep.like(x)
 
     adjoint = forward
     measured = forward  # the missing pixels of a measurement hold no data

@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..errors import InvalidInputError
-from .base import LinearOperator, as_positive_number
+from .base import DeviceCopies, LinearOperator, as_positive_number
 from .convolution import correlate_axis, correlate_axis_adjoint
 
 FILTERS = ("bicubic", "box", "gaussian")
@@ -63,18 +63,19 @@ class SuperResolution(LinearOperator):
         if filter not in FILTERS:
             raise InvalidInputError(f"unknown SuperResolution filter {filter!r}; choose one of {FILTERS}")
         self.filter = filter
-        self._taps, self._offset = downsampling_taps(self.factor, filter)
+        taps, self._offset = downsampling_taps(self.factor, filter)
+        self._taps = DeviceCopies(taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_image_hw(tuple(x.shape[-2:]))
         h, w = self.measurement_hw(tuple(x.shape[-2:]))
-        x = correlate_axis(x, self._taps, self._offset, self.factor, h, dim=2)
-        return correlate_axis(x, self._taps, self._offset, self.factor, w, dim=3)
+        x = correlate_axis(x, self._taps.like(x), self._offset, self.factor, h, dim=2)
+        return correlate_axis(x, self._taps.like(x), self._offset, self.factor, w, dim=3)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         h, w = self.image_hw(tuple(y.shape[-2:]))
-        y = correlate_axis_adjoint(y, self._taps, self._offset, self.factor, w, dim=3)
-        return correlate_axis_adjoint(y, self._taps, self._offset, self.factor, h, dim=2)
+        y = correlate_axis_adjoint(y, self._taps.like(y), self._offset, self.factor, w, dim=3)
+        return correlate_axis_adjoint(y, self._taps.like(y), self._offset, self.factor, h, dim=2)
 
     def measurement_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         return image_hw[0] // self.factor, image_hw[1] // self.factor

@@ -197,7 +197,7 @@ class RestoreWidget(Container):
             ComboBox(name="dtype", label="precision", value=None, choices=list(PRECISIONS),
                      tooltip="float16 halves GPU memory; float32 is safest on the CPU"),
             checkbox("low_memory", "low-memory mode", False,
-                     "Sliced attention, VAE tiling, text encoder on the CPU: for GPUs with little memory"),
+                     "VAE tiling, text encoder on the CPU: for GPUs with little memory (use tiles for large images)"),
             SpinBox(name="tile_size", label="tile size", value=0, min=0, max=16384, step=64,
                     tooltip="Restore images larger than this (restored pixels; 512 suits Stable Diffusion 1.5) "
                             "in overlapping tiles blended without seams; 0 = in one piece"),

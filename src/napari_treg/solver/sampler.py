@@ -13,10 +13,10 @@ from typing import Callable
 
 import torch
 
-from ..errors import DivergenceError
 from ..models.base import DiffusionPrior
 from ..operators import LinearOperator
 from .cg import data_consistency
+from .divergence import DivergenceWatch
 from .negation import AdaptiveNegation
 from .schedule import Step, ddim_steps
 
@@ -68,6 +68,7 @@ def treg_sample(
     text = text.to(prior.device, torch.float32)
     negation = AdaptiveNegation(null.to(prior.device), config.negation_lr, config.negation_steps)
     null = negation.null
+    watch = DivergenceWatch(prior.device, len(steps))
 
     z = noise[0]
     for step in steps:
@@ -81,9 +82,10 @@ def treg_sample(
             z = renoise(z0y, z0, eps, step, noise[step.index + 1])
         else:
             z = math.sqrt(step.a_prev) * z0 + math.sqrt(1 - step.a_prev) * eps
-        _check_finite(z, step, len(steps))
+        watch.observe(z, step.index)
         if callback is not None:
             callback({"i": step.index, "total": len(steps), "z0": z0, "step": step})
+    watch.check()
     return prior.decode(z0).float()
 
 
@@ -124,11 +126,3 @@ def presampled_noise(
     noise = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
     return torch.stack(noise, dim=1).to(prior.device)
 
-
-def _check_finite(z: torch.Tensor, step: Step, total: int) -> None:
-    if step.index % 10 == 9 or step.index == total - 1 or step.data_consistency:
-        if not bool(torch.isfinite(z).all()):
-            raise DivergenceError(
-                f"the sampler diverged (NaN or inf) at step {step.index + 1} of {total}: "
-                "try float32 (dtype='float32'), a larger cg_lambda or fewer CG iterations"
-            )
