@@ -178,3 +178,7 @@ def test_operator_constants_are_copied_once_per_device_and_dtype():
     assert first.dtype == torch.float32 and first is op._taps.like(x)  # cached, not copied per call
     assert op._taps.like(x.double()).dtype == torch.float64
     assert torch.equal(op.forward(x), op.forward(x))
+
+
+def test_motion_blur_angle_minus_zero_is_zero():
+    assert repr(MotionBlur(3, -0.0)) == repr(MotionBlur(3, 0.0)) == "MotionBlur(length=3, angle=0)"

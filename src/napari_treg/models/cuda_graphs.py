@@ -2,8 +2,9 @@
 
 A TReg solve calls the UNet about 200 times and the VAE and the CLIP image tower about 57
 times each, always with the same shapes. Launched kernel by kernel from Python, the SD 1.5
-UNet is bound by launch overhead (29-42 ms eager, 12 ms as a CUDA graph on an H200). A CUDA
-graph records a call's kernels once and replays them with a single launch.
+UNet is bound by launch overhead: 43.7 ms eager, 12.4 ms as a CUDA graph on an H200
+(benchmarks/gpu_solve.py, docs/performance.md). A CUDA graph records a call's kernels once
+and replays them with a single launch.
 
 :class:`GraphCache` records one graph per call name and input signature (shapes and dtypes)
 the first time it is seen, then replays it: inputs are copied into the graph's own input

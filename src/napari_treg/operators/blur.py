@@ -92,7 +92,7 @@ class MotionBlur(KernelBlur):
         self.length = as_positive_number(length, "MotionBlur length")
         if not math.isfinite(float(angle)):
             raise InvalidInputError(f"MotionBlur angle must be finite, got {angle!r}")
-        self.angle = float(angle)
+        self.angle = float(angle) + 0.0  # -0.0 -> 0.0: the same blur, one repr
         super().__init__(motion_kernel(self.length, self.angle))
 
     def __repr__(self) -> str:
