@@ -149,11 +149,12 @@ class IntensityScale:
             low, high = low - half, low + half
         return cls(float(low), float(high))
 
+    # in float64: for a float32 image with a tiny range, 2 / (high - low) overflows float32
     def to_model(self, values: np.ndarray) -> np.ndarray:
-        return ((values - self.low) * (2.0 / (self.high - self.low)) - 1.0).astype(np.float32)
+        return ((np.asarray(values, np.float64) - self.low) * (2.0 / (self.high - self.low)) - 1.0).astype(np.float32)
 
     def from_model(self, values: np.ndarray) -> np.ndarray:
-        return ((values + 1.0) * ((self.high - self.low) / 2.0) + self.low).astype(np.float32)
+        return ((np.asarray(values, np.float64) + 1.0) * ((self.high - self.low) / 2.0) + self.low).astype(np.float32)
 
     def model_sigma(self, sigma: float) -> float:
         """A noise level in [-1, 1] units expressed in input intensity units."""
