@@ -17,33 +17,13 @@ import argparse
 import statistics
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sd15_random import environment, table, write_json  # noqa: E402
-
-
-def instrument(prior) -> dict:
-    """Wrap the model methods; returns {name: [count, seconds]} filled in as they run."""
-    stats: dict = defaultdict(lambda: [0, 0.0])
-    for name in ("predict_noise", "decode", "encode", "embed_image", "embed_text"):
-        original = getattr(prior, name)
-
-        def wrapper(*args, _original=original, _name=name, **kwargs):
-            start = time.perf_counter()
-            try:
-                return _original(*args, **kwargs)
-            finally:
-                entry = stats[_name]
-                entry[0] += 1
-                entry[1] += time.perf_counter() - start
-
-        setattr(prior, name, wrapper)
-    return stats
+from sd15_random import environment, instrument, table, write_json  # noqa: E402
 
 
 def main() -> None:

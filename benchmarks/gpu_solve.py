@@ -32,7 +32,6 @@ import sys
 import time
 import traceback
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sd15_random import (  # noqa: E402
     build_sd15_prior,
     environment,
+    instrument,
     peak_gib,
     peak_reserved_gib,
     reset_peak,
@@ -52,20 +52,6 @@ from sd15_random import (  # noqa: E402
 )
 
 HERE = Path(__file__).resolve().parent
-
-
-def count_calls(prior) -> Counter:
-    """Wrap the prior's model methods to count calls (no synchronisation added)."""
-    counts: Counter = Counter()
-    for name in ("predict_noise", "decode", "encode", "embed_image", "embed_text"):
-        original = getattr(prior, name)
-
-        def wrapper(*args, _original=original, _name=name, **kwargs):
-            counts[_name] += 1
-            return _original(*args, **kwargs)
-
-        setattr(prior, name, wrapper)
-    return counts
 
 
 def primitives(prior, reps: int = 10) -> dict:
@@ -174,12 +160,12 @@ def measure(prior, args, device: str, result: dict) -> None:
     sync()
     result["first_solve_s"] = round(time.perf_counter() - start, 3)
     reset_peak()
-    counts = count_calls(prior)
+    stats = instrument(prior)
     solve_s, (graphed, info) = timed(lambda: restore(y, op, return_info=True, **kwargs), reps=args.reps)
     result["restore_s"] = round(solve_s, 3)
     result["peak_gib"] = peak_gib()
     result["peak_reserved_gib"] = peak_reserved_gib()
-    result["calls_per_solve"] = {k: v // args.reps for k, v in counts.items()}
+    result["calls_per_solve"] = {k: v[0] // args.reps for k, v in stats.items()}
     result["residual"] = info["residual"]
     result["graphs_recorded"] = len(prior.graphs)
     if device == "cuda":

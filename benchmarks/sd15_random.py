@@ -11,6 +11,7 @@ import os
 import statistics
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -60,6 +61,25 @@ def build_sd15_prior(device: str | torch.device = "cuda", dtype: torch.dtype = t
     prior = StableDiffusionPrior(unet, vae, text, tokenizer, vision, name="sd15 architecture, random weights",
                                  is_test_model=True)
     return prior.to(device, dtype)
+
+
+def instrument(prior) -> dict:
+    """Wrap the prior's model methods; returns {name: [count, host seconds]}, filled in as they run (adds no sync)."""
+    stats: dict = defaultdict(lambda: [0, 0.0])
+    for name in ("predict_noise", "decode", "encode", "embed_image", "embed_text"):
+        original = getattr(prior, name)
+
+        def wrapper(*args, _original=original, _name=name, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                entry = stats[_name]
+                entry[0] += 1
+                entry[1] += time.perf_counter() - start
+
+        setattr(prior, name, wrapper)
+    return stats
 
 
 def sync() -> None:

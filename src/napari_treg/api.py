@@ -184,10 +184,10 @@ def restore(
     run = _Run.prepare(image, operator, rgb, batch_size, config, seed, method, intensity_range)
     is_cancelled = cancel_checker(cancel)
     _raise_if(is_cancelled)
-    prior = model if isinstance(model, DiffusionPrior) else guard_memory(lambda: _load(model, device, dtype))
+    prior = get_prior(model, device, dtype)
     _raise_if(is_cancelled)
     _warn_if_slow(prior)
-    run.batch_size = resolve_batch_size(batch_size, prior, len(run.planes), run.operator.image_hw(run.layout.hw))
+    run.batch_size = resolve_batch_size(run.batch_size, prior, len(run.planes), run.operator.image_hw(run.layout.hw))
     text = prior.embed_text([_text(prompt, "prompt")])
     null = prior.embed_text([_text(negative_prompt, "negative_prompt")])
     result, sums = guard_memory(lambda: run.execute(prior, text, null, progress, preview_every, is_cancelled))
@@ -230,6 +230,13 @@ def _intensity_scale(planes: np.ndarray, intensity_range) -> imaging.IntensitySc
     if not (math.isfinite(low) and math.isfinite(high) and high > low):
         raise InvalidInputError(f"intensity_range must be finite with low < high, got {intensity_range!r}")
     return imaging.IntensityScale(low, high)
+
+
+def get_prior(model: str | DiffusionPrior, device: str, dtype) -> DiffusionPrior:
+    """``model`` if it is a loaded prior, else the loaded (cached) model it names."""
+    if isinstance(model, DiffusionPrior):
+        return model
+    return guard_memory(lambda: _load(model, device, dtype))
 
 
 def _load(model: str, device: str, dtype) -> DiffusionPrior:

@@ -250,15 +250,14 @@ def restore_tiled(
 
 def _tile_batch_size(restore: Callable, kwargs: dict, tiles: int, plan: Tiling) -> int:
     """The batch size as a number (the progress and preview bookkeeping needs it)."""
-    batch_size = kwargs.get("batch_size", "auto")
     from . import api
 
-    if batch_size != "auto" or restore is not api.restore:
-        return api._batch_size(batch_size) if batch_size != "auto" else 1
-    model = kwargs.get("model", "sd15")
-    prior = model if isinstance(model, api.DiffusionPrior) else api.guard_memory(
-        lambda: api._load(model, kwargs.get("device", "auto"), kwargs.get("dtype"))
-    )
+    batch_size = kwargs.get("batch_size", "auto")
+    if batch_size != "auto":
+        return api._batch_size(batch_size)
+    if restore is not api.restore:
+        return 1  # another implementation (tests): no model to ask
+    prior = api.get_prior(kwargs.get("model", "sd15"), kwargs.get("device", "auto"), kwargs.get("dtype"))
     restored_hw = (plan.tile_hw[0] * plan.scale, plan.tile_hw[1] * plan.scale)
     return api.resolve_batch_size("auto", prior, tiles, restored_hw)
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
+from ..operators.base import DeviceCopies
 from .base import DiffusionPrior, NoiseSchedule
 from .cuda_graphs import GraphCache
 
@@ -78,7 +79,8 @@ class StableDiffusionPrior(DiffusionPrior):
         #: replay the UNet, VAE and CLIP image calls from CUDA graphs on CUDA (see cuda_graphs.py)
         self.cuda_graphs = True
         self.graphs = GraphCache()
-        self._clip_constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._clip_mean = DeviceCopies(torch.tensor(self.image_mean).view(1, -1, 1, 1))
+        self._clip_std = DeviceCopies(torch.tensor(self.image_std).view(1, -1, 1, 1))
         self.max_tokens = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
         _check_compatible(text_encoder, image_encoder, unet, vae)
         for module in self._modules():
@@ -169,16 +171,7 @@ class StableDiffusionPrior(DiffusionPrior):
         size = (self.image_size, self.image_size)
         x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
         x = ((x + 1) / 2).clamp(0, 1)
-        mean, std = self._clip_normalisation(x.device)
-        return (x - mean) / std
-
-    def _clip_normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """CLIP's mean and std on ``device``, made once (a copy per call would stall a GPU)."""
-        if device not in self._clip_constants:
-            mean = torch.tensor(self.image_mean, device=device).view(1, -1, 1, 1)
-            std = torch.tensor(self.image_std, device=device).view(1, -1, 1, 1)
-            self._clip_constants[device] = (mean, std)
-        return self._clip_constants[device]
+        return (x - self._clip_mean.like(x)) / self._clip_std.like(x)  # copied to the GPU once
 
     # -- model calls ------------------------------------------------------------------------
 
