@@ -180,7 +180,9 @@ def restore(
     return restoration if return_info else restoration.image
 
 
-def get_prior(model: str | DiffusionPrior, device: str = "auto", dtype: str | torch.dtype | None = None) -> DiffusionPrior:
+def get_prior(
+    model: str | DiffusionPrior, device: str = "auto", dtype: str | torch.dtype | None = None
+) -> DiffusionPrior:
     """``model`` if it is a loaded prior, else the loaded (cached) model it names."""
     if isinstance(model, DiffusionPrior):
         return model

@@ -5,6 +5,7 @@ model is built or loaded.
 """
 
 from .base import DiffusionPrior, NoiseSchedule
+from .devices import resolve_device, resolve_dtype
 from .loading import (
     CLIP_IMAGE_REPO,
     SD15_REPO,
@@ -12,8 +13,6 @@ from .loading import (
     download_model,
     load_model,
     release_model,
-    resolve_device,
-    resolve_dtype,
 )
 from .stable_diffusion import StableDiffusionPrior
 from .tiny import build_tiny_prior

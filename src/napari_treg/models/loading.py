@@ -32,11 +32,11 @@ import torch
 
 from ..errors import InvalidInputError, ModelNotFoundError
 from .base import DiffusionPrior
+from .devices import resolve_device, resolve_dtype
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CLIP_IMAGE_REPO = "openai/clip-vit-large-patch14"
 MODEL_NAMES = ("sd15", "tiny", "analytic")
-VALID_DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 HUB_TIMEOUT_S = 10.0
@@ -45,70 +45,10 @@ SD1_TEXT_WIDTH = 768
 #: progress(message, fraction); fraction in [0, 1] or None when unknown
 Progress = Callable[[str, "float | None"], None]
 
-_DTYPES = {
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 _CACHE: dict[tuple, DiffusionPrior] = {}
 _LOCK = threading.RLock()
-
-
-# -- devices and dtypes -----------------------------------------------------------------------
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` -> a device."""
-    text = str(name).strip().lower()
-    if text == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if _mps_available() else torch.device("cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if re.fullmatch(r"cuda(:\d+)?", text):
-        return _checked_cuda(text)
-    if text == "mps":
-        if not _mps_available():
-            raise InvalidInputError("device 'mps' requested, but Apple MPS is not available here; use 'auto' or 'cpu'")
-        return torch.device("mps")
-    raise InvalidInputError(f"unknown device {name!r}; valid devices: {', '.join(VALID_DEVICES)}")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None -> float16 on CUDA, float32 elsewhere; also accepts "fp16", "bfloat16", "float32", ..."""
-    if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype in set(_DTYPES.values()):
-            return dtype
-    elif isinstance(dtype, str) and dtype.strip().lower().removeprefix("torch.") in _DTYPES:
-        return _DTYPES[dtype.strip().lower().removeprefix("torch.")]
-    raise InvalidInputError(f"unsupported dtype {dtype!r}; use float16 (fp16), bfloat16 or float32")
-
-
-def _checked_cuda(text: str) -> torch.device:
-    if not torch.cuda.is_available():
-        raise InvalidInputError(
-            f"device {text!r} requested, but CUDA is not available (no GPU or a CPU-only torch build); "
-            "use 'auto' or 'cpu'"
-        )
-    device = torch.device(text)
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise InvalidInputError(f"device {text!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
-
-
-def _mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
 
 
 # -- the public entry point -------------------------------------------------------------------
