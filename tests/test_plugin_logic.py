@@ -160,7 +160,7 @@ def _job(**kwargs) -> Job:
 def test_run_job_with_the_tiny_model_reuses_it():
     holder = ModelHolder()
     steps: list[tuple[int, int, bool]] = []
-    outcome = run_job(_job(preview_every=1, residual=True), holder, lambda s, t, p: steps.append((s, t, p is not None)))
+    outcome = run_job(_job(preview_every=1, residual=True), holder, lambda e: steps.append((e.step, e.total, e.preview is not None)))
     assert outcome.result.shape == (16, 16) and outcome.residual.shape == (16, 16)
     assert steps == [(1, 2, True), (2, 2, True)]
     assert outcome.info["test_model"] and outcome.info["seed"] == 0
@@ -184,7 +184,7 @@ def test_cancelled_job_raises_and_release_waits_for_the_run():
 
     cancel_at_first_step = _job()
     with pytest.raises(Cancelled):
-        run_job(cancel_at_first_step, holder, lambda s, t, p: cancel_at_first_step.cancel.set())
+        run_job(cancel_at_first_step, holder, lambda e: cancel_at_first_step.cancel.set())
 
 
 def test_data_consistency_line_speaks_in_noise_units():

@@ -156,10 +156,6 @@ class IntensityScale:
     def from_model(self, values: np.ndarray) -> np.ndarray:
         return ((np.asarray(values, np.float64) + 1.0) * ((self.high - self.low) / 2.0) + self.low).astype(np.float32)
 
-    def model_sigma(self, sigma: float) -> float:
-        """A noise level in [-1, 1] units expressed in input intensity units."""
-        return sigma * (self.high - self.low) / 2.0
-
 
 def to_rgb(planes: torch.Tensor) -> torch.Tensor:
     """Grey planes ``(N, 1, H, W)`` -> three equal channels; RGB unchanged."""

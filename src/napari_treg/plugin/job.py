@@ -17,14 +17,19 @@ import numpy as np
 import torch
 
 from .. import api
+from ..engine import Progress, Restorer, warn_if_slow
 from ..errors import Cancelled, DivergenceError, InvalidInputError, ModelNotFoundError, TRegError
 from ..memory import is_out_of_memory
 from ..models.base import DiffusionPrior
 from ..operators import LinearOperator
+from ..settings import from_values, specs
+from ..solver import TRegConfig
 from .layers import Planes, ground_truth_metrics, reference_for
 
-#: progress(step, total, preview) for sampling; status(message, fraction) while loading
-StepProgress = Callable[[int, int, "np.ndarray | None"], None]
+CONFIG_NAMES = frozenset(spec.name for spec in specs(TRegConfig))
+
+#: progress(event) after every sampling step; status(message, fraction) while loading
+StepProgress = Callable[[Progress], None]
 Status = Callable[[str, "float | None"], None]
 
 
@@ -95,7 +100,7 @@ class Job:
     model: str
     device: str
     dtype: str | None
-    options: dict[str, Any]  # restore keyword arguments (prompt, steps, seed, ...)
+    options: dict[str, Any]  # prompt, negative_prompt, TRegConfig fields and RunOptions fields
     low_memory: bool = False
     preview_every: int = 0
     residual: bool = False
@@ -126,24 +131,17 @@ def run_job(
         raise Cancelled("cancelled before the start")
     if status is not None:
         status(f"loading model {job.model}", None)
-
-    def on_step(step: int, total: int, preview: np.ndarray | None = None) -> None:
-        if progress is not None:
-            progress(step, total, preview)
-
+    settings = dict(job.options)
+    text = {name: settings.pop(name, "") for name in ("prompt", "negative_prompt")}
+    config = from_values(TRegConfig, {k: settings.pop(k) for k in list(settings) if k in CONFIG_NAMES}, "setting")
     with holder.use(job.model, job.device, job.dtype, status, job.low_memory) as prior:
         if status is not None:
             status("restoring", 0.0)
-        result, info = api.restore(
-            job.planes.data,
-            job.operator,
-            **job.options,
-            model=prior,
-            rgb=job.rgb,
-            progress=on_step,
-            preview_every=job.preview_every,
-            cancel=job.cancel,
-            return_info=True,
+        warn_if_slow(prior)
+        restorer = Restorer(prior, config, **text)
+        result, info = restorer.restore(
+            job.planes.data, job.operator, **settings, rgb=job.rgb, preview_every=job.preview_every,
+            callback=progress, cancel=job.cancel,
         )
     outcome = Outcome(result, info)
     if job.residual:

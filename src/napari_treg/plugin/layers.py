@@ -139,13 +139,6 @@ def measurement_geometry(
     return scale, translate
 
 
-def plane_geometry(
-    scale: Sequence[float], translate: Sequence[float], index: Sequence[int] | None
-) -> tuple[list[float], list[float]]:
-    """Geometry of a layer holding one plane (singleton stack axes) of a layer."""
-    return restored_geometry(scale, translate, 1, index)
-
-
 # -- display --------------------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from qtpy.QtCore import QEvent, QObject, Signal, Slot
 from qtpy.QtWidgets import QGroupBox, QSizePolicy, QVBoxLayout
 from superqt import QCollapsible
 
+from ..engine import Progress
 from ..errors import Cancelled, InvalidInputError, TRegError
 from .choices import MODELS, PRECISIONS, available_devices, model_spec, sr_factor
 from .forms import (
@@ -97,7 +98,7 @@ class _Relay(QObject):
     The relay lives in the main thread, so its signals, emitted by the worker, are queued.
     """
 
-    stepped = Signal(int, int, object)
+    stepped = Signal(object)
     status = Signal(str, object)
 
     def __init__(self, parent: QObject, on_step: Any, on_status: Any):
@@ -106,9 +107,9 @@ class _Relay(QObject):
         self.stepped.connect(self._step)
         self.status.connect(self._status)
 
-    @Slot(int, int, object)
-    def _step(self, step: int, total: int, preview: Any) -> None:
-        _reporting_errors(self._on_step, step, total, preview)
+    @Slot(object)
+    def _step(self, event: Any) -> None:
+        _reporting_errors(self._on_step, event)
 
     @Slot(str, object)
     def _status(self, message: str, fraction: Any) -> None:
@@ -390,20 +391,20 @@ class RestoreWidget(Container):
             bar.setFormat("%p%")
             bar.setValue(int(100 * fraction))
 
-    def _on_step(self, step: int, total: int, preview: np.ndarray | None) -> None:
+    def _on_step(self, event: Progress) -> None:
         job = self._state.job
         if job is None or job.cancel.is_set():
             return
+        step, total = event.step, event.total
         bar = self.progress_bar.native
         bar.setFormat("%v / %m steps")
         bar.setRange(0, total)
         bar.setValue(step)
-        steps = job.options["steps"]
-        planes = total // steps
-        where = f" (plane {(step - 1) // steps + 1} of {planes})" if planes > 1 else ""
-        self.status.value = f"Step {step} of {total}{where}"
-        if preview is not None and self.preview.value:
-            self._show_preview(job, preview)
+        where = [f"plane {event.plane} of {event.planes}"] if event.planes > 1 else []
+        where += [f"tile {event.tile} of {event.tiles}"] if event.tiles > 1 else []
+        self.status.value = f"Step {step} of {total}" + (f" ({', '.join(where)})" if where else "")
+        if event.preview is not None and self.preview.value:
+            self._show_preview(job, event.preview)
         # napari's progress may process pending events (later steps, even the end of the run): do it last
         progress = self._progress
         if progress is not None and self._state.job is job:
