@@ -10,7 +10,6 @@ from napari_treg import restore
 from napari_treg.errors import InvalidInputError
 from napari_treg.memory import AUTO_BATCH_MAX, PLANE_BYTES_PER_PIXEL, SOLVE_BYTES_PER_PIXEL, auto_batch_size
 from napari_treg.operators import GaussianBlur, SuperResolution
-from napari_treg import restore
 
 # CFG, adaptive negation and data consistency all on; few steps to stay fast
 SETTINGS = dict(steps=4, dc_every=2, guidance=3.0, adaptive_negation=True, negation_steps=2, prompt="cells", seed=5)

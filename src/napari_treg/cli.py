@@ -221,7 +221,7 @@ class ProgressBar:
     def __init__(self, enabled: bool = True, desc: str = "restore"):
         self.enabled = enabled
         self.desc = desc
-        self._bar = None
+        self._bar: Any = None
 
     def __call__(self, event: Progress) -> None:
         if not self.enabled:

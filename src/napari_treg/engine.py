@@ -277,11 +277,11 @@ class Restorer:
         self, y: torch.Tensor, operator: LinearOperator, seed: int, callback: Callable[[dict], None] | None
     ) -> torch.Tensor:
         """One batch ``(B, C, h, w)``: pad to the model's size multiple, sample, crop back (model units)."""
-        measurement_hw = tuple(y.shape[-2:])
+        measurement_hw = (int(y.shape[-2]), int(y.shape[-1]))
         image_hw = operator.image_hw(measurement_hw)
         pad_h, pad_w = imaging.pad_amounts(operator, measurement_hw, self.prior.size_multiple)
         y_model = imaging.mirror_pad(imaging.to_rgb(y), pad_h, pad_w)
-        padded_hw = operator.image_hw(tuple(y_model.shape[-2:]))
+        padded_hw = operator.image_hw((measurement_hw[0] + pad_h, measurement_hw[1] + pad_w))
         padded = operator.padded(padded_hw[0] - image_hw[0], padded_hw[1] - image_hw[1])
         batch = y.shape[0]
         generators = [torch.Generator().manual_seed(seed + k) for k in range(batch)]
