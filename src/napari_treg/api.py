@@ -21,6 +21,7 @@ from .memory import auto_batch_size, free_bytes, guard_memory
 from .models.base import DiffusionPrior
 from .operators import LinearOperator
 from .solver import TRegConfig, get_method
+from .solver.divergence import check_finite
 
 ProgressCallback = Callable[..., None]
 CancelSignal = threading.Event | Callable[[], bool] | None
@@ -57,6 +58,8 @@ def degrade(
         its planes are ``factor`` times smaller.
     """
     noise = _finite(noise, "noise", minimum=0.0)
+    if noise > imaging.MAX_NOISE_SIGMA:
+        raise InvalidInputError(f"noise must be at most {imaging.MAX_NOISE_SIGMA:g} (50x the image range), got {noise}")
     array = imaging.check_image(image)
     layout = imaging.layout_of(array, rgb)
     operator.check_image_hw(layout.hw)
@@ -67,7 +70,9 @@ def degrade(
     if noise > 0:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         y = y + noise * torch.randn(y.shape, generator=generator, dtype=torch.float64)
-    return imaging.from_planes(scale.from_model(y.numpy()), layout)
+    result = imaging.from_planes(scale.from_model(y.numpy()), layout)
+    check_finite(result, "the simulated measurement", advice="use a smaller noise or rescale the image")
+    return result
 
 
 def restore(

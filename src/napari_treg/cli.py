@@ -24,6 +24,7 @@ import numpy as np
 
 from napari_treg import io
 from napari_treg.errors import Cancelled, InvalidInputError, TRegError
+from napari_treg.memory import is_out_of_memory, out_of_memory_error
 
 if TYPE_CHECKING:
     from napari_treg.operators import LinearOperator
@@ -141,19 +142,19 @@ def add_rgb_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def read_mask(path: str) -> np.ndarray:
-    """A boolean missing-pixel mask from a file: label > 0 (in any channel) = missing."""
+    """A missing-pixel mask from a file: label > 0 (in any channel) = missing; Inpainting checks it."""
     mask = io.read_image(path)
     if mask.ndim == 3 and mask.shape[-1] == 3:
-        mask = mask.max(axis=-1)
-    return np.asarray(mask) > 0
+        mask = mask.max(axis=-1)  # NaN stays NaN, so a NaN mask is refused as by the API
+    return mask
 
 
 def read_kernel(path: str) -> np.ndarray:
-    """A 2D blur kernel from a file (RGB images are averaged to grey)."""
+    """A 2D blur kernel from a file (RGB images are averaged to grey); KernelBlur checks it."""
     kernel = io.read_image(path)
     if kernel.ndim == 3 and kernel.shape[-1] == 3:
         kernel = kernel.mean(axis=-1)
-    return np.asarray(kernel, dtype=np.float64)
+    return kernel
 
 
 def operator_from_args(args: argparse.Namespace) -> LinearOperator:
@@ -214,13 +215,15 @@ def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_degrade(args: argparse.Namespace) -> int:
     """Simulate a measurement: apply the operator to IN and add noise."""
+    from napari_treg import outputs
     from napari_treg.api import degrade
 
-    io.check_output_path(args.output)
     image = io.read_image(args.input)
     operator = operator_from_args(args)
+    shape = outputs.result_shape(image, args.rgb, operator.measurement_hw)
+    outputs.check_outputs([outputs.Output("-o", Path(args.output), shape)], [args.input, args.mask, args.kernel])
     result = degrade(image, operator, noise=args.noise, seed=args.seed, rgb=args.rgb)
-    io.write_image(args.output, result, like=image)
+    outputs.write_together({args.output: lambda path: io.write_image(path, result, like=image)})
     _say(args, lambda: f"wrote {args.output} ({_describe(args.output)}) with {operator!r}")
     return 0
 
@@ -326,11 +329,6 @@ def restore_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in RESTORE_DEFAULTS}
 
 
-def _check_info_path(path: str | None) -> None:
-    if path is not None and not Path(path).resolve().parent.is_dir():
-        raise InvalidInputError(f"folder of --info does not exist: {path!r}")
-
-
 def _write_info(path: str, info: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
@@ -348,18 +346,22 @@ def _restore_summary(output: str, info: dict[str, Any]) -> str:
 
 def run_restore(args: argparse.Namespace) -> int:
     """Restore IN with TReg and write the result to OUT."""
+    from napari_treg import outputs
     from napari_treg.api import restore
 
-    io.check_output_path(args.output)
-    _check_info_path(args.info)
     image = io.read_image(args.input)
     operator = operator_from_args(args)
+    planned = [outputs.Output("-o", Path(args.output), outputs.result_shape(image, args.rgb, operator.image_hw))]
+    if args.info is not None:
+        planned.append(outputs.Output("--info", Path(args.info)))
+    outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
     with ProgressBar(enabled=not args.quiet) as bar:
         result, info = restore(image, operator, **restore_kwargs(args), progress=bar,
                                return_info=True)
-    io.write_image(args.output, result, like=image)
-    if args.info:
-        _write_info(args.info, info)
+    writers = {args.output: lambda path: io.write_image(path, result, like=image)}
+    if args.info is not None:
+        writers[args.info] = lambda path: _write_info(path, info)
+    outputs.write_together(writers)
     _say(args, lambda: _restore_summary(args.output, info))
     return 0
 
@@ -452,13 +454,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         _fail(str(exc))
         return 2
-    except (OSError, MemoryError, ImportError) as exc:  # ImportError: a broken install
+    except (OSError, ImportError) as exc:  # ImportError: a broken install
         _fail(str(exc) or type(exc).__name__)
         return 1
-    except RuntimeError as exc:  # torch out-of-memory on a GPU
-        if "out of memory" not in str(exc).lower():
+    except (MemoryError, RuntimeError) as exc:  # an allocation failure on any device
+        if not is_out_of_memory(exc):
             raise
-        _fail(f"out of memory ({exc}); try a smaller image, --dtype float16 or --device cpu")
+        _fail(str(out_of_memory_error(exc)))
         return 1
 
 

@@ -24,6 +24,11 @@ from .operators.convolution import mirror_index
 MIN_SIZE = 2
 MAX_NDIM = 5
 MAX_MAGNITUDE = 1e30  # larger finite values overflow float32 intensity maths
+#: the largest value in the model's units (the intensity range mapped to [-1, 1]); the sampler's float32
+#: sums of squares overflow near 1e19 (a single pixel of 1e20 made the tiny and analytic models diverge)
+MAX_MODEL_MAGNITUDE = 1e9
+#: the largest simulated noise sigma, in the model's units (the intensity range spans 2): 50 times the range
+MAX_NOISE_SIGMA = 100.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,9 @@ class Layout:
 def check_image(image: object, name: str = "image") -> np.ndarray:
     """Validate an input image (read-only view; never copied or modified here)."""
     if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
+        image = _tensor_as_array(image, name)
+    if isinstance(image, np.ma.MaskedArray):
+        image = _unmasked(image, name)
     try:
         array = np.asarray(image)
     except Exception as error:  # noqa: BLE001 - anything array-like that fails
@@ -86,6 +93,26 @@ def check_image(image: object, name: str = "image") -> np.ndarray:
             )
         _check_magnitude(array, name)
     return array
+
+
+def _tensor_as_array(tensor: torch.Tensor, name: str) -> np.ndarray:
+    try:
+        return tensor.detach().cpu().numpy()
+    except (TypeError, RuntimeError) as error:  # bfloat16, quantised, sparse, meta ...
+        raise InvalidInputError(
+            f"{name} is a torch tensor of dtype {tensor.dtype} that NumPy cannot hold ({error}): "
+            f"convert it first, e.g. {name}.float()"
+        ) from None
+
+
+def _unmasked(array: np.ma.MaskedArray, name: str) -> np.ndarray:
+    """The data of a masked array with no masked pixel; one with masked pixels is refused (never dropped)."""
+    if np.ma.is_masked(array):
+        raise InvalidInputError(
+            f"{name} is a masked array with {int(np.ma.count_masked(array))} masked pixel(s), which would be "
+            f"ignored: to fill them in, pass np.ma.getdata({name}) with Inpainting(np.ma.getmaskarray({name}))"
+        )
+    return np.ma.getdata(array)
 
 
 def _check_magnitude(array: np.ndarray, name: str) -> None:
@@ -151,7 +178,17 @@ class IntensityScale:
 
     # in float64: for a float32 image with a tiny range, 2 / (high - low) overflows float32
     def to_model(self, values: np.ndarray) -> np.ndarray:
-        return ((np.asarray(values, np.float64) - self.low) * (2.0 / (self.high - self.low)) - 1.0).astype(np.float32)
+        """``values`` in the model's units (float32); refuses outliers that the model's maths cannot hold."""
+        mapped = (np.asarray(values, np.float64) - self.low) * (2.0 / (self.high - self.low)) - 1.0
+        peak = float(np.max(np.abs(mapped))) if mapped.size else 0.0
+        if peak > MAX_MODEL_MAGNITUDE:
+            raise InvalidInputError(
+                f"the image has values far outside its intensity range {self.low:.4g} to {self.high:.4g} "
+                f"(mapped to the model's -1 to 1 they reach {peak:.3g}, beyond {MAX_MODEL_MAGNITUDE:.0e}): "
+                f"clip the outliers first, e.g. np.clip(image, {self.low:.4g}, {self.high:.4g}), "
+                "or give an intensity_range that covers them"
+            )
+        return mapped.astype(np.float32)
 
     def from_model(self, values: np.ndarray) -> np.ndarray:
         return ((np.asarray(values, np.float64) + 1.0) * ((self.high - self.low) / 2.0) + self.low).astype(np.float32)
