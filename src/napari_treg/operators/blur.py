@@ -154,7 +154,8 @@ def validate_kernel(kernel: np.ndarray | torch.Tensor) -> torch.Tensor:
             "the blur kernel has negative values: a PSF is non-negative "
             "(subtract the background and clip at 0)"
         )
-    total = array.sum()
+    with np.errstate(over="ignore"):  # an overflowing sum is refused below
+        total = array.sum()
     if not total > 0:
         raise InvalidInputError("the blur kernel is all zero: it must have a positive sum")
     if not math.isfinite(total):
