@@ -94,42 +94,48 @@ def _choice(draw, good: tuple | list, bad: tuple | list, valid: bool):
 
 
 @st.composite
-def paths(draw, folder: Path, used: list[str], valid: bool) -> str:
-    """An output path: a new file of any extension, an input, another output, a folder or nowhere."""
-    kinds = ["new"] if valid else ["new", "new", "input", "used", "folder", "missing folder", "mask"]
-    kind = draw(st.sampled_from(kinds))
-    if kind == "input":
-        return str(folder / draw(st.sampled_from(INPUTS[:5])))
-    if kind == "used" and used:
-        return draw(st.sampled_from(used))
+def paths(draw, folder: Path, inputs: list[str], outputs: list[str], collide: bool) -> str:
+    """An output path: a new file, or (``collide``) one of the call's inputs or outputs, a link to an
+    input, a folder, a missing folder or a file type that cannot hold the result."""
+    kind = draw(st.sampled_from(["input", "output", "link", "folder", "nowhere", "odd"] if collide else ["new"]))
+    if kind == "input" or (kind == "output" and not outputs):
+        return draw(st.sampled_from(inputs))
+    if kind == "output":
+        return draw(st.sampled_from(outputs))
+    if kind == "link":
+        link = folder / f"link{len(outputs)}{Path(inputs[0]).suffix}"
+        link.symlink_to(inputs[0])
+        return str(link)
     if kind == "folder":
         return str(folder / "existing_folder")
-    if kind == "missing folder":
+    if kind == "nowhere":
         return str(folder / "nowhere" / "out.npy")
-    if kind == "mask":
-        return str(folder / "mask.npy")
-    extension = _choice(draw, OUTPUT_EXTENSIONS[:2], OUTPUT_EXTENSIONS[2:], valid)
-    return str(folder / f"out{len(used)}{extension}")
+    extension = draw(st.sampled_from(OUTPUT_EXTENSIONS[2:] if kind == "odd" else OUTPUT_EXTENSIONS[:2]))
+    return str(folder / f"out{len(outputs)}{extension}")
 
 
 @st.composite
 def calls(draw, folder: Path) -> tuple[list[str], list[str]]:
     """``(argv, outputs)``: a ``degrade`` or ``restore`` call and the output paths it names.
 
-    Half the calls use valid values only (so runs that succeed are well covered); the others mix in
-    invalid values, damaged inputs and colliding paths.
+    A third of the calls are valid (so runs that succeed are well covered), a third have valid values
+    but output paths that collide with an input, with each other or with a folder, and a third mix in
+    invalid values and damaged inputs.
     """
-    valid = draw(st.booleans())
+    mode = draw(st.sampled_from(["valid", "paths", "values"]))
+    valid = mode != "values"
     command = draw(st.sampled_from(["degrade", "restore"]))
-    outputs: list[str] = [draw(paths(folder, [], valid))]
-    image = _choice(draw, INPUTS[:3], INPUTS[3:], valid)
-    argv = [command, str(folder / image), "-o", outputs[0], "-q"]
+    inputs = [str(folder / _choice(draw, INPUTS[:3], INPUTS[3:], valid))]
     operator = _choice(draw, ["sr", "gauss", "motion", "kernel", "inpaint", "denoise"], ["blur"], valid)
-    argv += ["--operator", operator]
+    argv = [command, inputs[0], "-q", "--operator", operator]
     if operator == "inpaint" or (not valid and draw(st.integers(0, 9)) == 0):
-        argv += ["--mask", str(folder / _choice(draw, MASKS[:1], MASKS[1:], valid))]
+        inputs.append(str(folder / _choice(draw, MASKS[:1], MASKS[1:], valid)))
+        argv += ["--mask", inputs[-1]]
     if operator == "kernel" or (not valid and draw(st.integers(0, 9)) == 0):
-        argv += ["--kernel", str(folder / _choice(draw, KERNELS[:1], KERNELS[1:], valid))]
+        inputs.append(str(folder / _choice(draw, KERNELS[:1], KERNELS[1:], valid)))
+        argv += ["--kernel", inputs[-1]]
+    outputs = [draw(paths(folder, inputs, [], mode == "paths"))]
+    argv += ["-o", outputs[0]]
     numbers = {**NUMBERS, **(DEGRADE_NUMBERS if command == "degrade" else RESTORE_NUMBERS)}
     for option in draw(st.lists(st.sampled_from(sorted(numbers)), max_size=5, unique=True)):
         argv += [option, _choice(draw, *numbers[option], valid)]
@@ -142,7 +148,7 @@ def calls(draw, folder: Path) -> tuple[list[str], list[str]]:
             if option not in argv:
                 argv += [option, value]
         if draw(st.booleans()):
-            outputs.append(draw(paths(folder, outputs, valid)))
+            outputs.append(draw(paths(folder, inputs, outputs, mode == "paths")))
             argv += ["--info", outputs[-1]]
     return argv, outputs
 

@@ -893,3 +893,17 @@ def test_cli_mask_with_nan_is_refused_like_the_api(tmp_path, capsys):
     assert cli.main(argv) == 2
     assert "NaN" in _one_line(capsys)
     assert not (tmp_path / "o.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: KernelBlur(torch.ones(3, 3, dtype=torch.bfloat16)), "kernel is a torch tensor of dtype torch.bfloat16"),
+        (lambda: Inpainting(torch.eye(4, dtype=torch.bfloat16)), "mask is a torch tensor of dtype torch.bfloat16"),
+        (lambda: KernelBlur(np.ma.masked_array(np.ones((3, 3)), mask=np.eye(3) > 0)), "masked array with 3"),
+        (lambda: Inpainting(np.ma.masked_array(np.eye(4), mask=np.eye(4) > 0)), "masked array with 4"),
+    ],
+)
+def test_operator_data_numpy_cannot_hold_or_with_a_mask_is_refused(make, message):
+    with pytest.raises(InvalidInputError, match=message):
+        make()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError
+from .operators.base import as_numpy
 from .operators.convolution import mirror_index
 
 MIN_SIZE = 2
@@ -64,10 +65,9 @@ class Layout:
 
 def check_image(image: object, name: str = "image") -> np.ndarray:
     """Validate an input image (read-only view; never copied or modified here)."""
-    if isinstance(image, torch.Tensor):
-        image = _tensor_as_array(image, name)
-    if isinstance(image, np.ma.MaskedArray):
-        image = _unmasked(image, name)
+    image = as_numpy(
+        image, name, f"to fill them in, pass np.ma.getdata({name}) with Inpainting(np.ma.getmaskarray({name}))"
+    )
     try:
         array = np.asarray(image)
     except Exception as error:  # noqa: BLE001 - anything array-like that fails
@@ -93,26 +93,6 @@ def check_image(image: object, name: str = "image") -> np.ndarray:
             )
         _check_magnitude(array, name)
     return array
-
-
-def _tensor_as_array(tensor: torch.Tensor, name: str) -> np.ndarray:
-    try:
-        return tensor.detach().cpu().numpy()
-    except (TypeError, RuntimeError) as error:  # bfloat16, quantised, sparse, meta ...
-        raise InvalidInputError(
-            f"{name} is a torch tensor of dtype {tensor.dtype} that NumPy cannot hold ({error}): "
-            f"convert it first, e.g. {name}.float()"
-        ) from None
-
-
-def _unmasked(array: np.ma.MaskedArray, name: str) -> np.ndarray:
-    """The data of a masked array with no masked pixel; one with masked pixels is refused (never dropped)."""
-    if np.ma.is_masked(array):
-        raise InvalidInputError(
-            f"{name} is a masked array with {int(np.ma.count_masked(array))} masked pixel(s), which would be "
-            f"ignored: to fill them in, pass np.ma.getdata({name}) with Inpainting(np.ma.getmaskarray({name}))"
-        )
-    return np.ma.getdata(array)
 
 
 def _check_magnitude(array: np.ndarray, name: str) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .base import DeviceCopies, LinearOperator, as_positive_number, drop_leading_singletons, exact
+from .base import DeviceCopies, LinearOperator, as_numpy, as_positive_number, drop_leading_singletons, exact
 from .convolution import correlate_2d, correlate_2d_adjoint, correlate_axis, correlate_axis_adjoint
 
 #: the largest blur kernel side in pixels (Gaussian sigma up to 128, motion length up to 1024): larger
@@ -140,7 +140,7 @@ def _splat(kernel: np.ndarray, row: float, col: float, weight: float) -> None:
 
 def validate_kernel(kernel: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A 2D, finite, non-negative kernel with positive sum, normalised to sum 1 (float64)."""
-    array = kernel.detach().cpu().numpy() if isinstance(kernel, torch.Tensor) else np.asarray(kernel)
+    array = np.asarray(as_numpy(kernel, "kernel"))
     if array.dtype.kind not in "biuf":
         raise InvalidInputError(f"the blur kernel must be a real numeric array, got dtype {array.dtype}")
     array = drop_leading_singletons(array.astype(np.float64))
