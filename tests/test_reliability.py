@@ -898,7 +898,7 @@ def test_cli_mask_with_nan_is_refused_like_the_api(tmp_path, capsys):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: KernelBlur(torch.ones(3, 3, dtype=torch.bfloat16)), "kernel is a torch tensor of dtype torch.bfloat16"),
+        (lambda: KernelBlur(torch.ones(3, 3, dtype=torch.bfloat16)), "kernel is a torch tensor of dtype torch.bfloat"),
         (lambda: Inpainting(torch.eye(4, dtype=torch.bfloat16)), "mask is a torch tensor of dtype torch.bfloat16"),
         (lambda: KernelBlur(np.ma.masked_array(np.ones((3, 3)), mask=np.eye(3) > 0)), "masked array with 3"),
         (lambda: Inpainting(np.ma.masked_array(np.eye(4), mask=np.eye(4) > 0)), "masked array with 4"),

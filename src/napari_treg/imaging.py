@@ -161,7 +161,7 @@ class IntensityScale:
         """``values`` in the model's units (float32); refuses outliers that the model's maths cannot hold."""
         mapped = (np.asarray(values, np.float64) - self.low) * (2.0 / (self.high - self.low)) - 1.0
         peak = float(np.max(np.abs(mapped))) if mapped.size else 0.0
-        if peak > MAX_MODEL_MAGNITUDE:
+        if not peak <= MAX_MODEL_MAGNITUDE:  # NaN too: a range whose span underflows
             raise InvalidInputError(
                 f"the image has values far outside its intensity range {self.low:.4g} to {self.high:.4g} "
                 f"(mapped to the model's -1 to 1 they reach {peak:.3g}, beyond {MAX_MODEL_MAGNITUDE:.0e}): "
