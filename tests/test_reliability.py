@@ -759,8 +759,6 @@ sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "
     time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    if process.returncode == 0:  # torch was already loaded (a warm cache): nothing to interrupt
-        pytest.skip("the run finished before the signal arrived")
     assert process.returncode == 130, stderr
     assert "interrupted" in _single_error_line(stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
