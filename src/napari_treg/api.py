@@ -32,6 +32,7 @@ from .models.base import DiffusionPrior
 from .operators import LinearOperator
 from .settings import check_integer, check_number, from_values
 from .solver import TRegConfig
+from .solver.divergence import check_finite
 
 
 def degrade(
@@ -64,7 +65,7 @@ def degrade(
         The measurement in the input's intensity scale; for super-resolution
         its planes are ``factor`` times smaller.
     """
-    noise = check_number(noise, "noise", minimum=0.0)
+    noise = check_number(noise, "noise", minimum=0.0, maximum=imaging.MAX_NOISE_SIGMA)
     if seed is not None:
         seed = check_integer(seed, "seed", minimum=0, maximum=MAX_SEED)
     array = imaging.check_image(image)
@@ -77,7 +78,9 @@ def degrade(
     if noise > 0:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         y = y + noise * torch.randn(y.shape, generator=generator, dtype=torch.float64)
-    return imaging.from_planes(scale.from_model(y.numpy()), layout)
+    result = imaging.from_planes(scale.from_model(y.numpy()), layout)
+    check_finite(result, "the simulated measurement", advice="use a smaller noise or rescale the image")
+    return result
 
 
 def restore(

@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_treg import io
-from napari_treg.engine import MAX_SEED, Progress, RunOptions
 from napari_treg.errors import Cancelled, InvalidInputError, TRegError
-from napari_treg.operators.registry import OPERATORS, operator_parameters, operator_spec
+from napari_treg.memory import is_out_of_memory, out_of_memory_error
 from napari_treg.settings import Spec, check_integer, check_number, specs
-from napari_treg.solver.config import TRegConfig
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported inside main(), where Ctrl-C during the import is caught
+    from napari_treg.engine import Progress
     from napari_treg.operators import LinearOperator
 
 PROG = "napari-treg"
@@ -107,6 +106,8 @@ def add_io_arguments(parser: argparse.ArgumentParser, what: str) -> None:
 
 def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     """--operator and every operator parameter, from the operator registry."""
+    from napari_treg.operators.registry import OPERATORS, operator_parameters
+
     group = parser.add_argument_group("degradation operator")
     names = ", ".join(f"{spec.name}: {spec.help}" for spec in OPERATORS.values())
     group.add_argument("--operator", required=True, choices=list(OPERATORS), help=names)
@@ -122,23 +123,25 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_rgb_argument(parser: Any) -> None:
+    from napari_treg.engine import RunOptions
+
     add_setting(parser, next(spec for spec in specs(RunOptions) if spec.name == "rgb"))
 
 
 def read_mask(path: str) -> np.ndarray:
-    """A boolean missing-pixel mask from a file: label > 0 (in any channel) = missing."""
+    """A missing-pixel mask from a file: label > 0 (in any channel) = missing; Inpainting checks it."""
     mask = io.read_image(path)
     if mask.ndim == 3 and mask.shape[-1] == 3:
-        mask = mask.max(axis=-1)
-    return np.asarray(mask) > 0
+        mask = mask.max(axis=-1)  # NaN stays NaN, so a NaN mask is refused as by the API
+    return mask
 
 
 def read_kernel(path: str) -> np.ndarray:
-    """A 2D blur kernel from a file (RGB images are averaged to grey)."""
+    """A 2D blur kernel from a file (RGB images are averaged to grey); KernelBlur checks it."""
     kernel = io.read_image(path)
     if kernel.ndim == 3 and kernel.shape[-1] == 3:
         kernel = kernel.mean(axis=-1)
-    return np.asarray(kernel, dtype=np.float64)
+    return kernel
 
 
 #: how each image parameter of an operator is read from its file
@@ -147,6 +150,8 @@ IMAGE_READERS: dict[str, Callable[[str], np.ndarray]] = {"kernel": read_kernel, 
 
 def operator_from_args(args: argparse.Namespace) -> LinearOperator:
     """Build the forward operator named by ``--operator`` from the parsed options."""
+    from napari_treg.operators.registry import OPERATORS, operator_parameters, operator_spec
+
     spec = operator_spec(args.operator)
     values = {}
     for param in operator_parameters().values():
@@ -186,6 +191,8 @@ def degrade_default(name: str) -> Any:
 
 
 def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
+    from napari_treg.engine import MAX_SEED
+
     add_io_arguments(parser, "clean image")
     add_operator_arguments(parser)
     group = parser.add_argument_group("noise")
@@ -201,13 +208,15 @@ def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_degrade(args: argparse.Namespace) -> int:
     """Simulate a measurement: apply the operator to IN and add noise."""
+    from napari_treg import outputs
     from napari_treg.api import degrade
 
-    io.check_output_path(args.output)
     image = io.read_image(args.input)
     operator = operator_from_args(args)
+    shape = outputs.result_shape(image, args.rgb, operator.measurement_hw)
+    outputs.check_outputs([outputs.Output("-o", Path(args.output), shape)], [args.input, args.mask, args.kernel])
     result = degrade(image, operator, noise=args.noise, seed=args.seed, rgb=args.rgb)
-    io.write_image(args.output, result, like=image)
+    outputs.write_together({args.output: lambda path: io.write_image(path, result, like=image)})
     _say(args, lambda: f"wrote {args.output} ({_describe(args.output)}) with {operator!r}")
     return 0
 
@@ -263,8 +272,9 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """Text, model, run and method options of ``restore`` (shared with ``batch``)."""
+    from napari_treg.engine import RunOptions
     from napari_treg.models.devices import DTYPE_CHOICES
-    from napari_treg.solver import METHODS
+    from napari_treg.solver import METHODS, TRegConfig
 
     text = parser.add_argument_group("text guidance")
     text.add_argument("--prompt", default="", help="what the image shows")
@@ -285,13 +295,11 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
 
 def restore_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The ``restore`` keyword arguments given on the command line."""
+    from napari_treg.engine import RunOptions
+    from napari_treg.solver import TRegConfig
+
     names = [*RESTORE_CHOICES, *(s.name for s in specs(TRegConfig)), *(s.name for s in specs(RunOptions))]
     return {name: getattr(args, name) for name in names if name not in NOT_ON_THE_COMMAND_LINE}
-
-
-def _check_info_path(path: str | None) -> None:
-    if path is not None and not Path(path).resolve().parent.is_dir():
-        raise InvalidInputError(f"folder of --info does not exist: {path!r}")
 
 
 def _write_info(path: str, info: dict[str, Any]) -> None:
@@ -311,18 +319,22 @@ def _restore_summary(output: str, info: dict[str, Any]) -> str:
 
 def run_restore(args: argparse.Namespace) -> int:
     """Restore IN with TReg and write the result to OUT."""
+    from napari_treg import outputs
     from napari_treg.api import restore
 
-    io.check_output_path(args.output)
-    _check_info_path(args.info)
     image = io.read_image(args.input)
     operator = operator_from_args(args)
+    planned = [outputs.Output("-o", Path(args.output), outputs.result_shape(image, args.rgb, operator.image_hw))]
+    if args.info is not None:
+        planned.append(outputs.Output("--info", Path(args.info)))
+    outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
     with ProgressBar(enabled=not args.quiet) as bar:
         result, info = restore(image, operator, **restore_kwargs(args), progress=bar,
                                return_info=True)
-    io.write_image(args.output, result, like=image)
-    if args.info:
-        _write_info(args.info, info)
+    writers = {args.output: lambda path: io.write_image(path, result, like=image)}
+    if args.info is not None:
+        writers[args.info] = lambda path: _write_info(path, info)
+    outputs.write_together(writers)
     _say(args, lambda: _restore_summary(args.output, info))
     return 0
 
@@ -415,13 +427,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         _fail(str(exc))
         return 2
-    except (OSError, MemoryError, ImportError) as exc:  # ImportError: a broken install
+    except (OSError, ImportError) as exc:  # ImportError: a broken install
         _fail(str(exc) or type(exc).__name__)
         return 1
-    except RuntimeError as exc:  # torch out-of-memory on a GPU
-        if "out of memory" not in str(exc).lower():
+    except (MemoryError, RuntimeError) as exc:  # an allocation failure on any device
+        if not is_out_of_memory(exc):
             raise
-        _fail(f"out of memory ({exc}); try a smaller image, --dtype float16 or --device cpu")
+        _fail(str(out_of_memory_error(exc)))
         return 1
 
 

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from . import imaging, tiling
-from .errors import Cancelled, DivergenceError, InvalidInputError
+from .errors import Cancelled, InvalidInputError
 from .memory import auto_batch_size, free_bytes, guard_memory
 from .models.base import DiffusionPrior
 from .operators import LinearOperator
 from .settings import setting, validate
 from .solver import TRegConfig, get_method
+from .solver.divergence import check_finite
 
 CancelSignal = threading.Event | Callable[[], bool] | None
 #: ``hook(first, count, state)`` after every sampler step of planes ``first .. first + count - 1``
@@ -409,16 +410,6 @@ def residual_summary(sums: np.ndarray, noise: float | None) -> dict:
         "noise": noise,
         "residual_over_noise": math.sqrt(error / count) / noise if noise and count else None,
     }
-
-
-def check_finite(array: np.ndarray, what: str) -> None:
-    """Raise :class:`DivergenceError` if ``array`` holds NaN or infinite values."""
-    bad = int(np.count_nonzero(~np.isfinite(array)))
-    if bad:
-        raise DivergenceError(
-            f"{what} has {bad} NaN or infinite value(s): the run diverged. Lower the guidance, "
-            "use fewer or no data-consistency steps, or float32 precision"
-        )
 
 
 def check_text(value: Any, name: str) -> str:

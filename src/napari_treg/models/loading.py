@@ -149,8 +149,9 @@ def classify_spec(spec: str | os.PathLike) -> tuple[str, str]:
         return "folder", str(path.resolve())
     if path.is_file():
         return "file", str(path.resolve())
-    if _looks_like_path(text):
-        raise ModelNotFoundError(f"model path {text!r} does not exist (looked for {path.resolve()})")
+    if _looks_like_path(text):  # realpath: resolve() raises on a symlink loop
+        problem = "is a broken symbolic link or a symlink loop" if path.is_symlink() else "does not exist"
+        raise ModelNotFoundError(f"model path {text!r} {problem} (looked for {os.path.realpath(path)})")
     if _HUB_ID.fullmatch(text):
         return "hub", text
     raise ModelNotFoundError(
