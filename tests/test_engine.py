@@ -221,3 +221,29 @@ def test_the_import_graph_has_no_cycle():
     for node in graph:
         if node not in state:
             visit(node, [])
+
+
+# -- no result that is not a number ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tiles", [None, 16], ids=["whole", "tiled"])
+@pytest.mark.parametrize("method", ["treg", "psld"])
+def test_a_result_that_is_not_finite_is_never_returned(monkeypatch, tiles, method):
+    """The last decode gives NaN (no latent was bad, so the sampler's watch sees nothing): the engine refuses it."""
+    from napari_treg.errors import DivergenceError
+    from napari_treg.models.tiny import build_tiny_prior
+
+    prior = build_tiny_prior(seed=0)
+    decode = prior.decode
+
+    def nan_decode(z):
+        x = decode(z).clone()
+        x[..., 0, 0] = float("nan")
+        return x
+
+    monkeypatch.setattr(prior, "decode", nan_decode)
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    with pytest.raises(DivergenceError, match="NaN or inf"):
+        restore(image, Denoising(), model=prior, steps=2, dc_every=0, method=method, tile_size=tiles, tile_overlap=8)
+    with pytest.raises(InvalidInputError, match="guidance must be at most 100"):
+        restore(image, Denoising(), model=prior, steps=2, guidance=1e30)

@@ -635,11 +635,16 @@ def test_a_kernel_whose_sum_overflows_is_refused():
         KernelBlur(np.full((3, 3), 1e308))
 
 
-def test_cli_never_writes_a_non_finite_result(tmp_path, capsys):
-    """guidance=1e30 decodes to NaN with the tiny model: exit 1, one line, no file."""
+def test_cli_never_writes_a_non_finite_result(tmp_path, capsys, monkeypatch):
+    """The final decode gives NaN (no latent was bad): exit 1, one line, no file."""
+    from napari_treg.models import load_model
+
+    prior = load_model("tiny", device="cpu")  # the CLI gets this cached model
+    decode = prior.decode
+    monkeypatch.setattr(prior, "decode", lambda z: decode(z) * float("nan"))
     np.save(tmp_path / "in.npy", np.random.default_rng(1).random((16, 16)))
     argv = ["restore", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "denoise",
-            "--model", "tiny", "--device", "cpu", "--steps", "2", "--guidance", "1e30", "-q"]
+            "--model", "tiny", "--device", "cpu", "--steps", "2", "--dc-every", "0", "-q"]
     assert cli.main(argv) == 1
     assert "NaN or infinite" in _one_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]

@@ -34,13 +34,16 @@ from .settings import check_integer, check_number, from_values
 from .solver import TRegConfig
 from .solver.divergence import check_finite
 
+#: defaults of :func:`degrade` (the CLI's ``degrade`` options read them here)
+DEGRADE_DEFAULTS = {"noise": 0.01, "seed": 0}
+
 
 def degrade(
     image: np.ndarray,
     operator: LinearOperator,
     *,
-    noise: float = 0.01,
-    seed: int | None = 0,
+    noise: float = DEGRADE_DEFAULTS["noise"],
+    seed: int | None = DEGRADE_DEFAULTS["seed"],
     rgb: bool | None = None,
 ) -> np.ndarray:
     """Simulate a measurement ``y = A x + n`` of a clean image.

@@ -13,7 +13,6 @@ as one line on stderr, ``napari-treg: error: <message>``, never a traceback:
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -183,25 +182,19 @@ def _describe(path: str) -> str:
 # --------------------------------------------------------------------------- degrade
 
 
-def degrade_default(name: str) -> Any:
-    """A default of :func:`napari_treg.degrade` (the one place it is written)."""
-    from napari_treg.api import degrade
-
-    return inspect.signature(degrade).parameters[name].default
-
-
 def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
+    from napari_treg.api import DEGRADE_DEFAULTS
     from napari_treg.engine import MAX_SEED
 
     add_io_arguments(parser, "clean image")
     add_operator_arguments(parser)
     group = parser.add_argument_group("noise")
     group.add_argument("--noise", type=setting_type("noise", float, lambda v: check_number(v, "noise", minimum=0.0)),
-                       default=degrade_default("noise"),
+                       default=DEGRADE_DEFAULTS["noise"],
                        help="Gaussian noise sigma; the image's 0.1-99.9 percentile range "
                             "counts as 2, so 0.01 is 0.5%% of it (default: %(default)s)")
     group.add_argument("--seed", type=setting_type("seed", int, lambda v: check_integer(v, "seed", 0, MAX_SEED)),
-                       default=degrade_default("seed"), help="noise seed (default: %(default)s)")
+                       default=DEGRADE_DEFAULTS["seed"], help="noise seed (default: %(default)s)")
     add_rgb_argument(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no status line")
 

@@ -17,6 +17,9 @@ from .convolution import correlate_2d, correlate_2d_adjoint, correlate_axis, cor
 #: the largest blur kernel side in pixels (Gaussian sigma up to 128, motion length up to 1024): larger
 #: kernels are refused before anything is allocated
 MAX_KERNEL_SIZE = 1025
+#: the largest blurs whose kernels fit: a Gaussian kernel spans 8 sigma, a motion kernel its length
+MAX_GAUSSIAN_SIGMA = (MAX_KERNEL_SIZE - 1) // 8
+MAX_MOTION_LENGTH = MAX_KERNEL_SIZE - 1
 
 
 def check_kernel_size(shape: tuple[int, ...], what: str) -> None:
@@ -51,7 +54,7 @@ class GaussianBlur(LinearOperator):
         self.sigma = as_positive_number(sigma, "GaussianBlur sigma")
         if size is None:
             size = 2 * math.ceil(4 * self.sigma) + 1
-            check_kernel_size((size,), f"GaussianBlur sigma {self.sigma:g} (sigma <= {(MAX_KERNEL_SIZE - 1) // 8})")
+            check_kernel_size((size,), f"GaussianBlur sigma {self.sigma:g} (sigma <= {MAX_GAUSSIAN_SIGMA})")
         size = as_positive_number(size, "GaussianBlur size", integer=True)
         if size % 2 == 0:
             raise InvalidInputError(f"GaussianBlur size must be odd, got {size}")
@@ -117,7 +120,7 @@ class MotionBlur(KernelBlur):
 def motion_kernel(length: float, angle: float) -> np.ndarray:
     """An anti-aliased line of ``length`` pixels through the centre of an odd square."""
     size = 2 * math.ceil(length / 2) + 1
-    check_kernel_size((size, size), f"MotionBlur length {length:g} (length <= {MAX_KERNEL_SIZE - 1})")
+    check_kernel_size((size, size), f"MotionBlur length {length:g} (length <= {MAX_MOTION_LENGTH})")
     centre = size // 2
     kernel = np.zeros((size, size), dtype=np.float64)
     n = max(int(math.ceil(4 * length)), 2)
