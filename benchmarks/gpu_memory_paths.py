@@ -150,7 +150,11 @@ def start_history() -> bool:
     history = getattr(torch.cuda.memory, "_record_memory_history", None)
     if history is None or not torch.cuda.is_available():
         return False
-    history(max_entries=200_000, stacks="python")
+    try:
+        history(max_entries=200_000, stacks="python")
+    except (RuntimeError, TypeError) as error:  # an older torch: no python-only stacks
+        print(f"memory history not recorded: {error}")
+        return False
     return True
 
 
@@ -159,9 +163,12 @@ def active_blocks() -> dict[int, dict]:
     snapshot = torch.cuda.memory._snapshot()
     blocks = {}
     for segment in snapshot.get("segments", []):
+        address = segment["address"]
         for block in segment.get("blocks", []):
+            address = block.get("address", address)  # blocks follow each other within their segment
             if block.get("state") == "active_allocated":
-                blocks[block["address"]] = {**block, "pool": str(segment.get("segment_pool_id"))}
+                blocks[address] = {**block, "pool": str(segment.get("segment_pool_id"))}
+            address += block["size"]
     return blocks
 
 
@@ -320,6 +327,7 @@ def main() -> None:
 
         torch.set_num_threads(1)
         args.size, args.large, args.steps, args.forced_steps = 32, 64, min(args.steps, 3), 2
+        result["steps"] = args.steps
         prior = load_model("tiny", device="cpu")
         result["note"] = "CPU smoke run: the code paths only (no CUDA graphs, no GPU memory)"
     else:
