@@ -54,6 +54,8 @@ def main() -> None:
         result[f"batch_{batch}"] = timed_stack(restore, y, batch, kwargs, args.planes)
     rates = [result[f"batch_{b}"]["planes_per_s"] for b in (min(batches), max(batches))]
     result[f"batch_{max(batches)}_over_batch_{min(batches)}"] = round(rates[1] / rates[0], 3)
+    name = "batching" + ("_tiny_cpu" if args.tiny else "")
+    write_json(name, result, echo=False)  # kept if a time limit stops the row below
     if args.unsliced_vae:
         prior.vae.disable_slicing()
         prior.graphs.clear()
@@ -65,7 +67,7 @@ def main() -> None:
             row["planes_per_s"] / rates[0], 3
         )
     table([(k, v) for k, v in result.items() if k != "env"])
-    write_json("batching" + ("_tiny_cpu" if args.tiny else ""), result)
+    write_json(name, result)
 
 
 def timed_stack(restore, y: np.ndarray, batch: int, kwargs: dict, planes: int) -> dict:

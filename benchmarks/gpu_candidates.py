@@ -587,7 +587,12 @@ def main() -> None:
     ap.add_argument("--mega-cache", default=None, help="file for torch's portable compile cache (load, then save)")
     ap.add_argument("--no-floor", action="store_true", help="skip graph_floor.py")
     ap.add_argument("--no-eager-bar", action="store_true", help="skip the eager solve that sets the accuracy bar")
-    ap.add_argument("--budget-s", type=float, default=1e9, help="skip candidates that would not fit in this")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=float(os.environ.get("PART_LIMIT_S", 1e9)) - 10,
+        help="skip candidates that would not fit in this (default: run_gpu_checks.sh's limit for the part - 10 s)",
+    )
     ap.add_argument("--smoke", action="store_true", help="the tiny model on the CPU, 32x32, 4 steps")
     ap.add_argument("--kept", default="", help="candidates that paid in an earlier run, for 'combined'")
     ap.add_argument("--name", default="gpu_candidates", help="of the output files, $OUT/<name>.json and .jsonl")

@@ -23,7 +23,8 @@ the error, seconds, memory allocated before and after). Sections (--sections):
     python benchmarks/gpu_memory_paths.py [--steps 20] [--cap-gib 8] [--sections reference,policy,...]
     python benchmarks/gpu_memory_paths.py --smoke     # the tiny model on the CPU (code paths only)
 
-Prints a table and writes $OUT/gpu_memory_paths.json when OUT is set.
+Prints a table and writes $OUT/<--name>.json (default gpu_memory_paths.json) when OUT is set, also
+after each section (so a run stopped by a time limit keeps what it measured).
 """
 
 from __future__ import annotations
@@ -316,6 +317,7 @@ def main() -> None:
     ap.add_argument("--headrooms", default="1.0,1.5,2.0", help="GiB left above the weights in the forced section")
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--smoke", action="store_true", help="the tiny model on the CPU: the code paths, no GPU memory")
+    ap.add_argument("--name", default="gpu_memory_paths", help="of the output file, $OUT/<name>.json")
     args = ap.parse_args()
     args.sections = [s for s in args.sections.split(",") if s]
     unknown = set(args.sections) - set(SECTIONS)
@@ -345,8 +347,13 @@ def main() -> None:
         if name == "reference":
             state["reference_row"] = result[name]
         print(f"== {name}: {time.perf_counter() - start:.1f} s", flush=True)
+        write_json(output_name(args), result, echo=False)  # what a time limit would otherwise lose
     table([(k, v) for k, v in result.items() if k != "env"])
-    write_json("smoke_gpu_memory_paths" if args.smoke else "gpu_memory_paths", result)
+    write_json(output_name(args), result)
+
+
+def output_name(args) -> str:
+    return ("smoke_" if args.smoke else "") + args.name
 
 
 if __name__ == "__main__":

@@ -97,23 +97,23 @@ check() {  # check NAME MAX_SECONDS COMMAND...: runs if named in PARTS and the b
 
 if [ "$SMOKE" = 1 ]; then
     check candidates 3600 $PY benchmarks/gpu_candidates.py --smoke --mega-cache "$MEGA" ${CANDIDATES:+--candidates "$CANDIDATES"}
-    check compile_warm 1800 $PY benchmarks/gpu_candidates.py --smoke --candidates compile --no-eager-bar --reps 1 --mega-cache "$MEGA" --name compile_warm
+    check compile_warm 1800 $PY benchmarks/gpu_candidates.py --smoke --candidates compile --no-eager-bar --reps 1 --mega-cache "$MEGA" --name compile_warm --budget-s 100000
     check memory 600 $PY benchmarks/gpu_memory_paths.py --smoke --sections reference,policy,leak,low_memory,forced
     check batching 600 $PY benchmarks/batching.py --tiny --threads 1 --steps 4 --planes 4 --unsliced-vae
-    check compile_true 1800 $PY benchmarks/gpu_memory_paths.py --smoke --sections reference,compile
+    check compile_true 1800 $PY benchmarks/gpu_memory_paths.py --smoke --sections reference,compile --name compile_true
     check compile_check 1800 $PY benchmarks/compile_check.py --device cpu
     check gpu_tests 300 $PY -m pytest tests/gpu -q -p no:cacheprovider --noconftest -rA
     check gpu_solve 600 $PY benchmarks/gpu_solve.py --smoke
     check tiling 600 $PY benchmarks/tiling.py --tiny --threads 1 --sizes 64,128 --tile 64 --overlap 16 --steps 2
 else
     # candidates: ~30 s graph_floor.py, ~40 s today's path and its eager bar, ~15 s per plain candidate,
-    # plus the compile time of the two compiled ones; the script skips what its budget cannot fit
-    check candidates 290 $PY benchmarks/gpu_candidates.py --steps 200 --reps 2 --budget-s 280 --mega-cache "$MEGA" \
+    # plus the compile time of the two compiled ones; the script skips what its part's limit cannot fit
+    check candidates 250 $PY benchmarks/gpu_candidates.py --steps 200 --reps 2 --mega-cache "$MEGA" \
         ${CANDIDATES:+--candidates "$CANDIDATES"}
-    check compile_warm 75 $PY benchmarks/gpu_candidates.py --candidates compile --no-floor --no-eager-bar --steps 20 --reps 1 --mega-cache "$MEGA" --name compile_warm
-    check memory 90 $PY benchmarks/gpu_memory_paths.py --steps 20 --cap-gib 8 --sections reference,policy,leak,low_memory,forced
-    check batching 80 $PY benchmarks/batching.py --steps 200 --planes 4 --unsliced-vae
-    check compile_true 240 $PY benchmarks/gpu_memory_paths.py --steps 20 --cap-gib 8 --sections reference,compile
+    check compile_warm 75 $PY benchmarks/gpu_candidates.py --candidates compile --no-floor --no-eager-bar --steps 20 --reps 1 --mega-cache "$MEGA" --name compile_warm --budget-s 100000
+    check memory 80 $PY benchmarks/gpu_memory_paths.py --steps 20 --cap-gib 8 --sections reference,policy,leak,low_memory,forced
+    check batching 70 $PY benchmarks/batching.py --steps 200 --planes 4 --unsliced-vae
+    check compile_true 240 $PY benchmarks/gpu_memory_paths.py --steps 20 --cap-gib 8 --sections reference,compile --name compile_true
     check compile_check 120 $PY benchmarks/compile_check.py --device cuda
     check gpu_tests 90 $PY -m pytest tests/gpu -q -p no:cacheprovider --noconftest -rA
     # issue 5's checks, only when named in PARTS
