@@ -1,0 +1,64 @@
+"""The dask cluster a batch run uses: a given client or scheduler, or an embedded local cluster.
+
+The embedded cluster has one worker per GPU (dask-cuda's ``LocalCUDACluster``, when it is
+installed and GPUs are present), otherwise one single-threaded worker process per CPU core.
+Its dashboard listens on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from napari_treg.errors import InvalidInputError
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def default_workers() -> int:
+    """One worker per GPU, else one per CPU core."""
+    return gpu_count() or max(1, os.cpu_count() or 1)
+
+
+def local_cluster(workers: int | None = None):
+    """A new local cluster: one worker per GPU with dask-cuda, else single-threaded worker processes."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InvalidInputError(f"workers must be a whole number >= 1, got {workers!r}")
+    if gpu_count():
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            pass
+        else:
+            return LocalCUDACluster(n_workers=workers or gpu_count(), threads_per_worker=1, dashboard_address=":0")
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers or default_workers(), threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+
+
+@contextmanager
+def connect(workers: int | None = None, scheduler: str | None = None, client=None) -> Iterator[tuple[object, bool]]:
+    """``(client, embedded)``: the given client, one for ``scheduler``, or one of a new local cluster.
+
+    A client or cluster made here is closed on exit; a given client is left as it is.
+    """
+    if client is not None:
+        if scheduler is not None:
+            raise InvalidInputError("give either client or scheduler, not both")
+        yield client, False
+        return
+    from distributed import Client
+
+    if scheduler is not None:
+        with Client(scheduler) as own:
+            yield own, False
+        return
+    with local_cluster(workers) as cluster, Client(cluster) as own:
+        yield own, True
