@@ -62,3 +62,27 @@ def connect(workers: int | None = None, scheduler: str | None = None, client=Non
         return
     with local_cluster(workers) as cluster, Client(cluster) as own:
         yield own, True
+
+
+def slurm_cluster(
+    *, gpus: int = 1, memory: str = "32GB", walltime: str = "04:00:00", queue: str | None = None, **options
+):
+    """A dask-jobqueue ``SLURMCluster`` whose jobs each run one single-threaded worker on ``gpus`` GPUs.
+
+    Scale it with ``cluster.scale(jobs=N)`` (or ``cluster.adapt(maximum_jobs=N)``) and pass
+    ``Client(cluster)`` as ``client=`` to :func:`~napari_treg.batch.restore_many`. ``options`` go to
+    ``SLURMCluster`` (``account``, ``job_extra_directives``, ``job_script_prologue``, ...).
+    """
+    from dask_jobqueue import SLURMCluster
+
+    directives = [f"--gres=gpu:{gpus}"] if gpus else []
+    directives += list(options.pop("job_extra_directives", []))
+    return SLURMCluster(
+        cores=1,
+        processes=1,
+        memory=memory,
+        walltime=walltime,
+        queue=queue,
+        job_extra_directives=directives,
+        **options,
+    )

@@ -163,7 +163,10 @@ class ZarrOutput:
         shape = source.layout.output_shape(image_hw)
         leading = len(source.layout.leading)
         options = dict(
-            shape=shape, chunks=(1,) * leading + tuple(shape[leading:]), dtype="float32", fill_value=0.0,
+            shape=shape,
+            chunks=(1,) * leading + tuple(shape[leading:]),
+            dtype="float32",
+            fill_value=0.0,
             dimension_names=source.axis_names,
         )
         if not self.array_path:
@@ -208,7 +211,9 @@ def write_ome_metadata(group, array_path: str, source: ArraySource, factor: int)
     if source.translation is not None or factor != 1:
         transforms.append({"type": "translation", "translation": translation})
     write_multiscales_metadata(
-        group, datasets=[{"path": array_path, "coordinateTransformations": transforms}], axes=list(source.axes),
+        group,
+        datasets=[{"path": array_path, "coordinateTransformations": transforms}],
+        axes=list(source.axes),
     )
 
 

@@ -26,6 +26,9 @@ def stack_intensity_range(planes: da.Array) -> tuple[float, float]:
     """``(low, high)`` of :meth:`IntensityScale.from_data` over ``planes`` (any float32 dask array)."""
     values = planes.astype(np.float32).ravel()
     count = int(values.size)
+    if count <= FETCH_LIMIT:  # small: fetch it and do exactly what local restore does
+        scale = imaging.IntensityScale.from_data(values.compute())
+        return scale.low, scale.high
     virtual = (count - 1) * np.true_divide(np.asanyarray(PERCENTILES), 100)
     previous = np.floor(virtual)
     following = np.minimum(previous + 1, count - 1)

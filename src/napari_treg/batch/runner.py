@@ -157,7 +157,8 @@ def make_job(data, operator: LinearOperator, values: dict[str, Any], client, thr
     return Job(
         operator=operator,
         settings={k: v for k, v in values.items() if k not in MODEL_SETTINGS},
-        model=values["model"], device=values["device"],
+        model=values["model"],
+        device=values["device"],
         dtype=str(dtype).replace("torch.", "") if dtype is not None else None,
         seed=values["seed"],
         intensity_range=tuple(float(v) for v in intensity_range) if intensity_range is not None else None,
@@ -168,8 +169,12 @@ def make_job(data, operator: LinearOperator, values: dict[str, Any], client, thr
 def run_parameters(data, operator: LinearOperator, job: Job) -> dict[str, Any]:
     """Everything that decides the output: a rerun on the same output must match it."""
     return {
-        "source": data.describe(), "operator": operator_description(operator), "model": str(job.model),
-        "device": job.device, "dtype": job.dtype, "seed": job.seed,
+        "source": data.describe(),
+        "operator": operator_description(operator),
+        "model": str(job.model),
+        "device": job.device,
+        "dtype": job.dtype,
+        "seed": job.seed,
         "intensity_range": list(job.intensity_range) if job.intensity_range else None,
         **{k: v for k, v in job.settings.items()},
     }
@@ -202,8 +207,8 @@ def run_units(client, data, target, todo: list[Unit], job: Job, report: BatchRep
     if not todo:
         target.finish(target.records(), complete=report.ok)
         return
-    shared = client.scatter([data, target, job], hash=False)
-    futures = {client.submit(run_unit, *shared[:2], unit, shared[2], pure=False): unit for unit in todo}
+    # no scattered data: a worker that dies would take it along; every task carries what it needs
+    futures = {client.submit(run_unit, data.unit_source(unit), target, unit, job, pure=False): unit for unit in todo}
     is_cancelled = cancel_checker(cancel)
     try:
         waiting = as_completed(futures)

@@ -49,6 +49,10 @@ class FileSource:
     def read(self, unit: Unit) -> np.ndarray:
         return io.read_image(unit.path)
 
+    def unit_source(self, unit: Unit) -> FileSource:
+        """What a task needs to read ``unit``: its own path."""
+        return FileSource((unit.path,))
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "files", "files": [Path(p).name for p in self.paths]}
 
@@ -80,10 +84,20 @@ class ArraySource:
         return units
 
     def read(self, unit: Unit) -> np.ndarray:
+        return np.asarray(self.array[unit.index] if unit.index else self.array)
+
+    def unit_source(self, unit: Unit) -> ArraySource | PlaneSource:
+        """What a task needs to read ``unit``: a zarr array reopens its store; other arrays send the plane."""
+        if type(self.array).__module__.startswith("zarr"):
+            return self
         part = self.array[unit.index] if unit.index else self.array
-        if hasattr(part, "compute"):  # dask: no nested use of the cluster from inside a task
-            part = part.compute(scheduler="synchronous")
-        return np.asarray(part)
+        if hasattr(part, "dask"):
+            import dask
+
+            (part,) = dask.optimize(part)  # only the tasks of this plane
+        else:
+            part = np.asarray(part)
+        return PlaneSource(part)
 
     def as_dask(self):
         """The whole array as a dask array (for the intensity range), chunked one plane per unit."""
@@ -98,9 +112,23 @@ class ArraySource:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "kind": "array", "origin": self.origin, "shape": list(self.array.shape),
-            "dtype": str(np.dtype(self.array.dtype)), "rgb": self.layout.rgb,
+            "kind": "array",
+            "origin": self.origin,
+            "shape": list(self.array.shape),
+            "dtype": str(np.dtype(self.array.dtype)),
+            "rgb": self.layout.rgb,
         }
+
+
+@dataclass(frozen=True)
+class PlaneSource:
+    """One plane of an in-memory or dask array, sent with its task."""
+
+    data: Any
+
+    def read(self, unit: Unit) -> np.ndarray:
+        part = self.data.compute(scheduler="synchronous") if hasattr(self.data, "dask") else self.data
+        return np.asarray(part)
 
 
 def open_source(source: Any, rgb: bool | None = None) -> FileSource | ArraySource:
@@ -153,10 +181,16 @@ def zarr_source(path: str, rgb: bool | None) -> ArraySource:
     translation = transforms.get("translation", {}).get("translation")
     axes = tuple(a if isinstance(a, dict) else {"name": a} for a in image["axes"])
     if tuple(a["name"] for a in axes[-2:]) != SPATIAL:
-        raise InvalidInputError(f"OME-Zarr source {path!r} must end with the axes y, x; got {[a['name'] for a in axes]}")
+        raise InvalidInputError(
+            f"OME-Zarr source {path!r} must end with the axes y, x; got {[a['name'] for a in axes]}"
+        )
     return array_source(
-        node[dataset["path"]], False, origin="ome-zarr", axes=axes,
-        scale=tuple(scale) if scale else None, translation=tuple(translation) if translation else None,
+        node[dataset["path"]],
+        False,
+        origin="ome-zarr",
+        axes=axes,
+        scale=tuple(scale) if scale else None,
+        translation=tuple(translation) if translation else None,
     )
 
 

@@ -52,8 +52,13 @@ def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, di
     from napari_treg import restore
 
     return restore(
-        image, job.operator, model=worker_prior(job), seed=seed,
-        intensity_range=job.intensity_range, return_info=True, **job.settings,
+        image,
+        job.operator,
+        model=worker_prior(job),
+        seed=seed,
+        intensity_range=job.intensity_range,
+        return_info=True,
+        **job.settings,
     )
 
 
@@ -70,8 +75,14 @@ def worker_prior(job: Job):
 def unit_record(unit: Unit, info: dict[str, Any]) -> dict[str, Any]:
     """The per-unit provenance kept with the output: which unit, seed, residual, time, where."""
     return {
-        "key": unit.key, "name": unit.name, "plane": unit.plane, "seed": info.get("seed"),
-        "residual": info.get("residual"), "residual_over_noise": info.get("residual_over_noise"),
-        "intensity_range": info.get("intensity_range"), "seconds": info.get("seconds"),
-        "worker": f"{socket.gethostname()}:{os.getpid()}", "models_loaded": len(_LOADED),
+        "key": unit.key,
+        "name": unit.name,
+        "plane": unit.plane,
+        "seed": info.get("seed"),
+        "residual": info.get("residual"),
+        "residual_over_noise": info.get("residual_over_noise"),
+        "intensity_range": info.get("intensity_range"),
+        "seconds": info.get("seconds"),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "models_loaded": len(_LOADED),
     }
