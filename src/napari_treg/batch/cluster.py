@@ -47,7 +47,8 @@ def local_cluster(workers: int | None = None):
 def connect(workers: int | None = None, scheduler: str | None = None, client=None) -> Iterator[tuple[object, bool]]:
     """``(client, embedded)``: the given client, one for ``scheduler``, or one of a new local cluster.
 
-    A client or cluster made here is closed on exit; a given client is left as it is.
+    A client or cluster made here is closed on exit and never becomes dask's default (napari's own
+    dask computations, e.g. of a layer's data, keep their scheduler); a given client is left as it is.
     """
     if client is not None:
         if scheduler is not None:
@@ -57,10 +58,10 @@ def connect(workers: int | None = None, scheduler: str | None = None, client=Non
     from distributed import Client
 
     if scheduler is not None:
-        with Client(scheduler) as own:
+        with Client(scheduler, set_as_default=False) as own:
             yield own, False
         return
-    with local_cluster(workers) as cluster, Client(cluster) as own:
+    with local_cluster(workers) as cluster, Client(cluster, set_as_default=False) as own:
         yield own, True
 
 

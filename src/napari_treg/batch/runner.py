@@ -211,7 +211,7 @@ def run_units(client, data, target, todo: list[Unit], job: Job, report: BatchRep
     futures = {client.submit(run_unit, data.unit_source(unit), target, unit, job, pure=False): unit for unit in todo}
     is_cancelled = cancel_checker(cancel)
     try:
-        waiting = as_completed(futures)
+        waiting = as_completed(futures, loop=client.loop)
         while not waiting.is_empty():
             if is_cancelled():
                 raise Cancelled("the batch run was cancelled; rerun it to resume")
