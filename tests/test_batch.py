@@ -28,12 +28,11 @@ SLOW = {**SETTINGS, "steps": 20}  # units long enough to be cut short
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
-    )
-    with distributed.Client(cluster) as connected:
+    """The embedded cluster restore_many would start, with 2 worker processes."""
+    from napari_treg.batch.cluster import local_cluster
+
+    with local_cluster(workers=2) as cluster, distributed.Client(cluster, set_as_default=False) as connected:
         yield connected
-    cluster.close()
 
 
 def measurement(shape, seed=0, dtype=np.uint16) -> np.ndarray:
@@ -263,6 +262,8 @@ def test_slurm_job_script_runs_one_single_threaded_worker_per_gpu():
 def test_bad_arguments_are_refused_before_any_work(tmp_path):
     with pytest.raises(InvalidInputError, match="stepz"):
         restore_many(str(tmp_path), str(tmp_path / "o"), GaussianBlur(1.0), stepz=3)
+    with pytest.raises(InvalidInputError, match="model must be a name or path"):
+        restore_many(str(tmp_path), str(tmp_path / "o"), GaussianBlur(1.0), model=object())
     with pytest.raises(InvalidInputError, match="holds no image files"):
         restore_many(str(tmp_path), str(tmp_path / "o"), GaussianBlur(1.0))
     with pytest.raises(InvalidInputError, match=".zarr"):

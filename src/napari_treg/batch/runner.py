@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -143,6 +144,8 @@ def checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidInputError(f"unknown restore setting(s) {', '.join(unknown)}; valid: {', '.join(defaults)}")
     values = {**defaults, **settings}
+    if not isinstance(values["model"], (str, os.PathLike)):
+        raise InvalidInputError("model must be a name or path for a batch run: every worker loads it once itself")
     make_config(**{f.name: values[f.name] for f in dataclasses.fields(TRegConfig)})  # validates each value
     return values
 
@@ -176,7 +179,7 @@ def run_parameters(data, operator: LinearOperator, job: Job) -> dict[str, Any]:
         "dtype": job.dtype,
         "seed": job.seed,
         "intensity_range": list(job.intensity_range) if job.intensity_range else None,
-        **{k: v for k, v in job.settings.items()},
+        **job.settings,
     }
 
 
