@@ -270,3 +270,41 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path):
         restore_many(np.zeros((2, 8, 8)), str(tmp_path / "o"), GaussianBlur(1.0))
     with pytest.raises(InvalidInputError, match="dc_until"):
         restore_many(np.zeros((2, 8, 8)), str(tmp_path / "o.zarr"), GaussianBlur(1.0), dc_until=2)
+
+
+def test_cli_ctrl_c_exits_130_and_the_rerun_computes_only_the_rest(client, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    source = zarr_stack(tmp_path / "in.zarr", measurement((6, 24, 24), seed=6), ("t", "y", "x"))
+    records = tmp_path / "out.zarr" / ".treg-units"
+    args = [
+        "batch",
+        source,
+        "-o",
+        str(tmp_path / "out.zarr"),
+        "--operator",
+        "gauss",
+        "--sigma",
+        "1",
+        "--model",
+        "analytic",
+        "--device",
+        "cpu",
+        "--steps",
+        "20",
+        "--scheduler",
+        client.scheduler.address,
+    ]
+    cli = subprocess.Popen([sys.executable, "-m", "napari_treg.cli", *args, "-q"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (records.is_dir() and len(os.listdir(records)) >= 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cli.send_signal(signal.SIGINT)
+    stderr = cli.communicate(timeout=60)[1]
+    assert cli.returncode == 130 and "rerun the same command to resume" in stderr
+    wait_idle(client)
+    done = len(os.listdir(records))
+    assert 1 <= done < 6
+    assert main(args) == 0
+    assert f"{6 - done} units restored, {done} already done" in capsys.readouterr().err

@@ -124,6 +124,8 @@ class UnitBar:
             self._bar.update(1)
             if error:
                 self._bar.write(f"{PROG}: {name} failed: {error}", file=sys.stderr)
+            if report.done + len(report.failed) >= report.units:
+                self.close()  # before the cluster shuts down
 
     def close(self) -> None:
         if self._bar is not None:
