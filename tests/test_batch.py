@@ -264,6 +264,11 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path):
         restore_many(str(tmp_path), str(tmp_path / "o"), GaussianBlur(1.0), stepz=3)
     with pytest.raises(InvalidInputError, match="model must be a name or path"):
         restore_many(str(tmp_path), str(tmp_path / "o"), GaussianBlur(1.0), model=object())
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        io.write_image(tmp_path / folder / "same.tif", np.zeros((8, 8), np.uint8))
+    with pytest.raises(InvalidInputError, match="same name"):
+        restore_many(str(tmp_path / "*" / "*.tif"), str(tmp_path / "o"), GaussianBlur(1.0))
     with pytest.raises(InvalidInputError, match="holds no image files"):
         restore_many(str(tmp_path), str(tmp_path / "o"), GaussianBlur(1.0))
     with pytest.raises(InvalidInputError, match=".zarr"):

@@ -143,6 +143,16 @@ def open_source(source: Any, rgb: bool | None = None) -> FileSource | ArraySourc
 
 
 def _source_from_path(path: str, rgb: bool | None) -> FileSource | ArraySource:
+    source = _files_or_zarr(path, rgb)
+    if isinstance(source, FileSource):
+        names = [Path(p).name for p in source.paths]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InvalidInputError(f"source {path!r} has files with the same name in different folders: {twice[:3]}")
+    return source
+
+
+def _files_or_zarr(path: str, rgb: bool | None) -> FileSource | ArraySource:
     if is_zarr(path):
         return zarr_source(path, rgb)
     if os.path.isdir(path):
