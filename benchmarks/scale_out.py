@@ -5,7 +5,9 @@ Analytic prior, 128x128 planes, 50 steps, Gaussian blur; one torch thread everyw
 - 1 and 2 workers: ``restore_many`` of a zarr stack on the embedded cluster
   (``napari_treg.batch.cluster.local_cluster``) with that many worker processes, after a warm-up run (workers import torch and load the model once);
 - overhead per unit = (1-worker time - local loop time) / units: scheduling, serialisation,
-  reading and writing zarr chunks and records.
+  reading and writing zarr chunks and records, and any slowdown of the solve inside a worker;
+- path overhead per unit = (1-worker time - the solves' time as the worker timed them) / units:
+  the distributed path alone.
 
     python benchmarks/scale_out.py [--units 16] [--steps 50] [--size 128]
     python benchmarks/scale_out.py --worker-env   # one solve: plain process vs dask worker settings
@@ -92,9 +94,12 @@ def main() -> None:
                 seconds = time.perf_counter() - started
         assert report.ok, report.failed
         results[f"workers_{workers}_s"] = seconds
+        results[f"workers_{workers}_solves_s"] = sum(record["seconds"] for record in report.records)
         results[f"workers_{workers}_units_per_s"] = args.units / seconds
     results["speedup_2_over_1"] = results["workers_2_units_per_s"] / results["workers_1_units_per_s"]
     results["overhead_ms_per_unit"] = 1000 * (results["workers_1_s"] - local) / args.units
+    # the dask path alone: 1-worker wall time minus the solves' own time inside the worker
+    results["path_overhead_ms_per_unit"] = 1000 * (results["workers_1_s"] - results["workers_1_solves_s"]) / args.units
     results["local_units_per_s"] = args.units / local
     results["load_average"] = os.getloadavg()
     print(json.dumps(results, indent=1))
