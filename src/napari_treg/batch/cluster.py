@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from napari_treg.errors import InvalidInputError
 
@@ -56,7 +57,7 @@ def local_cluster(workers: int | None = None):
 
 
 @contextmanager
-def connect(workers: int | None = None, scheduler: str | None = None, client=None) -> Iterator[tuple[object, bool]]:
+def connect(workers: int | None = None, scheduler: str | None = None, client=None) -> Iterator[tuple[Any, bool]]:
     """``(client, embedded)``: the given client, one for ``scheduler``, or one of a new local cluster.
 
     A client or cluster made here is closed on exit and never becomes dask's default (napari's own

@@ -162,7 +162,7 @@ class ZarrOutput:
 
         shape = source.layout.output_shape(image_hw)
         leading = len(source.layout.leading)
-        options = dict(
+        options: dict[str, Any] = dict(
             shape=shape,
             chunks=(1,) * leading + tuple(shape[leading:]),
             dtype="float32",
@@ -191,7 +191,7 @@ class ZarrOutput:
         import zarr
 
         node = zarr.open(self.path, mode="r+")
-        entry = dict(node.attrs.get(ATTRIBUTE, {}))
+        entry: dict[str, Any] = dict(node.attrs.get(ATTRIBUTE) or {})  # type: ignore[arg-type]
         entry.update(complete=complete, planes={key: records[key] for key in sorted(records)})
         node.attrs[ATTRIBUTE] = entry
 
@@ -200,7 +200,7 @@ def write_ome_metadata(group, array_path: str, source: ArraySource, factor: int)
     """OME-Zarr multiscales for one level: the input's axes, pixel sizes divided by ``factor`` in y, x."""
     from ome_zarr.writer import write_multiscales_metadata
 
-    names = source.axis_names
+    names, axes = source.axis_names or (), source.axes or ()
     scale = list(source.scale or [1.0] * len(names))
     translation = list(source.translation or [0.0] * len(names))
     for axis, name in enumerate(names):
@@ -213,7 +213,7 @@ def write_ome_metadata(group, array_path: str, source: ArraySource, factor: int)
     write_multiscales_metadata(
         group,
         datasets=[{"path": array_path, "coordinateTransformations": transforms}],
-        axes=list(source.axes),
+        axes=list(axes),
     )
 
 

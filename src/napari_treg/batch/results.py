@@ -21,4 +21,6 @@ def open_result(path: str | os.PathLike):
     if isinstance(node, zarr.Array):
         return da.from_zarr(node), attrs.get(ATTRIBUTE, {})
     image = ome_multiscale(attrs)
+    if image is None:
+        raise ValueError(f"{os.fspath(path)!r} is neither a zarr array nor an OME-Zarr image")
     return da.from_zarr(node[image["datasets"][0]["path"]]), attrs.get(ATTRIBUTE, {})

@@ -164,7 +164,7 @@ def make_job(data, operator: LinearOperator, values: dict[str, Any], client, thr
         device=values["device"],
         dtype=str(dtype).replace("torch.", "") if dtype is not None else None,
         seed=values["seed"],
-        intensity_range=tuple(float(v) for v in intensity_range) if intensity_range is not None else None,
+        intensity_range=(float(intensity_range[0]), float(intensity_range[1])) if intensity_range is not None else None,
         threads=threads,
     )
 

@@ -51,7 +51,7 @@ def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, di
     """The restoration of one unit (the engine's ``Restorer.restore`` will take this place)."""
     from napari_treg import restore
 
-    return restore(
+    return restore(  # type: ignore[return-value]  # return_info=True: (image, info)
         image,
         job.operator,
         model=worker_prior(job),

@@ -107,8 +107,8 @@ class BatchWidget(Container):
         self._actions = Container(labels=False, widgets=[self.run_button, self.cancel_button, self.status])
         self.native.layout().addWidget(self._actions.native)
         self.viewer = viewer
-        self.worker = None
-        self.report = None
+        self.worker: Any = None
+        self.report: Any = None
         self.result_layer = None
         self._cancel = threading.Event()
         self._progress = None
