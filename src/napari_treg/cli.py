@@ -353,6 +353,22 @@ def run_demo(args: argparse.Namespace) -> int:
     return int(run(args) or 0)
 
 
+# --------------------------------------------------------------------------- batch
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    from napari_treg.batch.cli import add_batch_arguments as add
+
+    add(parser)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """Restore a folder of images or a zarr stack on a dask cluster (napari_treg.batch)."""
+    from napari_treg.batch.cli import run_batch as run
+
+    return run(args)
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -370,6 +386,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                           add_degrade_arguments, run_degrade),
     "restore": Subcommand("restore a degraded image with TReg",
                           add_restore_arguments, run_restore),
+    "batch": Subcommand("restore a folder of images or a zarr stack on a dask cluster", add_batch_arguments, run_batch),
     "demo": Subcommand("open napari with a sample image and the TReg widget",
                        add_demo_arguments, run_demo),
 }
