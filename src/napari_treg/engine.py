@@ -383,6 +383,20 @@ class Reporter:
         return tile if place is None else place(tile, unit)
 
 
+def split_settings(values: dict[str, Any]) -> tuple[dict[str, Any], TRegConfig, dict[str, Any]]:
+    """``restore``-style keyword values -> (Restorer keywords, TRegConfig, Restorer.restore keywords).
+
+    For front ends that carry all settings in one dict (the widget's job, the batch runner).
+    """
+    from .settings import from_values, specs
+
+    values = dict(values)
+    text = {name: values.pop(name) for name in ("method", "prompt", "negative_prompt") if name in values}
+    config_names = {spec.name for spec in specs(TRegConfig)}
+    config = from_values(TRegConfig, {k: values.pop(k) for k in list(values) if k in config_names}, "setting")
+    return text, config, values
+
+
 # -- residual, provenance and cancel helpers ------------------------------------------------------
 
 

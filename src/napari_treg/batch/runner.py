@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_treg.api import cancel_checker, make_config, restore
+from napari_treg.api import restore
+from napari_treg.engine import RunOptions, cancel_checker
 from napari_treg.errors import Cancelled, InvalidInputError
 from napari_treg.operators import LinearOperator
 from napari_treg.solver import TRegConfig
@@ -38,8 +39,9 @@ POLL_SECONDS = 0.05
 
 def restore_defaults() -> dict[str, Any]:
     """The keywords a batch run passes on to ``restore``, with restore's defaults."""
-    parameters = inspect.signature(restore).parameters
-    return {name: p.default for name, p in parameters.items() if name not in NOT_SETTINGS}
+    parameters = inspect.signature(restore).parameters.values()
+    named = {p.name: p.default for p in parameters if p.kind is not p.VAR_KEYWORD and p.name not in NOT_SETTINGS}
+    return {**named, **TRegConfig().as_dict()}  # restore's **schedule: the method's other settings
 
 
 @dataclass
@@ -146,7 +148,8 @@ def checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
     values = {**defaults, **settings}
     if not isinstance(values["model"], (str, os.PathLike)):
         raise InvalidInputError("model must be a name or path for a batch run: every worker loads it once itself")
-    make_config(**{f.name: values[f.name] for f in dataclasses.fields(TRegConfig)})  # validates each value
+    TRegConfig(**{f.name: values[f.name] for f in dataclasses.fields(TRegConfig)})  # validates each value
+    RunOptions(**{f.name: values[f.name] for f in dataclasses.fields(RunOptions) if f.name in values})
     return values
 
 
