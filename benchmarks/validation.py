@@ -27,10 +27,12 @@ import torch
 
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, MotionBlur, SuperResolution
-from napari_treg.solver import TRegConfig, conjugate_gradient, get_method
+from napari_treg.solver import TRegConfig, conjugate_gradient, get_method, schedule_settings
 from napari_treg.solver.baselines import is_non_negative
 
 NOISE = 0.01
+#: the section benchmarks/fidelity.py writes into docs/validation.md (kept when this script rewrites it)
+FIDELITY_BLOCK = ("<!-- fidelity:start -->", "<!-- fidelity:end -->")
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,14 @@ class Method:
 
 def methods(steps: int) -> list[Method]:
     base = TRegConfig(steps=steps)
+    w = f"w={base.guidance:g}"
     return [
-        Method("TReg (prompt, w=5)", "treg", base, True),
+        Method(f"TReg (prompt, {w})", "treg", base, True),
         Method("TReg, no adaptive negation", "treg", replace(base, adaptive_negation=False), True),
         Method("TReg, no text (w=0)", "treg", replace(base, guidance=0.0), False),
         Method("TReg, DC to the end", "treg", replace(base, dc_until=1.0), True),
-        Method("PSLD (prompt, w=5)", "psld", base, True),
+        Method("TReg, schedule 'faithful'", "treg", replace(base, **schedule_settings("faithful")), True),
+        Method(f"PSLD (prompt, {w})", "psld", base, True),
         Method("PSLD, no text (w=0)", "psld", replace(base, guidance=0.0), False),
         Method("Tikhonov (CG)", "tikhonov", base, False),
         Method("Richardson-Lucy", "richardson_lucy", base, False),
@@ -204,10 +208,12 @@ def report(
         "- Timings are per image of a batch of all seeds, on shared CPU cores (other jobs ran at the same time).",
         "- Class evidence: the KL divergence between the measurement distributions of the two classes, exact for",
         "  this prior (KL << 1: the measurement cannot tell disk from square; KL >> 1: it can).",
-        "- TReg's defaults: w = 5, 200 steps, DC every 3rd step over the first 85 %, CG 5 iterations, λ = 1e-4,",
-        "  adaptive negation lr 8e-4 × 10 Adam steps. \"DC to the end\" sets dc_until = 1. PSLD: ω = 1, γ = 0.1,",
-        "  with the same classifier-free guidance. Tikhonov: smoothness weight 1e-2, CG for `steps` iterations.",
-        "  Richardson-Lucy: `steps` iterations, only for non-negative operators (blurs).",
+        f"- TReg's defaults (the paper's schedule): w = {TRegConfig().guidance:g}, 200 steps, DC every 3rd step over "
+        "the first 85 %, CG 5 iterations, λ = 1e-4,",
+        "  adaptive negation lr 8e-4 × 10 Adam steps (a fresh Adam at every DC step). \"DC to the end\" sets",
+        f"  dc_until = 1; schedule 'faithful' is {schedule_settings('faithful')} (see the fidelity table below).",
+        "  PSLD: ω = 1, γ = 0.1, with the same classifier-free guidance. Tikhonov: smoothness weight 1e-2, CG for",
+        "  `steps` iterations. Richardson-Lucy: `steps` iterations, only for non-negative operators (blurs).",
         "",
     ]
     for task, rows in results.items():
@@ -242,6 +248,15 @@ def report(
     return "\n".join(out)
 
 
+def fidelity_block(path: Path) -> str:
+    """The fidelity section of the existing ``path`` (written by benchmarks/fidelity.py), or ""."""
+    old = path.read_text() if path.exists() else ""
+    if FIDELITY_BLOCK[0] not in old or FIDELITY_BLOCK[1] not in old:
+        return ""
+    inside = old.split(FIDELITY_BLOCK[0], 1)[1].split(FIDELITY_BLOCK[1], 1)[0]
+    return "\n" + FIDELITY_BLOCK[0] + inside + FIDELITY_BLOCK[1] + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=32)
@@ -267,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             results[task][method.label] = evaluate(prior, method, op, args.size, truth, labels)
             print(f"{task:32s} {method.label:30s} {results[task][method.label]}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(results, evidences, args, prior, time.perf_counter() - started))
+    text = report(results, evidences, args, prior, time.perf_counter() - started)
+    args.out.write_text(text + fidelity_block(args.out))
     print(f"wrote {args.out}")
     return 0
 

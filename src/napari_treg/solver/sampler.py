@@ -25,10 +25,11 @@ Callback = Callable[[dict], None]
 
 @dataclass(frozen=True)
 class TRegConfig:
-    """The method's parameters, with the reference implementation's defaults."""
+    """The method's parameters, with the paper's defaults (docs/method.md)."""
 
     steps: int = 200
-    guidance: float = 5.0
+    #: classifier-free guidance weight, any finite number (0 = no text); the paper's 7.5
+    guidance: float = 7.5
     dc_every: int = 3
     dc_until: float = 0.85
     cg_iterations: int = 5
@@ -36,6 +37,10 @@ class TRegConfig:
     adaptive_negation: bool = True
     negation_lr: float = 8e-4
     negation_steps: int = 10
+    #: final_dc (bool, default False): after the last step, project the result onto the measurement
+    #: with one more data-consistency solve in image space (``cg_iterations`` CG iterations, ``cg_lambda``),
+    #: so that it agrees with the data to the noise level. Not in the paper (docs/validation.md).
+    final_dc: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +91,10 @@ def treg_sample(
         if callback is not None:
             callback({"i": step.index, "total": len(steps), "z0": z0, "step": step})
     watch.check()
-    return prior.decode(z0).float()
+    x = prior.decode(z0).float()
+    if config.final_dc:
+        x = data_consistency(operator, y, x, config.cg_lambda, config.cg_iterations)
+    return x
 
 
 def guided_noise(
@@ -125,4 +133,3 @@ def presampled_noise(
         raise ValueError(f"{len(generators)} generators for a batch of {batch}")
     noise = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
     return torch.stack(noise, dim=1).to(prior.device)
-
