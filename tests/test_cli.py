@@ -161,7 +161,7 @@ def test_restore_options_reach_restore(tmp_path):
                  "--tile-size", "256", "--tile-overlap", "32")
     assert cli.restore_kwargs(args) == {
         "prompt": "cells", "negative_prompt": "blur", "guidance": 3.0, "steps": 50, "seed": 7,
-        "model": "tiny", "device": "cpu", "dtype": "float16", "method": "treg", "dc_every": 2,
+        "model": "tiny", "device": "cpu", "dtype": "float16", "method": "treg", "schedule": "paper", "dc_every": 2,
         "dc_until": 0.5, "cg_iterations": 3, "cg_lambda": 0.01, "adaptive_negation": False,
         "negation_lr": 0.001, "negation_steps": 4, "batch_size": 2, "rgb": False, "noise": 0.02,
         "tile_size": 256, "tile_overlap": 32,
@@ -188,15 +188,27 @@ def test_cli_defaults_are_the_api_defaults():
     for function, values in given.items():
         signature = inspect.signature(function).parameters
         names = [name for name in signature if name in values and signature[name].default is not inspect.Parameter.empty]
-        assert len(names) >= (14 if function is restore else 3)
+        assert len(names) >= (13 if function is restore else 3)
         for name in names:
             assert values[name] == signature[name].default, name
-    schedule = {name: value for name, value in given[restore].items() if name not in inspect.signature(restore).parameters}
+    # the method's settings are passed only when given, so the named schedule (or TRegConfig's default) applies
     from napari_treg.solver import TRegConfig
 
-    assert schedule == {name: getattr(TRegConfig(), name) for name in schedule}
-    assert set(schedule) == {"dc_every", "dc_until", "cg_iterations", "cg_lambda", "adaptive_negation",
-                             "negation_lr", "negation_steps"}
+    assert not set(given[restore]) & set(TRegConfig.__dataclass_fields__)
+    assert cli.restore_kwargs(parse("restore", "in", "-o", "o", "--operator", "denoise", "--no-final-dc"))["final_dc"] is False
+
+
+def test_a_named_schedule_reaches_restore_and_explicit_options_override_it(monkeypatch, tmp_path):
+    from napari_treg.engine import split_settings
+
+    def config(*extra):
+        kwargs = cli.restore_kwargs(parse("restore", "in", "-o", "o", "--operator", "denoise", *extra))
+        return split_settings(kwargs)[1]
+
+    assert config().final_dc is False
+    assert config("--schedule", "faithful").final_dc is True
+    assert config("--schedule", "faithful", "--no-final-dc").final_dc is False
+    assert config("--schedule", "faithful", "--dc-until", "0.5").dc_until == 0.5
 
 
 # --------------------------------------------------------------------------- errors

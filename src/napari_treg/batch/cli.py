@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from napari_treg.cli import (
+from napari_treg.cli_options import (
     PROG,
     add_method_arguments,
     add_operator_arguments,
