@@ -7,6 +7,7 @@ floating dtype. Blurs use one boundary rule: half-sample symmetric mirroring.
 from .base import LinearOperator
 from .blur import GaussianBlur, KernelBlur, MotionBlur
 from .masking import Denoising, Inpainting
+from .registry import OPERATORS, OperatorSpec, Param, build_operator, operator_spec
 from .resample import SuperResolution
 
 __all__ = [
@@ -17,4 +18,9 @@ __all__ = [
     "KernelBlur",
     "Inpainting",
     "Denoising",
+    "OPERATORS",
+    "OperatorSpec",
+    "Param",
+    "build_operator",
+    "operator_spec",
 ]

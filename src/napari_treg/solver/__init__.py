@@ -3,7 +3,8 @@
 from .cg import conjugate_gradient, data_consistency
 from .methods import METHODS, get_method
 from .negation import AdaptiveNegation
-from .sampler import TRegConfig, treg_sample
+from .config import TRegConfig
+from .sampler import treg_sample
 from .schedule import ddim_steps
 
 __all__ = [

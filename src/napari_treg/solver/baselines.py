@@ -22,7 +22,8 @@ from ..errors import DivergenceError, InvalidInputError
 from ..models.base import DiffusionPrior
 from ..operators import GaussianBlur, KernelBlur, LinearOperator, SuperResolution
 from .cg import conjugate_gradient
-from .sampler import Callback, TRegConfig, guided_noise, presampled_noise
+from .config import TRegConfig
+from .sampler import Callback, guided_noise, presampled_noise
 from .schedule import ddim_steps
 
 #: PSLD step sizes of the measurement and gluing terms (the PSLD paper's SD settings)

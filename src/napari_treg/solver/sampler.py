@@ -8,7 +8,6 @@ the tiny test model and the analytic prior run this very code.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -16,29 +15,12 @@ import torch
 from ..models.base import DiffusionPrior
 from ..operators import LinearOperator
 from .cg import data_consistency
+from .config import TRegConfig
 from .divergence import DivergenceWatch
 from .negation import AdaptiveNegation
 from .schedule import Step, ddim_steps
 
 Callback = Callable[[dict], None]
-
-
-@dataclass(frozen=True)
-class TRegConfig:
-    """The method's parameters, with the reference implementation's defaults."""
-
-    steps: int = 200
-    guidance: float = 5.0
-    dc_every: int = 3
-    dc_until: float = 0.85
-    cg_iterations: int = 5
-    cg_lambda: float = 1e-4
-    adaptive_negation: bool = True
-    negation_lr: float = 8e-4
-    negation_steps: int = 10
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @torch.no_grad()

@@ -37,10 +37,3 @@ def ddim_steps(schedule: NoiseSchedule, steps: int, dc_every: int, dc_until: flo
         dc = dc_every > 0 and i % dc_every == 0 and i < dc_until * steps
         result.append(Step(i, t, float(abar[t]), float(a_prev), dc))
     return result
-
-
-def count_dc_steps(steps: list[Step]) -> int:
-    return sum(step.data_consistency for step in steps)
-
-
-

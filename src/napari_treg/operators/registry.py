@@ -1,0 +1,136 @@
+"""Every forward operator by name, with its parameters, defaults, ranges and help, written once.
+
+The CLI (``--operator sr --factor 4``), the widgets and the batch runner all read
+:data:`OPERATORS` and build operators with :func:`build_operator`, so adding an operator
+is one entry here (plus its class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import InvalidInputError
+from ..settings import check_choice, check_integer, check_number
+from .base import LinearOperator
+from .blur import GaussianBlur, KernelBlur, MotionBlur
+from .masking import Denoising, Inpainting
+from .resample import FILTERS, SuperResolution
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an operator as the front ends offer it.
+
+    ``kind`` is int, float or str (a choice), or ``"image"`` for an array the user
+    supplies (a file on the command line, a layer in napari).
+    """
+
+    name: str
+    default: Any
+    kind: Any
+    help: str
+    label: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind == "image"
+
+    def check(self, value: Any) -> Any:
+        """``value`` checked against this parameter's kind and range (arrays are checked by the operator)."""
+        if self.is_image:
+            return value
+        if self.kind is str:
+            return check_choice(value, self.name, self.choices)
+        check = check_integer if self.kind is int else check_number
+        return check(value, self.name, self.minimum, self.maximum)
+
+
+@dataclass(frozen=True)
+class OperatorSpec:
+    """An operator by name: how the front ends show it and how to build it from parameter values."""
+
+    name: str
+    label: str
+    help: str
+    build: Callable[..., LinearOperator]
+    parameters: tuple[Param, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+    def make(self, **values: Any) -> LinearOperator:
+        """The operator from its parameter values (missing ones take their defaults; others are ignored)."""
+        arguments = {}
+        for param in self.parameters:
+            value = values.get(param.name, param.default)
+            if value is None and param.is_image:
+                raise InvalidInputError(f"operator {self.name!r} needs {param.name}: {param.help}")
+            arguments[param.name] = param.check(value)
+        return self.build(**arguments)
+
+
+OPERATORS: dict[str, OperatorSpec] = {
+    spec.name: spec
+    for spec in (
+        OperatorSpec(
+            "sr", "Super-resolution", "the measurement is a downsampled image; the result is factor times larger",
+            lambda factor, filter: SuperResolution(factor, filter=filter),
+            (
+                Param("factor", 4, int, "downsampling factor: the result is this many times larger",
+                      minimum=2, maximum=16),
+                Param("filter", "bicubic", str, "anti-aliasing filter of the downsampling "
+                      "(bicubic: photographs, box: camera pixel binning)", choices=FILTERS),
+            ),
+            aliases=("super_resolution",),
+        ),
+        OperatorSpec(
+            "gauss", "Deblur: Gaussian", "a Gaussian blur", GaussianBlur,
+            (Param("sigma", 2.0, float, "standard deviation of the blur, in pixels", label="sigma (px)",
+                   minimum=0.1, maximum=50.0),),
+            aliases=("gaussian_blur",),
+        ),
+        OperatorSpec(
+            "motion", "Deblur: motion", "a straight motion blur", MotionBlur,
+            (
+                Param("length", 9.0, float, "length of the motion, in pixels", label="length (px)",
+                      minimum=1.0, maximum=200.0),
+                Param("angle", 0.0, float, "direction of the motion, degrees counter-clockwise from the x axis",
+                      label="angle (°)", minimum=-180.0, maximum=180.0),
+            ),
+            aliases=("motion_blur",),
+        ),
+        OperatorSpec(
+            "kernel", "Deblur: measured PSF", "a blur by a measured point spread function (normalised to sum 1)",
+            KernelBlur,
+            (Param("kernel", None, "image", "the 2D blur kernel (point spread function)", label="PSF"),),
+            aliases=("psf_blur",),
+        ),
+        OperatorSpec(
+            "inpaint", "Inpainting (mask)", "fill the masked (missing) pixels", Inpainting,
+            (Param("mask", None, "image", "the missing pixels: label > 0 = missing", label="mask"),),
+            aliases=("inpainting",),
+        ),
+        OperatorSpec("denoise", "Denoising", "noise only (A = identity)", Denoising, aliases=("denoising",)),
+    )
+}
+_BY_ALIAS = {alias: spec for spec in OPERATORS.values() for alias in (spec.name, *spec.aliases)}
+
+
+def operator_spec(name: str) -> OperatorSpec:
+    """The :class:`OperatorSpec` called ``name`` (or one of its aliases)."""
+    try:
+        return _BY_ALIAS[name]
+    except (KeyError, TypeError):
+        raise InvalidInputError(f"unknown operator {name!r}; choose one of {', '.join(OPERATORS)}") from None
+
+
+def build_operator(name: str, **values: Any) -> LinearOperator:
+    """The operator ``name`` built from parameter values, e.g. ``build_operator("sr", factor=4)``."""
+    return operator_spec(name).make(**values)
+
+
+def operator_parameters() -> dict[str, Param]:
+    """Every parameter of every operator by name (a name means the same thing for every operator)."""
+    return {param.name: param for spec in OPERATORS.values() for param in spec.parameters}

@@ -1,0 +1,56 @@
+"""The method's settings: every default and valid range of TReg, written once.
+
+The defaults are the reference schedule of the paper's code (200 DDIM steps, data
+consistency on every 3rd step over the first 85 %, 5 CG iterations, 10 Adam steps of
+adaptive negation). The API, the CLI options and the widget's fields all come from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..settings import setting, validate
+
+
+@dataclass(frozen=True)
+class TRegConfig:
+    """The method's parameters; creating one checks every value (InvalidInputError names it)."""
+
+    steps: int = setting(
+        200, "DDIM sampling steps (200 as in the paper; fewer is faster and rougher)",
+        minimum=1, maximum=1000,
+    )
+    guidance: float = setting(
+        5.0, "classifier-free guidance weight of the prompt (0 = no text)", minimum=0.0, maximum=100.0,
+    )
+    dc_every: int = setting(
+        3, "data consistency on every n-th step (0 = never)", label="DC every", minimum=0, maximum=1000,
+    )
+    dc_until: float = setting(
+        0.85, "data consistency over this fraction of the steps, from the start", label="DC until",
+        minimum=0.0, maximum=1.0,
+    )
+    cg_iterations: int = setting(
+        5, "conjugate-gradient iterations per data-consistency step", label="CG iterations",
+        minimum=0, maximum=100,
+    )
+    cg_lambda: float = setting(
+        1e-4, "proximal weight of each data-consistency solve (> 0)", label="CG lambda",
+        minimum=1e-8, maximum=1e4, positive=True,
+    )
+    adaptive_negation: bool = setting(
+        True, "optimise the negative (null) text embedding against the image content in CLIP space",
+    )
+    negation_lr: float = setting(
+        8e-4, "learning rate of adaptive negation (the authors suggest 1e-3 for SR, 5e-4 for deblurring)",
+        label="negation rate", minimum=0.0, maximum=0.1,
+    )
+    negation_steps: int = setting(
+        10, "Adam steps of adaptive negation per data-consistency step", minimum=0, maximum=100,
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
