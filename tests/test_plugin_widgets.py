@@ -85,7 +85,24 @@ def test_run_button_disabled_and_preview_updates_while_running(restore_widget, r
     assert PREVIEW_NAME not in viewer.layers
 
 
-def test_cancel_stops_adds_nothing_and_removes_the_preview(restore_widget, qtbot, monkeypatch):
+def _activity_cancel_button(widget):
+    """The Cancel button of the run's bar in napari's activity dock (what a user clicks)."""
+    from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+
+    window = widget.viewer.window._qt_window
+    (bar,) = [b for b in window.findChildren(QtLabeledProgressBar) if b.progress is widget._progress]
+    return bar.cancel_button
+
+
+CANCEL_ACTIONS = {
+    "widget": lambda widget: widget.cancel_button.native.click(),
+    "activity dock": lambda widget: _activity_cancel_button(widget).click(),
+    "closing the dock": lambda widget: widget.viewer.window.remove_dock_widget(widget.native),
+}
+
+
+@pytest.mark.parametrize("action", list(CANCEL_ACTIONS))
+def test_cancel_from_anywhere_stops_within_a_step_and_adds_nothing(restore_widget, qtbot, monkeypatch, action):
     viewer = restore_widget.viewer
     layer = viewer.add_image(_image((32, 32)), name="y")
     original = layer.data.copy()
@@ -106,18 +123,19 @@ def test_cancel_stops_adds_nothing_and_removes_the_preview(restore_widget, qtbot
 
     def cancel_at_second_step(step, total, preview):
         if step == 2 and not at_cancel:
-            restore_widget.cancel()
+            CANCEL_ACTIONS[action](restore_widget)
             at_cancel.append(len(done))
 
     restore_widget._relay.stepped.connect(cancel_at_second_step)
     before = [layer.name for layer in viewer.layers]
-    restore_widget.run()
+    worker = restore_widget.run()
     qtbot.waitUntil(lambda: not restore_widget.is_running, timeout=120_000)
-    assert at_cancel and len(done) <= at_cancel[0] + 1 < 50  # stopped within one step of the request
+    assert at_cancel and len(done) <= at_cancel[0] + 1 < 50, (at_cancel, len(done))  # within one step
     assert [layer.name for layer in viewer.layers] == before  # no result, preview removed
     np.testing.assert_array_equal(layer.data, original)
-    assert restore_widget.status.value.startswith("Cancelled")
+    assert restore_widget.status.value == restore_module.CANCELLED
     assert not _errors()
+    assert worker.is_running is False
 
 
 def test_stack_whole_and_current_plane(restore_widget, run_to_end):

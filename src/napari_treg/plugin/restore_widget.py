@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     import napari
 
 PREVIEW_NAME = "TReg preview"
+CANCELLED = "Cancelled: nothing was added."
 #: restore keyword arguments read straight from widgets of the same name
 RESTORE_OPTIONS = (
     "prompt", "negative_prompt", "guidance", "adaptive_negation", "negation_lr", "negation_steps",
@@ -113,6 +114,19 @@ class _Relay(QObject):
     @Slot(str, object)
     def _status(self, message: str, fraction: Any) -> None:
         _reporting_errors(self._on_status, message, fraction)
+
+
+class RunProgress(cancelable_progress):
+    """napari's progress for a run: its Cancel (activity dock) stops the run at once.
+
+    ``cancelable_progress`` only calls its ``cancel_callback`` while it is iterated; a run
+    reports its steps by hand, so the callback is called here, when the user cancels.
+    """
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self.cancel_callback is not None:
+            self.cancel_callback()
 
 
 class _CloseWatcher(QObject):
@@ -216,7 +230,7 @@ class RestoreWidget(Container):
         self.worker = None
         self._sections = (inputs, text, output, advanced, buttons)
         self._state = _RunState()
-        self._progress: cancelable_progress | None = None
+        self._progress: RunProgress | None = None
         self._relay = _Relay(self.native, self._on_step, self._on_status)
         self._frame_sections()
         progress_bar.native.setFormat("%v / %m steps")
@@ -308,7 +322,7 @@ class RestoreWidget(Container):
             return None
         self._state.job = job
         self._set_running(True)
-        self._progress = cancelable_progress(total=0, desc="TReg: loading model", cancel_callback=self.cancel)
+        self._progress = RunProgress(total=0, desc="TReg: loading model", cancel_callback=self.cancel)
         self._on_status(f"loading model {job.model}", None)
         worker = create_worker(
             functools.partial(
@@ -446,6 +460,9 @@ class RestoreWidget(Container):
         self._remove_preview()
         if job is None:
             return
+        if job.cancel.is_set():  # cancelled after the last step: still nothing is added
+            self.status.value = CANCELLED
+            return
         try:
             summary = self._add_result(job, outcome)
         except Exception as error:  # noqa: BLE001 - a display problem must not leave the widget stuck
@@ -496,7 +513,7 @@ class RestoreWidget(Container):
     def _on_errored(self, error: BaseException) -> None:
         self._remove_preview()
         if isinstance(error, Cancelled):
-            self.status.value = "Cancelled: nothing was added."
+            self.status.value = CANCELLED
             return
         self.status.value = "Failed: see the notification."
         show_error(explain_error(error))
