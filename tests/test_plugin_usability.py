@@ -81,8 +81,12 @@ def test_the_preview_is_never_offered_as_an_input(restore_widget, run_to_end):
 
     def watch(event):
         if event.value.name == PREVIEW_NAME:
-            offered.append({w: [layer.name for layer in getattr(restore_widget, w).choices if layer is not None]
-                            for w in ("image", "reference", "kernel")})
+            offered.append(
+                {
+                    w: [layer.name for layer in getattr(restore_widget, w).choices if layer is not None]
+                    for w in ("image", "reference", "kernel")
+                }
+            )
 
     viewer.layers.events.inserted.connect(watch)
     run_to_end(restore_widget)
