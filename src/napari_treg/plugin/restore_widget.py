@@ -17,6 +17,7 @@ what it computes lives in :mod:`.job`, and the layer bookkeeping in :mod:`.layer
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +40,7 @@ from qtpy.QtCore import QEvent, QObject, Signal, Slot
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
+from ..api import restore
 from ..errors import Cancelled, InvalidInputError, TRegError
 from ..settings import specs
 from ..solver import TRegConfig
@@ -89,6 +91,8 @@ RESTORE_OPTIONS = (
     "prompt", "negative_prompt", "seed", "noise", "tile_size", "tile_overlap",
     *(spec.name for spec in specs(TRegConfig)),
 )
+#: restore's own defaults (seed, tile overlap, model, device), not repeated here
+DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(restore).parameters.items()}
 #: the dock's width limit: it must leave room for the canvas on a 1366 px laptop screen
 DOCK_WIDTH = 400
 
@@ -197,7 +201,7 @@ class RestoreWidget(Container):
                                  "Used to judge the result: the residual is reported in units of it. 0 = unknown."),
         ])
         model = Container(name="model_section", widgets=[
-            ComboBox(name="model", label="model", value="sd15", choices=list(MODELS),
+            ComboBox(name="model", label="model", value=DEFAULTS["model"], choices=list(MODELS),
                      tooltip="Stable Diffusion 1.5 weights, or a test model (no meaningful photograph)"),
             FileEdit(name="model_path", label="path", mode="d",
                      tooltip="A diffusers folder or a .safetensors / .ckpt checkpoint"),
@@ -208,7 +212,7 @@ class RestoreWidget(Container):
             LineEdit(name="negative_prompt", label="negative", value="out of focus, depth of field",
                      tooltip="Negative prompt: what the result should not look like"),
             *(settings.pop(name) for name in MAIN_SETTINGS),
-            SpinBox(name="seed", label="seed", value=0, min=0, max=2**31 - 1,
+            SpinBox(name="seed", label="seed", value=DEFAULTS["seed"], min=0, max=2**31 - 1,
                     tooltip="Seed of the sampler (plane k of a stack uses seed + k)"),
         ])
         output = Container(name="output", widgets=[
@@ -225,14 +229,14 @@ class RestoreWidget(Container):
                                          "off = in one piece")
         advanced = Container(name="advanced", widgets=[
             *settings.values(),
-            ComboBox(name="device", label="device", value="auto", choices=available_devices(),
+            ComboBox(name="device", label="device", value=DEFAULTS["device"], choices=available_devices(),
                      tooltip="auto: the GPU if there is one, else the CPU"),
             ComboBox(name="dtype", label="precision", value=None, choices=list(PRECISIONS),
                      tooltip="float16 halves GPU memory; float32 is safest on the CPU"),
             checkbox("low_memory", "low-memory mode", False,
                      "VAE tiling, text encoder on the CPU: for GPUs with little memory (use tiles for large images)"),
             tile_size,
-            SpinBox(name="tile_overlap", label="tile overlap", value=64, min=0, max=1024, step=16,
+            SpinBox(name="tile_overlap", label="tile overlap", value=DEFAULTS["tile_overlap"], min=0, max=1024, step=16,
                     tooltip="Overlap of neighbouring tiles, in restored pixels"),
         ])
         buttons = Container(name="buttons", layout="horizontal", labels=False, widgets=[
