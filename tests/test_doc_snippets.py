@@ -6,6 +6,7 @@ the tiny test model, and every restoration runs 2 steps. Everything else is the 
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def test_the_docs_have_python_snippets():
 
 @pytest.fixture
 def offline_and_quick(monkeypatch):
-    """"sd15" loads the tiny test model, and restore runs 2 steps (the widget's runs too)."""
+    """ "sd15" loads the tiny test model, and restore runs 2 steps (the widget's runs too)."""
     import napari_treg
     import napari_treg.models
     from napari_treg import api
@@ -36,6 +37,7 @@ def offline_and_quick(monkeypatch):
     def tiny_load_model(spec="sd15", **kwargs):
         return load_model("tiny" if spec == "sd15" else spec, **{**kwargs, "device": "cpu"})
 
+    @functools.wraps(restore)
     def quick_restore(*args, **kwargs):
         kwargs["steps"] = min(int(kwargs.get("steps", 2)), 2)
         if kwargs.get("model", "sd15") == "sd15":
