@@ -117,15 +117,18 @@ def main() -> int:
     simulate.factor.value = 2
     simulate.simulate()
     settle()
-    save(grab(simulate.native)[:300], "simulate-widget.png")
+    save(grab(simulate.native)[:330], "simulate-widget.png")
     viewer.layers.pop()
 
     # the advanced settings open: the dock scrolls, Run stays in view
     dock_of(widget.native).raise_()
     widget.advanced_frame.expand(animate=False)
     settle()
-    widget.scroll_area.ensureWidgetVisible(widget.advanced_frame)
-    settle()
+    bar = widget.scroll_area.verticalScrollBar()
+    for _ in range(5):  # the scroll range grows as the box unfolds
+        bar.setValue(bar.maximum())  # scrolled down to the advanced settings
+        settle()
+    print(f"advanced open: the settings scroll by {bar.maximum()} px")
     close_notifications()
     save(viewer.screenshot(canvas_only=False, flash=False), "restore-advanced-window.png", width=1200)
     save(grab(widget.native), "restore-advanced.png")

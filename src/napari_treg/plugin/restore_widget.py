@@ -253,6 +253,7 @@ class RestoreWidget(Container):
         self._sections = (*sections, buttons)
         self._state = _RunState()
         self._progress: RunProgress | None = None
+        self._updating_progress = False
         self._relay = _Relay(self.native, self._on_step, self._on_status)
         self._settings_from: str | None = None  # the layer whose record set the operator, if any
         self._frame_sections(sections)
@@ -504,13 +505,26 @@ class RestoreWidget(Container):
         self.status.value = f"Step {step} of {total}{where}"
         if preview is not None and self.preview.value:
             self._show_preview(job, preview)
-        # napari's progress may process pending events (later steps, even the end of the run): do it last
+        self._update_progress(job, step, total)
+
+    def _update_progress(self, job: Job, step: int, total: int) -> None:
+        """Bring napari's progress (the activity dock) to ``step``.
+
+        napari's progress bar processes pending events when it changes, so later steps (even
+        the end of the run) are handled inside this call: those skip the update (the outer
+        call is still making it), so fast runs do not nest one call per step.
+        """
         progress = self._progress
-        if progress is not None and self._state.job is job:
+        if progress is None or self._state.job is not job or self._updating_progress:
+            return
+        self._updating_progress = True
+        try:
             if progress.total != total:
                 progress.total = total
                 progress.set_description("TReg: restoring")
             progress.update(step - progress.n)
+        finally:
+            self._updating_progress = False
 
     def _show_preview(self, job: Job, preview: np.ndarray) -> None:
         layer = job.source
