@@ -135,10 +135,15 @@ def environment() -> dict:
     return info
 
 
-def write_json(name: str, data: dict) -> None:
-    """Print ``data`` and write it to ``$OUT/<name>.json`` when ``OUT`` is set."""
+def write_json(name: str, data: dict, echo: bool = True) -> None:
+    """Print ``data`` (unless ``echo`` is False) and write it to ``$OUT/<name>.json`` when ``OUT`` is set.
+
+    Scripts that a time limit may stop call it with ``echo=False`` after each part, so the parts
+    measured so far are on disk.
+    """
     text = json.dumps(data, indent=1, default=str)
-    print(text)
+    if echo:
+        print(text)
     out = os.environ.get("OUT")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)

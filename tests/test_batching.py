@@ -10,7 +10,6 @@ from napari_treg import restore
 from napari_treg.errors import InvalidInputError
 from napari_treg.memory import AUTO_BATCH_MAX, PLANE_BYTES_PER_PIXEL, SOLVE_BYTES_PER_PIXEL, auto_batch_size
 from napari_treg.operators import GaussianBlur, SuperResolution
-from napari_treg.tiling import restore_tiled
 
 # CFG, adaptive negation and data consistency all on; few steps to stay fast
 SETTINGS = dict(steps=4, dc_every=2, guidance=3.0, adaptive_negation=True, negation_steps=2, prompt="cells", seed=5)
@@ -34,8 +33,8 @@ def test_batch_of_four_equals_four_single_planes(tiny):
 def test_tiles_batched_equal_tiles_one_by_one(tiny):
     image = np.random.default_rng(1).uniform(0, 1, (24, 24)).astype(np.float32)
     kwargs = dict(model=tiny, tile_size=32, tile_overlap=16, **SETTINGS)
-    one = restore_tiled(image, SuperResolution(2), batch_size=1, **kwargs)
-    many = restore_tiled(image, SuperResolution(2), batch_size=4, **kwargs)
+    one = restore(image, SuperResolution(2), batch_size=1, **kwargs)
+    many = restore(image, SuperResolution(2), batch_size=4, **kwargs)
     assert one.shape == (48, 48)
     np.testing.assert_allclose(many, one, rtol=0, atol=1e-4)
 

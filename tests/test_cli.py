@@ -177,13 +177,26 @@ def test_batch_size_is_auto_by_default_or_a_number():
     assert batch_size("--batch-size", "3") == 3
 
 
-def test_cli_defaults_match_the_api():
+def test_cli_defaults_are_the_api_defaults():
+    """The options are generated from the settings, so with nothing given they equal the API's defaults."""
     from napari_treg.api import degrade, restore
 
-    for function, defaults in ((restore, cli.RESTORE_DEFAULTS), (degrade, cli.DEGRADE_DEFAULTS)):
+    given = {
+        restore: cli.restore_kwargs(parse("restore", "in.tif", "-o", "o.tif", "--operator", "denoise")),
+        degrade: vars(parse("degrade", "in.tif", "-o", "o.tif", "--operator", "denoise")),
+    }
+    for function, values in given.items():
         signature = inspect.signature(function).parameters
-        for name, value in defaults.items():
-            assert signature[name].default == value, name
+        names = [name for name in signature if name in values and signature[name].default is not inspect.Parameter.empty]
+        assert len(names) >= (14 if function is restore else 3)
+        for name in names:
+            assert values[name] == signature[name].default, name
+    schedule = {name: value for name, value in given[restore].items() if name not in inspect.signature(restore).parameters}
+    from napari_treg.solver import TRegConfig
+
+    assert schedule == {name: getattr(TRegConfig(), name) for name in schedule}
+    assert set(schedule) == {"dc_every", "dc_until", "cg_iterations", "cg_lambda", "adaptive_negation",
+                             "negation_lr", "negation_steps"}
 
 
 # --------------------------------------------------------------------------- errors

@@ -4,11 +4,12 @@ The real recording (``record_cuda_graph``) needs a GPU: tests/gpu/ checks it the
 """
 
 import warnings
+import weakref
 
 import pytest
 import torch
 
-from napari_treg.models import load_model
+from napari_treg.models import cuda_graphs, load_model
 from napari_treg.models.cuda_graphs import GraphCache
 
 
@@ -101,6 +102,40 @@ def test_when_memory_stays_short_calls_run_eagerly_instead_of_recording_again_an
     cache.clear()  # the model moved or was reloaded: try again
     cache.run("h", affine, torch.rand(5), torch.rand(5))
     assert len(recorder.recorded) == 2
+
+
+class RunsOutWhileHoldingBuffers(FakeRecorder):
+    """Fails like a recording that ran out of memory with its input buffers already allocated."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffers: list[weakref.ref] = []
+        self.failing = True
+
+    def __call__(self, fn, inputs, pool):
+        if not self.failing:
+            return super().__call__(fn, inputs, pool)
+        static_inputs = [t.clone() for t in inputs]  # referenced by this frame, i.e. by the traceback
+        self.buffers += [weakref.ref(t) for t in static_inputs]
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")  # a new one, like torch's
+
+
+@pytest.mark.parametrize("other_graphs", [False, True])
+def test_memory_is_freed_after_the_failed_recording_has_let_go_of_its_buffers(monkeypatch, other_graphs):
+    recorder = RunsOutWhileHoldingBuffers()
+    held_when_freeing = []
+    monkeypatch.setattr(
+        cuda_graphs, "free_accelerator_memory", lambda: held_when_freeing.append(any(r() for r in recorder.buffers))
+    )
+    cache = GraphCache(capture=recorder)
+    if other_graphs:  # then the cache drops them, frees memory and records once more
+        recorder.failing = False
+        cache.run("f", affine, torch.rand(3), torch.rand(3))
+        recorder.failing = True
+    with pytest.warns(RuntimeWarning, match="not enough GPU memory"):
+        cache.run("g", affine, torch.rand(1000), torch.rand(1000))
+    assert held_when_freeing == [False] * (2 if other_graphs else 1)  # nothing left to free was still referenced
+    assert cache.memory_short
 
 
 def test_cache_is_bounded():

@@ -6,7 +6,7 @@ the tiny test model, and every restoration runs 2 steps. Everything else is the 
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import re
 from pathlib import Path
 
@@ -27,26 +27,24 @@ def test_the_docs_have_python_snippets():
 
 @pytest.fixture
 def offline_and_quick(monkeypatch):
-    """ "sd15" loads the tiny test model, and restore runs 2 steps (the widget's runs too)."""
-    import napari_treg
+    """ "sd15" loads the tiny test model, and every restoration runs at most 2 steps (the widget's too)."""
     import napari_treg.models
-    from napari_treg import api
+    import napari_treg.plugin.job
+    from napari_treg import api, engine
 
-    load_model, restore = napari_treg.models.load_model, api.restore
+    load_model = napari_treg.models.load_model
 
     def tiny_load_model(spec="sd15", **kwargs):
         return load_model("tiny" if spec == "sd15" else spec, **{**kwargs, "device": "cpu"})
 
-    @functools.wraps(restore)
-    def quick_restore(*args, **kwargs):
-        kwargs["steps"] = min(int(kwargs.get("steps", 2)), 2)
-        if kwargs.get("model", "sd15") == "sd15":
-            kwargs["model"] = tiny_load_model()
-        return restore(*args, **kwargs)
+    class QuickRestorer(engine.Restorer):
+        def __init__(self, prior, config=None, **kwargs):
+            config = config or engine.TRegConfig()
+            super().__init__(prior, dataclasses.replace(config, steps=min(config.steps, 2)), **kwargs)
 
     monkeypatch.setattr(napari_treg.models, "load_model", tiny_load_model)
-    monkeypatch.setattr(api, "restore", quick_restore)
-    monkeypatch.setattr(napari_treg, "restore", quick_restore)
+    monkeypatch.setattr(api, "Restorer", QuickRestorer)
+    monkeypatch.setattr(napari_treg.plugin.job, "Restorer", QuickRestorer)
 
 
 @pytest.mark.parametrize("doc", DOCS)

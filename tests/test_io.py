@@ -128,3 +128,79 @@ def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
         io.write_image(old, np.zeros(5))
     np.testing.assert_array_equal(io.read_image(old), np.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["out.npy"]
+
+
+# ------------------------------------------------------------------------------ damaged inputs, what a format holds
+
+
+def _truncated_npy(path):
+    np.save(path, np.arange(256.0).reshape(16, 16))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+
+
+@pytest.mark.parametrize(
+    "name, damage, message",
+    [
+        ("empty.npy", lambda p: p.write_bytes(b""), "cannot read"),
+        ("short.npy", _truncated_npy, "truncated: its header promises 2048 bytes of data, it holds 1948"),
+        ("magic.npy", lambda p: p.write_bytes(b"\x93NUMPY"), "cannot read"),
+        ("empty.tif", lambda p: p.write_bytes(b""), "cannot read"),
+        ("empty.png", lambda p: p.write_bytes(b""), "cannot read"),
+        ("cut.png", lambda p: p.write_bytes(_png_bytes()[:60]), "cannot read"),
+        ("cut.tif", lambda p: p.write_bytes(_tif_bytes()[:40]), "cannot read"),
+    ],
+)
+def test_damaged_files_are_invalid_input_not_a_traceback(tmp_path, name, damage, message):
+    damage(tmp_path / name)
+    with pytest.raises(InvalidInputError, match=message):
+        io.read_image(tmp_path / name)
+
+
+def _png_bytes() -> bytes:
+    import imageio.v3 as iio
+
+    return iio.imwrite("<bytes>", RNG.integers(0, 255, (32, 32), dtype=np.uint8), extension=".png")
+
+
+def _tif_bytes() -> bytes:
+    import io as std_io
+
+    import tifffile
+
+    buffer = std_io.BytesIO()
+    tifffile.imwrite(buffer, RNG.random((32, 32), dtype=np.float32))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, shape, dtype, fits",
+    [
+        ("a.png", (16, 16), np.float32, True),
+        ("a.png", (16, 16, 3), np.float32, True),
+        ("a.jpg", (16, 16, 4), np.uint16, True),
+        ("a.png", (2, 16, 16), np.float32, False),
+        ("a.jpg", (16, 16, 2), np.uint8, False),
+        ("a.png", (16,), np.uint8, False),
+        ("a.tif", (2, 3, 16, 16, 3), np.float32, True),
+        ("a.npy", (16, 16), np.complex64, False),
+    ],
+)
+def test_check_can_hold_knows_each_format(name, shape, dtype, fits):
+    if fits:
+        io.check_can_hold(name, shape, dtype)
+    else:
+        with pytest.raises(InvalidInputError):
+            io.check_can_hold(name, shape, dtype)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("name", ["a.npy", "a.tif", "a.png"])
+def test_non_finite_images_are_never_written(tmp_path, name, bad):
+    from napari_treg.errors import DivergenceError
+
+    array = np.ones((8, 8), np.float32)
+    array[2, 3] = bad
+    with pytest.raises(DivergenceError, match="1 NaN or infinite value"):
+        io.write_image(tmp_path / name, array)
+    assert list(tmp_path.iterdir()) == []

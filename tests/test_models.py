@@ -26,8 +26,8 @@ from napari_treg.models import (
     build_tiny_prior,
     clear_model_cache,
     download_model,
+    hub,
     load_model,
-    loading,
     resolve_device,
     resolve_dtype,
 )
@@ -91,13 +91,24 @@ def save_tiny_pipeline(folder: Path, prior: StableDiffusionPrior, *, variant=Non
     prior.tokenizer.save_pretrained(folder / "tokenizer")
     if image_encoder:
         prior.image_encoder.save_pretrained(folder / "image_encoder")
-    scheduler = {"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                 "beta_end": 0.012, "num_train_timesteps": 1000, "prediction_type": "epsilon"}
+    scheduler = {
+        "_class_name": "PNDMScheduler",
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+    }
     (folder / "scheduler").mkdir(parents=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
-    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-             "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "PNDMScheduler"]}
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+    }
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 
@@ -108,14 +119,30 @@ def save_tiny_clip(folder: Path, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)) -
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
-        clip = CLIPModel(CLIPConfig(
-            text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                             num_attention_heads=4, max_position_embeddings=77,
-                             bos_token_id=512, eos_token_id=513, pad_token_id=513),
-            vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                               num_hidden_layers=1, num_attention_heads=4),
-            projection_dim=32,
-        ))
+        clip = CLIPModel(
+            CLIPConfig(
+                text_config=dict(
+                    vocab_size=514,
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=1,
+                    num_attention_heads=4,
+                    max_position_embeddings=77,
+                    bos_token_id=512,
+                    eos_token_id=513,
+                    pad_token_id=513,
+                ),
+                vision_config=dict(
+                    image_size=32,
+                    patch_size=8,
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=1,
+                    num_attention_heads=4,
+                ),
+                projection_dim=32,
+            )
+        )
     clip.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(mean), "image_std": list(std)}))
     return folder
@@ -231,9 +258,17 @@ def test_long_prompt_warns_with_dropped_token_count(tiny):
 def test_width_mismatch_is_refused(tiny):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    narrow = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=1, num_attention_heads=4, projection_dim=16))
+    narrow = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            projection_dim=16,
+        )
+    )
     with pytest.raises(InvalidInputError, match="widths"):
         StableDiffusionPrior(tiny.unet, tiny.vae, tiny.text_encoder, tiny.tokenizer, narrow)
 
@@ -272,8 +307,14 @@ def test_resolve_device():
 
 @pytest.mark.parametrize(
     "given, expected",
-    [("float16", torch.float16), ("fp16", torch.float16), ("bfloat16", torch.bfloat16),
-     ("float32", torch.float32), ("torch.float32", torch.float32), (torch.bfloat16, torch.bfloat16)],
+    [
+        ("float16", torch.float16),
+        ("fp16", torch.float16),
+        ("bfloat16", torch.bfloat16),
+        ("float32", torch.float32),
+        ("torch.float32", torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+    ],
 )
 def test_resolve_dtype(given, expected):
     assert resolve_dtype(given, torch.device("cpu")) == expected
@@ -357,9 +398,9 @@ def test_download_fetches_only_what_the_hub_has(hf_home, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    full = loading.pipeline_files(None)
+    full = hub.pipeline_files(None)
     siblings = [SimpleNamespace(rfilename=name) for name in (*full.required, "v1-5-pruned.ckpt")]
-    monkeypatch.setattr(loading, "_probe", lambda repo_id, hub, what: SimpleNamespace(siblings=siblings))
+    monkeypatch.setattr(hub, "_probe", lambda repo_id, settings, what: SimpleNamespace(siblings=siblings))
     calls = []
 
     def fake_snapshot_download(repo_id, **kwargs):
@@ -369,7 +410,7 @@ def test_download_fetches_only_what_the_hub_has(hf_home, monkeypatch):
         return str(hf_home / "snapshot")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    folder = loading.fetch_pipeline(SD15_REPO, torch.float16, lambda message, fraction: None)
+    folder = hub.fetch_pipeline(SD15_REPO, torch.float16, lambda message, fraction: None)
     assert folder == hf_home / "snapshot" and len(calls) == 1
     patterns = calls[0]["allow_patterns"]
     assert "unet/diffusion_pytorch_model.safetensors" in patterns
@@ -385,7 +426,7 @@ def test_download_model_refuses_non_hub_specs():
 
 def test_progress_is_forwarded_from_the_download_bars():
     seen = []
-    bar = loading._progress_bar_class(lambda message, fraction: seen.append((message, fraction)), "repo/x")
+    bar = hub._progress_bar_class(lambda message, fraction: seen.append((message, fraction)), "repo/x")
     with bar(total=10, desc="Fetching 10 files", name="ignored") as progress_bar:
         progress_bar.update(5)
         progress_bar.refresh()

@@ -131,8 +131,12 @@ def test_metrics_against_a_reference():
 def test_metadata_is_plain_python():
     info = {"params": {"steps": np.int64(4)}, "seed": 3, "residual": np.float32(0.5), "versions": {"torch": "2"}}
     record = restore_metadata(
-        input_name="cells", operator={"name": "gaussian_blur", "sigma": 2.0}, settings={"model": "tiny"},
-        info=info, planes=Planes(np.zeros((4, 4)), (2,)), metrics={"psnr": 30.0},
+        input_name="cells",
+        operator={"name": "gaussian_blur", "sigma": 2.0},
+        settings={"model": "tiny"},
+        info=info,
+        planes=Planes(np.zeros((4, 4)), (2,)),
+        metrics={"psnr": 30.0},
     )
     assert record["params"]["steps"] == 4 and type(record["params"]["steps"]) is int
     assert record["plane_index"] == [2] and record["metrics"] == {"psnr": 30.0}
@@ -162,7 +166,9 @@ def _job(**kwargs) -> Job:
 def test_run_job_with_the_tiny_model_reuses_it():
     holder = ModelHolder()
     steps: list[tuple[int, int, bool]] = []
-    outcome = run_job(_job(preview_every=1, residual=True), holder, lambda s, t, p: steps.append((s, t, p is not None)))
+    outcome = run_job(
+        _job(preview_every=1, residual=True), holder, lambda e: steps.append((e.step, e.total, e.preview is not None))
+    )
     assert outcome.result.shape == (16, 16) and outcome.residual.shape == (16, 16)
     assert steps == [(1, 2, True), (2, 2, True)]
     assert outcome.info["test_model"] and outcome.info["seed"] == 0
@@ -186,7 +192,7 @@ def test_cancelled_job_raises_and_release_waits_for_the_run():
 
     cancel_at_first_step = _job()
     with pytest.raises(Cancelled):
-        run_job(cancel_at_first_step, holder, lambda s, t, p: cancel_at_first_step.cancel.set())
+        run_job(cancel_at_first_step, holder, lambda e: cancel_at_first_step.cancel.set())
 
 
 def test_run_job_collects_the_warnings_of_the_run():
@@ -207,9 +213,26 @@ def test_the_cli_prints_the_warnings_of_a_run(tmp_path):
     import tifffile
 
     tifffile.imwrite(tmp_path / "y.tif", np.random.default_rng(0).uniform(0, 1, (16, 16)).astype(np.float32))
-    command = [sys.executable, "-m", "napari_treg.cli", "restore", str(tmp_path / "y.tif"), "-o", str(tmp_path / "x.tif"),
-               "--operator", "denoise", "--model", "tiny", "--device", "cpu", "--steps", "1", "--quiet",
-               "--prompt", "word " * 200]
+    command = [
+        sys.executable,
+        "-m",
+        "napari_treg.cli",
+        "restore",
+        str(tmp_path / "y.tif"),
+        "-o",
+        str(tmp_path / "x.tif"),
+        "--operator",
+        "denoise",
+        "--model",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--quiet",
+        "--prompt",
+        "word " * 200,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "77 tokens" in done.stderr

@@ -20,7 +20,11 @@ def test_manifest_validates_and_its_commands_import():
     manifest = PluginManifest.from_file(MANIFEST)
     manifest.validate_imports()
     assert manifest.name == "napari-treg" and manifest.display_name == "napari-treg"
-    assert [w.display_name for w in manifest.contributions.widgets] == ["Restore (TReg)", "Simulate degradation"]
+    assert [w.display_name for w in manifest.contributions.widgets] == [
+        "Restore (TReg)",
+        "Simulate degradation",
+        "Batch on a cluster (TReg)",
+    ]
     assert tuple(s.key for s in manifest.contributions.sample_data) == SAMPLES
     # the installed package advertises the same manifest
     assert PluginManifest.from_distribution("napari-treg").name == "napari-treg"

@@ -114,17 +114,17 @@ def test_cancel_from_anywhere_stops_within_a_step_and_adds_nothing(restore_widge
     run_job = restore_module.run_job
 
     def counting_run_job(job, holder, progress=None, status=None):
-        def count(step, total, preview):
-            done.append(step)
-            progress(step, total, preview)
+        def count(event):
+            done.append(event.step)
+            progress(event)
 
         return run_job(job, holder, count, status)
 
     monkeypatch.setattr(restore_module, "run_job", counting_run_job)
     at_cancel = []
 
-    def cancel_at_second_step(step, total, preview):
-        if step == 2 and not at_cancel:
+    def cancel_at_second_step(event):
+        if event.step == 2 and not at_cancel:
             CANCEL_ACTIONS[action](restore_widget)
             at_cancel.append(len(done))
 
@@ -192,8 +192,7 @@ def test_simulate_super_resolution_overlays_its_source(make_napari_viewer):
     assert measured.data.shape == (8, 8)
     np.testing.assert_allclose(measured.scale, [2.0, 2.0])
     np.testing.assert_allclose(measured.translate, [0.75, 0.75])
-    assert measured.metadata["treg_simulation"]["operator"] == {"name": "sr", "factor": 4,
-                                                                  "filter": "bicubic"}
+    assert measured.metadata["treg_simulation"]["operator"] == {"name": "sr", "factor": 4, "filter": "bicubic"}
 
 
 def test_bad_input_is_a_notification_not_a_traceback(restore_widget):
@@ -233,7 +232,7 @@ def test_out_of_memory_says_what_to_do(restore_widget, run_to_end, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(job.api, "restore", out_of_memory)
+    monkeypatch.setattr(job.Restorer, "restore", out_of_memory)
     restore_widget.viewer.add_image(_image((32, 32)), name="y")
     restore_widget.operator.value = "denoise"
     run_to_end(restore_widget)
@@ -268,8 +267,9 @@ def test_widget_parameters_are_named_after_restore_arguments(restore_widget):
     import inspect
 
     from napari_treg import restore
+    from napari_treg.solver import TRegConfig
 
-    arguments = set(inspect.signature(restore).parameters)
+    arguments = set(inspect.signature(restore).parameters) | set(TRegConfig.__dataclass_fields__)
     for name in restore_module.RESTORE_OPTIONS + ("image", "operator", "model", "device", "dtype"):
         assert name in arguments
         assert getattr(restore_widget, name).name == name

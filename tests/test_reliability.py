@@ -10,7 +10,10 @@ import gc
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -29,6 +32,7 @@ from napari_treg.errors import (
 )
 from napari_treg.models.tiny import build_tiny_prior
 from napari_treg.operators import Denoising, GaussianBlur, Inpainting, KernelBlur, MotionBlur, SuperResolution
+from napari_treg.solver.divergence import check_finite
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -584,3 +588,325 @@ def test_io_reads_npy_without_pickle(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises((InvalidInputError, ValueError, OSError)):
         io.read_image(tmp_path / "objects.npy")
+
+
+# ============================================================================== trust, round two (issue 12)
+# One mechanism per class: the output guard (tests/test_outputs.py), the finiteness guard, the allocation
+# recogniser, one line for every CLI failure, and sizes refused before anything is allocated.
+
+PYTHON_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run_python(code: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=PYTHON_ENV,
+                          timeout=timeout)
+
+
+def _single_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------ results that are not numbers
+
+
+@pytest.mark.parametrize("values", [np.array([1.0, np.nan]), np.array([np.inf, 0.0], np.float32),
+                                    torch.tensor([0.0, -float("inf")]), torch.tensor([1.0, float("nan")]).half()])
+def test_check_finite_refuses_nan_and_inf_with_advice(values):
+    with pytest.raises(DivergenceError, match="the result has 1 NaN or infinite value.*guidance"):
+        check_finite(values, "the result")
+
+
+def test_check_finite_accepts_finite_and_integer_results():
+    check_finite(np.arange(4), "integers")
+    check_finite(torch.ones(3), "ones")
+    check_finite(np.zeros((0, 3)), "empty")
+
+
+def test_degrade_with_absurd_noise_is_refused_not_inf():
+    with pytest.raises(InvalidInputError, match="noise must be at most 100"):
+        degrade(np.random.default_rng(0).random((8, 8)), Denoising(), noise=1e40)
+    assert np.isfinite(degrade(np.full((8, 8), 1e30), Denoising(), noise=100)).all()  # the bound holds at 1e30
+
+
+def test_a_kernel_whose_sum_overflows_is_refused():
+    with pytest.raises(InvalidInputError, match="sum overflows.*divide it by its maximum"):
+        KernelBlur(np.full((3, 3), 1e308))
+
+
+def test_cli_never_writes_a_non_finite_result(tmp_path, capsys, monkeypatch):
+    """The final decode gives NaN (no latent was bad): exit 1, one line, no file."""
+    from napari_treg.models import load_model
+
+    prior = load_model("tiny", device="cpu")  # the CLI gets this cached model
+    decode = prior.decode
+    monkeypatch.setattr(prior, "decode", lambda z: decode(z) * float("nan"))
+    np.save(tmp_path / "in.npy", np.random.default_rng(1).random((16, 16)))
+    argv = ["restore", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "denoise",
+            "--model", "tiny", "--device", "cpu", "--steps", "2", "--dc-every", "0", "-q"]
+    assert cli.main(argv) == 1
+    assert "NaN or infinite" in _one_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+# ------------------------------------------------------------------------------ the allocation recogniser
+
+ALLOCATION_FAILURES = {
+    "numpy": (MemoryError("Unable to allocate 6.94 EiB for an array with shape (1000000001, 1000000001)"), "host"),
+    "cpu": (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                         "memory: you tried to allocate 32000000000 bytes. Error code 12"), "host"),
+    "windows": (RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes."), "host"),
+    "cuda": (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "accelerator"),
+    "cuda runtime": (RuntimeError("CUDA error: out of memory"), "accelerator"),
+    "mps": (RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)"), "accelerator"),
+}
+
+
+@pytest.mark.parametrize("name", ALLOCATION_FAILURES)
+def test_allocation_failures_of_every_device_are_recognised(name):
+    error, where = ALLOCATION_FAILURES[name]
+    assert memory.allocation_failure(error) == where
+    converted = memory.out_of_memory_error(error)
+    assert isinstance(converted, OutOfMemoryError) and "\n" not in str(converted)
+    assert str(converted).startswith(f"out of {'host' if where == 'host' else 'accelerator'} memory")
+
+
+@pytest.mark.parametrize("error", [RuntimeError("shape mismatch"), ValueError("out of memory"), OSError("disk")])
+def test_other_errors_are_not_allocation_failures(error):
+    assert memory.allocation_failure(error) is None
+
+
+def test_a_cpu_allocation_failure_during_restore_is_out_of_memory(tiny, monkeypatch):
+    error = ALLOCATION_FAILURES["cpu"][0]
+    monkeypatch.setattr(tiny, "predict_noise", _FailOnce(tiny, error))
+    with pytest.raises(OutOfMemoryError, match="out of host memory.*smaller image"):
+        restore(np.zeros((16, 16)), Denoising(), model=tiny, **QUICK)
+
+
+@pytest.mark.parametrize("name", ["numpy", "cpu"])
+def test_cli_allocation_failures_are_one_line_exit_1(tmp_path, capsys, monkeypatch, name):
+    error = ALLOCATION_FAILURES[name][0]
+
+    def failing_degrade(*args, **kwargs):
+        raise type(error)(*error.args)
+
+    monkeypatch.setattr(api, "degrade", failing_degrade)
+    np.save(tmp_path / "in.npy", np.zeros((16, 16)))
+    argv = ["degrade", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "denoise", "-q"]
+    assert cli.main(argv) == 1
+    assert _one_line(capsys).startswith("napari-treg: error: out of host memory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS behaves like this on Linux")
+def test_cli_under_a_host_memory_limit_is_one_line_exit_1(tmp_path):
+    """A real allocation failure: factor-32 super-resolution with 300 MB of address space to spare."""
+    np.save(tmp_path / "in.npy", np.random.default_rng(2).random((96, 96)).astype(np.float32))
+    code = f"""
+import resource, sys
+import torch, numpy, napari_treg.api, napari_treg.cli as cli
+from napari_treg.models import load_model
+load_model("tiny", device="cpu")
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + 300 * 2**20, resource.RLIM_INFINITY))
+sys.exit(cli.main(["restore", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "--operator", "sr",
+                   "--factor", "32", "--model", "tiny", "--steps", "1", "--device", "cpu", "-q"]))
+"""
+    run = _run_python(code)
+    assert run.returncode == 1, run.stderr
+    assert _single_error_line(run.stderr).startswith("napari-treg: error: out of host memory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+# ------------------------------------------------------------------------------ tracebacks -> one line
+
+
+def test_importing_the_cli_does_not_load_torch():
+    run = _run_python("import sys, napari_treg.cli; print('torch' in sys.modules)", timeout=60)
+    assert run.stdout.strip() == "False", run.stderr
+
+
+def test_ctrl_c_while_torch_imports_is_one_line_exit_130(tmp_path):
+    """Ctrl-C in the first seconds, while torch loads: a KeyboardInterrupt raised by the import itself."""
+    np.save(tmp_path / "in.npy", np.zeros((16, 16)))
+    code = f"""
+import sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+import napari_treg.cli as cli
+sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "--operator", "denoise"]))
+"""
+    run = _run_python(code, timeout=60)
+    assert run.returncode == 130
+    assert "interrupted" in _single_error_line(run.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+def test_a_real_sigint_during_startup_is_one_line_exit_130(tmp_path):
+    import signal
+
+    np.save(tmp_path / "in.npy", np.zeros((16, 16)))
+    code = f"""
+import sys, time
+t = time.perf_counter()
+import napari_treg.cli as cli
+print("ready", flush=True)
+sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "--operator", "denoise", "-q"]))
+"""
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=PYTHON_ENV)
+    assert process.stdout.readline().strip() == "ready"  # main() is about to import torch (seconds)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in _single_error_line(stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+@pytest.mark.parametrize("content", [b"", b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, "
+                                          b"'shape': (16, 16), }" + b" " * 50 + b"\n" + b"\x00" * 64])
+def test_cli_empty_and_truncated_npy_inputs_are_one_line_exit_2(tmp_path, capsys, content):
+    (tmp_path / "in.npy").write_bytes(content)
+    argv = ["degrade", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "denoise", "-q"]
+    assert cli.main(argv) == 2
+    assert "cannot read" in _one_line(capsys)
+
+
+def test_a_model_path_in_a_symlink_loop_is_one_line_exit_1(tmp_path, capsys):
+    (tmp_path / "a.safetensors").symlink_to(tmp_path / "b.safetensors")
+    (tmp_path / "b.safetensors").symlink_to(tmp_path / "a.safetensors")
+    with pytest.raises(ModelNotFoundError, match="symlink loop"):
+        restore(np.zeros((16, 16)), Denoising(), model=str(tmp_path / "a.safetensors"), steps=1)
+    np.save(tmp_path / "in.npy", np.zeros((16, 16)))
+    argv = ["restore", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "denoise",
+            "--model", str(tmp_path / "a.safetensors"), "--steps", "1", "-q"]
+    assert cli.main(argv) == 1
+    assert "symlink loop" in _one_line(capsys)
+
+
+def test_demo_without_a_display_is_one_line_exit_1(capsys, monkeypatch):
+    from napari_treg.plugin import demo
+
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(demo.sys, "platform", "linux")
+    monkeypatch.setitem(sys.modules, "napari", None)  # Qt must not even be imported
+    assert cli.main(["demo"]) == 1
+    assert "xvfb-run" in _one_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "environ, platform, refused",
+    [({}, "linux", True), ({"DISPLAY": ":0"}, "linux", False), ({"WAYLAND_DISPLAY": "wayland-0"}, "linux", False),
+     ({"QT_QPA_PLATFORM": "offscreen"}, "linux", False), ({"QT_QPA_PLATFORM": "xcb"}, "linux", True),
+     ({}, "darwin", False), ({}, "win32", False)],
+)
+def test_check_display(environ, platform, refused):
+    from napari_treg.plugin.demo import check_display
+
+    if refused:
+        with pytest.raises(TRegError, match="no display"):
+            check_display(environ, platform)
+    else:
+        check_display(environ, platform)
+
+
+# ------------------------------------------------------------------------------ sizes and inputs refused up front
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: SuperResolution(10**9), "at most 32"),
+        (lambda: GaussianBlur(1e6), "8000001-pixel kernel; at most 1025"),
+        (lambda: GaussianBlur(1.0, size=10**7 + 1), "at most 1025"),
+        (lambda: MotionBlur(1e9), "at most 1025"),
+        (lambda: KernelBlur(np.ones((2000, 1))), "2000x1-pixel kernel; at most 1025"),
+    ],
+)
+def test_sizes_that_would_exhaust_memory_are_refused_at_once(make, message):
+    started = time.perf_counter()
+    with pytest.raises(InvalidInputError, match=message):
+        make()
+    assert time.perf_counter() - started < 1.0  # refused before allocating anything large
+
+
+def test_largest_allowed_sizes_work():
+    assert GaussianBlur(128).size == 1025 and MotionBlur(1024).kernel.shape == (1025, 1025)
+    assert SuperResolution(32).factor == 32
+
+
+def test_an_image_smaller_than_the_factor_gets_a_sensible_message():
+    with pytest.raises(InvalidInputError, match="2x2 is smaller than the super-resolution factor 4") as caught:
+        degrade(np.zeros((2, 2)), SuperResolution(4))
+    assert "0x0" not in str(caught.value)
+
+
+@pytest.mark.parametrize("function", ["restore", "degrade"])
+def test_a_huge_outlier_pixel_says_what_to_do(tiny, function):
+    image = np.zeros((64, 64))
+    image[3, 3] = 1e25  # within the documented 1e30 limit, far outside the 0.1-99.9 percentile range
+    with pytest.raises(InvalidInputError, match="far outside its intensity range.*np.clip") as caught:
+        if function == "restore":
+            restore(image, Denoising(), model=tiny, steps=2)
+        else:
+            degrade(image, GaussianBlur(1.0))
+    assert "float32" not in str(caught.value)
+
+
+@pytest.mark.parametrize("function", ["restore", "degrade"])
+def test_masked_arrays_are_refused_not_silently_unmasked(tiny, function):
+    data = np.random.default_rng(3).random((16, 16))
+    masked = np.ma.masked_array(data, mask=data > 0.9)
+    with pytest.raises(InvalidInputError, match="masked array.*Inpainting"):
+        if function == "restore":
+            restore(masked, Denoising(), model=tiny, steps=1)
+        else:
+            degrade(masked, Denoising())
+    unmasked = np.ma.masked_array(data)  # nothing masked: nothing lost, so it works
+    np.testing.assert_array_equal(degrade(unmasked, Denoising(), noise=0), degrade(data, Denoising(), noise=0))
+
+
+@pytest.mark.parametrize("function", ["restore", "degrade"])
+def test_torch_tensors_numpy_cannot_hold_are_invalid_input(tiny, function):
+    tensor = torch.rand(16, 16, dtype=torch.bfloat16)
+    with pytest.raises(InvalidInputError, match=r"bfloat16.*\.float\(\)"):
+        if function == "restore":
+            restore(tensor, Denoising(), model=tiny, steps=1)
+        else:
+            degrade(tensor, Denoising())
+
+
+def test_cli_mask_with_nan_is_refused_like_the_api(tmp_path, capsys):
+    mask = np.zeros((16, 16))
+    mask[2:5, 2:5] = 1
+    mask[0, 0] = np.nan
+    np.save(tmp_path / "mask.npy", mask)
+    np.save(tmp_path / "in.npy", np.zeros((16, 16)))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        Inpainting(mask)
+    argv = ["degrade", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "inpaint",
+            "--mask", str(tmp_path / "mask.npy"), "-q"]
+    assert cli.main(argv) == 2
+    assert "NaN" in _one_line(capsys)
+    assert not (tmp_path / "o.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: KernelBlur(torch.ones(3, 3, dtype=torch.bfloat16)), "kernel is a torch tensor of dtype torch.bfloat"),
+        (lambda: Inpainting(torch.eye(4, dtype=torch.bfloat16)), "mask is a torch tensor of dtype torch.bfloat16"),
+        (lambda: KernelBlur(np.ma.masked_array(np.ones((3, 3)), mask=np.eye(3) > 0)), "masked array with 3"),
+        (lambda: Inpainting(np.ma.masked_array(np.eye(4), mask=np.eye(4) > 0)), "masked array with 4"),
+    ],
+)
+def test_operator_data_numpy_cannot_hold_or_with_a_mask_is_refused(make, message):
+    with pytest.raises(InvalidInputError, match=message):
+        make()

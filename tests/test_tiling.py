@@ -13,7 +13,6 @@ from napari_treg.operators import Denoising, GaussianBlur, Inpainting, SuperReso
 from napari_treg.tiling import (
     Tiling,
     ramp_weights,
-    restore_tiled,
     tile_operator,
     tile_starts,
 )
@@ -128,7 +127,7 @@ def test_an_image_that_fits_one_tile_is_restored_exactly_as_restore_does(tiny):
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 1000, (2, 32, 40)).astype(np.uint16)  # a stack of two planes
     direct = restore(image, GaussianBlur(1.0), model=tiny, seed=3, **FAST)
-    tiled = restore_tiled(image, GaussianBlur(1.0), model=tiny, seed=3, tile_size=64, tile_overlap=8, **FAST)
+    tiled = restore(image, GaussianBlur(1.0), model=tiny, seed=3, tile_size=64, tile_overlap=8, **FAST)
     assert tiled.shape == direct.shape == (2, 32, 40)
     np.testing.assert_array_equal(tiled, direct)
 
@@ -136,14 +135,14 @@ def test_an_image_that_fits_one_tile_is_restored_exactly_as_restore_does(tiny):
 def test_rgb_super_resolution_fits_one_tile(tiny):
     image = np.random.default_rng(1).uniform(0, 1, (16, 16, 3)).astype(np.float32)
     direct = restore(image, SuperResolution(2), model=tiny, **FAST)
-    tiled = restore_tiled(image, SuperResolution(2), model=tiny, tile_size=64, tile_overlap=8, **FAST)
+    tiled = restore(image, SuperResolution(2), model=tiny, tile_size=64, tile_overlap=8, **FAST)
     assert tiled.shape == direct.shape == (32, 32, 3)
     np.testing.assert_array_equal(tiled, direct)
 
 
 def test_denoising_with_a_prior_that_reproduces_the_measurement_reproduces_the_image():
     image = smooth_image()
-    out, info = restore_tiled(
+    out, info = restore(
         image, Denoising(), model=EchoPrior(), tile_size=40, tile_overlap=12, return_info=True, **FAST
     )
     assert info["tiling"]["tiles"] == 9 and info["tiling"]["calls"] == 1
@@ -172,7 +171,7 @@ def deblurring():
 def test_seams_are_invisible_on_a_smooth_image(deblurring):
     """Deblurring tiles with mirrored borders disagree near their edges; the blend hides it."""
     truth, blurred, op, kwargs, whole = deblurring
-    tiled = restore_tiled(blurred, op, tile_size=32, tile_overlap=12, **kwargs)
+    tiled = restore(blurred, op, tile_size=32, tile_overlap=12, **kwargs)
     assert Tiling.plan(op, truth.shape, 32, 12).count == 9
     assert _kink(tiled) <= 3 * _kink(whole)  # no kink beyond what the restoration itself makes
     assert np.abs(tiled - whole).max() <= 0.005 * np.ptp(truth)
@@ -193,7 +192,7 @@ def test_tiled_inpainting_keeps_the_measured_pixels():
     mask[20:28, 20:60] = True
     mask[:16, :16] = True  # one whole tile missing
     measured = np.where(mask, 0, image).astype(np.float32)
-    out, info = restore_tiled(
+    out, info = restore(
         measured, Inpainting(mask), model=EchoPrior(), tile_size=16, tile_overlap=4, return_info=True, **FAST
     )
     assert out.shape == image.shape and info["tiling"]["calls"] == info["tiling"]["tiles"] == 25
@@ -203,7 +202,7 @@ def test_tiled_inpainting_keeps_the_measured_pixels():
 def test_a_large_image_is_restored_in_tiles_with_the_tiny_model(tiny):
     image = smooth_image(256, 256)
     seen = []
-    out, info = restore_tiled(
+    out, info = restore(
         image, Denoising(), model=tiny, tile_size=64, tile_overlap=16, batch_size=25, return_info=True,
         progress=lambda done, total, preview=None: seen.append((done, total, preview)), preview_every=3,
         steps=3, guidance=0.0, adaptive_negation=False,
@@ -217,5 +216,5 @@ def test_a_large_image_is_restored_in_tiles_with_the_tiny_model(tiny):
 
 def test_tiled_super_resolution_with_several_tiles_has_the_right_size():
     y = smooth_image(48, 40)
-    out = restore_tiled(y, SuperResolution(2), model=EchoPrior(), tile_size=48, tile_overlap=16, **FAST)
+    out = restore(y, SuperResolution(2), model=EchoPrior(), tile_size=48, tile_overlap=16, **FAST)
     assert out.shape == (96, 80) and np.isfinite(out).all()

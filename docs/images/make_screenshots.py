@@ -78,10 +78,18 @@ def shapes_measurement(viewer):
     measured = degrade(clean, SuperResolution(8), noise=0.01, seed=0)
     viewer.add_image(clean, name="disk (clean)", contrast_limits=(0, 1))
     return viewer.add_image(
-        measured, name="disk 8x downsampled", scale=(8, 8), translate=(3.5, 3.5), contrast_limits=(0, 1),
-        metadata={"treg_simulation": {"source_layer": "disk (clean)",
-                                      "operator": {"name": "sr", "factor": 8, "filter": "bicubic"},
-                                      "noise": 0.01}},
+        measured,
+        name="disk 8x downsampled",
+        scale=(8, 8),
+        translate=(3.5, 3.5),
+        contrast_limits=(0, 1),
+        metadata={
+            "treg_simulation": {
+                "source_layer": "disk (clean)",
+                "operator": {"name": "sr", "factor": 8, "filter": "bicubic"},
+                "noise": 0.01,
+            }
+        },
     )
 
 

@@ -4,7 +4,8 @@
 >>> from napari_treg.operators import SuperResolution
 """
 
-from .api import degrade, restore
+from typing import TYPE_CHECKING
+
 from .errors import (
     Cancelled,
     DivergenceError,
@@ -14,7 +15,20 @@ from .errors import (
     TRegError,
 )
 
+if TYPE_CHECKING:
+    from .api import degrade, restore
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``degrade`` and ``restore`` are imported on first use: importing the package (and its
+    command line) does not load torch, so Ctrl-C while torch loads is handled by the CLI."""
+    if name in ("degrade", "restore"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Cancelled",

@@ -24,40 +24,18 @@ import numpy as np
 
 from napari_treg import io
 from napari_treg.errors import Cancelled, InvalidInputError, TRegError
+from napari_treg.memory import is_out_of_memory, out_of_memory_error
+from napari_treg.settings import Spec, check_integer, check_number, specs
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported inside main(), where Ctrl-C during the import is caught
+    from napari_treg.engine import Progress
     from napari_treg.operators import LinearOperator
 
 PROG = "napari-treg"
-OPERATORS = ("sr", "gauss", "motion", "kernel", "inpaint", "denoise")
-FILTERS = ("bicubic", "box", "gaussian")
-DTYPES = ("float32", "float16", "bfloat16")
-
-#: ``restore`` keyword defaults shown in --help; tests check they match the API.
-RESTORE_DEFAULTS: dict[str, Any] = {
-    "prompt": "",
-    "negative_prompt": "",
-    "guidance": 5.0,
-    "steps": 200,
-    "seed": 0,
-    "model": "sd15",
-    "device": "auto",
-    "dtype": None,
-    "method": "treg",
-    "dc_every": 3,
-    "dc_until": 0.85,
-    "cg_iterations": 5,
-    "cg_lambda": 1e-4,
-    "adaptive_negation": True,
-    "negation_lr": 8e-4,
-    "negation_steps": 10,
-    "batch_size": "auto",
-    "rgb": None,
-    "noise": None,
-    "tile_size": None,
-    "tile_overlap": 64,
-}
-DEGRADE_DEFAULTS: dict[str, Any] = {"noise": 0.01, "seed": 0, "rgb": None}
+#: restore keywords that are neither a method setting (TRegConfig) nor a run option (RunOptions)
+RESTORE_CHOICES = ("prompt", "negative_prompt", "model", "device", "dtype", "method")
+#: run options the command line does not offer (a terminal shows no previews)
+NOT_ON_THE_COMMAND_LINE = ("preview_every",)
 
 
 class UsageError(Exception):
@@ -71,35 +49,48 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-# --------------------------------------------------------------------------- value types
+# --------------------------------------------------------------------------- options from settings
 
 
-def _number(kind: Callable[[str], float], test: Callable[[float], bool], rule: str):
-    """An argparse type: ``kind(text)`` that must satisfy ``test`` (described by ``rule``)."""
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
-    def convert(text: str) -> float:
+
+def setting_type(name: str, kind: Any, check: Callable[[Any], Any], auto: bool = False) -> Callable[[str], Any]:
+    """An argparse type: parse ``kind`` from text (or "auto"), then ``check`` it (the setting's own rule)."""
+
+    def convert(text: str) -> Any:
+        if auto and text == "auto":
+            return "auto"
         try:
-            value = kind(text)
+            value = kind(text) if kind in (int, float) else text
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}") from None
-        if not test(value):
-            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}")
-        return value
+            what = ("a whole number" if kind is int else "a number") + (" or auto" if auto else "")
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
+        try:
+            return check(value)
+        except InvalidInputError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
     return convert
 
 
-positive_int = _number(int, lambda v: v > 0, "a whole number > 0")
-non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
-positive_float = _number(float, lambda v: 0 < v < float("inf"), "a number > 0")
-non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
-unit_float = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-finite_float = _number(float, lambda v: abs(v) < float("inf"), "a finite number")
+def add_setting(group: Any, spec: Spec) -> None:
+    """One command-line option for a setting, with its default, range and help from the one place."""
+    default = spec.default
+    if spec.kind is bool:
+        group.add_argument(flag(spec.name), action=argparse.BooleanOptionalAction, default=default,
+                           help=f"{spec.help} (default: {'auto' if default is None else default})")
+        return
+    shown = "" if default is None else f" (default: {default})"
+    group.add_argument(flag(spec.name), type=setting_type(spec.name, spec.kind, spec.check, spec.auto),
+                       default=default, choices=spec.choices or None, help=spec.help + shown)
 
 
-def batch_size(text: str) -> int | str:
-    """``auto`` or a whole number > 0."""
-    return "auto" if text == "auto" else positive_int(text)
+def add_settings(group: Any, settings_class: type, skip: Sequence[str] = ()) -> None:
+    for spec in specs(settings_class):
+        if spec.name not in skip:
+            add_setting(group, spec)
 
 
 # --------------------------------------------------------------------------- shared arguments
@@ -113,75 +104,67 @@ def add_io_arguments(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
-    """--operator and its parameters."""
+    """--operator and every operator parameter, from the operator registry."""
+    from napari_treg.operators.registry import OPERATORS, operator_parameters
+
     group = parser.add_argument_group("degradation operator")
-    group.add_argument("--operator", required=True, choices=OPERATORS,
-                       help="sr: super-resolution, gauss: Gaussian blur, motion: motion blur, "
-                            "kernel: blur by a kernel file, inpaint: fill masked pixels, "
-                            "denoise: noise only")
-    group.add_argument("--factor", type=positive_int, default=4,
-                       help="sr: downsampling factor (default: %(default)s)")
-    group.add_argument("--filter", choices=FILTERS, default="bicubic",
-                       help="sr: downsampling filter (default: %(default)s)")
-    group.add_argument("--sigma", type=positive_float, default=2.0,
-                       help="gauss: blur sigma in pixels (default: %(default)s)")
-    group.add_argument("--length", type=positive_float, default=9.0,
-                       help="motion: blur length in pixels (default: %(default)s)")
-    group.add_argument("--angle", type=finite_float, default=0.0,
-                       help="motion: blur angle in degrees (default: %(default)s)")
-    group.add_argument("--kernel", metavar="FILE",
-                       help="kernel: 2D blur kernel (PSF) image or .npy, normalised to sum 1")
-    group.add_argument("--mask", metavar="FILE",
-                       help="inpaint: mask image or .npy, label > 0 = missing pixel")
+    names = ", ".join(f"{spec.name}: {spec.help}" for spec in OPERATORS.values())
+    group.add_argument("--operator", required=True, choices=list(OPERATORS), help=names)
+    for param in operator_parameters().values():
+        users = ", ".join(spec.name for spec in OPERATORS.values() if param in spec.parameters)
+        if param.is_image:
+            group.add_argument(flag(param.name), metavar="FILE", help=f"{users}: {param.help} (an image or .npy file)")
+        else:
+            kind = param.kind if param.kind in (int, float) else str
+            group.add_argument(flag(param.name), type=setting_type(param.name, kind, param.check),
+                               default=param.default, choices=param.choices or None,
+                               help=f"{users}: {param.help} (default: {param.default})")
 
 
-def add_rgb_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rgb", action=argparse.BooleanOptionalAction, default=None,
-                        help="treat the last axis as colour (default: auto, when it has 3 or 4 entries)")
+def add_rgb_argument(parser: Any) -> None:
+    from napari_treg.engine import RunOptions
+
+    add_setting(parser, next(spec for spec in specs(RunOptions) if spec.name == "rgb"))
 
 
 def read_mask(path: str) -> np.ndarray:
-    """A boolean missing-pixel mask from a file: label > 0 (in any channel) = missing."""
+    """A missing-pixel mask from a file: label > 0 (in any channel) = missing; Inpainting checks it."""
     mask = io.read_image(path)
     if mask.ndim == 3 and mask.shape[-1] == 3:
-        mask = mask.max(axis=-1)
-    return np.asarray(mask) > 0
+        mask = mask.max(axis=-1)  # NaN stays NaN, so a NaN mask is refused as by the API
+    return mask
 
 
 def read_kernel(path: str) -> np.ndarray:
-    """A 2D blur kernel from a file (RGB images are averaged to grey)."""
+    """A 2D blur kernel from a file (RGB images are averaged to grey); KernelBlur checks it."""
     kernel = io.read_image(path)
     if kernel.ndim == 3 and kernel.shape[-1] == 3:
         kernel = kernel.mean(axis=-1)
-    return np.asarray(kernel, dtype=np.float64)
+    return kernel
+
+
+#: how each image parameter of an operator is read from its file
+IMAGE_READERS: dict[str, Callable[[str], np.ndarray]] = {"kernel": read_kernel, "mask": read_mask}
 
 
 def operator_from_args(args: argparse.Namespace) -> LinearOperator:
     """Build the forward operator named by ``--operator`` from the parsed options."""
-    from napari_treg import operators as ops
+    from napari_treg.operators.registry import OPERATORS, operator_parameters, operator_spec
 
-    name = args.operator
-    if args.mask is not None and name != "inpaint":
-        raise UsageError("--mask is only used with --operator inpaint")
-    if args.kernel is not None and name != "kernel":
-        raise UsageError("--kernel is only used with --operator kernel")
-    if name == "sr":
-        return ops.SuperResolution(args.factor, filter=args.filter)
-    if name == "gauss":
-        return ops.GaussianBlur(args.sigma)
-    if name == "motion":
-        return ops.MotionBlur(args.length, angle=args.angle)
-    if name == "kernel":
-        if args.kernel is None:
-            raise UsageError("--operator kernel needs --kernel FILE")
-        return ops.KernelBlur(read_kernel(args.kernel))
-    if name == "inpaint":
-        if args.mask is None:
-            raise UsageError("--operator inpaint needs --mask FILE (label > 0 = missing)")
-        return ops.Inpainting(read_mask(args.mask))
-    if name == "denoise":
-        return ops.Denoising()
-    raise UsageError(f"unknown operator {name!r}; choose one of {', '.join(OPERATORS)}")
+    spec = operator_spec(args.operator)
+    values = {}
+    for param in operator_parameters().values():
+        value = getattr(args, param.name)
+        if param.is_image and value is not None:
+            if param not in spec.parameters:
+                users = " or ".join(s.name for s in OPERATORS.values() if param in s.parameters)
+                raise UsageError(f"{flag(param.name)} is only used with --operator {users}")
+            value = IMAGE_READERS[param.name](value)
+        values[param.name] = value
+    for param in spec.parameters:
+        if param.is_image and values[param.name] is None:
+            raise UsageError(f"--operator {spec.name} needs {flag(param.name)} FILE ({param.help})")
+    return spec.make(**values)
 
 
 def _say(args: argparse.Namespace, message: Callable[[], str]) -> None:
@@ -200,27 +183,33 @@ def _describe(path: str) -> str:
 
 
 def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
+    from napari_treg.api import DEGRADE_DEFAULTS
+    from napari_treg.engine import MAX_SEED
+
     add_io_arguments(parser, "clean image")
     add_operator_arguments(parser)
     group = parser.add_argument_group("noise")
-    group.add_argument("--noise", type=non_negative_float, default=DEGRADE_DEFAULTS["noise"],
+    group.add_argument("--noise", type=setting_type("noise", float, lambda v: check_number(v, "noise", minimum=0.0)),
+                       default=DEGRADE_DEFAULTS["noise"],
                        help="Gaussian noise sigma; the image's 0.1-99.9 percentile range "
                             "counts as 2, so 0.01 is 0.5%% of it (default: %(default)s)")
-    group.add_argument("--seed", type=non_negative_int, default=DEGRADE_DEFAULTS["seed"],
-                       help="noise seed (default: %(default)s)")
+    group.add_argument("--seed", type=setting_type("seed", int, lambda v: check_integer(v, "seed", 0, MAX_SEED)),
+                       default=DEGRADE_DEFAULTS["seed"], help="noise seed (default: %(default)s)")
     add_rgb_argument(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no status line")
 
 
 def run_degrade(args: argparse.Namespace) -> int:
     """Simulate a measurement: apply the operator to IN and add noise."""
+    from napari_treg import outputs
     from napari_treg.api import degrade
 
-    io.check_output_path(args.output)
     image = io.read_image(args.input)
     operator = operator_from_args(args)
+    shape = outputs.result_shape(image, args.rgb, operator.measurement_hw)
+    outputs.check_outputs([outputs.Output("-o", Path(args.output), shape)], [args.input, args.mask, args.kernel])
     result = degrade(image, operator, noise=args.noise, seed=args.seed, rgb=args.rgb)
-    io.write_image(args.output, result, like=image)
+    outputs.write_together({args.output: lambda path: io.write_image(path, result, like=image)})
     _say(args, lambda: f"wrote {args.output} ({_describe(args.output)}) with {operator!r}")
     return 0
 
@@ -229,24 +218,29 @@ def run_degrade(args: argparse.Namespace) -> int:
 
 
 class ProgressBar:
-    """A tqdm bar on stderr fed by ``restore``'s ``progress(step, total, preview)`` callback."""
+    """A tqdm bar on stderr fed by :class:`~napari_treg.engine.Progress` events."""
 
     def __init__(self, enabled: bool = True, desc: str = "restore"):
         self.enabled = enabled
         self.desc = desc
-        self._bar = None
+        self._bar: Any = None
 
-    def __call__(self, step: int, total: int, preview: Any = None) -> None:
+    def __call__(self, event: Progress) -> None:
         if not self.enabled:
             return
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=self.desc, unit="step", file=sys.stderr,
+            self._bar = tqdm(total=event.total, desc=self.desc, unit="step", file=sys.stderr,
                              dynamic_ncols=True, leave=True)
-        elif total != self._bar.total or step < self._bar.n:  # next plane of a stack
-            self._bar.reset(total=total)
-        self._bar.update(max(0, step - self._bar.n))
+        if event.planes > 1 or event.tiles > 1:
+            self._bar.set_postfix_str(self._where(event), refresh=False)
+        self._bar.update(max(0, event.step - self._bar.n))
+
+    @staticmethod
+    def _where(event: Progress) -> str:
+        parts = [f"plane {event.plane}/{event.planes}"] if event.planes > 1 else []
+        return ", ".join(parts + ([f"tile {event.tile}/{event.tiles}"] if event.tiles > 1 else []))
 
     def close(self) -> None:
         if self._bar is not None:
@@ -261,74 +255,44 @@ class ProgressBar:
 
 
 def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
-    d = RESTORE_DEFAULTS
     add_io_arguments(parser, "degraded measurement")
     add_operator_arguments(parser)
+    add_method_arguments(parser)
+    parser.add_argument("--info", metavar="FILE.json",
+                        help="also write the run's parameters, residual and versions as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status line")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """Text, model, run and method options of ``restore`` (shared with ``batch``)."""
+    from napari_treg.engine import RunOptions
+    from napari_treg.models.devices import DTYPE_CHOICES
+    from napari_treg.solver import METHODS, TRegConfig
+
     text = parser.add_argument_group("text guidance")
-    text.add_argument("--prompt", default=d["prompt"], help="what the image shows")
-    text.add_argument("--negative-prompt", default=d["negative_prompt"],
-                      help="what it should not show")
-    text.add_argument("--guidance", type=non_negative_float, default=d["guidance"],
-                      help="classifier-free guidance scale (default: %(default)s)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--steps", type=positive_int, default=d["steps"],
-                     help="diffusion steps (default: %(default)s)")
-    run.add_argument("--seed", type=non_negative_int, default=d["seed"],
-                     help="random seed; plane k of a stack uses seed + k (default: %(default)s)")
-    run.add_argument("--model", default=d["model"],
-                     help="sd15, tiny (test model), a hub id, a diffusers folder or a "
-                          ".safetensors/.ckpt file (default: %(default)s)")
-    run.add_argument("--device", default=d["device"],
-                     help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    run.add_argument("--dtype", choices=DTYPES, default=d["dtype"],
-                     help="model precision (default: float16 on CUDA, float32 otherwise)")
-    run.add_argument("--batch-size", type=batch_size, default=d["batch_size"],
-                     help="planes of a stack solved together; auto: as many as fit on a CUDA GPU, at most 4, "
-                          "else 1 (default: %(default)s)")
-    run.add_argument("--tile-size", type=positive_int, default=d["tile_size"],
-                     help="restore images larger than this (restored pixels; 512 suits SD 1.5) in "
-                          "overlapping, seam-free tiles (default: one piece)")
-    run.add_argument("--tile-overlap", type=non_negative_int, default=d["tile_overlap"],
-                     help="overlap of neighbouring tiles in restored pixels (default: %(default)s)")
-    run.add_argument("--noise", type=non_negative_float, default=d["noise"],
-                     help="the measurement's noise sigma (as for degrade): the residual is then also "
-                          "reported in units of it (about 1 = consistent with the measurement)")
-    add_rgb_argument(run)
-    run.add_argument("--info", metavar="FILE.json",
-                     help="also write the run's parameters, residual and versions as JSON")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status line")
-    method = parser.add_argument_group("method (advanced)")
-    method.add_argument("--method", default=d["method"],
-                        help="treg or a registered baseline sampler (default: %(default)s)")
-    method.add_argument("--dc-every", type=non_negative_int, default=d["dc_every"],
-                        help="data consistency on every N-th step, 0: never "
-                             "(default: %(default)s)")
-    method.add_argument("--dc-until", type=unit_float, default=d["dc_until"],
-                        help="data consistency until this fraction of the run "
-                             "(default: %(default)s)")
-    method.add_argument("--cg-iterations", type=non_negative_int, default=d["cg_iterations"],
-                        help="conjugate-gradient iterations per data-consistency step "
-                             "(default: %(default)s)")
-    method.add_argument("--cg-lambda", type=positive_float, default=d["cg_lambda"],
-                        help="proximal weight of each data-consistency step "
-                             "(default: %(default)s)")
-    method.add_argument("--no-adaptive-negation", dest="adaptive_negation", action="store_false",
-                        help="keep the null text embedding fixed")
-    method.add_argument("--negation-lr", type=non_negative_float, default=d["negation_lr"],
-                        help="adaptive negation learning rate; 1e-3 suits SR, 5e-4 deblurring "
-                             "(default: %(default)s)")
-    method.add_argument("--negation-steps", type=non_negative_int, default=d["negation_steps"],
-                        help="adaptive negation updates per step (default: %(default)s)")
+    text.add_argument("--prompt", default="", help="what the image shows")
+    text.add_argument("--negative-prompt", default="", help="what it should not show")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="sd15",
+                       help="sd15, tiny (test model), analytic (test prior), a hub id, a diffusers folder or a "
+                            ".safetensors/.ckpt file (default: %(default)s)")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    model.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                       help="model precision (default: float16 on CUDA, float32 otherwise)")
+    add_settings(parser.add_argument_group("run"), RunOptions, skip=NOT_ON_THE_COMMAND_LINE)
+    method = parser.add_argument_group("method")
+    method.add_argument("--method", default="treg", choices=sorted(METHODS),
+                        help="treg or a baseline sampler (default: %(default)s)")
+    add_settings(method, TRegConfig)
 
 
 def restore_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The ``restore`` keyword arguments given on the command line."""
-    return {name: getattr(args, name) for name in RESTORE_DEFAULTS}
+    from napari_treg.engine import RunOptions
+    from napari_treg.solver import TRegConfig
 
-
-def _check_info_path(path: str | None) -> None:
-    if path is not None and not Path(path).resolve().parent.is_dir():
-        raise InvalidInputError(f"folder of --info does not exist: {path!r}")
+    names = [*RESTORE_CHOICES, *(s.name for s in specs(TRegConfig)), *(s.name for s in specs(RunOptions))]
+    return {name: getattr(args, name) for name in names if name not in NOT_ON_THE_COMMAND_LINE}
 
 
 def _write_info(path: str, info: dict[str, Any]) -> None:
@@ -348,18 +312,22 @@ def _restore_summary(output: str, info: dict[str, Any]) -> str:
 
 def run_restore(args: argparse.Namespace) -> int:
     """Restore IN with TReg and write the result to OUT."""
+    from napari_treg import outputs
     from napari_treg.api import restore
 
-    io.check_output_path(args.output)
-    _check_info_path(args.info)
     image = io.read_image(args.input)
     operator = operator_from_args(args)
+    planned = [outputs.Output("-o", Path(args.output), outputs.result_shape(image, args.rgb, operator.image_hw))]
+    if args.info is not None:
+        planned.append(outputs.Output("--info", Path(args.info)))
+    outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
     with ProgressBar(enabled=not args.quiet) as bar:
         result, info = restore(image, operator, **restore_kwargs(args), progress=bar,
                                return_info=True)
-    io.write_image(args.output, result, like=image)
-    if args.info:
-        _write_info(args.info, info)
+    writers = {args.output: lambda path: io.write_image(path, result, like=image)}
+    if args.info is not None:
+        writers[args.info] = lambda path: _write_info(path, info)
+    outputs.write_together(writers)
     _say(args, lambda: _restore_summary(args.output, info))
     return 0
 
@@ -385,6 +353,22 @@ def run_demo(args: argparse.Namespace) -> int:
     return int(run(args) or 0)
 
 
+# --------------------------------------------------------------------------- batch
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    from napari_treg.batch.cli import add_batch_arguments as add
+
+    add(parser)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """Restore a folder of images or a zarr stack on a dask cluster (napari_treg.batch)."""
+    from napari_treg.batch.cli import run_batch as run
+
+    return run(args)
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -402,6 +386,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                           add_degrade_arguments, run_degrade),
     "restore": Subcommand("restore a degraded image with TReg",
                           add_restore_arguments, run_restore),
+    "batch": Subcommand("restore a folder of images or a zarr stack on a dask cluster", add_batch_arguments, run_batch),
     "demo": Subcommand("open napari with a sample image and the TReg widget",
                        add_demo_arguments, run_demo),
 }
@@ -452,13 +437,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         _fail(str(exc))
         return 2
-    except (OSError, MemoryError, ImportError) as exc:  # ImportError: a broken install
+    except (OSError, ImportError) as exc:  # ImportError: a broken install
         _fail(str(exc) or type(exc).__name__)
         return 1
-    except RuntimeError as exc:  # torch out-of-memory on a GPU
-        if "out of memory" not in str(exc).lower():
+    except (MemoryError, RuntimeError) as exc:  # an allocation failure on any device
+        if not is_out_of_memory(exc):
             raise
-        _fail(f"out of memory ({exc}); try a smaller image, --dtype float16 or --device cpu")
+        _fail(str(out_of_memory_error(exc)))
         return 1
 
 

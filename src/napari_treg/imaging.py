@@ -19,11 +19,17 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError
+from .operators.base import as_numpy
 from .operators.convolution import mirror_index
 
 MIN_SIZE = 2
 MAX_NDIM = 5
 MAX_MAGNITUDE = 1e30  # larger finite values overflow float32 intensity maths
+#: the largest value in the model's units (the intensity range mapped to [-1, 1]); the sampler's float32
+#: sums of squares overflow near 1e19 (a single pixel of 1e20 made the tiny and analytic models diverge)
+MAX_MODEL_MAGNITUDE = 1e9
+#: the largest simulated noise sigma, in the model's units (the intensity range spans 2): 50 times the range
+MAX_NOISE_SIGMA = 100.0
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,9 @@ class Layout:
 
 def check_image(image: object, name: str = "image") -> np.ndarray:
     """Validate an input image (read-only view; never copied or modified here)."""
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
+    image = as_numpy(
+        image, name, f"to fill them in, pass np.ma.getdata({name}) with Inpainting(np.ma.getmaskarray({name}))"
+    )
     try:
         array = np.asarray(image)
     except Exception as error:  # noqa: BLE001 - anything array-like that fails
@@ -151,14 +158,20 @@ class IntensityScale:
 
     # in float64: for a float32 image with a tiny range, 2 / (high - low) overflows float32
     def to_model(self, values: np.ndarray) -> np.ndarray:
-        return ((np.asarray(values, np.float64) - self.low) * (2.0 / (self.high - self.low)) - 1.0).astype(np.float32)
+        """``values`` in the model's units (float32); refuses outliers that the model's maths cannot hold."""
+        mapped = (np.asarray(values, np.float64) - self.low) * (2.0 / (self.high - self.low)) - 1.0
+        peak = float(np.max(np.abs(mapped))) if mapped.size else 0.0
+        if not peak <= MAX_MODEL_MAGNITUDE:  # NaN too: a range whose span underflows
+            raise InvalidInputError(
+                f"the image has values far outside its intensity range {self.low:.4g} to {self.high:.4g} "
+                f"(mapped to the model's -1 to 1 they reach {peak:.3g}, beyond {MAX_MODEL_MAGNITUDE:.0e}): "
+                f"clip the outliers first, e.g. np.clip(image, {self.low:.4g}, {self.high:.4g}), "
+                "or give an intensity_range that covers them"
+            )
+        return mapped.astype(np.float32)
 
     def from_model(self, values: np.ndarray) -> np.ndarray:
         return ((np.asarray(values, np.float64) + 1.0) * ((self.high - self.low) / 2.0) + self.low).astype(np.float32)
-
-    def model_sigma(self, sigma: float) -> float:
-        """A noise level in [-1, 1] units expressed in input intensity units."""
-        return sigma * (self.high - self.low) / 2.0
 
 
 def to_rgb(planes: torch.Tensor) -> torch.Tensor:

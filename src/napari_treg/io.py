@@ -33,6 +33,7 @@ moved into place only when complete, so an interrupted run leaves no partial fil
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Callable
@@ -94,7 +95,17 @@ def _read_picture(path: Path) -> np.ndarray:
 
 
 def _read_numpy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+    """A ``.npy`` file, refused when its data is shorter than its header promises (truncated)."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(handle)
+        promised = math.prod(shape) * dtype.itemsize
+        held = os.fstat(handle.fileno()).st_size - handle.tell()
+        if held < promised:
+            raise ValueError(f"the file is truncated: its header promises {promised} bytes of data, it holds {held}")
+        handle.seek(0)
+        return np.load(handle, allow_pickle=False)
 
 
 _READERS: dict[str, Callable[[Path], np.ndarray]] = {
@@ -118,8 +129,11 @@ def read_image(path: PathLike) -> np.ndarray:
         raise InvalidInputError(f"input is a folder, not a file: {os.fspath(source)!r}")
     try:
         image = _READERS[ext](source)
-    except (OSError, ValueError, SyntaxError) as exc:  # SyntaxError: some PIL decoders
-        raise InvalidInputError(f"cannot read {os.fspath(source)!r}: {exc}") from exc
+    except MemoryError:  # an allocation failure, not a bad file: memory.py recognises it
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure (EOFError, SyntaxError, ...) is a bad file
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise InvalidInputError(f"cannot read {os.fspath(source)!r}: {reason}") from None
     return np.asarray(image)
 
 
@@ -174,17 +188,34 @@ def to_8_or_16_bit(
     return out
 
 
+def check_can_hold(path: PathLike, shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> None:
+    """Raise InvalidInputError unless the format of ``path`` can hold an array of ``shape`` and ``dtype``.
+
+    ``.tif`` and ``.npy`` hold any real array; ``.png`` / ``.jpg`` one 2D grey, RGB or RGBA
+    image (floats and wide integers are converted by the rule in the module docstring).
+    """
+    ext = file_format(path)
+    if np.dtype(dtype).kind not in "biuf":
+        raise InvalidInputError(f"{os.fspath(path)!r} cannot hold {np.dtype(dtype)} data: only real numbers")
+    if ext in PICTURE:
+        _check_picture_shape(ext, tuple(shape))
+
+
+def _check_picture_shape(ext: str, shape: tuple[int, ...]) -> None:
+    plane = shape[:-1] if len(shape) == 3 and shape[-1] in (1, 3, 4) else shape
+    if len(plane) != 2:
+        raise InvalidInputError(
+            f"{ext} holds one 2D grey, RGB or RGBA image, got shape {shape}; use .tif or .npy for stacks"
+        )
+
+
 def _picture_array(array: np.ndarray, ext: str, like) -> np.ndarray:
     """The 2D grey or (H, W, 3) RGB integer array that a PNG/JPEG file can hold."""
     image = np.asarray(array)
+    _check_picture_shape(ext, image.shape)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     rgb = image.ndim == 3 and image.shape[-1] in (3, 4)  # RGB or RGBA
-    if image.ndim != 2 and not rgb:
-        raise InvalidInputError(
-            f"{ext} holds one 2D grey, RGB or RGBA image, got shape {image.shape}; "
-            "use .tif or .npy for stacks"
-        )
     if rgb and ext != ".png":
         image = image[..., :3]  # JPEG has no alpha channel
     eight_bit_only = ext != ".png" or rgb  # Pillow writes 16-bit PNG for grey only
@@ -233,9 +264,12 @@ def write_image(
     ``.jpg`` get uint8 (or 16-bit grey PNG) converted by the rule in the module
     docstring, with ``like`` (the source image or its dtype) giving the range.
     """
+    from napari_treg.solver.divergence import check_finite  # imports torch: only when writing
+
     ext = file_format(path)
     target = check_output_path(path)
     data = np.asarray(array)
+    check_finite(data, f"the image to write to {os.fspath(path)!r}", advice="nothing was written")
     if ext in PICTURE:
         data = _picture_array(data, ext, like)
     temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")

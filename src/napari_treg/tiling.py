@@ -2,7 +2,7 @@
 
 Stable Diffusion 1.5 works best at its native 512x512 and its memory grows with the
 image area. :func:`restore_tiled` cuts the measurement into overlapping tiles (all of
-one size), restores them with :func:`napari_treg.api.restore` and blends the results
+one size), solves them with the engine (:meth:`napari_treg.engine.Restorer.solve_planes`) and blends the results
 with raised-cosine weights that form a partition of unity in every overlap, so the
 seams are invisible; time grows linearly with the number of tiles and memory stays
 that of one batch of tiles.
@@ -13,12 +13,10 @@ that of one batch of tiles.
 - Size-agnostic operators (blurs, super-resolution, denoising) are used as they are
   for every tile, so the tiles are the planes of one stack and ``batch_size`` tiles
   are solved together. :class:`~napari_treg.operators.Inpainting` needs its mask cut
-  per tile (:func:`tile_operator`), so each tile position is one ``restore`` call.
+  per tile (:func:`tile_operator`), so each tile position is one solve call.
   Any operator may define ``cropped(rows, cols)`` to say how it is cut.
-- One intensity scale for the whole image: when :func:`restore` accepts
-  ``intensity_range``, the whole image's 0.1-99.9 percentiles are passed to every
-  call; otherwise the percentiles of the stack of all tiles (nearly the whole image)
-  are used for size-agnostic operators.
+- One intensity scale for the whole image: the engine maps the whole image to model
+  units before it is cut.
 - Blurs see their tiles with mirrored borders: choose an overlap of at least the
   blur's radius, so that the tile borders carry (almost) no weight.
 - Tile ``k`` (tile-major, then stack plane) is solved with seed ``seed + k``.
@@ -26,14 +24,11 @@ that of one batch of tiles.
 
 from __future__ import annotations
 
-import inspect
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from . import imaging
 from .errors import InvalidInputError
@@ -130,6 +125,13 @@ class Tiling:
     def count(self) -> int:
         return len(self.rows) * len(self.cols)
 
+    def describe(self, tile_size: int, tile_overlap: int, calls: int) -> dict:
+        """How the image was cut (and in how many solve calls), for provenance (plain JSON)."""
+        return {
+            "tiles": self.count, "calls": calls, "tile_size": int(tile_size), "tile_overlap": int(tile_overlap),
+            "measurement_tile": list(self.tile_hw), "measurement_overlap": self.overlap,
+        }
+
     def slices(self) -> list[tuple[slice, slice]]:
         """Measurement-pixel slices of every tile, row-major."""
         th, tw = self.tile_hw
@@ -170,123 +172,45 @@ def is_size_agnostic(operator: LinearOperator) -> bool:
     return not callable(getattr(operator, "cropped", None))
 
 
-# -- the public function ------------------------------------------------------------------------
+# -- solving in tiles ------------------------------------------------------------------------
+
+#: ``solve(units, operator, offset, place)``: restored units ``(k, C, th', tw')`` (input units) of
+#: measurement units ``(k, C, th, tw)`` numbered ``offset ..``; ``place`` puts a preview in the whole image
+Solve = Callable[[np.ndarray, LinearOperator, int, Callable], np.ndarray]
 
 
-def restore_tiled(
-    image: np.ndarray,
-    operator: LinearOperator,
-    *,
-    tile_size: int = DEFAULT_TILE,
-    tile_overlap: int = DEFAULT_OVERLAP,
-    rgb: bool | None = None,
-    seed: int = 0,
-    progress: Callable | None = None,
-    preview_every: int = 0,
-    return_info: bool = False,
-    restore: Callable | None = None,
-    **restore_kwargs,
-):
-    """Restore ``image`` tile by tile with :func:`napari_treg.api.restore` and blend the tiles.
+def solve_in_tiles(
+    solve: Solve, planes: np.ndarray, operator: LinearOperator, plan: Tiling, layout: imaging.Layout
+) -> np.ndarray:
+    """Cut the planes ``(N, C, h, w)`` into the plan's tiles, solve them, and blend: ``(N, C, H, W)``.
 
-    Takes every keyword of ``restore`` (``prompt``, ``steps``, ``model``, ``batch_size``,
-    ``cancel``, ...) plus ``tile_size`` and ``tile_overlap`` (restored-image pixels).
-    An image that fits one tile is restored exactly as ``restore`` would. ``progress``
-    counts the steps of all tiles; previews show the blended tiles restored so far.
-    ``restore`` may be given to run another implementation (tests).
-
-    Returns what ``restore`` returns; the info dict's ``residual`` is that of the whole
-    blended image and ``tiling`` says how it was cut.
+    Units are numbered tile-major, then plane (unit ``tile * N + plane``); the engine seeds unit
+    ``k`` with ``seed + k``.
     """
-    if restore is None:
-        from .api import restore
-    started = time.perf_counter()
-    array = imaging.check_image(image)
-    layout = imaging.layout_of(array, rgb)
-    operator.check_image_hw(operator.image_hw(layout.hw))
-    planes = imaging.to_planes(array, layout)  # (N, C, h, w) in input units
-    plan = Tiling.plan(operator, layout.hw, tile_size, tile_overlap)
-    scale = imaging.IntensityScale.from_data(planes)
-    extra = dict(restore_kwargs)
-    if "intensity_range" in _parameters(restore) and extra.get("intensity_range") is None:
-        extra["intensity_range"] = (scale.low, scale.high)
-    slices = plan.slices()
-    canvas = _Canvas(plan, layout, len(planes))
-    calls = _calls(operator, planes, slices)
-    extra["batch_size"] = _tile_batch_size(restore, restore_kwargs, max(len(stack) for _, stack in calls), plan)
-    infos: list[dict] = []
-    plane_offset = 0
-    for number, (tile_op, stack) in enumerate(calls):
-        wrapped = canvas.progress_wrapper(progress, number, len(calls), plane_offset, extra)
-        out = restore(
-            _as_layer(stack, layout), tile_op, rgb=layout.rgb, seed=int(seed) + plane_offset,
-            progress=wrapped, preview_every=preview_every if progress is not None else 0,
-            return_info=return_info, **extra,
-        )
-        if return_info:
-            out, info = out
-            infos.append(info)
-        tiles = imaging.to_planes(out, _tile_layout(out, layout))  # (k, C, th', tw')
-        canvas.add(tiles, plane_offset)
-        plane_offset += len(stack)
-    result = imaging.from_planes(canvas.result(), layout)
-    if not return_info:
-        return result
-    info = dict(infos[-1])
-    low, high = info.get("intensity_range", (scale.low, scale.high))
-    scale = imaging.IntensityScale(low, high)
-    info.update(whole_residual(operator, canvas.result(), planes, scale, restore_kwargs.get("noise")))
-    info["seconds"] = time.perf_counter() - started
-    info["tiling"] = {
-        "tiles": plan.count, "tile_size": int(tile_size), "tile_overlap": int(tile_overlap),
-        "measurement_tile": list(plan.tile_hw), "measurement_overlap": plan.overlap,
-        "calls": len(calls), "per_call_intensity_range": [i.get("intensity_range") for i in infos],
-    }
-    info.setdefault("params", {})
-    info["params"] = {**info["params"], "tile_size": int(tile_size), "tile_overlap": int(tile_overlap), "seed": seed}
-    info["seed"] = seed
-    return result, info
+    canvas = Canvas(plan, layout, len(planes))
+    offset = 0
+    for tile_op, stack in tile_calls(operator, planes, plan.slices()):
+        canvas.add(solve(stack, tile_op, offset, canvas.preview), offset)
+        offset += len(stack)
+    return canvas.result()
 
 
-def _tile_batch_size(restore: Callable, kwargs: dict, tiles: int, plan: Tiling) -> int:
-    """The batch size as a number (the progress and preview bookkeeping needs it)."""
-    from . import api
-
-    batch_size = kwargs.get("batch_size", "auto")
-    if batch_size != "auto":
-        return api._batch_size(batch_size)
-    if restore is not api.restore:
-        return 1  # another implementation (tests): no model to ask
-    prior = api.get_prior(kwargs.get("model", "sd15"), kwargs.get("device", "auto"), kwargs.get("dtype"))
-    restored_hw = (plan.tile_hw[0] * plan.scale, plan.tile_hw[1] * plan.scale)
-    return api.resolve_batch_size("auto", prior, tiles, restored_hw)
+def call_sizes(operator: LinearOperator, num_planes: int, plan: Tiling) -> list[int]:
+    """Units of each solve call of :func:`solve_in_tiles` (one call, or one per tile for masks)."""
+    if is_size_agnostic(operator):
+        return [num_planes * plan.count]
+    return [num_planes] * plan.count
 
 
-def _parameters(function: Callable) -> set[str]:
-    try:
-        return set(inspect.signature(function).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _calls(operator, planes, slices) -> list[tuple[LinearOperator, np.ndarray]]:
-    """``(operator, tiles)`` per restore call; tiles tile-major then plane, ``(k, C, th, tw)``."""
+def tile_calls(operator, planes, slices) -> list[tuple[LinearOperator, np.ndarray]]:
+    """``(operator, tiles)`` per solve call; tiles tile-major then plane, ``(k, C, th, tw)``."""
     if is_size_agnostic(operator):
         stack = np.concatenate([planes[:, :, r, c] for r, c in slices])
         return [(operator, stack)]
     return [(tile_operator(operator, r, c), np.ascontiguousarray(planes[:, :, r, c])) for r, c in slices]
 
 
-def _as_layer(stack: np.ndarray, layout: imaging.Layout) -> np.ndarray:
-    """Tiles ``(k, C, h, w)`` as a napari-style stack ``(k, h, w)`` or ``(k, h, w, 3)``."""
-    return np.ascontiguousarray(np.moveaxis(stack, 1, -1) if layout.rgb else stack[:, 0])
-
-
-def _tile_layout(out: np.ndarray, layout: imaging.Layout) -> imaging.Layout:
-    return imaging.Layout(tuple(out.shape), out.dtype, layout.rgb)
-
-
-class _Canvas:
+class Canvas:
     """Weighted accumulation of restored tiles into the full restored planes."""
 
     def __init__(self, plan: Tiling, layout: imaging.Layout, num_planes: int):
@@ -315,24 +239,8 @@ class _Canvas:
         weight = np.where(self.plane_weight > 0, self.plane_weight, 1.0)[:, None]
         return (self.acc / weight).astype(np.float32)
 
-    def progress_wrapper(self, progress, number, calls, offset, kwargs):
-        """Forward ``progress`` with steps counted over all calls; previews placed in the whole image."""
-        if progress is None:
-            return None
-        steps = int(kwargs.get("steps", 200))
-        batch = int(kwargs.get("batch_size", 1))
-
-        def wrapped(done, total, preview=None):
-            whole = None
-            if preview is not None:
-                tile_number = offset + ((done - 1) // steps) * batch
-                whole = self._preview(preview, tile_number)
-            progress(number * total + done, calls * total, preview=whole)
-
-        return wrapped
-
-    def _preview(self, preview: np.ndarray, tile_number: int) -> np.ndarray | None:
-        """The blend so far with ``preview`` (one restored tile, output layout) in its place."""
+    def preview(self, preview: np.ndarray, tile_number: int) -> np.ndarray | None:
+        """The blend so far with ``preview`` (one restored tile, output layout) in place of unit ``tile_number``."""
         index, plane = divmod(tile_number, self.num_planes)
         if index >= len(self.out_slices):
             return None
@@ -344,14 +252,3 @@ class _Canvas:
         weight[rows, cols] += self.tile_weights[index]
         blended = (acc / np.where(weight > 0, weight, 1.0)).astype(np.float32)
         return np.moveaxis(blended, 0, -1) if self.layout.rgb else blended[0]
-
-
-def whole_residual(
-    operator, restored: np.ndarray, measured: np.ndarray, scale: imaging.IntensityScale, noise: float | None
-) -> dict:
-    """The residual entries of ``restore``'s info for the blended image, in model units."""
-    from . import api
-
-    x = torch.from_numpy(scale.to_model(restored))
-    y = torch.from_numpy(scale.to_model(measured))
-    return api.residual_summary(api.residual_sums(operator, x, y), noise)

@@ -5,16 +5,9 @@ model is built or loaded.
 """
 
 from .base import DiffusionPrior, NoiseSchedule
-from .loading import (
-    CLIP_IMAGE_REPO,
-    SD15_REPO,
-    clear_model_cache,
-    download_model,
-    load_model,
-    release_model,
-    resolve_device,
-    resolve_dtype,
-)
+from .devices import resolve_device, resolve_dtype
+from .hub import CLIP_IMAGE_REPO, SD15_REPO
+from .loading import clear_model_cache, download_model, load_model, release_model
 from .stable_diffusion import StableDiffusionPrior
 from .tiny import build_tiny_prior
 

@@ -101,20 +101,22 @@ class GraphCache:
         try:
             return self._record_freeing_memory(fn, inputs)
         except Exception as error:  # noqa: BLE001 - any failure to record falls back to eager
-            if is_out_of_memory(error):
-                self.memory_short = True
-                free_accelerator_memory()
-                reason = "not enough GPU memory; new calls run eagerly until the model is reloaded"
-            else:
-                reason = str(error)
-            if name not in self._warned:
-                self._warned.add(name)
-                warnings.warn(
-                    f"could not record the {name} call as a CUDA graph, running it eagerly (slower): {reason}",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-            return None
+            out_of_memory = is_out_of_memory(error)
+            reason = str(error)
+        # past the except block: the traceback, and with it the failed recording's buffers, is gone,
+        # so freeing memory now returns them (inside the block they were still referenced)
+        if out_of_memory:
+            self.memory_short = True
+            free_accelerator_memory()
+            reason = "not enough GPU memory; new calls run eagerly until the model is reloaded"
+        if name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(
+                f"could not record the {name} call as a CUDA graph, running it eagerly (slower): {reason}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return None
 
     def _record_freeing_memory(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> Replay:
         """Record; out of memory with other graphs held: drop them (and their pool), then once more."""

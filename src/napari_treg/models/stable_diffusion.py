@@ -2,8 +2,8 @@
 
 Wraps the diffusers / transformers components: the UNet, the VAE, the CLIP text
 tower with its tokenizer and a CLIP image tower (with projection) for adaptive
-negation. Loading lives in :mod:`napari_treg.models.loading`; this module only
-runs the models. The sampler keeps its state in float32; every method here casts
+negation. :func:`~napari_treg.models.load_model` builds it (:mod:`napari_treg.models.files`);
+this module only runs the models. The sampler keeps its state in float32; every method here casts
 its inputs to the model's dtype and returns float32.
 """
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
+from ..memory import free_accelerator_memory
 from ..operators.base import DeviceCopies
 from .base import DiffusionPrior, NoiseSchedule
 from .cuda_graphs import GraphCache
@@ -205,7 +206,7 @@ class StableDiffusionPrior(DiffusionPrior):
         on_accelerator = self.device.type != "cpu"
         self.to("cpu")
         if on_accelerator:
-            _empty_accelerator_cache()
+            free_accelerator_memory()
 
     # -- speed and memory -------------------------------------------------------------------
 
@@ -229,7 +230,7 @@ class StableDiffusionPrior(DiffusionPrior):
         self.graphs.clear()  # recorded with the other VAE code path
         self.text_encoder.to(device="cpu" if enabled else self.device, dtype=torch.float32 if enabled else self.dtype)
         if enabled and self.device.type != "cpu":
-            _empty_accelerator_cache()
+            free_accelerator_memory()
         return self
 
     def compile(self, mode: str | None = None) -> StableDiffusionPrior:
@@ -310,11 +311,3 @@ def _warn_if_truncated(tokenizer: Any, prompts: list[str], max_tokens: int) -> N
                 UserWarning,
                 stacklevel=4,  # the caller of embed_text (past its no_grad wrapper)
             )
-
-
-def _empty_accelerator_cache() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    mps = getattr(torch, "mps", None)
-    if mps is not None and torch.backends.mps.is_available():
-        mps.empty_cache()

@@ -96,6 +96,32 @@ def exact(number: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+def as_numpy(value: object, name: str, masked_hint: str | None = None) -> object:
+    """``value`` as NumPy sees it: torch tensors converted, masked arrays unwrapped only when nothing is masked.
+
+    Raises InvalidInputError for a tensor NumPy cannot hold (bfloat16, sparse, ...) and for a masked
+    array with masked values (their mask would be ignored); ``masked_hint`` says what to do instead.
+    Anything else is returned unchanged for the caller to validate.
+    """
+    if isinstance(value, torch.Tensor):
+        try:
+            return value.detach().cpu().numpy()
+        except (TypeError, RuntimeError) as error:  # bfloat16, quantised, sparse, meta ...
+            raise InvalidInputError(
+                f"{name} is a torch tensor of dtype {value.dtype} that NumPy cannot hold ({error}): "
+                f"convert it first, e.g. {name}.float()"
+            ) from None
+    if isinstance(value, np.ma.MaskedArray):
+        if np.ma.is_masked(value):
+            hint = masked_hint or f"fill them first, e.g. np.ma.filled({name}, 0)"
+            raise InvalidInputError(
+                f"{name} is a masked array with {int(np.ma.count_masked(value))} masked value(s), "
+                f"which would be ignored: {hint}"
+            )
+        return np.ma.getdata(value)
+    return value
+
+
 def drop_leading_singletons(array: np.ndarray) -> np.ndarray:
     """``(1, 1, H, W)`` -> ``(H, W)``: a 2D array saved or painted with extra axes."""
     while array.ndim > 2 and array.shape[0] == 1:

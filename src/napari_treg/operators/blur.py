@@ -11,8 +11,24 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .base import DeviceCopies, LinearOperator, as_positive_number, drop_leading_singletons, exact
+from .base import DeviceCopies, LinearOperator, as_numpy, as_positive_number, drop_leading_singletons, exact
 from .convolution import correlate_2d, correlate_2d_adjoint, correlate_axis, correlate_axis_adjoint
+
+#: the largest blur kernel side in pixels (Gaussian sigma up to 128, motion length up to 1024): larger
+#: kernels are refused before anything is allocated
+MAX_KERNEL_SIZE = 1025
+#: the largest blurs whose kernels fit: a Gaussian kernel spans 8 sigma, a motion kernel its length
+MAX_GAUSSIAN_SIGMA = (MAX_KERNEL_SIZE - 1) // 8
+MAX_MOTION_LENGTH = MAX_KERNEL_SIZE - 1
+
+
+def check_kernel_size(shape: tuple[int, ...], what: str) -> None:
+    """Raise InvalidInputError if a kernel of ``shape`` is larger than :data:`MAX_KERNEL_SIZE` on a side."""
+    if max(shape) > MAX_KERNEL_SIZE:
+        size = "x".join(str(side) for side in shape)
+        raise InvalidInputError(
+            f"{what} needs a {size}-pixel kernel; at most {MAX_KERNEL_SIZE} pixels on a side are supported"
+        )
 
 
 def gaussian_taps(sigma: float, radius: int) -> torch.Tensor:
@@ -38,9 +54,11 @@ class GaussianBlur(LinearOperator):
         self.sigma = as_positive_number(sigma, "GaussianBlur sigma")
         if size is None:
             size = 2 * math.ceil(4 * self.sigma) + 1
+            check_kernel_size((size,), f"GaussianBlur sigma {self.sigma:g} (sigma <= {MAX_GAUSSIAN_SIGMA})")
         size = as_positive_number(size, "GaussianBlur size", integer=True)
         if size % 2 == 0:
             raise InvalidInputError(f"GaussianBlur size must be odd, got {size}")
+        check_kernel_size((size,), f"GaussianBlur size {size}")
         self.size = size
         self._taps = DeviceCopies(gaussian_taps(self.sigma, size // 2))
 
@@ -102,6 +120,7 @@ class MotionBlur(KernelBlur):
 def motion_kernel(length: float, angle: float) -> np.ndarray:
     """An anti-aliased line of ``length`` pixels through the centre of an odd square."""
     size = 2 * math.ceil(length / 2) + 1
+    check_kernel_size((size, size), f"MotionBlur length {length:g} (length <= {MAX_MOTION_LENGTH})")
     centre = size // 2
     kernel = np.zeros((size, size), dtype=np.float64)
     n = max(int(math.ceil(4 * length)), 2)
@@ -124,12 +143,13 @@ def _splat(kernel: np.ndarray, row: float, col: float, weight: float) -> None:
 
 def validate_kernel(kernel: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A 2D, finite, non-negative kernel with positive sum, normalised to sum 1 (float64)."""
-    array = kernel.detach().cpu().numpy() if isinstance(kernel, torch.Tensor) else np.asarray(kernel)
+    array = np.asarray(as_numpy(kernel, "kernel"))
     if array.dtype.kind not in "biuf":
         raise InvalidInputError(f"the blur kernel must be a real numeric array, got dtype {array.dtype}")
     array = drop_leading_singletons(array.astype(np.float64))
     if array.ndim != 2 or min(array.shape) < 1:
         raise InvalidInputError(f"the blur kernel must be a 2D array, got shape {np.shape(kernel)}")
+    check_kernel_size(array.shape, "the blur kernel")
     if not np.all(np.isfinite(array)):
         raise InvalidInputError("the blur kernel contains NaN or infinite values")
     if np.any(array < 0):
@@ -137,7 +157,13 @@ def validate_kernel(kernel: np.ndarray | torch.Tensor) -> torch.Tensor:
             "the blur kernel has negative values: a PSF is non-negative "
             "(subtract the background and clip at 0)"
         )
-    total = array.sum()
+    with np.errstate(over="ignore"):  # an overflowing sum is refused below
+        total = array.sum()
     if not total > 0:
         raise InvalidInputError("the blur kernel is all zero: it must have a positive sum")
+    if not math.isfinite(total):
+        raise InvalidInputError(
+            f"the blur kernel's sum overflows (values up to {array.max():.3g}): rescale it first, "
+            "e.g. divide it by its maximum"
+        )
     return torch.from_numpy(array / total)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .base import DeviceCopies, LinearOperator, drop_leading_singletons
+from .base import DeviceCopies, LinearOperator, as_numpy, drop_leading_singletons
 
 
 class Inpainting(LinearOperator):
@@ -83,7 +83,7 @@ class Denoising(LinearOperator):
 
 def validate_mask(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A 2D boolean tensor, True = missing; refuses masks that hide nothing or everything."""
-    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    array = np.asarray(as_numpy(mask, "mask"))
     if array.dtype.kind not in "biuf":
         raise InvalidInputError(f"the inpainting mask must be boolean or labels, got dtype {array.dtype}")
     array = drop_leading_singletons(array)

@@ -13,9 +13,9 @@ from typing import Any, Callable
 from ..errors import InvalidInputError
 from ..settings import check_choice, check_integer, check_number
 from .base import LinearOperator
-from .blur import GaussianBlur, KernelBlur, MotionBlur
+from .blur import MAX_GAUSSIAN_SIGMA, MAX_MOTION_LENGTH, GaussianBlur, KernelBlur, MotionBlur
 from .masking import Denoising, Inpainting
-from .resample import FILTERS, SuperResolution
+from .resample import FILTERS, MAX_FACTOR, SuperResolution
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ OPERATORS: dict[str, OperatorSpec] = {
             lambda factor, filter: SuperResolution(factor, filter=filter),
             (
                 Param("factor", 4, int, "downsampling factor: the result is this many times larger",
-                      minimum=2, maximum=16),
+                      minimum=1, maximum=MAX_FACTOR),
                 Param("filter", "bicubic", str, "anti-aliasing filter of the downsampling "
                       "(bicubic: photographs, box: camera pixel binning)", choices=FILTERS),
             ),
@@ -88,14 +88,14 @@ OPERATORS: dict[str, OperatorSpec] = {
         OperatorSpec(
             "gauss", "Deblur: Gaussian", "a Gaussian blur", GaussianBlur,
             (Param("sigma", 2.0, float, "standard deviation of the blur, in pixels", label="sigma (px)",
-                   minimum=0.1, maximum=50.0),),
+                   minimum=0.1, maximum=MAX_GAUSSIAN_SIGMA),),
             aliases=("gaussian_blur",),
         ),
         OperatorSpec(
             "motion", "Deblur: motion", "a straight motion blur", MotionBlur,
             (
                 Param("length", 9.0, float, "length of the motion, in pixels", label="length (px)",
-                      minimum=1.0, maximum=200.0),
+                      minimum=1.0, maximum=MAX_MOTION_LENGTH),
                 Param("angle", 0.0, float, "direction of the motion, degrees counter-clockwise from the x axis",
                       label="angle (°)", minimum=-180.0, maximum=180.0),
             ),

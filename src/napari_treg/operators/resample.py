@@ -11,6 +11,8 @@ from .base import DeviceCopies, LinearOperator, as_positive_number
 from .convolution import correlate_axis, correlate_axis_adjoint
 
 FILTERS = ("bicubic", "box", "gaussian")
+#: the largest super-resolution factor (a factor-32 restored image already has 1024 pixels per measured one)
+MAX_FACTOR = 32
 
 
 def cubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
@@ -60,6 +62,8 @@ class SuperResolution(LinearOperator):
 
     def __init__(self, factor: int = 4, filter: str = "bicubic"):
         self.factor = as_positive_number(factor, "SuperResolution factor", integer=True)
+        if self.factor > MAX_FACTOR:
+            raise InvalidInputError(f"SuperResolution factor must be at most {MAX_FACTOR}, got {factor!r}")
         if filter not in FILTERS:
             raise InvalidInputError(f"unknown SuperResolution filter {filter!r}; choose one of {FILTERS}")
         self.filter = filter
@@ -85,6 +89,12 @@ class SuperResolution(LinearOperator):
 
     def check_image_hw(self, image_hw: tuple[int, int]) -> None:
         h, w = image_hw
+        if h < self.factor or w < self.factor:
+            raise InvalidInputError(
+                f"image size {h}x{w} is smaller than the super-resolution factor {self.factor}: "
+                f"the image needs at least {self.factor}x{self.factor} pixels (better a multiple of that), "
+                "or use a smaller factor"
+            )
         if h % self.factor or w % self.factor:
             raise InvalidInputError(
                 f"image size {h}x{w} is not divisible by the super-resolution factor "

@@ -8,18 +8,29 @@ File > Open Sample > napari-treg.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Mapping
 from typing import Any, Sequence
 
+from ..errors import TRegError
+
 SAMPLES = ("fluorescence_blur", "photograph_sr", "photograph_inpainting", "fluorescence_stack_sr")
+#: Qt platforms that need no display server (QT_QPA_PLATFORM)
+HEADLESS_PLATFORMS = ("offscreen", "minimal", "minimalegl", "vnc", "eglfs", "linuxfb")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's command-line options: ``[SAMPLE] [--model MODEL] [--steps N]``."""
-    parser.add_argument("sample", nargs="?", choices=SAMPLES, default=SAMPLES[0],
-                        help=f"sample to open (default: {SAMPLES[0]})")
-    parser.add_argument("--model", default=None,
-                        help="model to preselect: sd15, tiny (test model, no meaningful image), analytic, "
-                             "a diffusers folder or a checkpoint file")
+    parser.add_argument(
+        "sample", nargs="?", choices=SAMPLES, default=SAMPLES[0], help=f"sample to open (default: {SAMPLES[0]})"
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model to preselect: sd15, tiny (test model, no meaningful image), analytic, "
+        "a diffusers folder or a checkpoint file",
+    )
     parser.add_argument("--steps", type=int, default=None, help="sampling steps to preselect")
 
 
@@ -58,8 +69,24 @@ def set_model(widget: Any, model: str) -> None:
     widget.model_path.value = model
 
 
+def check_display(environ: Mapping[str, str] = os.environ, platform: str = sys.platform) -> None:
+    """Raise TRegError where Qt would abort the process: Linux with no X11 or Wayland display.
+
+    Checked before Qt starts, since Qt's own failure kills the process without a Python error.
+    """
+    if not platform.startswith("linux") or environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"):
+        return
+    if environ.get("QT_QPA_PLATFORM", "").split(":")[0] in HEADLESS_PLATFORMS:
+        return
+    raise TRegError(
+        "no display to open napari on (neither DISPLAY nor WAYLAND_DISPLAY is set): run the demo in a "
+        "desktop session, over 'ssh -X', or under a virtual display: xvfb-run napari-treg demo"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Open napari with the demo for options parsed by :func:`add_arguments`; returns when it closes."""
+    check_display()
     import napari
 
     viewer = napari.Viewer(title="napari-treg demo")

@@ -69,7 +69,12 @@ def layer_choices(
 
 
 def layer_combo(
-    viewer: napari.Viewer, kind: str, name: str, label: str, tooltip: str, nullable: bool,
+    viewer: napari.Viewer,
+    kind: str,
+    name: str,
+    label: str,
+    tooltip: str,
+    nullable: bool,
     measurements_last: bool = False,
 ) -> ComboBox:
     """A combo box of the viewer's layers of ``kind``."""
@@ -99,17 +104,35 @@ def float_step(default: float) -> float:
 
 
 def number_widget(
-    name: str, label: str, kind: Any, default: Any, help: str, minimum: float | None, maximum: float | None,
+    name: str,
+    label: str,
+    kind: Any,
+    default: Any,
+    help: str,
+    minimum: float | None,
+    maximum: float | None,
 ) -> Widget:
     """A check box, spin box or float spin box for one setting."""
     if kind is bool:
         return checkbox(name, label, default, sentence(help))
     if kind is int:
-        return SpinBox(name=name, label=label, value=default, min=int(minimum if minimum is not None else 0),
-                       max=int(maximum if maximum is not None else 2**31 - 1), tooltip=sentence(help))
-    spin = FloatSpinBox(name=name, label=label, value=default, min=minimum if minimum is not None else -1e9,
-                        max=maximum if maximum is not None else 1e9, step=float_step(default),
-                        tooltip=sentence(help))
+        return SpinBox(
+            name=name,
+            label=label,
+            value=default,
+            min=int(minimum if minimum is not None else 0),
+            max=int(maximum if maximum is not None else 2**31 - 1),
+            tooltip=sentence(help),
+        )
+    spin = FloatSpinBox(
+        name=name,
+        label=label,
+        value=default,
+        min=minimum if minimum is not None else -1e9,
+        max=maximum if maximum is not None else 1e9,
+        step=float_step(default),
+        tooltip=sentence(help),
+    )
     spin.adaptive_step = True
     return spin
 
@@ -126,8 +149,9 @@ def parameter_widget(viewer: napari.Viewer, param: Param) -> Widget:
         kind = LAYER_PARAMETER_KINDS.get(param.name, "Image")
         return layer_combo(viewer, kind, param.name, label, f"{kind} layer: {param.help}", nullable=True)
     if param.kind is str:
-        combo = ComboBox(name=param.name, label=label, value=param.default, choices=list(param.choices),
-                         tooltip=sentence(param.help))
+        combo = ComboBox(
+            name=param.name, label=label, value=param.default, choices=list(param.choices), tooltip=sentence(param.help)
+        )
         narrow(combo)
         return combo
     return number_widget(param.name, label, param.kind, param.default, param.help, param.minimum, param.maximum)
@@ -136,7 +160,9 @@ def parameter_widget(viewer: napari.Viewer, param: Param) -> Widget:
 def operator_widgets(viewer: napari.Viewer, operator: str = DEFAULT_OPERATOR) -> list[Widget]:
     """The operator choice and every operator parameter (show only the chosen one's with :func:`show_operator`)."""
     combo = ComboBox(
-        name="operator", label="operator", value=operator_spec(operator).name,
+        name="operator",
+        label="operator",
+        value=operator_spec(operator).name,
         choices=[(spec.label, spec.name) for spec in OPERATORS.values()],
         tooltip="How the measurement was degraded (the forward model A in y = A x + noise)",
     )

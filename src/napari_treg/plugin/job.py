@@ -19,14 +19,19 @@ import numpy as np
 import torch
 
 from .. import api
+from ..engine import Progress, Restorer, warn_if_slow
 from ..errors import Cancelled, DivergenceError, InvalidInputError, ModelNotFoundError, TRegError
 from ..memory import is_out_of_memory
 from ..models.base import DiffusionPrior
 from ..operators import LinearOperator
+from ..settings import from_values, specs
+from ..solver import TRegConfig
 from .layers import Planes, ground_truth_metrics, reference_for
 
-#: progress(step, total, preview) for sampling; status(message, fraction) while loading
-StepProgress = Callable[[int, int, "np.ndarray | None"], None]
+CONFIG_NAMES = frozenset(spec.name for spec in specs(TRegConfig))
+
+#: progress(event) after every sampling step; status(message, fraction) while loading
+StepProgress = Callable[[Progress], None]
 Status = Callable[[str, "float | None"], None]
 
 
@@ -97,7 +102,7 @@ class Job:
     model: str
     device: str
     dtype: str | None
-    options: dict[str, Any]  # restore keyword arguments (prompt, steps, seed, ...)
+    options: dict[str, Any]  # prompt, negative_prompt, TRegConfig fields and RunOptions fields
     low_memory: bool = False
     preview_every: int = 0
     residual: bool = False
@@ -144,26 +149,24 @@ def _restore(job: Job, holder: ModelHolder, progress: StepProgress | None, statu
         raise Cancelled("cancelled before the start")
     if status is not None:
         status(f"loading model {job.model}", None)
-
-    def on_step(step: int, total: int, preview: np.ndarray | None = None) -> None:
-        if progress is not None:
-            progress(step, total, preview)
-
+    settings = dict(job.options)
+    text = {name: settings.pop(name, "") for name in ("prompt", "negative_prompt")}
+    config = from_values(TRegConfig, {k: settings.pop(k) for k in list(settings) if k in CONFIG_NAMES}, "setting")
     started = time.perf_counter()
     with holder.use(job.model, job.device, job.dtype, status, job.low_memory) as prior:
         load_seconds = time.perf_counter() - started
         if status is not None:
             status("restoring", 0.0)
-        result, info = api.restore(
+        warn_if_slow(prior)
+        restorer = Restorer(prior, config, **text)
+        result, info = restorer.restore(
             job.planes.data,
             job.operator,
-            **job.options,
-            model=prior,
+            **settings,
             rgb=job.rgb,
-            progress=on_step,
             preview_every=job.preview_every,
+            callback=progress,
             cancel=job.cancel,
-            return_info=True,
         )
     outcome = Outcome(result, info, load_seconds=load_seconds)
     if job.residual:

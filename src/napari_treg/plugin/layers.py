@@ -123,7 +123,10 @@ def linear_part(rotate: Any, shear: Any, ndim: int) -> np.ndarray:
 
 
 def placed_geometry(
-    scale: Sequence[float], translate: Sequence[float], step: Sequence[float], offset: Sequence[float],
+    scale: Sequence[float],
+    translate: Sequence[float],
+    step: Sequence[float],
+    offset: Sequence[float],
     linear: np.ndarray | None = None,
 ) -> tuple[list[float], list[float]]:
     """Scale and translate of a layer whose pixel ``i`` lies at pixel ``step * i + offset`` of a layer.
@@ -138,7 +141,10 @@ def placed_geometry(
 
 
 def restored_geometry(
-    scale: Sequence[float], translate: Sequence[float], factor: int, index: Sequence[int] | None = None,
+    scale: Sequence[float],
+    translate: Sequence[float],
+    factor: int,
+    index: Sequence[int] | None = None,
     linear: np.ndarray | None = None,
 ) -> tuple[list[float], list[float]]:
     """Scale and translate of a restored layer (per layer axis, RGB axis excluded).
@@ -161,13 +167,6 @@ def measurement_geometry(
     step[-2:] = factor
     offset[-2:] = (factor - 1) / 2
     return placed_geometry(scale, translate, step, offset, linear)
-
-
-def plane_geometry(
-    scale: Sequence[float], translate: Sequence[float], index: Sequence[int] | None
-) -> tuple[list[float], list[float]]:
-    """Geometry of a layer holding one plane (singleton stack axes) of a layer."""
-    return restored_geometry(scale, translate, 1, index)
 
 
 # -- display --------------------------------------------------------------------------------

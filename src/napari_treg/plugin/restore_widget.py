@@ -41,6 +41,7 @@ from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLay
 from superqt import QCollapsible
 
 from ..api import restore
+from ..engine import Progress
 from ..errors import Cancelled, InvalidInputError, TRegError
 from ..settings import specs
 from ..solver import TRegConfig
@@ -88,7 +89,12 @@ CANCELLED = "Cancelled: nothing was added."
 MAIN_SETTINGS = ("guidance", "steps")
 #: restore keyword arguments read straight from widgets of the same name
 RESTORE_OPTIONS = (
-    "prompt", "negative_prompt", "seed", "noise", "tile_size", "tile_overlap",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "noise",
+    "tile_size",
+    "tile_overlap",
     *(spec.name for spec in specs(TRegConfig)),
 )
 #: restore's own defaults (seed, tile overlap, model, device), not repeated here
@@ -132,7 +138,7 @@ class _Relay(QObject):
     The relay lives in the main thread, so its signals, emitted by the worker, are queued.
     """
 
-    stepped = Signal(int, int, object)
+    stepped = Signal(object)
     status = Signal(str, object)
 
     def __init__(self, parent: QObject, on_step: Any, on_status: Any):
@@ -141,9 +147,9 @@ class _Relay(QObject):
         self.stepped.connect(self._step)
         self.status.connect(self._status)
 
-    @Slot(int, int, object)
-    def _step(self, step: int, total: int, preview: Any) -> None:
-        _reporting_errors(self._on_step, step, total, preview)
+    @Slot(object)
+    def _step(self, event: Any) -> None:
+        _reporting_errors(self._on_step, event)
 
     @Slot(str, object)
     def _status(self, message: str, fraction: Any) -> None:
@@ -190,60 +196,154 @@ class RestoreWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         settings = {spec.name: setting_widget(spec) for spec in specs(TRegConfig)}
-        inputs = Container(name="inputs", widgets=[
-            layer_combo(viewer, "Image", "image", "image", "The measured (degraded) image to restore", False),
-            ComboBox(name="planes", label="planes", value=CURRENT_PLANE, choices=[CURRENT_PLANE, WHOLE_STACK],
-                     tooltip="For stacks: restore only the displayed plane, or every plane"),
-            *operator_widgets(viewer),
-            FloatSpinBox(name="noise", label="noise σ", value=0.0, min=0.0, max=1.0, step=0.005,
-                         tooltip="The measurement's noise level, as a fraction of half the intensity range "
-                                 "(as in Simulate degradation; taken from the layer when it records it). "
-                                 "Used to judge the result: the residual is reported in units of it. 0 = unknown."),
-        ])
-        model = Container(name="model_section", widgets=[
-            ComboBox(name="model", label="model", value=DEFAULTS["model"], choices=list(MODELS),
-                     tooltip="Stable Diffusion 1.5 weights, or a test model (no meaningful photograph)"),
-            FileEdit(name="model_path", label="path", mode="d",
-                     tooltip="A diffusers folder or a .safetensors / .ckpt checkpoint"),
-        ])
-        text = Container(name="text", widgets=[
-            LineEdit(name="prompt", label="prompt", value="",
-                     tooltip="What the image shows, e.g. 'fluorescent cell nuclei, sharp'"),
-            LineEdit(name="negative_prompt", label="negative", value="out of focus, depth of field",
-                     tooltip="Negative prompt: what the result should not look like"),
-            *(settings.pop(name) for name in MAIN_SETTINGS),
-            SpinBox(name="seed", label="seed", value=DEFAULTS["seed"], min=0, max=2**31 - 1,
-                    tooltip="Seed of the sampler (plane k of a stack uses seed + k)"),
-        ])
-        output = Container(name="output", widgets=[
-            checkbox("preview", "live preview", True, "Show the current estimate while sampling"),
-            checkbox("residual_layer", "residual layer |A x - y|", False,
-                     "Also add where the result disagrees with the measurement (hidden, below the result)"),
-            layer_combo(viewer, "Image", "reference", "reference",
-                        "Ground truth (e.g. the image a measurement was simulated from): shows PSNR and SSIM",
-                        nullable=True, measurements_last=True),
-        ])
-        tile_size = FloatSpinBox(name="tile_size", label="tile size", value=0, min=0, max=16384, step=64,
-                                 tooltip="Restore images larger than this (restored pixels; 512 suits Stable "
-                                         "Diffusion 1.5) in overlapping tiles blended without seams; "
-                                         "off = in one piece")
-        advanced = Container(name="advanced", widgets=[
-            *settings.values(),
-            ComboBox(name="device", label="device", value=DEFAULTS["device"], choices=available_devices(),
-                     tooltip="auto: the GPU if there is one, else the CPU"),
-            ComboBox(name="dtype", label="precision", value=None, choices=list(PRECISIONS),
-                     tooltip="float16 halves GPU memory; float32 is safest on the CPU"),
-            checkbox("low_memory", "low-memory mode", False,
-                     "VAE tiling, text encoder on the CPU: for GPUs with little memory (use tiles for large images)"),
-            tile_size,
-            SpinBox(name="tile_overlap", label="tile overlap", value=DEFAULTS["tile_overlap"], min=0, max=1024, step=16,
-                    tooltip="Overlap of neighbouring tiles, in restored pixels"),
-        ])
-        buttons = Container(name="buttons", layout="horizontal", labels=False, widgets=[
-            PushButton(name="run_button", text="Run", tooltip="Restore the image (in the background)"),
-            PushButton(name="cancel_button", text="Cancel", enabled=False,
-                       tooltip="Stop within one step; nothing is added"),
-        ])
+        inputs = Container(
+            name="inputs",
+            widgets=[
+                layer_combo(viewer, "Image", "image", "image", "The measured (degraded) image to restore", False),
+                ComboBox(
+                    name="planes",
+                    label="planes",
+                    value=CURRENT_PLANE,
+                    choices=[CURRENT_PLANE, WHOLE_STACK],
+                    tooltip="For stacks: restore only the displayed plane, or every plane",
+                ),
+                *operator_widgets(viewer),
+                FloatSpinBox(
+                    name="noise",
+                    label="noise σ",
+                    value=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.005,
+                    tooltip="The measurement's noise level, as a fraction of half the intensity range "
+                    "(as in Simulate degradation; taken from the layer when it records it). "
+                    "Used to judge the result: the residual is reported in units of it. 0 = unknown.",
+                ),
+            ],
+        )
+        model = Container(
+            name="model_section",
+            widgets=[
+                ComboBox(
+                    name="model",
+                    label="model",
+                    value=DEFAULTS["model"],
+                    choices=list(MODELS),
+                    tooltip="Stable Diffusion 1.5 weights, or a test model (no meaningful photograph)",
+                ),
+                FileEdit(
+                    name="model_path",
+                    label="path",
+                    mode="d",
+                    tooltip="A diffusers folder or a .safetensors / .ckpt checkpoint",
+                ),
+            ],
+        )
+        text = Container(
+            name="text",
+            widgets=[
+                LineEdit(
+                    name="prompt",
+                    label="prompt",
+                    value="",
+                    tooltip="What the image shows, e.g. 'fluorescent cell nuclei, sharp'",
+                ),
+                LineEdit(
+                    name="negative_prompt",
+                    label="negative",
+                    value="out of focus, depth of field",
+                    tooltip="Negative prompt: what the result should not look like",
+                ),
+                *(settings.pop(name) for name in MAIN_SETTINGS),
+                SpinBox(
+                    name="seed",
+                    label="seed",
+                    value=DEFAULTS["seed"],
+                    min=0,
+                    max=2**31 - 1,
+                    tooltip="Seed of the sampler (plane k of a stack uses seed + k)",
+                ),
+            ],
+        )
+        output = Container(
+            name="output",
+            widgets=[
+                checkbox("preview", "live preview", True, "Show the current estimate while sampling"),
+                checkbox(
+                    "residual_layer",
+                    "residual layer |A x - y|",
+                    False,
+                    "Also add where the result disagrees with the measurement (hidden, below the result)",
+                ),
+                layer_combo(
+                    viewer,
+                    "Image",
+                    "reference",
+                    "reference",
+                    "Ground truth (e.g. the image a measurement was simulated from): shows PSNR and SSIM",
+                    nullable=True,
+                    measurements_last=True,
+                ),
+            ],
+        )
+        tile_size = FloatSpinBox(
+            name="tile_size",
+            label="tile size",
+            value=0,
+            min=0,
+            max=16384,
+            step=64,
+            tooltip="Restore images larger than this (restored pixels; 512 suits Stable "
+            "Diffusion 1.5) in overlapping tiles blended without seams; "
+            "off = in one piece",
+        )
+        advanced = Container(
+            name="advanced",
+            widgets=[
+                *settings.values(),
+                ComboBox(
+                    name="device",
+                    label="device",
+                    value=DEFAULTS["device"],
+                    choices=available_devices(),
+                    tooltip="auto: the GPU if there is one, else the CPU",
+                ),
+                ComboBox(
+                    name="dtype",
+                    label="precision",
+                    value=None,
+                    choices=list(PRECISIONS),
+                    tooltip="float16 halves GPU memory; float32 is safest on the CPU",
+                ),
+                checkbox(
+                    "low_memory",
+                    "low-memory mode",
+                    False,
+                    "VAE tiling, text encoder on the CPU: for GPUs with little memory (use tiles for large images)",
+                ),
+                tile_size,
+                SpinBox(
+                    name="tile_overlap",
+                    label="tile overlap",
+                    value=DEFAULTS["tile_overlap"],
+                    min=0,
+                    max=1024,
+                    step=16,
+                    tooltip="Overlap of neighbouring tiles, in restored pixels",
+                ),
+            ],
+        )
+        buttons = Container(
+            name="buttons",
+            layout="horizontal",
+            labels=False,
+            widgets=[
+                PushButton(name="run_button", text="Run", tooltip="Restore the image (in the background)"),
+                PushButton(
+                    name="cancel_button", text="Cancel", enabled=False, tooltip="Stop within one step; nothing is added"
+                ),
+            ],
+        )
         progress_bar = ProgressBar(name="progress_bar", value=0, min=0, max=1, label="")
         status = Label(name="status", value="Ready.")
         sections = (inputs, model, text, output, advanced)
@@ -287,8 +387,12 @@ class RestoreWidget(Container):
 
         Run, Cancel, the progress bar and the status line stay below the scroll area, always visible.
         """
-        titles = {"inputs": "Measurement", "model_section": "Model", "text": "Text guidance and sampling",
-                  "output": "Output"}
+        titles = {
+            "inputs": "Measurement",
+            "model_section": "Model",
+            "text": "Text guidance and sampling",
+            "output": "Output",
+        }
         content = QWidget()
         column = QVBoxLayout(content)
         column.setContentsMargins(0, 0, 0, 0)
@@ -348,7 +452,9 @@ class RestoreWidget(Container):
         layer = event.value
         current = self.image.value
         if (
-            isinstance(layer, Image) and layer.visible and not is_result(layer)
+            isinstance(layer, Image)
+            and layer.visible
+            and not is_result(layer)
             and (current is None or not current.visible or is_result(current))
             and not self.is_running
         ):
@@ -413,8 +519,11 @@ class RestoreWidget(Container):
         self._on_status(f"loading model {job.model}", None)
         worker = create_worker(
             functools.partial(
-                run_job, job, self._state.holder,
-                progress=self._relay.stepped.emit, status=self._relay.status.emit,
+                run_job,
+                job,
+                self._state.holder,
+                progress=self._relay.stepped.emit,
+                status=self._relay.status.emit,
             ),
             _start_thread=False,
             _connect={"returned": self._on_returned, "errored": self._on_errored, "finished": self._on_finished},
@@ -491,20 +600,20 @@ class RestoreWidget(Container):
             bar.setFormat("%p%")
             bar.setValue(int(100 * fraction))
 
-    def _on_step(self, step: int, total: int, preview: np.ndarray | None) -> None:
+    def _on_step(self, event: Progress) -> None:
         job = self._state.job
         if job is None or job.cancel.is_set():
             return
+        step, total = event.step, event.total
         bar = self.progress_bar.native
         bar.setFormat("%v / %m steps")
         bar.setRange(0, total)
         bar.setValue(step)
-        steps = job.options["steps"]
-        planes = total // steps
-        where = f" (plane {(step - 1) // steps + 1} of {planes})" if planes > 1 else ""
-        self.status.value = f"Step {step} of {total}{where}"
-        if preview is not None and self.preview.value:
-            self._show_preview(job, preview)
+        where = [f"plane {event.plane} of {event.planes}"] if event.planes > 1 else []
+        where += [f"tile {event.tile} of {event.tiles}"] if event.tiles > 1 else []
+        self.status.value = f"Step {step} of {total}" + (f" ({', '.join(where)})" if where else "")
+        if event.preview is not None and self.preview.value:
+            self._show_preview(job, event.preview)
         self._update_progress(job, step, total)
 
     def _update_progress(self, job: Job, step: int, total: int) -> None:
@@ -544,10 +653,17 @@ class RestoreWidget(Container):
                 layer.scale, layer.translate, sr_factor(job.operator), linear=linear_part(layer.rotate, layer.shear, 2)
             )
         self.viewer.add_image(
-            preview, name=PREVIEW_NAME, rgb=job.rgb, scale=scale[-2:], translate=translate[-2:],
-            units=layer.units[-2:], axis_labels=layer.axis_labels[-2:],
-            colormap=None if job.rgb else layer.colormap, contrast_limits=limits,
-            metadata={PREVIEW_KEY: True}, **kwargs,
+            preview,
+            name=PREVIEW_NAME,
+            rgb=job.rgb,
+            scale=scale[-2:],
+            translate=translate[-2:],
+            units=layer.units[-2:],
+            axis_labels=layer.axis_labels[-2:],
+            colormap=None if job.rgb else layer.colormap,
+            contrast_limits=limits,
+            metadata={PREVIEW_KEY: True},
+            **kwargs,
         )
 
     def _preview_layer(self) -> Image | None:
@@ -586,8 +702,12 @@ class RestoreWidget(Container):
             input_name=layer.name,
             operator=job.record["operator"],
             settings={
-                **job.options, "model": job.model, "device": job.device, "dtype": job.dtype,
-                "preview_every": job.preview_every, "reference": job.record["reference"],
+                **job.options,
+                "model": job.model,
+                "device": job.device,
+                "dtype": job.dtype,
+                "preview_every": job.preview_every,
+                "reference": job.record["reference"],
             },
             info=outcome.info,
             planes=job.planes,
@@ -595,15 +715,24 @@ class RestoreWidget(Container):
         )
         metadata["load_seconds"] = round(outcome.load_seconds, 3)
         linear = linear_part(layer.rotate, layer.shear, layer.ndim)
-        geometry = {"units": layer.units, "axis_labels": layer.axis_labels, "rotate": layer.rotate,
-                    "shear": layer.shear, "affine": layer.affine.affine_matrix}
+        geometry = {
+            "units": layer.units,
+            "axis_labels": layer.axis_labels,
+            "rotate": layer.rotate,
+            "shear": layer.shear,
+            "affine": layer.affine.affine_matrix,
+        }
         scale, translate = restored_geometry(
             layer.scale, layer.translate, sr_factor(job.operator), job.planes.index, linear
         )
         colormap = "gray" if job.rgb else layer.colormap
         result = Image(
-            place_plane(outcome.result, job.planes), name=name, scale=scale, translate=translate,
-            metadata={"treg": metadata}, **geometry,
+            place_plane(outcome.result, job.planes),
+            name=name,
+            scale=scale,
+            translate=translate,
+            metadata={"treg": metadata},
+            **geometry,
             **{"rgb": job.rgb, **display_kwargs(outcome.result, job.rgb, colormap, layer.contrast_limits)},
         )
         self.viewer.layers.append(result)
@@ -623,9 +752,15 @@ class RestoreWidget(Container):
         layer = job.source
         scale, translate = restored_geometry(layer.scale, layer.translate, 1, job.planes.index, linear)
         residual = Image(
-            place_plane(outcome.residual, job.planes), name=f"{result.name} residual", rgb=job.rgb,
-            scale=scale, translate=translate, colormap=None if job.rgb else "magma", visible=False,
-            contrast_limits=list(percentile_limits(outcome.residual, 0.0, 99.5)), **geometry,
+            place_plane(outcome.residual, job.planes),
+            name=f"{result.name} residual",
+            rgb=job.rgb,
+            scale=scale,
+            translate=translate,
+            colormap=None if job.rgb else "magma",
+            visible=False,
+            contrast_limits=list(percentile_limits(outcome.residual, 0.0, 99.5)),
+            **geometry,
             metadata={"treg_residual": {"result": result.name, "residual": outcome.info.get("residual")}},
         )
         self.viewer.layers.insert(self.viewer.layers.index(result), residual)

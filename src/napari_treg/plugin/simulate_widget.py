@@ -35,15 +35,31 @@ class SimulateWidget(Container):
     """Simulate a measurement of a clean Image layer with an operator and Gaussian noise."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(widgets=[
-            layer_combo(viewer, "Image", "image", "clean image", "The clean (ground-truth) image", False,
-                        measurements_last=True),
-            *operator_widgets(viewer, operator="sr"),
-            FloatSpinBox(name="noise", label="noise σ", value=0.01, min=0.0, max=1.0, step=0.005,
-                         tooltip="Gaussian noise; the image's intensity range counts as [-1, 1], "
-                                 "so 0.01 is 0.5 % of the range"),
-            SpinBox(name="seed", label="seed", value=0, min=0, max=2**31 - 1, tooltip="Seed of the noise"),
-        ])
+        super().__init__(
+            widgets=[
+                layer_combo(
+                    viewer,
+                    "Image",
+                    "image",
+                    "clean image",
+                    "The clean (ground-truth) image",
+                    False,
+                    measurements_last=True,
+                ),
+                *operator_widgets(viewer, operator="sr"),
+                FloatSpinBox(
+                    name="noise",
+                    label="noise σ",
+                    value=0.01,
+                    min=0.0,
+                    max=1.0,
+                    step=0.005,
+                    tooltip="Gaussian noise; the image's intensity range counts as [-1, 1], "
+                    "so 0.01 is 0.5 % of the range",
+                ),
+                SpinBox(name="seed", label="seed", value=0, min=0, max=2**31 - 1, tooltip="Seed of the noise"),
+            ]
+        )
         self.simulate_button = PushButton(text="Simulate", tooltip="Add the simulated measurement as a layer")
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
@@ -89,10 +105,18 @@ class SimulateWidget(Container):
             "seed": self.seed.value,
         }
         added = self.viewer.add_image(
-            measurement, name=name, rgb=layer.rgb, scale=scale, translate=translate,
+            measurement,
+            name=name,
+            rgb=layer.rgb,
+            scale=scale,
+            translate=translate,
             colormap=None if layer.rgb else layer.colormap,
-            contrast_limits=list(layer.contrast_limits), units=layer.units, axis_labels=layer.axis_labels,
-            rotate=layer.rotate, shear=layer.shear, affine=layer.affine.affine_matrix,
+            contrast_limits=list(layer.contrast_limits),
+            units=layer.units,
+            axis_labels=layer.axis_labels,
+            rotate=layer.rotate,
+            shear=layer.shear,
+            affine=layer.affine.affine_matrix,
             metadata={"treg_simulation": plain(record)},
         )
         self.status.value = f"Added '{name}'."

@@ -1,9 +1,9 @@
 """The TReg solver: DDIM schedule, conjugate gradient, adaptive negation and the sampler."""
 
 from .cg import conjugate_gradient, data_consistency
+from .config import TRegConfig
 from .methods import METHODS, get_method
 from .negation import AdaptiveNegation
-from .config import TRegConfig
 from .sampler import treg_sample
 from .schedule import ddim_steps
 

@@ -9,11 +9,30 @@ names the step where the run diverged, however late it is noticed.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import DivergenceError
 
-ADVICE = "try float32 (dtype='float32'), a larger cg_lambda or fewer CG iterations"
+ADVICE = "try float32 if the model runs in float16 (dtype='float32'), a larger cg_lambda or fewer CG iterations"
+#: what to do when a returned result is not finite
+RESULT_ADVICE = (
+    "nothing was returned or written; try a smaller guidance, a larger cg_lambda or fewer CG iterations, "
+    "or dtype='float32' if the model runs in float16"
+)
+
+
+def check_finite(values: np.ndarray | torch.Tensor, what: str, advice: str = RESULT_ADVICE) -> None:
+    """Raise :class:`DivergenceError` if ``values`` (a result) holds NaN or inf; ``what`` names it."""
+    if isinstance(values, torch.Tensor):
+        bad = int((~torch.isfinite(values)).sum()) if values.is_floating_point() or values.is_complex() else 0
+        total = values.numel()
+    else:
+        array = np.asarray(values)
+        bad = int(np.count_nonzero(~np.isfinite(array))) if array.dtype.kind in "fc" else 0
+        total = array.size
+    if bad:
+        raise DivergenceError(f"{what} has {bad} NaN or infinite value(s) of {total}: {advice}")
 
 
 class DivergenceWatch:

@@ -1,0 +1,133 @@
+"""``napari-treg batch INPUT -o OUTPUT``: the restore options, run over many units on a dask cluster.
+
+Exit status: 0 when every unit is done, 1 when some failed (listed by name), 2 for bad
+input, 130 when interrupted (the output is resumable: rerun the same command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from napari_treg.cli import PROG, add_restore_arguments, operator_from_args, positive_int, restore_kwargs
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``restore`` (operator, text, run, method) plus the cluster's."""
+    add_restore_arguments(parser)
+    describe(parser, "input", "a folder or glob of image files, or a zarr / OME-Zarr stack (one unit per plane)")
+    describe(parser, "output", "a folder for image files, a .zarr path for a stack; rerun to resume")
+    describe(parser, "info", "also write the run's report (units done, failed, time) as JSON")
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="workers of the local cluster (default: one per GPU, else one per CPU core)",
+    )
+    cluster.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="use the running dask scheduler at ADDRESS (tcp://host:8786) instead",
+    )
+
+
+def describe(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
+    """Replace the help text of an option that ``restore`` defined for single files."""
+    for action in parser._actions:
+        if action.dest == dest:
+            action.help = text
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """Restore every unit of INPUT into OUTPUT; 0 if all are done, 1 if any failed."""
+    from napari_treg.batch import restore_many
+
+    operator = operator_from_args(args)
+    bar = UnitBar(enabled=not args.quiet)
+    try:
+        report = restore_many(
+            args.input,
+            args.output,
+            operator,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            on_start=bar.start,
+            on_unit=bar.update,
+            **restore_kwargs(args),
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        print(
+            f"{PROG}: interrupted; {args.output} keeps the units done so far: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    bar.close()
+    if args.info:
+        Path(args.info).write_text(json.dumps(report_summary(report), indent=2, default=str) + "\n")
+    return finish_message(args, report)
+
+
+def finish_message(args: argparse.Namespace, report) -> int:
+    if report.failed:
+        print(f"{PROG}: error: {len(report.failed)} of {report.units} units failed:", file=sys.stderr)
+        for name, error in report.failed.items():
+            print(f"{PROG}:   {name}: {error}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(
+            f"{PROG}: wrote {args.output}: {report.computed} units restored, {report.skipped} already done, "
+            f"in {report.seconds:.1f} s",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def report_summary(report) -> dict:
+    return {
+        "output": report.output,
+        "units": report.units,
+        "computed": report.computed,
+        "skipped": report.skipped,
+        "failed": report.failed,
+        "seconds": report.seconds,
+        "workers": report.workers,
+        "intensity_range": report.intensity_range,
+    }
+
+
+class UnitBar:
+    """A tqdm bar over units (with ETA) on stderr; the dashboard link is printed first."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._bar = None
+
+    def start(self, report) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        print(
+            f"{PROG}: {report.units} units on {report.workers} workers; dashboard: {report.dashboard}", file=sys.stderr
+        )
+        self._bar = tqdm(
+            total=report.units, initial=report.skipped, desc="batch", unit="unit", file=sys.stderr, dynamic_ncols=True
+        )
+
+    def update(self, report, name: str, error: str | None) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            if error:
+                self._bar.write(f"{PROG}: {name} failed: {error}", file=sys.stderr)
+            if report.done + len(report.failed) >= report.units:
+                self.close()  # before the cluster shuts down
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,229 @@
+"""Where a batch run writes: a folder of files, or a zarr (v3) / OME-Zarr store; written by the workers.
+
+Every unit writes its data, then its record (a small JSON file, written to a temporary
+name and renamed): a unit counts as done only when its record exists, so a unit cut short
+(worker killed, client interrupted) is simply computed again by the next run. The run's
+parameters are stored when the output is created; a later run on the same output must
+have the same ones, or it is refused with the differing parameters named.
+
+- Folder: ``OUT/<input file name>`` as ``napari-treg restore`` writes it, its provenance
+  (``restore``'s info) in ``OUT/<name>.treg.json`` (the record), the parameters in
+  ``OUT/treg-batch.json``.
+- Zarr: an array with the input's leading axes, restored planes, one chunk per unit,
+  float32; for an OME-Zarr input an OME-Zarr image (level ``0``) with the input's axes and
+  pixel sizes divided by the super-resolution factor. Records in ``OUT/.treg-units/``;
+  the parameters and per-plane records in the attributes under ``napari_treg``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_treg import io
+from napari_treg.errors import InvalidInputError
+
+from .sources import SPATIAL, ArraySource, FileSource, Unit, is_zarr
+
+MANIFEST = "treg-batch.json"
+RECORD_SUFFIX = ".treg.json"
+RECORDS_DIR = ".treg-units"
+ATTRIBUTE = "napari_treg"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it: never seen half-written."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        temp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def parameter_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``name: stored -> current`` for every parameter that differs (as stored in JSON)."""
+    now = json.loads(json.dumps(current, default=str))
+    return [
+        f"{name}: {stored.get(name)!r} -> {now.get(name)!r}"
+        for name in sorted(set(stored) | set(now))
+        if stored.get(name) != now.get(name)
+    ]
+
+
+def check_same_parameters(output: str, stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    if stored is None:
+        raise InvalidInputError(f"output {output!r} exists and is not a napari-treg batch output; choose another")
+    differences = parameter_differences(stored, current)
+    if differences:
+        raise InvalidInputError(
+            f"output {output!r} was written with other parameters ({'; '.join(differences)}): "
+            "rerun with the same ones to resume, or choose another output"
+        )
+
+
+def read_records(folder: Path, suffix: str) -> dict[str, dict]:
+    """The unit records in ``folder`` by unit key (unreadable ones count as not done)."""
+    records = {}
+    for path in folder.glob(f"*{suffix}") if folder.is_dir() else ():
+        if path.name.startswith("."):
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        records[record.get("key", path.name[: -len(suffix)])] = record
+    return records
+
+
+# --------------------------------------------------------------------------- folder
+
+
+@dataclass(frozen=True)
+class FolderOutput:
+    """One output file per input file, with the same name, plus its provenance JSON."""
+
+    path: str
+
+    def prepare(self, source: FileSource, params: dict[str, Any]) -> dict[str, dict]:
+        """Create the folder (or check an existing one's parameters); returns the records of done units."""
+        folder = Path(self.path)
+        inputs = {Path(p).resolve() for p in source.paths}
+        clashes = [p.name for p in inputs if (folder / p.name).resolve() == p]
+        if clashes:
+            raise InvalidInputError(f"output folder {self.path!r} would overwrite the inputs {clashes[:3]}")
+        if folder.exists() and not folder.is_dir():
+            raise InvalidInputError(f"output {self.path!r} exists and is not a folder")
+        manifest = folder / MANIFEST
+        if folder.is_dir() and any(folder.iterdir()):
+            stored = json.loads(manifest.read_text()).get("params") if manifest.is_file() else None
+            check_same_parameters(self.path, stored, params)
+        else:
+            if not folder.parent.is_dir():
+                raise InvalidInputError(f"output folder's parent does not exist: {str(folder.parent)!r}")
+            folder.mkdir(exist_ok=True)
+            write_json_atomic(manifest, {"params": params})
+        return self.records()
+
+    def records(self) -> dict[str, dict]:
+        """The records of the units done so far, by unit key."""
+        return read_records(Path(self.path), RECORD_SUFFIX)
+
+    def write(self, unit: Unit, image: np.ndarray, restored: np.ndarray, info: dict, record: dict) -> None:
+        target = Path(self.path) / unit.key
+        io.write_image(target, restored, like=image)
+        write_json_atomic(Path(self.path) / f"{unit.key}{RECORD_SUFFIX}", {**info, **record})
+
+    def finish(self, records: dict[str, dict], complete: bool) -> None:
+        manifest = Path(self.path) / MANIFEST
+        data = json.loads(manifest.read_text())
+        data.update(complete=complete, units={key: r.get("residual") for key, r in sorted(records.items())})
+        write_json_atomic(manifest, data)
+
+
+# --------------------------------------------------------------------------- zarr
+
+
+@dataclass(frozen=True)
+class ZarrOutput:
+    """A zarr v3 array (or OME-Zarr image) of the restored planes, one chunk per unit."""
+
+    path: str
+    array_path: str  # "" for a plain array, "0" for OME-Zarr
+
+    def prepare(self, source: ArraySource, params: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, dict]:
+        """Create the store (or check an existing one's parameters); returns the records of done units."""
+        import zarr
+
+        if os.path.exists(self.path):
+            stored = None
+            if is_zarr(self.path):
+                stored = dict(zarr.open(self.path, mode="r").attrs).get(ATTRIBUTE, {}).get("params")
+            check_same_parameters(self.path, stored, params)
+        else:
+            if not Path(self.path).resolve().parent.is_dir():
+                raise InvalidInputError(f"output's folder does not exist: {str(Path(self.path).parent)!r}")
+            self.create(source, params, image_hw)
+        return self.records()
+
+    def records(self) -> dict[str, dict]:
+        """The records of the units done so far, by unit key."""
+        return read_records(Path(self.path) / RECORDS_DIR, ".json")
+
+    def create(self, source: ArraySource, params: dict[str, Any], image_hw: tuple[int, int]) -> None:
+        import zarr
+
+        shape = source.layout.output_shape(image_hw)
+        leading = len(source.layout.leading)
+        options: dict[str, Any] = dict(
+            shape=shape,
+            chunks=(1,) * leading + tuple(shape[leading:]),
+            dtype="float32",
+            fill_value=0.0,
+            dimension_names=source.axis_names,
+        )
+        if not self.array_path:
+            zarr.create_array(self.path, **options, attributes={ATTRIBUTE: {"params": params}})
+            return
+        group = zarr.open_group(self.path, mode="w-")
+        group.create_array(self.array_path, **options)
+        write_ome_metadata(group, self.array_path, source, image_hw[0] // source.layout.hw[0])
+        group.attrs[ATTRIBUTE] = {"params": params}
+
+    def write(self, unit: Unit, image: np.ndarray, restored: np.ndarray, info: dict, record: dict) -> None:
+        import zarr
+
+        array = zarr.open_array(os.path.join(self.path, self.array_path), mode="r+")
+        array[unit.index] = restored
+        folder = Path(self.path) / RECORDS_DIR
+        folder.mkdir(exist_ok=True)
+        write_json_atomic(folder / f"{unit.key}.json", record)
+
+    def finish(self, records: dict[str, dict], complete: bool) -> None:
+        """Copy the unit records into the attributes (only the client writes attributes)."""
+        import zarr
+
+        node = zarr.open(self.path, mode="r+")
+        entry: dict[str, Any] = dict(node.attrs.get(ATTRIBUTE) or {})  # type: ignore[arg-type]
+        entry.update(complete=complete, planes={key: records[key] for key in sorted(records)})
+        node.attrs[ATTRIBUTE] = entry
+
+
+def write_ome_metadata(group, array_path: str, source: ArraySource, factor: int) -> None:
+    """OME-Zarr multiscales for one level: the input's axes, pixel sizes divided by ``factor`` in y, x."""
+    from ome_zarr.writer import write_multiscales_metadata
+
+    names, axes = source.axis_names or (), source.axes or ()
+    scale = list(source.scale or [1.0] * len(names))
+    translation = list(source.translation or [0.0] * len(names))
+    for axis, name in enumerate(names):
+        if name in SPATIAL:  # pixel centres of the finer grid: the first one moves up-left
+            translation[axis] += (scale[axis] / factor - scale[axis]) / 2
+            scale[axis] /= factor
+    transforms = [{"type": "scale", "scale": scale}]
+    if source.translation is not None or factor != 1:
+        transforms.append({"type": "translation", "translation": translation})
+    write_multiscales_metadata(
+        group,
+        datasets=[{"path": array_path, "coordinateTransformations": transforms}],
+        axes=list(axes),
+    )
+
+
+def open_output(path: str, source: FileSource | ArraySource) -> FolderOutput | ZarrOutput:
+    """The output matching the source: a folder for files, a zarr store for arrays."""
+    path = os.fspath(path)
+    if isinstance(source, FileSource):
+        if path.rstrip("/").endswith(".zarr"):
+            raise InvalidInputError("output: image files are restored into a folder, not a .zarr store")
+        return FolderOutput(path)
+    if not path.rstrip("/").endswith(".zarr"):
+        raise InvalidInputError(f"output must be a .zarr path for an array or zarr source, got {path!r}")
+    return ZarrOutput(path, "0" if source.axes is not None else "")

@@ -1,0 +1,242 @@
+"""``restore_many``: restore a folder of images or the planes of a stack on a dask cluster.
+
+The client plans the units, computes the whole stack's intensity range (on the cluster),
+creates the output and submits one task per unit not yet done; the workers read, restore
+and write their units and send back a small record. See ``docs/scale-out.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_treg.api import cancel_checker, make_config, restore
+from napari_treg.errors import Cancelled, InvalidInputError
+from napari_treg.operators import LinearOperator
+from napari_treg.solver import TRegConfig
+
+from .cluster import connect, default_workers
+from .outputs import FolderOutput, ZarrOutput, open_output
+from .ranges import stack_intensity_range
+from .sources import ArraySource, Unit, open_source
+from .units import Job, run_unit
+
+NOT_SETTINGS = ("image", "operator", "progress", "preview_every", "cancel", "return_info")
+MODEL_SETTINGS = ("model", "device", "dtype", "seed", "intensity_range")
+POLL_SECONDS = 0.05
+
+
+def restore_defaults() -> dict[str, Any]:
+    """The keywords a batch run passes on to ``restore``, with restore's defaults."""
+    parameters = inspect.signature(restore).parameters
+    return {name: p.default for name, p in parameters.items() if name not in NOT_SETTINGS}
+
+
+@dataclass
+class BatchReport:
+    """What a batch run did; updated while it runs (``on_unit`` sees it)."""
+
+    output: str
+    units: int
+    skipped: int = 0  # done by an earlier run
+    computed: int = 0  # done by this run
+    failed: dict[str, str] = field(default_factory=dict)  # unit name -> one-line error
+    seconds: float = 0.0
+    dashboard: str | None = None
+    workers: int = 0
+    intensity_range: tuple[float, float] | None = None
+    records: list[dict] = field(default_factory=list)  # of the units computed by this run
+
+    @property
+    def done(self) -> int:
+        return self.skipped + self.computed
+
+    @property
+    def ok(self) -> bool:
+        """Every unit is done (by this run or an earlier one) and none failed."""
+        return not self.failed and self.done == self.units
+
+
+def restore_many(
+    source: Any,
+    output: str,
+    operator: LinearOperator,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    on_start: Callable[[BatchReport], None] | None = None,
+    on_unit: Callable[[BatchReport, str, str | None], None] | None = None,
+    cancel: threading.Event | Callable[[], bool] | None = None,
+    **settings: Any,
+) -> BatchReport:
+    """Restore every file of a folder (or glob), or every plane of a stack, on a dask cluster.
+
+    Parameters
+    ----------
+    source : str, path or array
+        A folder or glob of image files (one unit per file, restored as ``napari-treg restore``
+        restores it); a zarr array or OME-Zarr image path; or a zarr, dask or NumPy array such
+        as a napari layer's data (one unit per plane of the leading axes; plane ``k`` uses
+        seed ``seed + k`` and the whole stack's intensity range, as local ``restore`` does).
+    output : str
+        A folder for files; a ``.zarr`` path for arrays. Rerunning on it resumes.
+    operator : LinearOperator
+        The forward model, as for :func:`napari_treg.restore`.
+    workers : int, optional
+        Workers of the embedded local cluster (default: one per GPU, else one per CPU core).
+    scheduler : str, optional
+        Address of a running dask scheduler to use instead (``tcp://host:8786``).
+    client : distributed.Client, optional
+        A connected client to use instead (it is not closed).
+    on_start, on_unit : callable, optional
+        ``on_start(report)`` once the units are planned; ``on_unit(report, name, error)`` after
+        each unit (``error`` None on success). Raising from them stops the run (resumable).
+    cancel : threading.Event or callable, optional
+        Polled while waiting; when set, the run stops (resumable) and Cancelled is raised.
+    **settings
+        Any keyword of :func:`napari_treg.restore` (``steps``, ``model``, ``seed``, ``tile_size``,
+        ``intensity_range``, ...) except ``progress``, ``preview_every`` and ``cancel``.
+
+    Returns
+    -------
+    BatchReport
+        Units done, skipped and failed (by name), the dashboard link and the time taken.
+    """
+    started = time.perf_counter()
+    values = checked_settings(settings)
+    if not isinstance(operator, LinearOperator):
+        raise InvalidInputError(f"operator must be one of napari_treg.operators, got {operator!r}")
+    data = open_source(source, values["rgb"])
+    target = open_output(output, data)
+    units = data.units()
+    report = BatchReport(output=str(output), units=len(units))
+    size = workers if workers is not None or client is not None or scheduler else min(default_workers(), len(units))
+    with connect(size, scheduler, client) as (active, embedded):
+        report.dashboard = getattr(active, "dashboard_link", None)
+        report.workers = len(active.scheduler_info().get("workers", {}))
+        job = make_job(data, operator, values, active, threads=1 if embedded else None)
+        report.intensity_range = job.intensity_range
+        done = prepare_output(target, data, operator, job)
+        todo = [unit for unit in units if unit.key not in done]
+        report.skipped = len(units) - len(todo)
+        if on_start is not None:
+            on_start(report)
+        run_units(active, data, target, todo, job, report, on_unit, cancel)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """restore's defaults updated with ``settings``; unknown names and bad method values refused."""
+    defaults = restore_defaults()
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise InvalidInputError(f"unknown restore setting(s) {', '.join(unknown)}; valid: {', '.join(defaults)}")
+    values = {**defaults, **settings}
+    if not isinstance(values["model"], (str, os.PathLike)):
+        raise InvalidInputError("model must be a name or path for a batch run: every worker loads it once itself")
+    make_config(**{f.name: values[f.name] for f in dataclasses.fields(TRegConfig)})  # validates each value
+    return values
+
+
+def make_job(data, operator: LinearOperator, values: dict[str, Any], client, threads: int | None) -> Job:
+    """The per-run constants; the whole stack's intensity range computed on the cluster."""
+    intensity_range = values["intensity_range"]
+    if intensity_range is None and isinstance(data, ArraySource):
+        with client.as_current():
+            intensity_range = stack_intensity_range(data.as_dask())
+    dtype = values["dtype"]
+    return Job(
+        operator=operator,
+        settings={k: v for k, v in values.items() if k not in MODEL_SETTINGS},
+        model=values["model"],
+        device=values["device"],
+        dtype=str(dtype).replace("torch.", "") if dtype is not None else None,
+        seed=values["seed"],
+        intensity_range=(float(intensity_range[0]), float(intensity_range[1])) if intensity_range is not None else None,
+        threads=threads,
+    )
+
+
+def run_parameters(data, operator: LinearOperator, job: Job) -> dict[str, Any]:
+    """Everything that decides the output: a rerun on the same output must match it."""
+    return {
+        "source": data.describe(),
+        "operator": operator_description(operator),
+        "model": str(job.model),
+        "device": job.device,
+        "dtype": job.dtype,
+        "seed": job.seed,
+        "intensity_range": list(job.intensity_range) if job.intensity_range else None,
+        **job.settings,
+    }
+
+
+def operator_description(operator: LinearOperator) -> str:
+    """The operator's repr plus a digest of its arrays (masks and kernels are not in the repr)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(vars(operator).items()):
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            digest.update(name.encode() + np.ascontiguousarray(value).tobytes())
+    return f"{operator!r} #{digest.hexdigest()[:16]}"
+
+
+def prepare_output(target, data, operator: LinearOperator, job: Job) -> dict[str, dict]:
+    """Create or check the output; returns the records of the units already done."""
+    params = run_parameters(data, operator, job)
+    if isinstance(target, FolderOutput):
+        return target.prepare(data, params)
+    assert isinstance(target, ZarrOutput) and isinstance(data, ArraySource)
+    return target.prepare(data, params, operator.image_hw(data.layout.hw))
+
+
+def run_units(client, data, target, todo: list[Unit], job: Job, report: BatchReport, on_unit, cancel) -> None:
+    """Submit the units, follow them as they finish; on any interruption cancel the rest, then re-raise."""
+    from distributed import as_completed
+
+    if not todo:
+        target.finish(target.records(), complete=report.ok)
+        return
+    # no scattered data: a worker that dies would take it along; every task carries what it needs
+    futures = {client.submit(run_unit, data.unit_source(unit), target, unit, job, pure=False): unit for unit in todo}
+    is_cancelled = cancel_checker(cancel)
+    try:
+        waiting = as_completed(futures, loop=client.loop)
+        while not waiting.is_empty():
+            if is_cancelled():
+                raise Cancelled("the batch run was cancelled; rerun it to resume")
+            batch = waiting.next_batch(block=False)
+            if not batch:
+                time.sleep(POLL_SECONDS)
+            for future in batch:
+                collect(future, futures[future], report, on_unit)
+    finally:
+        client.cancel(list(futures))
+        target.finish(target.records(), complete=report.ok)
+
+
+def collect(future, unit: Unit, report: BatchReport, on_unit) -> None:
+    """Count one finished unit (or its error, by name) and tell ``on_unit``."""
+    error = None
+    if future.status == "error":
+        exc = future.exception()
+        error = " ".join(f"{type(exc).__name__}: {exc}".split())
+        report.failed[unit.name] = error
+    else:
+        report.records.append(future.result())
+        report.computed += 1
+    if on_unit is not None:
+        on_unit(report, unit.name, error)

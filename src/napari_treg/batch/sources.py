@@ -1,0 +1,218 @@
+"""What a batch run restores: a folder (or glob) of image files, or the planes of an array.
+
+A :class:`FileSource` has one unit per file, read with :func:`napari_treg.io.read_image`
+and restored like ``napari-treg restore`` restores that file (its own intensity range,
+seed ``seed``). An :class:`ArraySource` (a zarr array, an OME-Zarr image, a dask or NumPy
+array, e.g. a napari layer's data) has one unit per plane of its leading axes; plane ``k``
+(C order) gets seed ``seed + k`` and the whole array's intensity range, as local
+``restore`` of the stack would. Sources are pickled to the workers, which read their own
+units: the client never loads the data.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_treg import imaging, io
+from napari_treg.errors import InvalidInputError
+
+ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+SPATIAL = ("y", "x")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work: a file, or one plane (``index`` over the leading axes) of an array."""
+
+    key: str  # file name, or the plane index joined with dots: unique, safe as a file name
+    name: str  # shown to people: the file name, or e.g. "t=3, z=0"
+    plane: int  # offset of the seed: 0 for a file, the C-order plane number for an array
+    index: tuple[int, ...] = ()
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """Image files, one unit each."""
+
+    paths: tuple[str, ...]
+
+    def units(self) -> list[Unit]:
+        return [Unit(key=Path(p).name, name=Path(p).name, plane=0, path=p) for p in self.paths]
+
+    def read(self, unit: Unit) -> np.ndarray:
+        return io.read_image(unit.path)
+
+    def unit_source(self, unit: Unit) -> FileSource:
+        """What a task needs to read ``unit``: its own path."""
+        return FileSource((unit.path,))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "files", "files": [Path(p).name for p in self.paths]}
+
+
+@dataclass(frozen=True)
+class ArraySource:
+    """The planes of an array-like (zarr, dask or NumPy) with shape ``(*leading, H, W[, 3])``."""
+
+    array: Any
+    layout: imaging.Layout
+    axes: tuple[dict, ...] | None = None  # OME-Zarr axes, when known
+    scale: tuple[float, ...] | None = None  # OME-Zarr pixel sizes per axis
+    translation: tuple[float, ...] | None = None
+    origin: str = "array"
+    dimension_names: tuple[str, ...] | None = field(default=None)
+
+    @property
+    def axis_names(self) -> tuple[str, ...] | None:
+        if self.axes is not None:
+            return tuple(axis["name"] for axis in self.axes)
+        return self.dimension_names
+
+    def units(self) -> list[Unit]:
+        names = self.axis_names
+        units = []
+        for plane, index in enumerate(np.ndindex(*self.layout.leading)):
+            label = ", ".join(f"{n}={i}" for n, i in zip(names, index)) if names else ", ".join(map(str, index))
+            units.append(Unit(key=".".join(map(str, index)) or "0", name=label or "plane", plane=plane, index=index))
+        return units
+
+    def read(self, unit: Unit) -> np.ndarray:
+        return np.asarray(self.array[unit.index] if unit.index else self.array)
+
+    def unit_source(self, unit: Unit) -> ArraySource | PlaneSource:
+        """What a task needs to read ``unit``: a zarr array reopens its store; other arrays send the plane."""
+        if type(self.array).__module__.startswith("zarr"):
+            return self
+        part = self.array[unit.index] if unit.index else self.array
+        if hasattr(part, "dask"):
+            import dask
+
+            (part,) = dask.optimize(part)  # only the tasks of this plane
+        else:
+            part = np.asarray(part)
+        return PlaneSource(part)
+
+    def as_dask(self):
+        """The whole array as a dask array (for the intensity range), chunked one plane per unit."""
+        import dask.array as da
+
+        array = self.array if isinstance(self.array, da.Array) else da.from_array(self.array, chunks=self.plane_chunks)
+        return array[..., :3] if self.layout.alpha_dropped else array
+
+    @property
+    def plane_chunks(self) -> tuple[int, ...]:
+        return (1,) * len(self.layout.leading) + tuple(self.array.shape[len(self.layout.leading) :])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "array",
+            "origin": self.origin,
+            "shape": list(self.array.shape),
+            "dtype": str(np.dtype(self.array.dtype)),
+            "rgb": self.layout.rgb,
+        }
+
+
+@dataclass(frozen=True)
+class PlaneSource:
+    """One plane of an in-memory or dask array, sent with its task."""
+
+    data: Any
+
+    def read(self, unit: Unit) -> np.ndarray:
+        part = self.data.compute(scheduler="synchronous") if hasattr(self.data, "dask") else self.data
+        return np.asarray(part)
+
+
+def open_source(source: Any, rgb: bool | None = None) -> FileSource | ArraySource:
+    """A source from a folder, glob, file, zarr/OME-Zarr path, or an array; InvalidInputError if none fits."""
+    if isinstance(source, (str, os.PathLike)):
+        return _source_from_path(os.fspath(source), rgb)
+    if hasattr(source, "shape") and hasattr(source, "dtype") and hasattr(source, "__getitem__"):
+        return array_source(source, rgb, origin=type(source).__module__.split(".")[0])
+    raise InvalidInputError(
+        f"source must be a folder, a glob of image files, a zarr path or an array, got {type(source).__name__}"
+    )
+
+
+def _source_from_path(path: str, rgb: bool | None) -> FileSource | ArraySource:
+    source = _files_or_zarr(path, rgb)
+    if isinstance(source, FileSource):
+        names = [Path(p).name for p in source.paths]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InvalidInputError(f"source {path!r} has files with the same name in different folders: {twice[:3]}")
+    return source
+
+
+def _files_or_zarr(path: str, rgb: bool | None) -> FileSource | ArraySource:
+    if is_zarr(path):
+        return zarr_source(path, rgb)
+    if os.path.isdir(path):
+        files = [str(p) for p in sorted(Path(path).iterdir()) if p.is_file() and p.suffix.lower() in io.SUPPORTED]
+        if not files:
+            raise InvalidInputError(f"source folder {path!r} holds no image files ({', '.join(io.SUPPORTED)})")
+        return FileSource(tuple(files))
+    if os.path.isfile(path):
+        io.file_format(path)
+        return FileSource((path,))
+    files = sorted(p for p in glob.glob(path) if os.path.isfile(p) and Path(p).suffix.lower() in io.SUPPORTED)
+    if not files:
+        raise InvalidInputError(f"source {path!r} is no folder, file, zarr store or glob matching image files")
+    return FileSource(tuple(files))
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a zarr array or group (v2 or v3)."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in ZARR_MARKERS)
+
+
+def zarr_source(path: str, rgb: bool | None) -> ArraySource:
+    """A zarr array, or the full-resolution level of an OME-Zarr image (its axes and pixel sizes kept)."""
+    import zarr
+
+    node = zarr.open(path, mode="r")
+    if isinstance(node, zarr.Array):
+        names = getattr(node.metadata, "dimension_names", None)
+        return array_source(node, rgb, origin="zarr", dimension_names=tuple(names) if names else None)
+    image = ome_multiscale(dict(node.attrs))
+    if image is None:
+        raise InvalidInputError(f"source {path!r} is a zarr group but not an OME-Zarr image (no multiscales)")
+    dataset = image["datasets"][0]
+    transforms = {t["type"]: t for t in dataset.get("coordinateTransformations", [])}
+    scale = transforms.get("scale", {}).get("scale")
+    translation = transforms.get("translation", {}).get("translation")
+    axes = tuple(a if isinstance(a, dict) else {"name": a} for a in image["axes"])
+    if tuple(a["name"] for a in axes[-2:]) != SPATIAL:
+        raise InvalidInputError(
+            f"OME-Zarr source {path!r} must end with the axes y, x; got {[a['name'] for a in axes]}"
+        )
+    return array_source(
+        node[dataset["path"]],
+        False,
+        origin="ome-zarr",
+        axes=axes,
+        scale=tuple(scale) if scale else None,
+        translation=tuple(translation) if translation else None,
+    )
+
+
+def ome_multiscale(attrs: dict) -> dict | None:
+    """The first multiscales entry of OME-Zarr attributes (NGFF 0.4 or 0.5), or None."""
+    multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
+    return multiscales[0] if multiscales else None
+
+
+def array_source(array: Any, rgb: bool | None, **details: Any) -> ArraySource:
+    """Check an array-like's shape and dtype (without reading it) and wrap it."""
+    shape = tuple(int(n) for n in array.shape)
+    imaging.check_image(np.zeros([min(n, 2) for n in shape], dtype=array.dtype), name="source")
+    probe = np.lib.stride_tricks.as_strided(np.zeros(1, dtype=array.dtype), shape=shape, strides=(0,) * len(shape))
+    return ArraySource(array, imaging.layout_of(probe, rgb), **details)

@@ -1,0 +1,88 @@
+"""The work of one unit, run on a dask worker: read it, restore it, write it, report a small record.
+
+Nothing but the record (a few numbers) travels back to the client. :func:`restore_unit`
+is the one place that calls the restoration engine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_treg.operators import LinearOperator
+
+from .sources import Unit
+
+_LOADED: list = []  # the priors this process has loaded, to check they load once per worker
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a unit needs besides its data: the same for every unit of a run."""
+
+    operator: LinearOperator
+    settings: dict[str, Any]  # restore keywords other than the ones below
+    model: str
+    device: str
+    dtype: str | None
+    seed: int
+    intensity_range: tuple[float, float] | None  # None: each unit's own (files)
+    threads: int | None  # torch threads per worker; None: leave as the cluster set it
+
+
+def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
+    """Restore one unit and write it (data first, then its record); returns the record."""
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
+    image = source.read(unit)
+    restored, info = restore_unit(image, job, job.seed + unit.plane)
+    record = unit_record(unit, info)
+    output.write(unit, image, restored, info, record)
+    return record
+
+
+def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, dict]:
+    """The restoration of one unit (the engine's ``Restorer.restore`` will take this place)."""
+    from napari_treg import restore
+
+    return restore(  # type: ignore[return-value]  # return_info=True: (image, info)
+        image,
+        job.operator,
+        model=worker_prior(job),
+        seed=seed,
+        intensity_range=job.intensity_range,
+        return_info=True,
+        **job.settings,
+    )
+
+
+def worker_prior(job: Job):
+    """The job's model, from this process's model cache (loaded by the first unit only)."""
+    from napari_treg.models import load_model
+
+    prior = load_model(job.model, device=job.device, dtype=job.dtype)
+    if not any(prior is seen for seen in _LOADED):
+        _LOADED.append(prior)
+    return prior
+
+
+def unit_record(unit: Unit, info: dict[str, Any]) -> dict[str, Any]:
+    """The per-unit provenance kept with the output: which unit, seed, residual, time, where."""
+    return {
+        "key": unit.key,
+        "name": unit.name,
+        "plane": unit.plane,
+        "seed": info.get("seed"),
+        "residual": info.get("residual"),
+        "residual_over_noise": info.get("residual_over_noise"),
+        "intensity_range": info.get("intensity_range"),
+        "seconds": info.get("seconds"),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "models_loaded": len(_LOADED),
+    }
