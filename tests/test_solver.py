@@ -109,21 +109,25 @@ def test_adaptive_negation_lowers_similarity_and_stays_float32():
     assert torch.allclose(u - null.float(), -1e-2 * torch.sign(f)[:, None, :].expand_as(u), atol=2e-3)
 
 
-def test_adaptive_negation_equals_torch_adam_on_its_loss():
-    """The closed-form Adam steps are exactly torch.optim.Adam on mean_j <f, u_j>."""
+def test_adaptive_negation_equals_a_fresh_torch_adam_per_dc_step():
+    """As the authors run it: a new torch.optim.Adam on the float32 null embedding at every DC step.
+
+    Fails for an Adam state kept across DC steps: there the later DC steps differ by ~1e-2.
+    """
     gen = torch.Generator().manual_seed(1)
     null = torch.randn(2, 5, 8, generator=gen)
     negation = AdaptiveNegation(null, lr=8e-4, steps=10)
-    reference = null.clone().requires_grad_(True)
-    adam = torch.optim.Adam([reference], lr=8e-4)
-    for _ in range(3):  # the state carries over between data-consistency steps
+    reference = null.clone().requires_grad_(True)  # a float32 leaf, like the authors' null text
+    for _ in range(3):  # three data-consistency steps with different image embeddings
         f = torch.nn.functional.normalize(torch.randn(2, 8, generator=gen), dim=1)
         u = negation.update(f)
+        adam = torch.optim.Adam([reference], lr=8e-4)  # moments and step count from zero
         for _ in range(10):
             adam.zero_grad()
             AdaptiveNegation.similarity(f, reference).sum().backward()
             adam.step()
-        assert (u - reference.detach()).abs().max() < 1e-6  # float32 rounding of values ~1
+        # 10 float32 additions to values ~1 (torch) against one (closed form): a few ulp apart
+        assert (u - reference.detach()).abs().max() < 1e-5
 
 
 def _watch_run(values: list[float], every: int) -> str | None:

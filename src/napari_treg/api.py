@@ -15,6 +15,7 @@ import torch
 
 from . import imaging
 from .engine import (
+    DEFAULT_SCHEDULE,
     MAX_SEED,
     CancelSignal,
     Progress,
@@ -22,6 +23,7 @@ from .engine import (
     Restorer,
     RunOptions,
     cancel_checker,
+    method_config,
     prepare,
     raise_if,
     warn_if_slow,
@@ -30,7 +32,7 @@ from .errors import InvalidInputError
 from .memory import guard_memory
 from .models.base import DiffusionPrior
 from .operators import LinearOperator
-from .settings import check_integer, check_number, from_values
+from .settings import check_integer, check_number
 from .solver import TRegConfig
 from .solver.divergence import check_finite
 
@@ -109,7 +111,8 @@ def restore(
     preview_every: int = RunOptions.preview_every,
     cancel: CancelSignal = None,
     return_info: bool = False,
-    **schedule: Any,
+    schedule: str = DEFAULT_SCHEDULE,
+    **settings: Any,
 ) -> np.ndarray | Restoration:
     """Restore an image from its measurement ``y = A x + n`` with TReg.
 
@@ -160,10 +163,15 @@ def restore(
         Return a :class:`~napari_treg.engine.Restoration` ``(image, info)``: the parameters
         (enough to replay the run), model, versions, run time and the data-consistency
         residual ``||A x - y|| / ||y||`` over the measured values.
-    **schedule
+    schedule : str
+        A named data-consistency schedule (``napari_treg.solver.SCHEDULES``): ``"paper"`` (the
+        paper's), or ``"faithful"`` (the paper's plus a final projection onto the measurement, so
+        the result agrees with it to the noise level; docs/validation.md). Settings given
+        explicitly below override the schedule's.
+    **settings
         The method's other settings (:class:`~napari_treg.solver.TRegConfig`): ``dc_every``,
         ``dc_until``, ``cg_iterations``, ``cg_lambda``, ``adaptive_negation``, ``negation_lr``,
-        ``negation_steps``.
+        ``negation_steps``, ``final_dc``.
 
     Returns
     -------
@@ -171,7 +179,7 @@ def restore(
         The restored image in the input's intensity scale and layout (for
         super-resolution ``factor`` times larger); with ``return_info`` also its info.
     """
-    config = from_values(TRegConfig, {"guidance": guidance, "steps": steps, **schedule}, "restore setting")
+    config = method_config(schedule, {"guidance": guidance, "steps": steps, **settings})
     options = RunOptions(seed=seed, rgb=rgb, batch_size=batch_size, tile_size=tile_size, tile_overlap=tile_overlap,
                          noise=noise, preview_every=preview_every)
     run = prepare(image, operator, options, intensity_range)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # torch is imported inside main(), where Ctrl-C during the im
 
 PROG = "napari-treg"
 #: restore keywords that are neither a method setting (TRegConfig) nor a run option (RunOptions)
-RESTORE_CHOICES = ("prompt", "negative_prompt", "model", "device", "dtype", "method")
+RESTORE_CHOICES = ("prompt", "negative_prompt", "model", "device", "dtype", "method", "schedule")
 #: run options the command line does not offer (a terminal shows no previews)
 NOT_ON_THE_COMMAND_LINE = ("preview_every",)
 
@@ -75,22 +75,27 @@ def setting_type(name: str, kind: Any, check: Callable[[Any], Any], auto: bool =
     return convert
 
 
-def add_setting(group: Any, spec: Spec) -> None:
-    """One command-line option for a setting, with its default, range and help from the one place."""
-    default = spec.default
+def add_setting(group: Any, spec: Spec, given_only: bool = False) -> None:
+    """One command-line option for a setting, with its default, range and help from the one place.
+
+    ``given_only``: the option is in the parsed arguments only when given (the API's default, or a
+    named schedule's value, applies otherwise).
+    """
+    default = argparse.SUPPRESS if given_only else spec.default
+    shown = "auto" if spec.default is None else spec.default
     if spec.kind is bool:
         group.add_argument(flag(spec.name), action=argparse.BooleanOptionalAction, default=default,
-                           help=f"{spec.help} (default: {'auto' if default is None else default})")
+                           help=f"{spec.help} (default: {shown})")
         return
-    shown = "" if default is None else f" (default: {default})"
     group.add_argument(flag(spec.name), type=setting_type(spec.name, spec.kind, spec.check, spec.auto),
-                       default=default, choices=spec.choices or None, help=spec.help + shown)
+                       default=default, choices=spec.choices or None,
+                       help=spec.help + ("" if spec.default is None else f" (default: {shown})"))
 
 
-def add_settings(group: Any, settings_class: type, skip: Sequence[str] = ()) -> None:
+def add_settings(group: Any, settings_class: type, skip: Sequence[str] = (), given_only: bool = False) -> None:
     for spec in specs(settings_class):
         if spec.name not in skip:
-            add_setting(group, spec)
+            add_setting(group, spec, given_only)
 
 
 # --------------------------------------------------------------------------- shared arguments
@@ -265,9 +270,9 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """Text, model, run and method options of ``restore`` (shared with ``batch``)."""
-    from napari_treg.engine import RunOptions
+    from napari_treg.engine import DEFAULT_SCHEDULE, RunOptions
     from napari_treg.models.devices import DTYPE_CHOICES
-    from napari_treg.solver import METHODS, TRegConfig
+    from napari_treg.solver import METHODS, SCHEDULES, TRegConfig
 
     text = parser.add_argument_group("text guidance")
     text.add_argument("--prompt", default="", help="what the image shows")
@@ -283,7 +288,10 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     method = parser.add_argument_group("method")
     method.add_argument("--method", default="treg", choices=sorted(METHODS),
                         help="treg or a baseline sampler (default: %(default)s)")
-    add_settings(method, TRegConfig)
+    method.add_argument("--schedule", default=DEFAULT_SCHEDULE, choices=sorted(SCHEDULES),
+                        help="named data-consistency schedule: paper, or faithful (the paper's plus a final "
+                             "projection onto the measurement); the options below override it (default: %(default)s)")
+    add_settings(method, TRegConfig, given_only=True)
 
 
 def restore_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -292,7 +300,7 @@ def restore_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from napari_treg.solver import TRegConfig
 
     names = [*RESTORE_CHOICES, *(s.name for s in specs(TRegConfig)), *(s.name for s in specs(RunOptions))]
-    return {name: getattr(args, name) for name in names if name not in NOT_ON_THE_COMMAND_LINE}
+    return {name: getattr(args, name) for name in names if name not in NOT_ON_THE_COMMAND_LINE and name in args}
 
 
 def _write_info(path: str, info: dict[str, Any]) -> None:

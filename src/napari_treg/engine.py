@@ -30,7 +30,7 @@ from .memory import auto_batch_size, free_bytes, guard_memory
 from .models.base import DiffusionPrior
 from .operators import LinearOperator
 from .settings import setting, validate
-from .solver import TRegConfig, get_method
+from .solver import TRegConfig, get_method, schedule_settings
 from .solver.divergence import check_finite
 
 CancelSignal = threading.Event | Callable[[], bool] | None
@@ -40,6 +40,8 @@ StepHook = Callable[[int, int, dict], None]
 PlacePreview = Callable[[np.ndarray, int], "np.ndarray | None"]
 
 
+#: the named data-consistency schedule used when none is given (solver/schedules.py)
+DEFAULT_SCHEDULE = "paper"
 #: the largest seed: plane ``k`` of a stack uses ``seed + k``, and torch takes seeds below 2**64
 MAX_SEED = 2**63 - 1
 
@@ -381,6 +383,27 @@ class Reporter:
         hw = (run.plan.tile_hw[0] * run.plan.scale, run.plan.tile_hw[1] * run.plan.scale)
         tile = self.render(z0, run, hw)
         return tile if place is None else place(tile, unit)
+
+
+def split_settings(values: dict[str, Any]) -> tuple[dict[str, Any], TRegConfig, dict[str, Any]]:
+    """``restore``-style keyword values -> (Restorer keywords, TRegConfig, Restorer.restore keywords).
+
+    For front ends that carry all settings in one dict (the widget's job, the batch runner).
+    """
+    from .settings import specs
+
+    values = dict(values)
+    text = {name: values.pop(name) for name in ("method", "prompt", "negative_prompt") if name in values}
+    config_names = {spec.name for spec in specs(TRegConfig)}
+    given = {k: values.pop(k) for k in list(values) if k in config_names}
+    return text, method_config(values.pop("schedule", DEFAULT_SCHEDULE), given), values
+
+
+def method_config(schedule: str, values: dict[str, Any]) -> TRegConfig:
+    """The named schedule's settings (``solver.SCHEDULES``), with the given ``values`` on top."""
+    from .settings import from_values
+
+    return from_values(TRegConfig, {**schedule_settings(schedule), **values}, "restore setting")
 
 
 # -- residual, provenance and cancel helpers ------------------------------------------------------

@@ -11,19 +11,32 @@ import json
 import sys
 from pathlib import Path
 
-from napari_treg.cli import PROG, add_restore_arguments, operator_from_args, positive_int, restore_kwargs
+from napari_treg.cli import (
+    PROG,
+    add_method_arguments,
+    add_operator_arguments,
+    operator_from_args,
+    restore_kwargs,
+    setting_type,
+)
+from napari_treg.settings import check_integer
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``restore`` (operator, text, run, method) plus the cluster's."""
-    add_restore_arguments(parser)
-    describe(parser, "input", "a folder or glob of image files, or a zarr / OME-Zarr stack (one unit per plane)")
-    describe(parser, "output", "a folder for image files, a .zarr path for a stack; rerun to resume")
-    describe(parser, "info", "also write the run's report (units done, failed, time) as JSON")
+    parser.add_argument("input", metavar="IN",
+                        help="a folder or glob of image files, or a zarr / OME-Zarr stack (one unit per plane)")
+    parser.add_argument("-o", "--output", metavar="OUT", required=True,
+                        help="a folder for image files, a .zarr path for a stack; rerun to resume")
+    add_operator_arguments(parser)
+    add_method_arguments(parser)
+    parser.add_argument("--info", metavar="FILE.json",
+                        help="also write the run's report (units done, failed, time) as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status line")
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument(
         "--workers",
-        type=positive_int,
+        type=setting_type("workers", int, lambda value: check_integer(value, "workers", minimum=1)),
         default=None,
         help="workers of the local cluster (default: one per GPU, else one per CPU core)",
     )
@@ -33,13 +46,6 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="use the running dask scheduler at ADDRESS (tcp://host:8786) instead",
     )
-
-
-def describe(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
-    """Replace the help text of an option that ``restore`` defined for single files."""
-    for action in parser._actions:
-        if action.dest == dest:
-            action.help = text
 
 
 def run_batch(args: argparse.Namespace) -> int:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_treg.api import cancel_checker, make_config, restore
+from napari_treg.api import restore
+from napari_treg.engine import RunOptions, cancel_checker, split_settings
 from napari_treg.errors import Cancelled, InvalidInputError
 from napari_treg.operators import LinearOperator
 from napari_treg.solver import TRegConfig
@@ -38,8 +39,8 @@ POLL_SECONDS = 0.05
 
 def restore_defaults() -> dict[str, Any]:
     """The keywords a batch run passes on to ``restore``, with restore's defaults."""
-    parameters = inspect.signature(restore).parameters
-    return {name: p.default for name, p in parameters.items() if name not in NOT_SETTINGS}
+    parameters = inspect.signature(restore).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is not p.VAR_KEYWORD and p.name not in NOT_SETTINGS}
 
 
 @dataclass
@@ -140,14 +141,16 @@ def restore_many(
 def checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """restore's defaults updated with ``settings``; unknown names and bad method values refused."""
     defaults = restore_defaults()
-    unknown = sorted(set(settings) - set(defaults))
+    known = [*defaults, *(f.name for f in dataclasses.fields(TRegConfig))]
+    unknown = sorted(set(settings) - set(known))
     if unknown:
-        raise InvalidInputError(f"unknown restore setting(s) {', '.join(unknown)}; valid: {', '.join(defaults)}")
+        raise InvalidInputError(f"unknown restore setting(s) {', '.join(unknown)}; valid: {', '.join(known)}")
     values = {**defaults, **settings}
     if not isinstance(values["model"], (str, os.PathLike)):
         raise InvalidInputError("model must be a name or path for a batch run: every worker loads it once itself")
-    make_config(**{f.name: values[f.name] for f in dataclasses.fields(TRegConfig)})  # validates each value
-    return values
+    text, config, options = split_settings(values)  # the named schedule resolved into the method's settings
+    RunOptions(**{f.name: options[f.name] for f in dataclasses.fields(RunOptions) if f.name in options})
+    return {**options, **text, **config.as_dict()}
 
 
 def make_job(data, operator: LinearOperator, values: dict[str, Any], client, threads: int | None) -> Job:

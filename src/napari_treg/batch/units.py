@@ -18,6 +18,7 @@ from napari_treg.operators import LinearOperator
 from .sources import Unit
 
 _LOADED: list = []  # the priors this process has loaded, to check they load once per worker
+_RESTORERS: dict = {}  # this process's engine for the current job, keyed by model, settings and text
 
 
 @dataclass(frozen=True)
@@ -48,18 +49,22 @@ def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
 
 
 def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, dict]:
-    """The restoration of one unit (the engine's ``Restorer.restore`` will take this place)."""
-    from napari_treg import restore
+    """The restoration of one unit by this worker's engine for the job."""
+    restorer, options = worker_restorer(job)
+    return restorer.restore(image, job.operator, seed=seed, intensity_range=job.intensity_range, **options)
 
-    return restore(  # type: ignore[return-value]  # return_info=True: (image, info)
-        image,
-        job.operator,
-        model=worker_prior(job),
-        seed=seed,
-        intensity_range=job.intensity_range,
-        return_info=True,
-        **job.settings,
-    )
+
+def worker_restorer(job: Job) -> tuple[Any, dict[str, Any]]:
+    """This process's :class:`~napari_treg.engine.Restorer` for the job (texts embedded once) and run options."""
+    from napari_treg.engine import Restorer, split_settings
+
+    text, config, options = split_settings(job.settings)
+    prior = worker_prior(job)
+    key = (id(prior), config, tuple(sorted(text.items())))
+    if key not in _RESTORERS:
+        _RESTORERS.clear()  # one job at a time per worker: keep only the current engine
+        _RESTORERS[key] = Restorer(prior, config, **text)
+    return _RESTORERS[key], options
 
 
 def worker_prior(job: Job):

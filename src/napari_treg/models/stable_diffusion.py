@@ -162,11 +162,15 @@ class StableDiffusionPrior(DiffusionPrior):
         return self._call("clip_image", self._embed_image, x.to(self.device, torch.float32))
 
     def _embed_image(self, x: torch.Tensor) -> torch.Tensor:
-        embeds = self.image_encoder(pixel_values=self._cast(self._clip_pixels(x))).image_embeds
+        embeds = self.image_encoder(pixel_values=self._cast(self.clip_pixels(x))).image_embeds
         return F.normalize(embeds.float(), dim=-1)
 
-    def _clip_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """Resize (bicubic, antialiased) to the tower's size, map to [0, 1] and normalise."""
+    def clip_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The image tower's input: resize (bicubic, antialiased) to its size, map to [0, 1], clamp, normalise.
+
+        Like CLIP's own preprocessing (a PIL bicubic resize, which antialiases, of an image in [0, 1]);
+        the authors' code resizes without antialiasing and does not clamp (docs/method.md).
+        """
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         size = (self.image_size, self.image_size)

@@ -19,16 +19,12 @@ import numpy as np
 import torch
 
 from .. import api
-from ..engine import Progress, Restorer, warn_if_slow
+from ..engine import Progress, Restorer, split_settings, warn_if_slow
 from ..errors import Cancelled, DivergenceError, InvalidInputError, ModelNotFoundError, TRegError
 from ..memory import is_out_of_memory
 from ..models.base import DiffusionPrior
 from ..operators import LinearOperator
-from ..settings import from_values, specs
-from ..solver import TRegConfig
 from .layers import Planes, ground_truth_metrics, reference_for
-
-CONFIG_NAMES = frozenset(spec.name for spec in specs(TRegConfig))
 
 #: progress(event) after every sampling step; status(message, fraction) while loading
 StepProgress = Callable[[Progress], None]
@@ -149,9 +145,7 @@ def _restore(job: Job, holder: ModelHolder, progress: StepProgress | None, statu
         raise Cancelled("cancelled before the start")
     if status is not None:
         status(f"loading model {job.model}", None)
-    settings = dict(job.options)
-    text = {name: settings.pop(name, "") for name in ("prompt", "negative_prompt")}
-    config = from_values(TRegConfig, {k: settings.pop(k) for k in list(settings) if k in CONFIG_NAMES}, "setting")
+    text, config, settings = split_settings(job.options)
     started = time.perf_counter()
     with holder.use(job.model, job.device, job.dtype, status, job.low_memory) as prior:
         load_seconds = time.perf_counter() - started

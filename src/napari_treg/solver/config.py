@@ -1,8 +1,9 @@
 """The method's settings: every default and valid range of TReg, written once.
 
-The defaults are the reference schedule of the paper's code (200 DDIM steps, data
-consistency on every 3rd step over the first 85 %, 5 CG iterations, 10 Adam steps of
-adaptive negation). The API, the CLI options and the widget's fields all come from here.
+The defaults are the paper's: guidance 7.5 and the reference schedule of the authors' code
+(200 DDIM steps, data consistency on every 3rd step over the first 85 %, 5 CG iterations,
+10 Adam steps of adaptive negation); docs/method.md lists every difference from that code.
+The API, the CLI options and the widget's fields all come from here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ class TRegConfig:
         minimum=1, maximum=1000,
     )
     guidance: float = setting(
-        5.0, "classifier-free guidance weight of the prompt (0 = no text)", minimum=0.0, maximum=100.0,
+        7.5, "classifier-free guidance weight of the prompt (0 = no text; the paper's 7.5)", minimum=0.0,
+        maximum=100.0,
     )
     dc_every: int = setting(
         3, "data consistency on every n-th step (0 = never)", label="DC every", minimum=0, maximum=1000,
@@ -47,6 +49,12 @@ class TRegConfig:
     )
     negation_steps: int = setting(
         10, "Adam steps of adaptive negation per data-consistency step", minimum=0, maximum=100,
+    )
+
+    final_dc: bool = setting(
+        False, "after the last step, project the result onto the measurement with one more data-consistency "
+        "solve, so that it agrees with the data to the noise level (not in the paper; docs/validation.md)",
+        label="final DC",
     )
 
     def __post_init__(self) -> None:

@@ -68,7 +68,10 @@ def treg_sample(
         if callback is not None:
             callback({"i": step.index, "total": len(steps), "z0": z0, "step": step})
     watch.check()
-    return prior.decode(z0).float()
+    x = prior.decode(z0).float()
+    if config.final_dc:
+        x = data_consistency(operator, y, x, config.cg_lambda, config.cg_iterations)
+    return x
 
 
 def guided_noise(
@@ -107,4 +110,3 @@ def presampled_noise(
         raise ValueError(f"{len(generators)} generators for a batch of {batch}")
     noise = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
     return torch.stack(noise, dim=1).to(prior.device)
-

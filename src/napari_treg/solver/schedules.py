@@ -1,0 +1,33 @@
+"""Named data-consistency schedules: ready-made values of TRegConfig's schedule fields.
+
+- ``"paper"``: the paper's schedule (TRegConfig's defaults): DC every 3rd step over the
+  first 85 % of the steps, 5 CG iterations, no final projection.
+- ``"faithful"``: measurement-faithful: the paper's schedule plus a final data-consistency
+  projection (``final_dc``). On the analytic prior the result then agrees with the measurement
+  to the noise level or below (inpainting: the measured pixels come back as measured), the
+  prompt still picks the class where the data leave it open, the unmeasured pixels keep the
+  paper's distribution, and it costs one CG solve more (docs/validation.md, "Measurement
+  fidelity"; ``python benchmarks/fidelity.py``).
+"""
+
+from __future__ import annotations
+
+from ..errors import InvalidInputError
+from .config import TRegConfig
+
+#: the TRegConfig fields a schedule sets
+SCHEDULE_FIELDS = ("dc_every", "dc_until", "cg_iterations", "final_dc")
+_PAPER = {name: getattr(TRegConfig(), name) for name in SCHEDULE_FIELDS}
+
+#: name -> TRegConfig field values
+SCHEDULES: dict[str, dict] = {
+    "paper": _PAPER,
+    "faithful": _PAPER | {"final_dc": True},
+}
+
+
+def schedule_settings(name: str) -> dict:
+    """The TRegConfig field values of the schedule ``name`` (a new dict)."""
+    if name not in SCHEDULES:
+        raise InvalidInputError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    return dict(SCHEDULES[name])
