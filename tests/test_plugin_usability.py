@@ -171,3 +171,14 @@ def test_the_dock_fits_a_laptop_screen_with_advanced_open(make_napari_viewer, qt
     assert widget.scroll_area.verticalScrollBar().maximum() > 0  # the settings scroll instead
     assert widget.advanced.get_widget("model") is None and not widget.model.native.isHidden()
     assert widget.tile_size.native.text() == "off"
+
+
+def test_the_operator_choice_takes_the_registry_aliases(qtbot):
+    from napari.components import ViewerModel
+
+    from napari_treg.plugin.forms import operator_widgets
+
+    combo = operator_widgets(ViewerModel(), operator="super_resolution")[0]
+    assert combo.value == "sr"
+    combo.value = "gaussian_blur"  # the names older scripts and records use
+    assert combo.value == "gauss" and combo.native.currentText() == "Deblur: Gaussian"

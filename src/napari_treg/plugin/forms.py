@@ -157,9 +157,21 @@ def parameter_widget(viewer: napari.Viewer, param: Param) -> Widget:
     return number_widget(param.name, label, param.kind, param.default, param.help, param.minimum, param.maximum)
 
 
+class OperatorComboBox(ComboBox):
+    """The operator choice; it also takes the operators' aliases (``"gaussian_blur"`` selects ``"gauss"``)."""
+
+    @property
+    def value(self) -> Any:
+        return ComboBox.value.fget(self)
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        ComboBox.value.fset(self, operator_spec(value).name if isinstance(value, str) else value)
+
+
 def operator_widgets(viewer: napari.Viewer, operator: str = DEFAULT_OPERATOR) -> list[Widget]:
     """The operator choice and every operator parameter (show only the chosen one's with :func:`show_operator`)."""
-    combo = ComboBox(
+    combo = OperatorComboBox(
         name="operator",
         label="operator",
         value=operator_spec(operator).name,
