@@ -153,8 +153,8 @@ def main() -> int:
     widget.prompt.value = "a square"
     captured = {}
 
-    def shoot_midway(step, total, preview):
-        if step >= total // 2 and preview is not None and "running" not in captured:
+    def shoot_midway(event):
+        if event.step >= event.total // 2 and event.preview is not None and "running" not in captured:
             captured["running"] = viewer.screenshot(canvas_only=False, flash=False)
 
     close_notifications()
