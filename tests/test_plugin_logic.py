@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_treg.errors import Cancelled, InvalidInputError, ModelNotFoundError
-from napari_treg.operators import Denoising, GaussianBlur, Inpainting, KernelBlur, MotionBlur, SuperResolution
-from napari_treg.plugin.choices import OPERATORS, build_operator, model_spec, sr_factor, visible_parameters
+from napari_treg.operators import GaussianBlur, Inpainting, SuperResolution
+from napari_treg.plugin.choices import model_spec, sr_factor
 from napari_treg.plugin.job import Job, ModelHolder, explain_error, residual_image, run_job
 from napari_treg.plugin.layers import (
     CURRENT_PLANE,
@@ -15,6 +15,7 @@ from napari_treg.plugin.layers import (
     Planes,
     current_plane_index,
     ground_truth_metrics,
+    linear_part,
     mask_for_planes,
     measurement_geometry,
     percentile_limits,
@@ -27,27 +28,16 @@ from napari_treg.plugin.layers import (
 )
 
 
-@pytest.mark.parametrize(
-    ("key", "kind"),
-    [("super_resolution", SuperResolution), ("gaussian_blur", GaussianBlur), ("motion_blur", MotionBlur),
-     ("psf_blur", KernelBlur), ("inpainting", Inpainting), ("denoising", Denoising)],
-)
-def test_build_operator_for_every_choice(key, kind):
-    mask = np.zeros((8, 8), np.uint8)
-    mask[2:4, 2:4] = 1
-    operator = build_operator(key, factor=2, sigma=1.5, length=5, angle=30, psf=np.ones((3, 3)), mask=mask)
-    assert isinstance(operator, kind)
-    assert sr_factor(operator) == (2 if key == "super_resolution" else 1)
+def test_widget_operators_and_parameters_come_from_the_registry():
+    from napari_treg.operators.registry import OPERATORS, operator_parameters
+    from napari_treg.plugin.forms import visible_parameters
 
-
-def test_operator_needs_its_layer_and_shows_only_its_parameters():
-    with pytest.raises(InvalidInputError, match="PSF"):
-        build_operator("psf_blur")
-    with pytest.raises(InvalidInputError, match="label > 0 = missing"):
-        build_operator("inpainting")
-    assert {k for k, v in visible_parameters("motion_blur").items() if v} == {"length", "angle"}
-    assert not any(visible_parameters("denoising").values())
-    assert [c.key for c in OPERATORS][0] == "super_resolution"
+    for name, spec in OPERATORS.items():
+        shown = {param for param, visible in visible_parameters(name).items() if visible}
+        assert shown == {param.name for param in spec.parameters}
+        assert set(visible_parameters(name)) == set(operator_parameters())
+    assert visible_parameters("motion_blur") == visible_parameters("motion")  # aliases resolve
+    assert sr_factor(SuperResolution(3)) == 3 and sr_factor(GaussianBlur(1.0)) == 1
 
 
 def test_model_spec():
@@ -102,10 +92,22 @@ def test_super_resolution_geometry_keeps_pixel_centres(factor):
     assert placed[0] == pytest.approx(7.0 + 4 * 0.3)
 
 
-def test_names_and_contrast():
-    assert result_name("cells", "") == "cells (TReg)"
-    long = result_name("cells", "a very long prompt " * 5)
-    assert long.startswith("cells (TReg: a very long") and long.endswith("…)") and len(long) < 50
+def test_rotated_layers_keep_pixel_centres():
+    from napari.layers import Image
+
+    source = Image(np.zeros((8, 8)), scale=(0.5, 0.25), translate=(3.0, -1.0), rotate=30, shear=[0.2])
+    linear = linear_part(source.rotate, source.shear, 2)
+    scale, translate = restored_geometry(source.scale, source.translate, 4, linear=linear)
+    result = Image(np.zeros((32, 32)), scale=scale, translate=translate, rotate=source.rotate, shear=source.shear)
+    j = np.array([5.0, 2.0])  # measurement pixel j is the mean of result pixels 4j ... 4j + 3
+    centres = np.array([result.data_to_world(4 * j + [a, b]) for a in range(4) for b in range(4)])
+    np.testing.assert_allclose(centres.mean(axis=0), source.data_to_world(j))
+
+
+def test_names_are_short_and_unique_and_contrast():
+    assert result_name("cells", set()) == "cells TReg"
+    assert result_name("cells", {"cells TReg"}) == "cells TReg #2"
+    assert result_name("cells", {"cells TReg", "cells TReg #2"}) == "cells TReg #3"
     assert percentile_limits(np.full((4, 4), 3.0)) == (3.0, pytest.approx(3.003))
     lo, hi = percentile_limits(np.linspace(0, 100, 1001))
     assert 0 < lo < 1 and 99 < hi < 100
@@ -129,8 +131,12 @@ def test_metrics_against_a_reference():
 def test_metadata_is_plain_python():
     info = {"params": {"steps": np.int64(4)}, "seed": 3, "residual": np.float32(0.5), "versions": {"torch": "2"}}
     record = restore_metadata(
-        input_name="cells", operator={"name": "gaussian_blur", "sigma": 2.0}, settings={"model": "tiny"},
-        info=info, planes=Planes(np.zeros((4, 4)), (2,)), metrics={"psnr": 30.0},
+        input_name="cells",
+        operator={"name": "gaussian_blur", "sigma": 2.0},
+        settings={"model": "tiny"},
+        info=info,
+        planes=Planes(np.zeros((4, 4)), (2,)),
+        metrics={"psnr": 30.0},
     )
     assert record["params"]["steps"] == 4 and type(record["params"]["steps"]) is int
     assert record["plane_index"] == [2] and record["metrics"] == {"psnr": 30.0}
@@ -160,7 +166,9 @@ def _job(**kwargs) -> Job:
 def test_run_job_with_the_tiny_model_reuses_it():
     holder = ModelHolder()
     steps: list[tuple[int, int, bool]] = []
-    outcome = run_job(_job(preview_every=1, residual=True), holder, lambda e: steps.append((e.step, e.total, e.preview is not None)))
+    outcome = run_job(
+        _job(preview_every=1, residual=True), holder, lambda e: steps.append((e.step, e.total, e.preview is not None))
+    )
     assert outcome.result.shape == (16, 16) and outcome.residual.shape == (16, 16)
     assert steps == [(1, 2, True), (2, 2, True)]
     assert outcome.info["test_model"] and outcome.info["seed"] == 0
@@ -187,8 +195,54 @@ def test_cancelled_job_raises_and_release_waits_for_the_run():
         run_job(cancel_at_first_step, holder, lambda e: cancel_at_first_step.cancel.set())
 
 
+def test_run_job_collects_the_warnings_of_the_run():
+    holder = ModelHolder()
+    job = _job()
+    job.options["prompt"] = "word " * 200  # longer than the text encoder's 77 tokens
+    outcome = run_job(job, holder)
+    assert any("77 tokens" in message for message in outcome.warnings), outcome.warnings
+    assert outcome.load_seconds > 0
+    again = run_job(job, holder)  # the same warning again: reported again, the model not reloaded
+    assert any("77 tokens" in message for message in again.warnings) and again.load_seconds < outcome.load_seconds
+
+
+def test_the_cli_prints_the_warnings_of_a_run(tmp_path):
+    import subprocess
+    import sys
+
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "y.tif", np.random.default_rng(0).uniform(0, 1, (16, 16)).astype(np.float32))
+    command = [
+        sys.executable,
+        "-m",
+        "napari_treg.cli",
+        "restore",
+        str(tmp_path / "y.tif"),
+        "-o",
+        str(tmp_path / "x.tif"),
+        "--operator",
+        "denoise",
+        "--model",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--quiet",
+        "--prompt",
+        "word " * 200,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "77 tokens" in done.stderr
+
+
 def test_data_consistency_line_speaks_in_noise_units():
     from napari_treg.plugin.restore_widget import data_consistency_line
+
+    constant = data_consistency_line({"residual": 0.0, "residual_over_noise": 65.0}, constant=True)
+    assert "constant" in constant and "residual 0" not in constant and "= 0" not in constant
 
     assert data_consistency_line({"residual": 0.0123}) == "Data consistency ||Ax - y|| / ||y|| = 0.0123."
     line = data_consistency_line({"residual": 0.0123, "residual_over_noise": 1.04})

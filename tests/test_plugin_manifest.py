@@ -20,7 +20,11 @@ def test_manifest_validates_and_its_commands_import():
     manifest = PluginManifest.from_file(MANIFEST)
     manifest.validate_imports()
     assert manifest.name == "napari-treg" and manifest.display_name == "napari-treg"
-    assert [w.display_name for w in manifest.contributions.widgets] == ["Restore (TReg)", "Simulate degradation", "Batch on a cluster (TReg)"]
+    assert [w.display_name for w in manifest.contributions.widgets] == [
+        "Restore (TReg)",
+        "Simulate degradation",
+        "Batch on a cluster (TReg)",
+    ]
     assert tuple(s.key for s in manifest.contributions.sample_data) == SAMPLES
     # the installed package advertises the same manifest
     assert PluginManifest.from_distribution("napari-treg").name == "napari-treg"
@@ -45,7 +49,7 @@ def test_samples_and_widgets_open_in_napari(make_napari_viewer):
     widget = open_demo(viewer, "fluorescence_blur", model="tiny", steps=3)
     assert widget.image.value.name == "nuclei (blurred)"
     assert widget.reference.value.name == "nuclei (clean)"
-    assert widget.operator.value == "gaussian_blur" and widget.sigma.value == 3.0
+    assert widget.operator.value == "gauss" and widget.sigma.value == 3.0
     assert widget.model.value == "tiny" and widget.steps.value == 3
     for key in SAMPLES[:2] + SAMPLES[3:]:
         viewer.open_sample("napari-treg", key)
@@ -71,5 +75,5 @@ def test_demo_command_opens_the_viewer(make_napari_viewer, monkeypatch):
     (viewer,) = viewers
     assert "astronaut (4x downsampled)" in viewer.layers
     widget = viewer.window.dock_widgets["Restore (TReg) (napari-treg)"]
-    assert widget.operator.value == "super_resolution" and widget.factor.value == 4
+    assert widget.operator.value == "sr" and widget.factor.value == 4
     assert widget.model.value == "tiny"

@@ -30,13 +30,13 @@ def test_run_adds_a_layer_with_provenance(restore_widget, run_to_end):
     clean = viewer.add_image(_image(dtype=np.uint16), name="clean", colormap="green")
     simulate = SimulateWidget(viewer)
     simulate.image.value = clean
-    simulate.operator.value = "gaussian_blur"
+    simulate.operator.value = "gauss"
     simulate.sigma.value = 1.5
     measurement = simulate.simulate()
-    assert measurement.metadata["treg_simulation"]["operator"] == {"name": "gaussian_blur", "sigma": 1.5}
+    assert measurement.metadata["treg_simulation"]["operator"] == {"name": "gauss", "sigma": 1.5}
     # choosing a simulated measurement brings its operator and its clean reference
     restore_widget.image.value = measurement
-    assert restore_widget.operator.value == "gaussian_blur" and restore_widget.sigma.value == 1.5
+    assert restore_widget.operator.value == "gauss" and restore_widget.sigma.value == 1.5
     assert restore_widget.reference.value is clean
     restore_widget.prompt.value = "fluorescent nuclei"
     restore_widget.residual_layer.value = True
@@ -45,8 +45,8 @@ def test_run_adds_a_layer_with_provenance(restore_widget, run_to_end):
 
     run_to_end(restore_widget)
 
-    result, residual = _added(viewer, before)
-    assert result.name == f"{measurement.name} (TReg: fluorescent nuclei)"
+    residual, result = _added(viewer, before)  # the residual goes below the result
+    assert result.name == f"{measurement.name} TReg"
     assert result.data.shape == (64, 64) and result.colormap.name == "green"
     lo, hi = result.contrast_limits
     assert np.percentile(result.data, 0.5) == pytest.approx(lo, rel=1e-3) and lo < hi
@@ -57,7 +57,9 @@ def test_run_adds_a_layer_with_provenance(restore_widget, run_to_end):
     assert record["settings"]["model"] == "tiny" and record["test_model"] is True
     assert record["metrics"]["psnr"] > 0 and "PSNR" in restore_widget.status.value
     assert set(record["versions"]) >= {"napari-treg", "torch"}
-    assert residual.name.endswith("(TReg residual)") and residual.data.shape == (64, 64)
+    assert residual.name == f"{result.name} residual" and residual.data.shape == (64, 64)
+    assert not residual.visible and result.visible
+    assert list(viewer.layers.selection) == [result] and viewer.layers.selection.active is result
     np.testing.assert_array_equal(measurement.data, original)
     assert PREVIEW_NAME not in viewer.layers
     assert restore_widget.run_button.enabled and not restore_widget.cancel_button.enabled
@@ -67,7 +69,7 @@ def test_run_adds_a_layer_with_provenance(restore_widget, run_to_end):
 def test_run_button_disabled_and_preview_updates_while_running(restore_widget, run_to_end, qtbot):
     viewer = restore_widget.viewer
     viewer.add_image(_image((32, 32)), name="y")
-    restore_widget.operator.value = "denoising"
+    restore_widget.operator.value = "denoise"
     updates, states = [], []
 
     def watch(event):
@@ -85,11 +87,28 @@ def test_run_button_disabled_and_preview_updates_while_running(restore_widget, r
     assert PREVIEW_NAME not in viewer.layers
 
 
-def test_cancel_stops_adds_nothing_and_removes_the_preview(restore_widget, qtbot, monkeypatch):
+def _activity_cancel_button(widget):
+    """The Cancel button of the run's bar in napari's activity dock (what a user clicks)."""
+    from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+
+    window = widget.viewer.window._qt_window
+    (bar,) = [b for b in window.findChildren(QtLabeledProgressBar) if b.progress is widget._progress]
+    return bar.cancel_button
+
+
+CANCEL_ACTIONS = {
+    "widget": lambda widget: widget.cancel_button.native.click(),
+    "activity dock": lambda widget: _activity_cancel_button(widget).click(),
+    "closing the dock": lambda widget: widget.viewer.window.remove_dock_widget(widget.native),
+}
+
+
+@pytest.mark.parametrize("action", list(CANCEL_ACTIONS))
+def test_cancel_from_anywhere_stops_within_a_step_and_adds_nothing(restore_widget, qtbot, monkeypatch, action):
     viewer = restore_widget.viewer
     layer = viewer.add_image(_image((32, 32)), name="y")
     original = layer.data.copy()
-    restore_widget.operator.value = "denoising"
+    restore_widget.operator.value = "denoise"
     restore_widget.steps.value = 50
     done = []  # steps finished, counted in the worker thread
     run_job = restore_module.run_job
@@ -106,25 +125,26 @@ def test_cancel_stops_adds_nothing_and_removes_the_preview(restore_widget, qtbot
 
     def cancel_at_second_step(event):
         if event.step == 2 and not at_cancel:
-            restore_widget.cancel()
+            CANCEL_ACTIONS[action](restore_widget)
             at_cancel.append(len(done))
 
     restore_widget._relay.stepped.connect(cancel_at_second_step)
     before = [layer.name for layer in viewer.layers]
-    restore_widget.run()
+    worker = restore_widget.run()
     qtbot.waitUntil(lambda: not restore_widget.is_running, timeout=120_000)
-    assert at_cancel and len(done) <= at_cancel[0] + 1 < 50  # stopped within one step of the request
+    assert at_cancel and len(done) <= at_cancel[0] + 1 < 50, (at_cancel, len(done))  # within one step
     assert [layer.name for layer in viewer.layers] == before  # no result, preview removed
     np.testing.assert_array_equal(layer.data, original)
-    assert restore_widget.status.value.startswith("Cancelled")
+    assert restore_widget.status.value == restore_module.CANCELLED
     assert not _errors()
+    assert worker.is_running is False
 
 
 def test_stack_whole_and_current_plane(restore_widget, run_to_end):
     viewer = restore_widget.viewer
     stack = viewer.add_image(_image((3, 32, 32), dtype=np.uint16), name="stack", scale=(2.0, 0.5, 0.5))
     restore_widget.image.value = stack
-    restore_widget.operator.value = "gaussian_blur"
+    restore_widget.operator.value = "gauss"
     restore_widget.preview.value = False
     assert not restore_widget.planes.native.isHidden()
 
@@ -149,7 +169,7 @@ def test_super_resolution_rgb_output_geometry(restore_widget, run_to_end):
         _image((16, 16, 3), dtype=np.uint8), name="photo", rgb=True, scale=(2.0, 2.0), translate=(10, 20)
     )
     restore_widget.image.value = small
-    restore_widget.operator.value = "super_resolution"
+    restore_widget.operator.value = "sr"
     restore_widget.factor.value = 4
     run_to_end(restore_widget)
     result = viewer.layers[-1]
@@ -164,7 +184,7 @@ def test_simulate_super_resolution_overlays_its_source(make_napari_viewer):
     widget = SimulateWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.image.value = clean
-    widget.operator.value = "super_resolution"
+    widget.operator.value = "sr"
     widget.factor.value = 4
     widget.noise.value = 0.0
     assert not widget.factor.native.isHidden() and widget.sigma.native.isHidden()
@@ -172,15 +192,14 @@ def test_simulate_super_resolution_overlays_its_source(make_napari_viewer):
     assert measured.data.shape == (8, 8)
     np.testing.assert_allclose(measured.scale, [2.0, 2.0])
     np.testing.assert_allclose(measured.translate, [0.75, 0.75])
-    assert measured.metadata["treg_simulation"]["operator"] == {"name": "super_resolution", "factor": 4,
-                                                                  "filter": "bicubic"}
+    assert measured.metadata["treg_simulation"]["operator"] == {"name": "sr", "factor": 4, "filter": "bicubic"}
 
 
 def test_bad_input_is_a_notification_not_a_traceback(restore_widget):
     viewer = restore_widget.viewer
     assert restore_widget.run() is None  # no image at all
     viewer.add_image(_image((32, 32)), name="y")
-    restore_widget.operator.value = "inpainting"  # and no mask
+    restore_widget.operator.value = "inpaint"  # and no mask
     assert restore_widget.run() is None
     viewer.add_labels(np.eye(16, dtype=np.uint8), name="small mask")
     restore_widget.mask.value = viewer.layers["small mask"]
@@ -193,7 +212,7 @@ def test_bad_input_is_a_notification_not_a_traceback(restore_widget):
 
 def test_missing_weights_in_the_worker_become_a_notification(restore_widget, run_to_end, tmp_path):
     restore_widget.viewer.add_image(_image((32, 32)), name="y")
-    restore_widget.operator.value = "denoising"
+    restore_widget.operator.value = "denoise"
     restore_widget.model.value = "folder"
     restore_widget.model_path.value = tmp_path  # an empty folder: not a model
     assert not restore_widget.model_path.native.isHidden()
@@ -215,7 +234,7 @@ def test_out_of_memory_says_what_to_do(restore_widget, run_to_end, monkeypatch):
 
     monkeypatch.setattr(job.Restorer, "restore", out_of_memory)
     restore_widget.viewer.add_image(_image((32, 32)), name="y")
-    restore_widget.operator.value = "denoising"
+    restore_widget.operator.value = "denoise"
     run_to_end(restore_widget)
     message = _errors()[-1]
     assert "Restore the current plane" in message and "low-memory mode" in message and "tile size" in message
@@ -224,7 +243,7 @@ def test_out_of_memory_says_what_to_do(restore_widget, run_to_end, monkeypatch):
 
 def test_changing_the_model_releases_it(restore_widget, run_to_end):
     restore_widget.viewer.add_image(_image((32, 32)), name="y")
-    restore_widget.operator.value = "denoising"
+    restore_widget.operator.value = "denoise"
     restore_widget.preview.value = False
     run_to_end(restore_widget)
     holder = restore_widget._state.holder
@@ -236,7 +255,7 @@ def test_changing_the_model_releases_it(restore_widget, run_to_end):
 def test_closing_the_dock_releases_the_model(restore_widget, run_to_end, qtbot):
     viewer = restore_widget.viewer
     viewer.add_image(_image((32, 32)), name="y")
-    restore_widget.operator.value = "denoising"
+    restore_widget.operator.value = "denoise"
     run_to_end(restore_widget)
     holder = restore_widget._state.holder
     assert holder.prior is not None
@@ -259,9 +278,9 @@ def test_widget_parameters_are_named_after_restore_arguments(restore_widget):
 @pytest.mark.parametrize(
     "data, operator, message",
     [
-        (np.where(np.eye(32) > 0, np.nan, 1.0).astype(np.float32), "denoising", "NaN"),
-        (np.full((32, 32), 5, np.uint16), "psf_blur", "negative"),
-        (_image((30, 30)), "super_resolution", None),  # fine: any measurement size works
+        (np.where(np.eye(32) > 0, np.nan, 1.0).astype(np.float32), "denoise", "NaN"),
+        (np.full((32, 32), 5, np.uint16), "kernel", "negative"),
+        (_image((30, 30)), "sr", None),  # fine: any measurement size works
     ],
 )
 def test_bad_image_content_is_a_notification(restore_widget, qtbot, data, operator, message):
@@ -269,8 +288,8 @@ def test_bad_image_content_is_a_notification(restore_widget, qtbot, data, operat
     viewer.add_image(data, name="y")
     before = data.copy()
     restore_widget.operator.value = operator
-    if operator == "psf_blur":
-        restore_widget.psf.value = viewer.add_image(-np.ones((5, 5), np.float32), name="psf")
+    if operator == "kernel":
+        restore_widget.kernel.value = viewer.add_image(-np.ones((5, 5), np.float32), name="psf")
     restore_widget.preview.value = False
     count, errors_before = len(viewer.layers), len(_errors())
     restore_widget.run()
@@ -287,7 +306,7 @@ def test_bad_image_content_is_a_notification(restore_widget, qtbot, data, operat
 def test_large_images_in_tiles_and_the_low_memory_mode(restore_widget, run_to_end):
     viewer = restore_widget.viewer
     viewer.add_image(_image((64, 64)), name="y")
-    restore_widget.operator.value = "gaussian_blur"
+    restore_widget.operator.value = "gauss"
     restore_widget.tile_size.value = 32
     restore_widget.tile_overlap.value = 16
     restore_widget.low_memory.value = True

@@ -1,8 +1,9 @@
 """Regenerate the user guide's screenshots.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/images/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1366x768x24" python docs/images/make_screenshots.py
 
-Runs the real napari window (under Xvfb on a headless machine). The result shots use
+Runs the real napari window (under Xvfb on a headless machine), 1366 x 768 like a small laptop's
+screen, with the Advanced settings closed and open. The result shots use
 the analytic test prior (an exact prior over two shapes, no downloaded weights), the only prior
 here that makes a meaningful image without Stable Diffusion weights.
 """
@@ -11,13 +12,12 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).parent
-WINDOW = (1500, 900)
+WINDOW = (1366, 768)
 
 
 def save(image: np.ndarray, name: str, width: int | None = None) -> None:
@@ -78,14 +78,23 @@ def shapes_measurement(viewer):
     measured = degrade(clean, SuperResolution(8), noise=0.01, seed=0)
     viewer.add_image(clean, name="disk (clean)", contrast_limits=(0, 1))
     return viewer.add_image(
-        measured, name="disk 8x downsampled", scale=(8, 8), translate=(3.5, 3.5), contrast_limits=(0, 1),
-        metadata={"treg_simulation": {"source_layer": "disk (clean)",
-                                      "operator": {"name": "super_resolution", "factor": 8, "filter": "bicubic"}}},
+        measured,
+        name="disk 8x downsampled",
+        scale=(8, 8),
+        translate=(3.5, 3.5),
+        contrast_limits=(0, 1),
+        metadata={
+            "treg_simulation": {
+                "source_layer": "disk (clean)",
+                "operator": {"name": "sr", "factor": 8, "filter": "bicubic"},
+                "noise": 0.01,
+            }
+        },
     )
 
 
 def close_notifications() -> None:
-    """Close napari's notification pop-ups (e.g. the PyQt5 deprecation notice) before a shot."""
+    """Close napari's notification pop-ups before a shot."""
     from qtpy.QtWidgets import QApplication
 
     for qwidget in QApplication.allWidgets():
@@ -95,12 +104,12 @@ def close_notifications() -> None:
 
 
 def main() -> int:
-    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
     import napari
 
     from napari_treg.plugin.demo import open_demo
 
     viewer = napari.Viewer(title="napari-treg")
+    viewer.window._qt_window.showMaximized()
     viewer.window._qt_window.resize(*WINDOW)
     widget = open_demo(viewer, "fluorescence_blur")
     widget.prompt.value = "fluorescent cell nuclei and filaments, sharp"
@@ -112,20 +121,27 @@ def main() -> int:
     # the simulate widget, on its tab
     simulate = viewer.window.dock_widgets["Simulate degradation (napari-treg)"]
     dock_of(simulate.native).raise_()
-    simulate.operator.value = "super_resolution"
+    simulate.operator.value = "sr"
     simulate.factor.value = 2
     simulate.simulate()
     settle()
-    save(grab(simulate.native)[:320], "simulate-widget.png")
+    save(grab(simulate.native)[:330], "simulate-widget.png")
     viewer.layers.pop()
 
-    # the advanced settings, with the test models listed
+    # the advanced settings open: the dock scrolls, Run stays in view
     dock_of(widget.native).raise_()
     widget.advanced_frame.expand(animate=False)
-    widget.model.value = "tiny"
     settle()
+    bar = widget.scroll_area.verticalScrollBar()
+    for _ in range(5):  # the scroll range grows as the box unfolds
+        bar.setValue(bar.maximum())  # scrolled down to the advanced settings
+        settle()
+    print(f"advanced open: the settings scroll by {bar.maximum()} px")
+    close_notifications()
+    save(viewer.screenshot(canvas_only=False, flash=False), "restore-advanced-window.png", width=1200)
     save(grab(widget.native), "restore-advanced.png")
     widget.advanced_frame.collapse(animate=False)
+    widget.scroll_area.verticalScrollBar().setValue(0)
 
     # a run with the analytic prior: "a disk" vs "a square" from the same 8 x 8 measurement
     viewer.layers.clear()
@@ -137,8 +153,8 @@ def main() -> int:
     widget.prompt.value = "a square"
     captured = {}
 
-    def shoot_midway(step, total, preview):
-        if step >= total // 2 and preview is not None and "running" not in captured:
+    def shoot_midway(event):
+        if event.step >= event.total // 2 and event.preview is not None and "running" not in captured:
             captured["running"] = viewer.screenshot(canvas_only=False, flash=False)
 
     close_notifications()

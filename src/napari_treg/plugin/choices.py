@@ -1,97 +1,14 @@
-"""What the widgets offer: operators, models, devices and precisions (no Qt here).
+"""What the widgets offer besides operators and method settings: models, devices, precisions (no Qt here).
 
-Each choice maps a widget value to the engine's own vocabulary, so the widgets
-only read values and call :func:`build_operator` and :func:`model_spec`.
+The operators and the method's settings come from the engine's registries
+(:mod:`napari_treg.operators.registry`, :class:`napari_treg.solver.TRegConfig`), see :mod:`.forms`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
 from ..errors import InvalidInputError
-from ..operators import (
-    Denoising,
-    GaussianBlur,
-    Inpainting,
-    KernelBlur,
-    LinearOperator,
-    MotionBlur,
-    SuperResolution,
-)
-
-
-@dataclass(frozen=True)
-class OperatorChoice:
-    """One forward model as the widgets show it, and the parameter widgets it uses."""
-
-    key: str
-    label: str
-    parameters: tuple[str, ...]
-
-
-OPERATORS: tuple[OperatorChoice, ...] = (
-    OperatorChoice("super_resolution", "Super-resolution", ("factor", "filter")),
-    OperatorChoice("gaussian_blur", "Deblur: Gaussian", ("sigma",)),
-    OperatorChoice("motion_blur", "Deblur: motion", ("length", "angle")),
-    OperatorChoice("psf_blur", "Deblur: measured PSF", ("psf",)),
-    OperatorChoice("inpainting", "Inpainting (mask)", ("mask",)),
-    OperatorChoice("denoising", "Denoising", ()),
-)
-OPERATOR_PARAMETERS: tuple[str, ...] = ("factor", "filter", "sigma", "length", "angle", "psf", "mask")
-SR_FILTERS: tuple[tuple[str, str], ...] = (
-    ("bicubic (photographs)", "bicubic"),
-    ("box (camera binning)", "box"),
-    ("Gaussian", "gaussian"),
-)
-
-
-def operator_choice(key: str) -> OperatorChoice:
-    """The :class:`OperatorChoice` called ``key``."""
-    for choice in OPERATORS:
-        if choice.key == key:
-            return choice
-    raise InvalidInputError(f"unknown operator {key!r}; choose one of {[c.key for c in OPERATORS]}")
-
-
-def visible_parameters(key: str) -> dict[str, bool]:
-    """For every operator parameter widget, whether operator ``key`` uses it."""
-    used = operator_choice(key).parameters
-    return {name: name in used for name in OPERATOR_PARAMETERS}
-
-
-def build_operator(
-    key: str,
-    *,
-    factor: int = 4,
-    filter: str = "bicubic",
-    sigma: float = 2.0,
-    length: float = 9.0,
-    angle: float = 0.0,
-    psf: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-) -> LinearOperator:
-    """The operator ``key`` from the widget values (parameters of other operators are ignored)."""
-    if key == "super_resolution":
-        return SuperResolution(factor=factor, filter=filter)
-    if key == "gaussian_blur":
-        return GaussianBlur(sigma)
-    if key == "motion_blur":
-        return MotionBlur(length, angle)
-    if key == "psf_blur":
-        if psf is None:
-            raise InvalidInputError("choose the PSF: an Image layer holding the measured point spread function")
-        return KernelBlur(psf)
-    if key == "inpainting":
-        if mask is None:
-            raise InvalidInputError(
-                "choose the mask: a Labels layer where the missing pixels are painted (label > 0 = missing)"
-            )
-        return Inpainting(mask)
-    if key == "denoising":
-        return Denoising()
-    raise InvalidInputError(f"unknown operator {key!r}; choose one of {[c.key for c in OPERATORS]}")
+from ..models.loading import MODEL_NAMES
+from ..operators import LinearOperator, SuperResolution
 
 
 def sr_factor(operator: LinearOperator) -> int:
@@ -101,13 +18,21 @@ def sr_factor(operator: LinearOperator) -> int:
 
 # -- models, devices, precisions ------------------------------------------------------------
 
-TEST_MODEL_LABEL = "Tiny test model (random weights: no meaningful image)"
+#: how the widget shows the named models of :func:`napari_treg.models.load_model`
+MODEL_LABELS = {
+    "sd15": "Stable Diffusion 1.5 (Hugging Face hub)",
+    "tiny": "Tiny test model (random weights: no meaningful image)",
+    "analytic": "Analytic test prior (exact; shapes only: disk, square)",
+}
+#: a model given by path, with the kind of path the widget asks for
+PATH_MODELS = {
+    "folder": "Stable Diffusion 1.x, local diffusers folder",
+    "checkpoint": "Stable Diffusion 1.x, checkpoint file",
+}
 MODELS: tuple[tuple[str, str], ...] = (
-    ("Stable Diffusion 1.5 (Hugging Face hub)", "sd15"),
-    ("Stable Diffusion 1.x, local diffusers folder", "folder"),
-    ("Stable Diffusion 1.x, checkpoint file", "checkpoint"),
-    (TEST_MODEL_LABEL, "tiny"),
-    ("Analytic test prior (exact; shapes only: disk, square)", "analytic"),
+    (MODEL_LABELS.get(MODEL_NAMES[0], MODEL_NAMES[0]), MODEL_NAMES[0]),
+    *((label, key) for key, label in PATH_MODELS.items()),
+    *((MODEL_LABELS.get(name, name), name) for name in MODEL_NAMES[1:]),
 )
 PRECISIONS: tuple[tuple[str, str | None], ...] = (
     ("auto (float16 on GPU)", None),
@@ -119,9 +44,9 @@ PRECISIONS: tuple[tuple[str, str | None], ...] = (
 
 def model_spec(choice: str, path: str | None = None) -> str:
     """The ``model`` argument of ``restore``/``load_model`` for a model choice and path."""
-    if choice in ("sd15", "tiny", "analytic"):
+    if choice in MODEL_NAMES:
         return choice
-    if choice in ("folder", "checkpoint"):
+    if choice in PATH_MODELS:
         text = str(path or "").strip()
         if not text or text == ".":
             what = "a diffusers folder" if choice == "folder" else "a .safetensors or .ckpt file"

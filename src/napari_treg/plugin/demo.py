@@ -22,11 +22,15 @@ HEADLESS_PLATFORMS = ("offscreen", "minimal", "minimalegl", "vnc", "eglfs", "lin
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's command-line options: ``[SAMPLE] [--model MODEL] [--steps N]``."""
-    parser.add_argument("sample", nargs="?", choices=SAMPLES, default=SAMPLES[0],
-                        help=f"sample to open (default: {SAMPLES[0]})")
-    parser.add_argument("--model", default=None,
-                        help="model to preselect: sd15, tiny (test model, no meaningful image), analytic, "
-                             "a diffusers folder or a checkpoint file")
+    parser.add_argument(
+        "sample", nargs="?", choices=SAMPLES, default=SAMPLES[0], help=f"sample to open (default: {SAMPLES[0]})"
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model to preselect: sd15, tiny (test model, no meaningful image), analytic, "
+        "a diffusers folder or a checkpoint file",
+    )
     parser.add_argument("--steps", type=int, default=None, help="sampling steps to preselect")
 
 

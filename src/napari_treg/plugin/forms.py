@@ -1,22 +1,47 @@
-"""magicgui building blocks shared by the restore and simulate widgets.
+"""magicgui building blocks shared by the restore and simulate widgets, generated from the engine.
 
-Widgets are named after the keyword arguments of :func:`napari_treg.restore` and the
-operator classes, so ``widget.sigma.value = 3`` works from the napari console.
+The operator widgets come from the operator registry (:data:`napari_treg.operators.OPERATORS`)
+and the method's fields from :class:`napari_treg.solver.TRegConfig`: names, defaults, ranges,
+labels and help are written there once. Widgets are named after the keyword arguments of
+:func:`napari_treg.restore` and the operator parameters, so ``widget.sigma.value = 3`` works
+from the napari console.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox, Widget
 from napari.layers import Image, Labels
 
-from .choices import OPERATOR_PARAMETERS, OPERATORS, SR_FILTERS, build_operator, visible_parameters
+from ..errors import InvalidInputError
+from ..operators.registry import OPERATORS, Param, build_operator, operator_parameters, operator_spec
+
+__all__ = ["operator_parameters", "operator_spec"]  # re-exported for the widgets
+from ..settings import Spec
 
 if TYPE_CHECKING:
     import napari
 
     from ..operators import LinearOperator
+
+#: the operator a new widget starts with
+DEFAULT_OPERATOR = "gauss"
+#: the napari layer type of an operator's array parameter (any other is an Image layer)
+LAYER_PARAMETER_KINDS = {"mask": "Labels"}
+#: metadata keys of layers the plugin makes that are never offered as inputs
+PREVIEW_KEY = "treg_preview"
+RESULT_KEYS = ("treg", "treg_residual", PREVIEW_KEY)
+
+
+def is_preview(layer: Any) -> bool:
+    return bool(layer.metadata.get(PREVIEW_KEY))
+
+
+def is_result(layer: Any) -> bool:
+    """A layer TReg made (a result, a residual, the preview): never picked as an input by itself."""
+    return any(key in layer.metadata for key in RESULT_KEYS)
 
 
 def layer_choices(
@@ -24,53 +49,143 @@ def layer_choices(
 ) -> Callable[[Any], list[tuple[str, Any]]]:
     """A magicgui ``choices`` callable listing the viewer's layers of ``kind`` ("Image", "Labels").
 
-    The top layer comes first, as in napari's layer list; ``measurements_last`` moves layers
-    made by "Simulate degradation" (or restored by TReg) behind the others.
+    The preview layer is never listed. The top layer comes first, as in napari's layer list,
+    but TReg's results come last and, for inputs, hidden layers after visible ones;
+    ``measurements_last`` also moves layers made by "Simulate degradation" behind the others
+    (for clean images and references).
     """
     layer_type = {"Image": Image, "Labels": Labels}[kind]
 
-    def derived(layer: Any) -> bool:
-        return measurements_last and any(key.startswith("treg") for key in layer.metadata)
+    def rank(layer: Any) -> tuple[bool, bool]:
+        if measurements_last:
+            return is_result(layer) or "treg_simulation" in layer.metadata, False
+        return is_result(layer), not layer.visible
 
     def choices(_widget: Any = None) -> list[tuple[str, Any]]:
-        layers = [layer for layer in reversed(viewer.layers) if isinstance(layer, layer_type)]
-        return [(layer.name, layer) for layer in sorted(layers, key=derived)]
+        layers = [layer for layer in reversed(viewer.layers) if isinstance(layer, layer_type) and not is_preview(layer)]
+        return [(layer.name, layer) for layer in sorted(layers, key=rank)]
 
     return choices
 
 
 def layer_combo(
-    viewer: napari.Viewer, kind: str, name: str, label: str, tooltip: str, nullable: bool,
+    viewer: napari.Viewer,
+    kind: str,
+    name: str,
+    label: str,
+    tooltip: str,
+    nullable: bool,
     measurements_last: bool = False,
 ) -> ComboBox:
     """A combo box of the viewer's layers of ``kind``."""
     choices = layer_choices(viewer, kind, measurements_last)
-    return ComboBox(name=name, label=label, choices=choices, nullable=nullable, tooltip=tooltip)
+    combo = ComboBox(name=name, label=label, choices=choices, nullable=nullable, tooltip=tooltip)
+    narrow(combo)
+    return combo
 
 
-def operator_widgets(viewer: napari.Viewer, operator: str = "gaussian_blur") -> list[Widget]:
+def narrow(combo: ComboBox, characters: int = 14) -> None:
+    """Let a combo box be narrower than its longest item (long layer names must not widen the dock)."""
+    from qtpy.QtWidgets import QComboBox
+
+    combo.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.native.setMinimumContentsLength(characters)
+
+
+def sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def float_step(default: float) -> float:
+    """A spin box step one decade below ``default`` (so its decimals show the default)."""
+    if not default:
+        return 0.05
+    return 10.0 ** (math.floor(math.log10(abs(default))) - 1)
+
+
+def number_widget(
+    name: str,
+    label: str,
+    kind: Any,
+    default: Any,
+    help: str,
+    minimum: float | None,
+    maximum: float | None,
+) -> Widget:
+    """A check box, spin box or float spin box for one setting."""
+    if kind is bool:
+        return checkbox(name, label, default, sentence(help))
+    if kind is int:
+        return SpinBox(
+            name=name,
+            label=label,
+            value=default,
+            min=int(minimum if minimum is not None else 0),
+            max=int(maximum if maximum is not None else 2**31 - 1),
+            tooltip=sentence(help),
+        )
+    spin = FloatSpinBox(
+        name=name,
+        label=label,
+        value=default,
+        min=minimum if minimum is not None else -1e9,
+        max=maximum if maximum is not None else 1e9,
+        step=float_step(default),
+        tooltip=sentence(help),
+    )
+    spin.adaptive_step = True
+    return spin
+
+
+def setting_widget(spec: Spec) -> Widget:
+    """The widget of one method setting (a field of :class:`TRegConfig`)."""
+    return number_widget(spec.name, spec.label, spec.kind, spec.default, spec.help, spec.minimum, spec.maximum)
+
+
+def parameter_widget(viewer: napari.Viewer, param: Param) -> Widget:
+    """The widget of one operator parameter: a layer choice for arrays, else a number or a choice."""
+    label = param.label or param.name
+    if param.is_image:
+        kind = LAYER_PARAMETER_KINDS.get(param.name, "Image")
+        return layer_combo(viewer, kind, param.name, label, f"{kind} layer: {param.help}", nullable=True)
+    if param.kind is str:
+        combo = ComboBox(
+            name=param.name, label=label, value=param.default, choices=list(param.choices), tooltip=sentence(param.help)
+        )
+        narrow(combo)
+        return combo
+    return number_widget(param.name, label, param.kind, param.default, param.help, param.minimum, param.maximum)
+
+
+class OperatorComboBox(ComboBox):
+    """The operator choice; it also takes the operators' aliases (``"gaussian_blur"`` selects ``"gauss"``)."""
+
+    @property
+    def value(self) -> Any:
+        return ComboBox.value.fget(self)
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        ComboBox.value.fset(self, operator_spec(value).name if isinstance(value, str) else value)
+
+
+def operator_widgets(viewer: napari.Viewer, operator: str = DEFAULT_OPERATOR) -> list[Widget]:
     """The operator choice and every operator parameter (show only the chosen one's with :func:`show_operator`)."""
-    return [
-        ComboBox(
-            name="operator", label="operator", value=operator,
-            choices=[(c.label, c.key) for c in OPERATORS],
-            tooltip="How the measurement was degraded (the forward model A in y = A x + noise)",
-        ),
-        SpinBox(name="factor", label="factor", value=4, min=2, max=16,
-                tooltip="Super-resolution factor: the result is this many times larger"),
-        ComboBox(name="filter", label="filter", value="bicubic", choices=list(SR_FILTERS),
-                 tooltip="Anti-aliasing filter of the downsampling (box = camera pixel binning)"),
-        FloatSpinBox(name="sigma", label="sigma (px)", value=2.0, min=0.1, max=50.0, step=0.1,
-                     tooltip="Standard deviation of the Gaussian blur, in pixels"),
-        FloatSpinBox(name="length", label="length (px)", value=9.0, min=1.0, max=200.0, step=1.0,
-                     tooltip="Length of the motion blur, in pixels"),
-        FloatSpinBox(name="angle", label="angle (°)", value=0.0, min=-180.0, max=180.0, step=5.0,
-                     tooltip="Direction of the motion, counter-clockwise from the x axis"),
-        layer_combo(viewer, "Image", "psf", "PSF", "Image layer with the measured point spread function (2D)",
-                    nullable=True),
-        layer_combo(viewer, "Labels", "mask", "mask",
-                    "Labels layer marking the missing pixels (label > 0 = missing)", nullable=True),
-    ]
+    combo = OperatorComboBox(
+        name="operator",
+        label="operator",
+        value=operator_spec(operator).name,
+        choices=[(spec.label, spec.name) for spec in OPERATORS.values()],
+        tooltip="How the measurement was degraded (the forward model A in y = A x + noise)",
+    )
+    narrow(combo)
+    return [combo, *(parameter_widget(viewer, param) for param in operator_parameters().values())]
+
+
+def visible_parameters(name: str) -> dict[str, bool]:
+    """For every operator parameter widget, whether operator ``name`` uses it."""
+    used = {param.name for param in operator_spec(name).parameters}
+    return {param: param in used for param in operator_parameters()}
 
 
 def show_operator(form: Container) -> None:
@@ -79,42 +194,52 @@ def show_operator(form: Container) -> None:
         form[name].visible = visible
 
 
-def operator_from_form(form: Container, *, psf: Any = None, mask: Any = None) -> LinearOperator:
-    """Build the chosen operator from ``form`` (``psf``/``mask`` arrays override the layer choices)."""
-    psf_layer, mask_layer = form.psf.value, form.mask.value
-    return build_operator(
-        form.operator.value,
-        factor=form.factor.value,
-        filter=form.filter.value,
-        sigma=form.sigma.value,
-        length=form.length.value,
-        angle=form.angle.value,
-        psf=psf if psf is not None else (None if psf_layer is None else psf_layer.data),
-        mask=mask if mask is not None else (None if mask_layer is None else mask_layer.data),
-    )
+def operator_from_form(form: Container, **arrays: Any) -> LinearOperator:
+    """Build the chosen operator from ``form``; arrays given by name (e.g. ``mask=``) override layer choices."""
+    values = {}
+    for param in operator_spec(form.operator.value).parameters:
+        value = form[param.name].value
+        if param.is_image:
+            value = arrays.get(param.name) if arrays.get(param.name) is not None else getattr(value, "data", None)
+            if value is None:
+                kind = LAYER_PARAMETER_KINDS.get(param.name, "Image")
+                article = "an" if kind[0] in "AEIOU" else "a"
+                raise InvalidInputError(f"choose the {param.label or param.name}: {article} {kind} layer, {param.help}")
+        values[param.name] = value
+    return build_operator(form.operator.value, **values)
 
 
 def operator_settings(form: Container) -> dict[str, Any]:
     """The chosen operator's parameter values (layers by name), for provenance."""
-    values: dict[str, Any] = {}
-    for name, visible in visible_parameters(form.operator.value).items():
-        if visible:
-            value = form[name].value
-            values[name] = getattr(value, "name", value)
-    return values
+    return {
+        param.name: getattr(form[param.name].value, "name", form[param.name].value)
+        for param in operator_spec(form.operator.value).parameters
+    }
+
+
+def reset_operator(form: Container) -> None:
+    """Every operator parameter back to its default, and no layer chosen."""
+    for param in operator_parameters().values():
+        form[param.name].value = param.default
 
 
 def apply_operator_record(form: Container, record: dict, layers: Any) -> None:
-    """Set the operator widgets from a record ``{"name": key, param: value}`` (layers by name)."""
+    """Set the operator widgets from a record ``{"name": name, param: value}`` (layers by name).
+
+    Parameters the record does not give take their defaults; a layer it names that is
+    not in ``layers`` is left unchosen.
+    """
     settings = dict(record)
-    form.operator.value = settings.pop("name")
+    reset_operator(form)
+    form.operator.value = operator_spec(settings.pop("name")).name
+    parameters = operator_parameters()
     for name, value in settings.items():
-        if name not in OPERATOR_PARAMETERS:
+        param = parameters.get(name)
+        if param is None:
             continue
-        if name in ("psf", "mask"):
-            if value in layers:
-                form[name].reset_choices()
-                form[name].value = layers[value]
+        if param.is_image:
+            form[name].reset_choices()
+            form[name].value = layers[value] if value in layers else None
         else:
             form[name].value = value
 

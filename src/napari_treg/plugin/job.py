@@ -9,6 +9,8 @@ says what to do.
 from __future__ import annotations
 
 import threading
+import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -116,28 +118,51 @@ class Outcome:
     info: dict
     residual: np.ndarray | None = None
     metrics: dict | None = None
+    #: every distinct warning raised during the run, in order (shown as notifications)
     warnings: list[str] = field(default_factory=list)
+    #: seconds spent loading the model (0 when it was already loaded)
+    load_seconds: float = 0.0
 
 
 def run_job(
     job: Job, holder: ModelHolder, progress: StepProgress | None = None, status: Status | None = None
 ) -> Outcome:
-    """Load or reuse the model, restore, then compute residual and metrics (runs in a worker thread)."""
+    """Load or reuse the model, restore, then compute residual and metrics (runs in a worker thread).
+
+    Warnings raised meanwhile (e.g. a prompt cut to the text encoder's length) are collected
+    in :attr:`Outcome.warnings` for the main thread to show.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = _restore(job, holder, progress, status)
+    for message in dict.fromkeys(str(warning.message) for warning in caught):
+        outcome.warnings.append(message)
+    return outcome
+
+
+def _restore(job: Job, holder: ModelHolder, progress: StepProgress | None, status: Status | None) -> Outcome:
     if job.cancel.is_set():
         raise Cancelled("cancelled before the start")
     if status is not None:
         status(f"loading model {job.model}", None)
     text, config, settings = split_settings(job.options)
+    started = time.perf_counter()
     with holder.use(job.model, job.device, job.dtype, status, job.low_memory) as prior:
+        load_seconds = time.perf_counter() - started
         if status is not None:
             status("restoring", 0.0)
         warn_if_slow(prior)
         restorer = Restorer(prior, config, **text)
         result, info = restorer.restore(
-            job.planes.data, job.operator, **settings, rgb=job.rgb, preview_every=job.preview_every,
-            callback=progress, cancel=job.cancel,
+            job.planes.data,
+            job.operator,
+            **settings,
+            rgb=job.rgb,
+            preview_every=job.preview_every,
+            callback=progress,
+            cancel=job.cancel,
         )
-    outcome = Outcome(result, info)
+    outcome = Outcome(result, info, load_seconds=load_seconds)
     if job.residual:
         measured = api.degrade(result, job.operator, noise=0.0, rgb=job.rgb)
         outcome.residual = residual_image(measured, job.planes.data, job.operator, job.rgb)
@@ -166,7 +191,7 @@ def explain_error(error: BaseException) -> str:
     if isinstance(error, ModelNotFoundError):
         return (
             f"The model could not be loaded. {text}\n"
-            "To try the plugin without weights, choose the tiny test model under Advanced > model."
+            "To try the plugin without weights, choose the tiny test model under Model."
         )
     if isinstance(error, MemoryError) or is_out_of_memory(error):
         return (

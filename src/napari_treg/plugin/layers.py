@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Container, Sequence
 
 import numpy as np
 
@@ -111,43 +111,78 @@ def place_plane(result: np.ndarray, planes: Planes) -> np.ndarray:
 # -- geometry -------------------------------------------------------------------------------
 
 
+def linear_part(rotate: Any, shear: Any, ndim: int) -> np.ndarray:
+    """napari's rotate @ shear of a layer (``layer.rotate``, ``layer.shear``): what acts after the scale."""
+    rotate = np.asarray(rotate, dtype=np.float64)
+    shear = np.asarray(shear, dtype=np.float64)
+    if shear.ndim == 1:  # the upper triangle, row by row
+        matrix = np.eye(ndim)
+        matrix[np.triu_indices(ndim, 1)] = shear
+        shear = matrix
+    return rotate @ shear
+
+
+def placed_geometry(
+    scale: Sequence[float],
+    translate: Sequence[float],
+    step: Sequence[float],
+    offset: Sequence[float],
+    linear: np.ndarray | None = None,
+) -> tuple[list[float], list[float]]:
+    """Scale and translate of a layer whose pixel ``i`` lies at pixel ``step * i + offset`` of a layer.
+
+    ``linear`` is that layer's rotate @ shear (identity if None): the new layer keeps it
+    (and its affine), so the offset turns with it.
+    """
+    scale = np.asarray(scale, dtype=np.float64)
+    linear = np.eye(len(scale)) if linear is None else np.asarray(linear, dtype=np.float64)
+    moved = np.asarray(translate, dtype=np.float64) + linear @ (scale * np.asarray(offset, dtype=np.float64))
+    return [float(s) for s in scale * np.asarray(step, dtype=np.float64)], [float(t) for t in moved]
+
+
 def restored_geometry(
-    scale: Sequence[float], translate: Sequence[float], factor: int, index: Sequence[int] | None = None
+    scale: Sequence[float],
+    translate: Sequence[float],
+    factor: int,
+    index: Sequence[int] | None = None,
+    linear: np.ndarray | None = None,
 ) -> tuple[list[float], list[float]]:
     """Scale and translate of a restored layer (per layer axis, RGB axis excluded).
 
     The last two axes shrink by ``factor`` with pixel centres aligned; the stack axes of a
-    current-plane result move to that plane.
+    current-plane result move to that plane; ``linear`` (rotate @ shear) is kept.
     """
-    scale, translate = [float(s) for s in scale], [float(t) for t in translate]
-    for axis in (-2, -1):
-        translate[axis] -= scale[axis] * (factor - 1) / (2 * factor)
-        scale[axis] /= factor
-    for axis, i in enumerate(index or ()):
-        translate[axis] += scale[axis] * i
-    return scale, translate
+    step, offset = np.ones(len(scale)), np.zeros(len(scale))
+    step[-2:] = 1 / factor
+    offset[-2:] = -(factor - 1) / (2 * factor)
+    offset[: len(index or ())] += np.asarray(index or (), dtype=np.float64)
+    return placed_geometry(scale, translate, step, offset, linear)
 
 
 def measurement_geometry(
-    scale: Sequence[float], translate: Sequence[float], factor: int
+    scale: Sequence[float], translate: Sequence[float], factor: int, linear: np.ndarray | None = None
 ) -> tuple[list[float], list[float]]:
     """Scale and translate of a simulated super-resolution measurement, overlaying its image."""
-    scale, translate = [float(s) for s in scale], [float(t) for t in translate]
-    for axis in (-2, -1):
-        translate[axis] += scale[axis] * (factor - 1) / 2
-        scale[axis] *= factor
-    return scale, translate
+    step, offset = np.ones(len(scale)), np.zeros(len(scale))
+    step[-2:] = factor
+    offset[-2:] = (factor - 1) / 2
+    return placed_geometry(scale, translate, step, offset, linear)
 
 
 # -- display --------------------------------------------------------------------------------
 
 
-def result_name(input_name: str, prompt: str, max_prompt: int = 32) -> str:
-    """``"<input> (TReg: <prompt>)"``, the prompt shortened to ``max_prompt`` characters."""
-    prompt = " ".join(str(prompt).split())
-    if len(prompt) > max_prompt:
-        prompt = prompt[: max_prompt - 1].rstrip() + "…"
-    return f"{input_name} (TReg: {prompt})" if prompt else f"{input_name} (TReg)"
+def result_name(input_name: str, taken: Container[str], what: str = "TReg") -> str:
+    """``"<input> TReg"``, or ``"<input> TReg #2"`` (#3, ...) when that name is ``taken``.
+
+    Short and unique, so napari never appends its own " [1]" to a name the layer list cuts off.
+    """
+    name = f"{input_name} {what}"
+    number = 2
+    while name in taken:
+        name = f"{input_name} {what} #{number}"
+        number += 1
+    return name
 
 
 def percentile_limits(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:

@@ -87,8 +87,17 @@ def scratch_mask(shape: tuple[int, int], seed: int = 3) -> np.ndarray:
 
 
 def _pair(
-    clean: np.ndarray, operator: LinearOperator, settings: dict, name: str, what: str, *, rgb: bool,
-    noise: float, scale: tuple[float, ...], units: str | None = None, colormap: str = "gray",
+    clean: np.ndarray,
+    operator: LinearOperator,
+    settings: dict,
+    name: str,
+    what: str,
+    *,
+    rgb: bool,
+    noise: float,
+    scale: tuple[float, ...],
+    units: str | None = None,
+    colormap: str = "gray",
 ) -> list[LayerData]:
     """The clean layer (hidden) and its measurement, overlaid."""
     measured = degrade(clean, operator, noise=noise, seed=0, rgb=rgb)
@@ -100,13 +109,29 @@ def _pair(
         limits = [float(np.percentile(clean, 0.1)), float(np.percentile(clean, 99.9))]
     else:
         limits = [0.0, 255.0]
-    clean_kwargs = {"name": f"{name} (clean)", "scale": scale, "visible": False, "rgb": rgb,
-                    "contrast_limits": limits, **common}
-    measured_kwargs = {
-        "name": f"{name} ({what})", "scale": m_scale, "translate": m_translate, "rgb": rgb,
+    clean_kwargs = {
+        "name": f"{name} (clean)",
+        "scale": scale,
+        "visible": False,
+        "rgb": rgb,
         "contrast_limits": limits,
-        "metadata": {"treg_simulation": {"source_layer": f"{name} (clean)", "operator": settings,
-                                         "operator_repr": repr(operator), "noise": noise, "seed": 0}},
+        **common,
+    }
+    measured_kwargs = {
+        "name": f"{name} ({what})",
+        "scale": m_scale,
+        "translate": m_translate,
+        "rgb": rgb,
+        "contrast_limits": limits,
+        "metadata": {
+            "treg_simulation": {
+                "source_layer": f"{name} (clean)",
+                "operator": settings,
+                "operator_repr": repr(operator),
+                "noise": noise,
+                "seed": 0,
+            }
+        },
         **common,
     }
     return [(clean, clean_kwargs, "image"), (measured, measured_kwargs, "image")]
@@ -114,9 +139,17 @@ def _pair(
 
 def photograph_sr() -> list[LayerData]:
     """Photograph, 4x super-resolution: a 64 x 64 measurement of a 256 x 256 face."""
-    settings = {"name": "super_resolution", "factor": 4, "filter": "bicubic"}
-    return _pair(astronaut_face(), SuperResolution(4), settings, "astronaut", "4x downsampled", rgb=True,
-                 noise=0.01, scale=(1.0, 1.0))
+    settings = {"name": "sr", "factor": 4, "filter": "bicubic"}
+    return _pair(
+        astronaut_face(),
+        SuperResolution(4),
+        settings,
+        "astronaut",
+        "4x downsampled",
+        rgb=True,
+        noise=0.01,
+        scale=(1.0, 1.0),
+    )
 
 
 def photograph_inpainting() -> list[LayerData]:
@@ -125,7 +158,7 @@ def photograph_inpainting() -> list[LayerData]:
 
     clean = data.chelsea()[22:278, 100:356].copy()
     mask = scratch_mask(clean.shape[:2])
-    settings = {"name": "inpainting", "mask": "cat scratches (mask)"}
+    settings = {"name": "inpaint", "mask": "cat scratches (mask)"}
     layers = _pair(clean, Inpainting(mask), settings, "cat", "scratched", rgb=True, noise=0.01, scale=(1.0, 1.0))
     layers.insert(0, (mask, {"name": settings["mask"], "opacity": 0.4, "visible": False}, "labels"))
     return layers
@@ -134,14 +167,34 @@ def photograph_inpainting() -> list[LayerData]:
 def fluorescence_blur() -> list[LayerData]:
     """Synthetic fluorescence (256 x 256, uint16), Gaussian blur sigma 3 px with 2 % noise."""
     clean = synthetic_nuclei()
-    settings = {"name": "gaussian_blur", "sigma": 3.0}
-    return _pair(clean, GaussianBlur(3.0), settings, "nuclei", "blurred", rgb=False, noise=0.02,
-                 scale=(PIXEL_UM, PIXEL_UM), units="um", colormap="green")
+    settings = {"name": "gauss", "sigma": 3.0}
+    return _pair(
+        clean,
+        GaussianBlur(3.0),
+        settings,
+        "nuclei",
+        "blurred",
+        rgb=False,
+        noise=0.02,
+        scale=(PIXEL_UM, PIXEL_UM),
+        units="um",
+        colormap="green",
+    )
 
 
 def fluorescence_stack_sr() -> list[LayerData]:
     """Synthetic fluorescence Z stack (5 x 128 x 128, uint16), 2x super-resolution per plane."""
     clean = np.stack([synthetic_nuclei((128, 128), seed=5, depth=z) for z in np.linspace(0.1, 0.9, 5)])
-    settings = {"name": "super_resolution", "factor": 2, "filter": "box"}
-    return _pair(clean, SuperResolution(2, filter="box"), settings, "nuclei stack", "2x binned", rgb=False,
-                 noise=0.01, scale=(0.3, PIXEL_UM, PIXEL_UM), units="um", colormap="magenta")
+    settings = {"name": "sr", "factor": 2, "filter": "box"}
+    return _pair(
+        clean,
+        SuperResolution(2, filter="box"),
+        settings,
+        "nuclei stack",
+        "2x binned",
+        rgb=False,
+        noise=0.01,
+        scale=(0.3, PIXEL_UM, PIXEL_UM),
+        units="um",
+        colormap="magenta",
+    )

@@ -14,10 +14,10 @@ from napari.utils.notifications import show_error
 
 from ..api import degrade
 from ..errors import TRegError
-from .choices import operator_choice, sr_factor
-from .forms import layer_combo, operator_from_form, operator_settings, operator_widgets, show_operator
+from .choices import sr_factor
+from .forms import layer_combo, operator_from_form, operator_settings, operator_spec, operator_widgets, show_operator
 from .job import explain_error
-from .layers import Planes, mask_for_planes, measurement_geometry, plain
+from .layers import Planes, linear_part, mask_for_planes, measurement_geometry, plain
 
 if TYPE_CHECKING:
     import napari
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 def measurement_name(source: str, operator_key: str, settings: dict, noise: float) -> str:
     """E.g. ``"cells (Deblur: Gaussian sigma=2, noise 0.01)"``."""
-    label = operator_choice(operator_key).label
+    label = operator_spec(operator_key).label
     values = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
     return f"{source} ({label}{' ' + values if values else ''}, noise {noise:g})"
 
@@ -35,15 +35,31 @@ class SimulateWidget(Container):
     """Simulate a measurement of a clean Image layer with an operator and Gaussian noise."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(widgets=[
-            layer_combo(viewer, "Image", "image", "clean image", "The clean (ground-truth) image", False,
-                        measurements_last=True),
-            *operator_widgets(viewer, operator="super_resolution"),
-            FloatSpinBox(name="noise", label="noise σ", value=0.01, min=0.0, max=1.0, step=0.005,
-                         tooltip="Gaussian noise; the image's intensity range counts as [-1, 1], "
-                                 "so 0.01 is 0.5 % of the range"),
-            SpinBox(name="seed", label="seed", value=0, min=0, max=2**31 - 1, tooltip="Seed of the noise"),
-        ])
+        super().__init__(
+            widgets=[
+                layer_combo(
+                    viewer,
+                    "Image",
+                    "image",
+                    "clean image",
+                    "The clean (ground-truth) image",
+                    False,
+                    measurements_last=True,
+                ),
+                *operator_widgets(viewer, operator="sr"),
+                FloatSpinBox(
+                    name="noise",
+                    label="noise σ",
+                    value=0.01,
+                    min=0.0,
+                    max=1.0,
+                    step=0.005,
+                    tooltip="Gaussian noise; the image's intensity range counts as [-1, 1], "
+                    "so 0.01 is 0.5 % of the range",
+                ),
+                SpinBox(name="seed", label="seed", value=0, min=0, max=2**31 - 1, tooltip="Seed of the noise"),
+            ]
+        )
         self.simulate_button = PushButton(text="Simulate", tooltip="Add the simulated measurement as a layer")
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
@@ -68,7 +84,7 @@ class SimulateWidget(Container):
                 raise TRegError("choose the clean image: add an Image layer and select it under 'clean image'")
             data = np.asarray(layer.data)
             mask = self.mask.value
-            if self.operator.value == "inpainting" and mask is not None:
+            if self.mask.visible and mask is not None:
                 mask = mask_for_planes(mask.data, Planes(data, None), data.shape, layer.rgb)
             else:
                 mask = None
@@ -78,7 +94,8 @@ class SimulateWidget(Container):
             show_error(explain_error(error).replace("Cannot restore", "Cannot simulate"))
             return None
         settings = operator_settings(self)
-        scale, translate = measurement_geometry(layer.scale, layer.translate, sr_factor(operator))
+        linear = linear_part(layer.rotate, layer.shear, layer.ndim)
+        scale, translate = measurement_geometry(layer.scale, layer.translate, sr_factor(operator), linear)
         name = measurement_name(layer.name, self.operator.value, settings, self.noise.value)
         record = {
             "source_layer": layer.name,
@@ -88,9 +105,18 @@ class SimulateWidget(Container):
             "seed": self.seed.value,
         }
         added = self.viewer.add_image(
-            measurement, name=name, rgb=layer.rgb, scale=scale, translate=translate,
+            measurement,
+            name=name,
+            rgb=layer.rgb,
+            scale=scale,
+            translate=translate,
             colormap=None if layer.rgb else layer.colormap,
-            contrast_limits=list(layer.contrast_limits), units=layer.units, axis_labels=layer.axis_labels,
+            contrast_limits=list(layer.contrast_limits),
+            units=layer.units,
+            axis_labels=layer.axis_labels,
+            rotate=layer.rotate,
+            shear=layer.shear,
+            affine=layer.affine.affine_matrix,
             metadata={"treg_simulation": plain(record)},
         )
         self.status.value = f"Added '{name}'."
