@@ -54,7 +54,10 @@ def main() -> None:
         in_calls.append(sum(v[1] for v in stats.values()) - before)
     overhead = [t - c for t, c in zip(totals, in_calls)]
     result = {
-        "env": environment(), "model": prior.name, "size": args.size, "steps": args.steps,
+        "env": environment(),
+        "model": prior.name,
+        "size": args.size,
+        "steps": args.steps,
         "torch_threads": torch.get_num_threads(),
         "restore_s": round(statistics.median(totals), 4),
         "model_calls_s": round(statistics.median(in_calls), 4),

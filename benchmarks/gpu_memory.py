@@ -39,15 +39,23 @@ def solve(prior, batch, steps: int, size: int = 512, planes: int | None = None, 
     reset_peak()
     start = time.perf_counter()
     try:
-        _, info = restore(y, SuperResolution(16), model=prior, steps=steps, batch_size=batch, rgb=True,
-                          return_info=True)
+        _, info = restore(
+            y, SuperResolution(16), model=prior, steps=steps, batch_size=batch, rgb=True, return_info=True
+        )
         torch.cuda.synchronize()
     except Exception as error:  # noqa: BLE001 - an out-of-memory result is a result
-        return {"error": f"{type(error).__name__}: {str(error)[:200]}", "peak_gib": peak_gib(),
-                "peak_reserved_gib": peak_reserved_gib()}
-    return {"seconds": round(time.perf_counter() - start, 2), "peak_gib": peak_gib(),
-            "peak_reserved_gib": peak_reserved_gib(), "batch_size": info["params"]["batch_size"],
-            "graphs": len(prior.graphs)}
+        return {
+            "error": f"{type(error).__name__}: {str(error)[:200]}",
+            "peak_gib": peak_gib(),
+            "peak_reserved_gib": peak_reserved_gib(),
+        }
+    return {
+        "seconds": round(time.perf_counter() - start, 2),
+        "peak_gib": peak_gib(),
+        "peak_reserved_gib": peak_reserved_gib(),
+        "batch_size": info["params"]["batch_size"],
+        "graphs": len(prior.graphs),
+    }
 
 
 def main() -> None:
@@ -58,8 +66,12 @@ def main() -> None:
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total))
     prior = build_sd15_prior("cuda", torch.float16)
-    result = {"env": environment(), "cap_gib": args.cap_gib, "steps": args.steps,
-              "weights_gib": round(torch.cuda.memory_allocated() / 2**30, 3)}
+    result = {
+        "env": environment(),
+        "cap_gib": args.cap_gib,
+        "steps": args.steps,
+        "weights_gib": round(torch.cuda.memory_allocated() / 2**30, 3),
+    }
     solve(prior, 1, 3)  # warm-up: cuDNN / cuBLAS workspaces
     for batch in (1, 2, 4):
         result[f"default_512_batch{batch}"] = solve(prior, batch, args.steps)

@@ -71,6 +71,7 @@ def primitives(prior, reps: int = 10) -> dict:
 
 def count_loop_syncs(restore_call) -> int:
     """Host synchronisations between the end of the first and the end of the last sampler step."""
+
     def progress(done, total, preview=None):
         if done == 1:
             torch.cuda.set_sync_debug_mode("warn")
@@ -93,7 +94,7 @@ def run_baseline(script: str, *args: str) -> dict:
     if done.returncode != 0:
         return {"error": done.stderr[-2000:]}
     text = done.stdout
-    result = json.loads(text[text.index("{"):])
+    result = json.loads(text[text.index("{") :])
     result["wall_s"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -122,9 +123,15 @@ def main() -> None:
     build_s = time.perf_counter() - start
     if args.low_memory:
         prior.set_low_memory(True)
-    result = {"env": environment(), "dtype": args.dtype, "steps": args.steps, "compile": args.compile,
-              "low_memory": args.low_memory, "build_s": round(build_s, 1),
-              "attention": sorted({type(p).__name__ for p in prior.unet.attn_processors.values()})}
+    result = {
+        "env": environment(),
+        "dtype": args.dtype,
+        "steps": args.steps,
+        "compile": args.compile,
+        "low_memory": args.low_memory,
+        "build_s": round(build_s, 1),
+        "attention": sorted({type(p).__name__ for p in prior.unet.attn_processors.values()}),
+    }
     result["primitives_s"] = {}
     if args.smoke:
         args.steps = min(args.steps, 6)
@@ -142,7 +149,12 @@ def main() -> None:
         torch.cuda.empty_cache()
         run_baselines(args, result)
 
-    name = ("smoke_" if args.smoke else "") + "gpu_solve" + ("_compile" if args.compile else "") + ("_lowmem" if args.low_memory else "")
+    name = (
+        ("smoke_" if args.smoke else "")
+        + "gpu_solve"
+        + ("_compile" if args.compile else "")
+        + ("_lowmem" if args.low_memory else "")
+    )
     table([(k, v) for k, v in result.items() if not isinstance(v, dict)])
     write_json(name, result)
 
@@ -184,10 +196,14 @@ def measure(prior, args, device: str, result: dict) -> None:
     p = result["primitives_s"]
     if p:
         c = result["calls_per_solve"]
-        result["calls_s"] = round(c["predict_noise"] * p["unet_cfg_b2"] + c["decode"] * p["vae_decode"]
-                                  + c["encode"] * p["vae_encode"] + c["embed_image"] * p["clip_image"], 3)
+        result["calls_s"] = round(
+            c["predict_noise"] * p["unet_cfg_b2"]
+            + c["decode"] * p["vae_decode"]
+            + c["encode"] * p["vae_encode"]
+            + c["embed_image"] * p["clip_image"],
+            3,
+        )
         result["restore_over_calls"] = round(solve_s / result["calls_s"], 3)
-
 
 
 def run_baselines(args, result: dict) -> None:

@@ -31,10 +31,13 @@ def main() -> None:
     print(f"text embedding {tuple(text.shape)}, image embedding {tuple(image.shape)}")
     measurement = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
     started = time.perf_counter()
-    result, info = restore(measurement, SuperResolution(8), prompt="a cat", model=prior, steps=3, dc_every=1,
-                           return_info=True)
-    print(f"restore 8x8 -> {result.shape}, 3 steps, all data-consistency: {time.perf_counter() - started:.1f} s, "
-          f"finite: {bool(np.isfinite(result).all())}, residual {info['residual']:.3f}")
+    result, info = restore(
+        measurement, SuperResolution(8), prompt="a cat", model=prior, steps=3, dc_every=1, return_info=True
+    )
+    print(
+        f"restore 8x8 -> {result.shape}, 3 steps, all data-consistency: {time.perf_counter() - started:.1f} s, "
+        f"finite: {bool(np.isfinite(result).all())}, residual {info['residual']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,23 +21,49 @@ sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
 # SD 1.5 (runwayml / stable-diffusion-v1-5) unet/config.json and vae/config.json
 UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
     block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
 )
 VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    sample_size=512,
     block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
     scaling_factor=0.18215,
 )
 # CLIP ViT-L/14 (openai/clip-vit-large-patch14): text tower (SD 1.5's text encoder) and image tower
-TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-              image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+TEXT = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+VISION = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=224,
+    patch_size=14,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
 
 
 def build_sd15_prior(device: str | torch.device = "cuda", dtype: torch.dtype = torch.float16, seed: int = 0):
@@ -55,11 +81,13 @@ def build_sd15_prior(device: str | torch.device = "cuda", dtype: torch.dtype = t
     with torch.device(device):  # initialise on the device: seconds instead of a minute on the CPU
         unet = UNet2DConditionModel(**UNET)
         vae = AutoencoderKL(**VAE)
-        text = CLIPTextModel(CLIPTextConfig(**TEXT, bos_token_id=vocab[BOS], eos_token_id=vocab[EOS],
-                                            pad_token_id=vocab[EOS]))
+        text = CLIPTextModel(
+            CLIPTextConfig(**TEXT, bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[EOS])
+        )
         vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION))
-    prior = StableDiffusionPrior(unet, vae, text, tokenizer, vision, name="sd15 architecture, random weights",
-                                 is_test_model=True)
+    prior = StableDiffusionPrior(
+        unet, vae, text, tokenizer, vision, name="sd15 architecture, random weights", is_test_model=True
+    )
     return prior.to(device, dtype)
 
 
@@ -120,8 +148,11 @@ def reset_peak() -> None:
 def environment() -> dict:
     import platform
 
-    info = {"torch": torch.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     try:
         import diffusers
         import transformers

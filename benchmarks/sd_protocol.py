@@ -124,13 +124,19 @@ class ClipScorer:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        pixels = F.interpolate(x.float().to(self.device), size=(self.size, self.size), mode="bicubic",
-                               antialias=True, align_corners=False)
+        pixels = F.interpolate(
+            x.float().to(self.device), size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False
+        )
         pixels = ((pixels + 1) / 2).clamp(0, 1)
         mean = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
-        tokens = self.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
-                                max_length=self.tokenizer.model_max_length)
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+            max_length=self.tokenizer.model_max_length,
+        )
         image = self.model.get_image_features(pixel_values=(pixels - mean) / std)
         text = self.model.get_text_features(input_ids=tokens.input_ids.to(self.device))
         image, text = _features(image), _features(text)
@@ -160,19 +166,36 @@ def load_clip(spec: str, device: torch.device) -> ClipScorer | None:
         tokenizer = byte_level_tokenizer()
         vocab = tokenizer.get_vocab()
         eos = vocab["<|endoftext|>"]
-        text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                    eos_token_id=eos, pad_token_id=eos)
-        vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4)
+        text = dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+        vision = dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+        )
         torch.manual_seed(0)
-        return ClipScorer(CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)),
-                          tokenizer, device)
+        return ClipScorer(
+            CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)), tokenizer, device
+        )
     try:
         return ClipScorer(CLIPModel.from_pretrained(spec), CLIPTokenizer.from_pretrained(spec), device)
     except Exception as error:  # noqa: BLE001 - a missing scorer must not stop the benchmark
-        print(f"CLIP similarity unavailable ({type(error).__name__}: {error}); pass --clip none to silence",
-              file=sys.stderr)
+        print(
+            f"CLIP similarity unavailable ({type(error).__name__}: {error}); pass --clip none to silence",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -195,11 +218,19 @@ def psnr(x: torch.Tensor, truth: torch.Tensor) -> float:
 # -- the run ----------------------------------------------------------------------------------------
 
 
-def restore(prior, method: Method, op, y: torch.Tensor, size: int, prompt: str, seed: int) -> tuple[torch.Tensor, float]:
+def restore(
+    prior, method: Method, op, y: torch.Tensor, size: int, prompt: str, seed: int
+) -> tuple[torch.Tensor, float]:
     text, null = prior.embed_text([prompt]), prior.embed_text([""])
     started = time.perf_counter()
     x = get_method(method.name)(
-        prior, y.to(prior.device), op, (size, size), text=text, null=null, config=method.config,
+        prior,
+        y.to(prior.device),
+        op,
+        (size, size),
+        text=text,
+        null=null,
+        config=method.config,
         generators=[torch.Generator().manual_seed(seed)],
     )
     if prior.device.type == "cuda":
@@ -223,14 +254,20 @@ def evaluate(args: argparse.Namespace) -> list[dict]:
                     if kind == "other" and method.config.guidance == 0 and method.name == "treg":
                         continue  # no text: the prompt does not matter
                     x, seconds = restore(prior, method, op, y, args.size, used, args.seed)
-                    rows.append({
-                        "image": name, "task": task, "method": method.label, "prompt": kind, "text": used,
-                        "psnr": psnr(x, truth[None]),
-                        "lpips": _lpips(lpips_net, x, truth[None], prior.device),
-                        "clip": float(clip(x, [used])[0]) if clip is not None else None,
-                        "y_mse": float(((op(x) - y) ** 2).mean()),
-                        "seconds": seconds,
-                    })
+                    rows.append(
+                        {
+                            "image": name,
+                            "task": task,
+                            "method": method.label,
+                            "prompt": kind,
+                            "text": used,
+                            "psnr": psnr(x, truth[None]),
+                            "lpips": _lpips(lpips_net, x, truth[None], prior.device),
+                            "clip": float(clip(x, [used])[0]) if clip is not None else None,
+                            "y_mse": float(((op(x) - y) ** 2).mean()),
+                            "seconds": seconds,
+                        }
+                    )
                     print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -244,6 +281,7 @@ def _lpips(net, x: torch.Tensor, truth: torch.Tensor, device) -> float | None:
 
 def summary(rows: list[dict], args: argparse.Namespace, model_name: str) -> str:
     """Markdown: mean scores per task, method and prompt kind."""
+
     def fmt(values, digits):
         values = [v for v in values if v is not None]
         return f"{np.mean(values):.{digits}f}" if values else "n/a"
@@ -277,8 +315,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=Path, default=None)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    parser.add_argument("--methods", nargs="+", default=["treg", "treg-w0", "psld"],
-                        choices=["treg", "treg-w0", "treg-no-negation", "psld", "tikhonov"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["treg", "treg-w0", "psld"],
+        choices=["treg", "treg-w0", "treg-no-negation", "psld", "tikhonov"],
+    )
     parser.add_argument("--clip", default="openai/clip-vit-large-patch14", help="hub id / folder, tiny, or none")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default=None)

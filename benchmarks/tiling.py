@@ -47,13 +47,26 @@ def main() -> None:
         prior = load_model("tiny", device="cpu")
     else:
         prior = build_sd15_prior("cuda", torch.float16)
-    kwargs = dict(model=prior, steps=args.steps, tile_size=args.tile, tile_overlap=args.overlap,
-                  batch_size=args.batch_size, prompt="a photograph")
+    kwargs = dict(
+        model=prior,
+        steps=args.steps,
+        tile_size=args.tile,
+        tile_overlap=args.overlap,
+        batch_size=args.batch_size,
+        prompt="a photograph",
+    )
     rng = np.random.default_rng(0)
     warm = rng.uniform(0, 1, (args.tile, args.tile)).astype(np.float32)
     restore_tiled(warm, Denoising(), **{**kwargs, "steps": 2})  # warm-up: records the CUDA graphs of a tile
-    result = {"env": environment(), "model": prior.name, "tile": args.tile, "overlap": args.overlap,
-              "steps": args.steps, "batch_size": args.batch_size, "runs": []}
+    result = {
+        "env": environment(),
+        "model": prior.name,
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "runs": [],
+    }
     for size in (int(s) for s in args.sizes.split(",")):
         image = rng.uniform(0, 1, (size, size)).astype(np.float32)
         tiles = Tiling.plan(Denoising(), image.shape, args.tile, args.overlap).count
@@ -64,10 +77,17 @@ def main() -> None:
         sync()
         seconds = time.perf_counter() - start
         assert out.shape == image.shape and np.isfinite(out).all()
-        result["runs"].append({
-            "size": size, "tiles": tiles, "seconds": round(seconds, 3), "s_per_tile": round(seconds / tiles, 4),
-            "peak_gib": peak_gib(), "peak_reserved_gib": peak_reserved_gib(), "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        })
+        result["runs"].append(
+            {
+                "size": size,
+                "tiles": tiles,
+                "seconds": round(seconds, 3),
+                "s_per_tile": round(seconds / tiles, 4),
+                "peak_gib": peak_gib(),
+                "peak_reserved_gib": peak_reserved_gib(),
+                "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+            }
+        )
         print(result["runs"][-1], flush=True)
     table([(f"{r['size']}x{r['size']}", r) for r in result["runs"]])
     write_json("tiling" + ("_tiny_cpu" if args.tiny else ""), result)

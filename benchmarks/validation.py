@@ -178,9 +178,7 @@ def table(rows: dict[str, dict[str, float | None]]) -> list[str]:
     return lines
 
 
-def report(
-    results: dict, evidences: dict, args: argparse.Namespace, prior: AnalyticPrior, total_seconds: float
-) -> str:
+def report(results: dict, evidences: dict, args: argparse.Namespace, prior: AnalyticPrior, total_seconds: float) -> str:
     command = "python benchmarks/validation.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     out = [
@@ -198,7 +196,7 @@ def report(
         f"- {args.seeds} seeds per cell: ground truth k is drawn from class k mod 2 with its own seed; "
         f"images {args.size}x{args.size}, measurement noise sigma = {NOISE} on [-1, 1], {args.steps} DDIM steps.",
         "- Class accuracy: the nearest template of the restoration is the true class. With the *other* class as",
-        "  prompt (the paper's \"different class as prompt\" case), the fraction that kept the true class / followed",
+        '  prompt (the paper\'s "different class as prompt" case), the fraction that kept the true class / followed',
         "  the prompt.",
         "- PSNR against the ground-truth sample (peak-to-peak 2). The per-pixel variation of the prior is",
         "  unpredictable from the measurement: a method returning the exact posterior *mean* would score about",
@@ -210,7 +208,7 @@ def report(
         "  this prior (KL << 1: the measurement cannot tell disk from square; KL >> 1: it can).",
         f"- TReg's defaults (the paper's schedule): w = {TRegConfig().guidance:g}, 200 steps, DC every 3rd step over "
         "the first 85 %, CG 5 iterations, λ = 1e-4,",
-        "  adaptive negation lr 8e-4 × 10 Adam steps (a fresh Adam at every DC step). \"DC to the end\" sets",
+        '  adaptive negation lr 8e-4 × 10 Adam steps (a fresh Adam at every DC step). "DC to the end" sets',
         f"  dc_until = 1; schedule 'faithful' is {schedule_settings('faithful')} (see the fidelity table below).",
         "  PSLD: ω = 1, γ = 0.1, with the same classifier-free guidance. Tikhonov: smoothness weight 1e-2, CG for",
         "  `steps` iterations. Richardson-Lucy: `steps` iterations, only for non-negative operators (blurs).",

@@ -120,8 +120,14 @@ def test_stack_batches_equal_sequential_planes(tiny):
 def test_progress_every_step_with_previews(tiny):
     calls = []
     stack = np.random.default_rng(6).random((2, 16, 16)).astype(np.float32)
-    restore(stack, SuperResolution(2), model=tiny, steps=4, preview_every=2,
-            progress=lambda step, total, preview=None: calls.append((step, total, preview)))
+    restore(
+        stack,
+        SuperResolution(2),
+        model=tiny,
+        steps=4,
+        preview_every=2,
+        progress=lambda step, total, preview=None: calls.append((step, total, preview)),
+    )
     assert [c[:2] for c in calls] == [(k, 8) for k in range(1, 9)]
     previews = [c[2] for c in calls if c[2] is not None]
     assert len(previews) == 4 and all(p.shape == (32, 32) and p.dtype == np.float32 for p in previews)

@@ -58,8 +58,9 @@ def test_psld_without_step_sizes_is_ddim(prior):
     text, null = embeddings(prior, labels)
     config = TRegConfig(steps=50)
     gens = lambda: [torch.Generator().manual_seed(k) for k in range(len(y))]  # noqa: E731
-    ddim = treg_sample(prior, y, op, HW, text=text, null=null, config=TRegConfig(steps=50, dc_every=0),
-                       generators=gens())
+    ddim = treg_sample(
+        prior, y, op, HW, text=text, null=null, config=TRegConfig(steps=50, dc_every=0), generators=gens()
+    )
     psld = psld_sample(prior, y, op, HW, text=text, null=null, config=config, generators=gens(), omega=0, gamma=0)
     assert torch.allclose(psld, ddim, atol=1e-5)
 
@@ -173,8 +174,27 @@ def test_sd_protocol_runs_on_the_tiny_model(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sd_protocol", module)  # dataclasses look their module up
     spec.loader.exec_module(module)
     out = tmp_path / "protocol.md"
-    argv = ["--model", "tiny", "--size", "64", "--steps", "4", "--clip", "tiny", "--limit", "1",
-            "--methods", "treg", "psld", "--device", "cpu", "--threads", "1", "--out", str(out)]
+    argv = [
+        "--model",
+        "tiny",
+        "--size",
+        "64",
+        "--steps",
+        "4",
+        "--clip",
+        "tiny",
+        "--limit",
+        "1",
+        "--methods",
+        "treg",
+        "psld",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert module.main(argv) == 0
     text = out.read_text()
     for expected in ("SR x16", "Gaussian deblur", "TReg", "PSLD", "| true |", "| other |"):

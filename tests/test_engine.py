@@ -42,14 +42,28 @@ def _pinned_cases():
     return {
         "tiny_sr_grey": dict(image=grey, operator=SuperResolution(2), model="tiny", prompt="cells", **fast),
         "tiny_stack_batch2": dict(image=stack, operator=GaussianBlur(1.0), model="tiny", batch_size=2, seed=5, **fast),
-        "tiny_rgb_noneg": dict(image=rgb, operator=Denoising(), model="tiny", adaptive_negation=False, guidance=3.0,
-                               **fast),
-        "analytic_inpaint": dict(image=rng.random((24, 24)).astype(np.float32), operator=Inpainting(mask),
-                                 model="analytic", prompt="disk", steps=30),
-        "analytic_tiled": dict(image=big, operator=GaussianBlur(1.0), model="analytic", tile_size=32, tile_overlap=8,
-                               steps=10, seed=2),
-        "analytic_sr_tiled_range": dict(image=big, operator=SuperResolution(2), model="analytic", tile_size=48,
-                                        tile_overlap=16, steps=8, intensity_range=(0.0, 2.0)),
+        "tiny_rgb_noneg": dict(
+            image=rgb, operator=Denoising(), model="tiny", adaptive_negation=False, guidance=3.0, **fast
+        ),
+        "analytic_inpaint": dict(
+            image=rng.random((24, 24)).astype(np.float32),
+            operator=Inpainting(mask),
+            model="analytic",
+            prompt="disk",
+            steps=30,
+        ),
+        "analytic_tiled": dict(
+            image=big, operator=GaussianBlur(1.0), model="analytic", tile_size=32, tile_overlap=8, steps=10, seed=2
+        ),
+        "analytic_sr_tiled_range": dict(
+            image=big,
+            operator=SuperResolution(2),
+            model="analytic",
+            tile_size=48,
+            tile_overlap=16,
+            steps=8,
+            intensity_range=(0.0, 2.0),
+        ),
     }
 
 
@@ -77,8 +91,9 @@ def analytic():
 def test_restorer_and_restore_give_the_same_result_and_a_json_info(analytic):
     image = np.random.default_rng(1).random((2, 16, 16)).astype(np.float32)
     config = TRegConfig(steps=6, dc_every=1)
-    direct, info = restore(image, GaussianBlur(1.0), model=analytic, prompt="disk", seed=4, return_info=True,
-                           steps=6, dc_every=1)
+    direct, info = restore(
+        image, GaussianBlur(1.0), model=analytic, prompt="disk", seed=4, return_info=True, steps=6, dc_every=1
+    )
     restoration = Restorer(analytic, config, prompt="disk").restore(image, GaussianBlur(1.0), seed=4)
     assert isinstance(restoration, Restoration)
     np.testing.assert_array_equal(restoration.image, direct)
@@ -88,8 +103,9 @@ def test_restorer_and_restore_give_the_same_result_and_a_json_info(analytic):
 
 def test_info_params_replay_the_run_exactly(analytic):
     image = np.random.default_rng(2).random((24, 24)).astype(np.float32) * 5
-    first, info = restore(image, GaussianBlur(1.5), model=analytic, steps=5, seed=3, intensity_range=(0, 2),
-                          return_info=True)
+    first, info = restore(
+        image, GaussianBlur(1.5), model=analytic, steps=5, seed=3, intensity_range=(0, 2), return_info=True
+    )
     params = dict(info["params"])
     assert params["intensity_range"] == [0.0, 2.0]
     params.pop("operator")
@@ -100,8 +116,17 @@ def test_info_params_replay_the_run_exactly(analytic):
 def test_progress_events_count_planes_tiles_and_steps(analytic):
     stack = np.random.default_rng(3).random((2, 40, 40)).astype(np.float32)
     events: list[Progress] = []
-    restore(stack, Denoising(), model=analytic, steps=3, batch_size=1, tile_size=32, tile_overlap=8,
-            progress=events.append, preview_every=3)
+    restore(
+        stack,
+        Denoising(),
+        model=analytic,
+        steps=3,
+        batch_size=1,
+        tile_size=32,
+        tile_overlap=8,
+        progress=events.append,
+        preview_every=3,
+    )
     assert [e.step for e in events] == list(range(1, len(events) + 1))
     assert events[-1].step == events[-1].total == 3 * 2 * 4  # 3 steps x 2 planes x 4 tiles, batch 1
     assert {(e.plane, e.tile) for e in events} == {(p, t) for p in (1, 2) for t in (1, 2, 3, 4)}
@@ -113,8 +138,13 @@ def test_progress_events_count_planes_tiles_and_steps(analytic):
 def test_old_style_progress_callbacks_still_work_with_a_deprecation_warning(analytic):
     seen = []
     with pytest.deprecated_call(match="Progress"):
-        restore(np.ones((16, 16)), Denoising(), model=analytic, steps=2,
-                progress=lambda step, total, preview=None: seen.append((step, total)))
+        restore(
+            np.ones((16, 16)),
+            Denoising(),
+            model=analytic,
+            steps=2,
+            progress=lambda step, total, preview=None: seen.append((step, total)),
+        )
     assert seen == [(1, 2), (2, 2)]
 
 
@@ -140,8 +170,9 @@ def test_one_validation_for_tiled_and_untiled_runs(analytic, kwargs, message, ti
 
 
 def test_numpy_integer_settings_give_plain_json(analytic):
-    _, info = restore(np.ones((16, 16)), Denoising(), model=analytic, steps=np.int64(2), seed=np.int64(3),
-                      return_info=True)
+    _, info = restore(
+        np.ones((16, 16)), Denoising(), model=analytic, steps=np.int64(2), seed=np.int64(3), return_info=True
+    )
     assert type(info["params"]["seed"]) is int and type(info["params"]["steps"]) is int
     json.dumps(info)
 

@@ -204,8 +204,10 @@ def test_cuda_without_a_gpu_says_to_use_cpu():
 
 @pytest.mark.parametrize(
     "model, message",
-    [("no-such-model", "unknown model 'no-such-model': give one of sd15, tiny"),
-     ("./nowhere/model.safetensors", "does not exist")],
+    [
+        ("no-such-model", "unknown model 'no-such-model': give one of sd15, tiny"),
+        ("./nowhere/model.safetensors", "does not exist"),
+    ],
 )
 def test_unknown_models_are_named(model, message):
     with pytest.raises(ModelNotFoundError, match=message):
@@ -375,8 +377,14 @@ def test_nan_noise_prediction_stops_the_run_at_the_step_it_appears(tiny, monkeyp
 
     monkeypatch.setattr(tiny, "predict_noise", nan_after_three)
     with pytest.raises(DivergenceError, match=r"diverged \(NaN or inf\) at step 4 of 30.*float32"):
-        restore(np.zeros((16, 16)), Denoising(), model=tiny, steps=30, dc_every=0,
-                progress=lambda step, total, preview=None: steps.append(step))
+        restore(
+            np.zeros((16, 16)),
+            Denoising(),
+            model=tiny,
+            steps=30,
+            dc_every=0,
+            progress=lambda step, total, preview=None: steps.append(step),
+        )
     assert steps == [1, 2, 3]  # on the CPU the check is free, so every step is checked; nothing returned
 
 
@@ -412,8 +420,13 @@ def test_cancel_during_model_loading_returns_nothing_and_the_next_run_works(tiny
     monkeypatch.setattr(api, "_load", slow_load)
     progress = []
     with pytest.raises(Cancelled, match="nothing was returned"):
-        restore(np.zeros((16, 16)), Denoising(), model="sd15", cancel=event,
-                progress=lambda *args, **kwargs: progress.append(args))
+        restore(
+            np.zeros((16, 16)),
+            Denoising(),
+            model="sd15",
+            cancel=event,
+            progress=lambda *args, **kwargs: progress.append(args),
+        )
     assert progress == []  # no sampling step ran
     result = restore(np.zeros((16, 16)), Denoising(), model="sd15", cancel=threading.Event(), steps=2)
     assert result.shape == (16, 16)
@@ -440,8 +453,19 @@ def test_cli_interrupt_during_model_loading_leaves_no_file(tmp_path, capsys, mon
 
     monkeypatch.setattr(api, "_load", interrupted)
     np.save(tmp_path / "in.npy", np.zeros((16, 16)))
-    code = cli.main(["restore", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.tif"),
-                     "--operator", "denoise", "--info", str(tmp_path / "o.json"), "-q"])
+    code = cli.main(
+        [
+            "restore",
+            str(tmp_path / "in.npy"),
+            "-o",
+            str(tmp_path / "o.tif"),
+            "--operator",
+            "denoise",
+            "--info",
+            str(tmp_path / "o.json"),
+            "-q",
+        ]
+    )
     assert code == 130 and "interrupted" in _one_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
@@ -512,8 +536,17 @@ def test_torch_tensor_inputs_are_not_modified(tiny):
 def test_info_repeats_a_run_exactly(tiny):
     image = np.random.default_rng(8).integers(0, 255, (2, 12, 12)).astype(np.uint8)
     operator = GaussianBlur(1.2345678)
-    first, info = restore(image, operator, model=tiny, prompt="cells", negative_prompt="blur", seed=11,
-                          batch_size=2, return_info=True, **QUICK)
+    first, info = restore(
+        image,
+        operator,
+        model=tiny,
+        prompt="cells",
+        negative_prompt="blur",
+        seed=11,
+        batch_size=2,
+        return_info=True,
+        **QUICK,
+    )
     json.loads(json.dumps(info))  # plain JSON: can be stored next to the result
     params = dict(info["params"])
     rebuilt = eval(params.pop("operator"), vars(ops))  # noqa: S307 - our own repr
@@ -598,8 +631,7 @@ PYTHON_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _run_python(code: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=PYTHON_ENV,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=PYTHON_ENV, timeout=timeout)
 
 
 def _single_error_line(stderr: str) -> str:
@@ -611,8 +643,15 @@ def _single_error_line(stderr: str) -> str:
 # ------------------------------------------------------------------------------ results that are not numbers
 
 
-@pytest.mark.parametrize("values", [np.array([1.0, np.nan]), np.array([np.inf, 0.0], np.float32),
-                                    torch.tensor([0.0, -float("inf")]), torch.tensor([1.0, float("nan")]).half()])
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([1.0, np.nan]),
+        np.array([np.inf, 0.0], np.float32),
+        torch.tensor([0.0, -float("inf")]),
+        torch.tensor([1.0, float("nan")]).half(),
+    ],
+)
 def test_check_finite_refuses_nan_and_inf_with_advice(values):
     with pytest.raises(DivergenceError, match="the result has 1 NaN or infinite value.*guidance"):
         check_finite(values, "the result")
@@ -643,8 +682,23 @@ def test_cli_never_writes_a_non_finite_result(tmp_path, capsys, monkeypatch):
     decode = prior.decode
     monkeypatch.setattr(prior, "decode", lambda z: decode(z) * float("nan"))
     np.save(tmp_path / "in.npy", np.random.default_rng(1).random((16, 16)))
-    argv = ["restore", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "denoise",
-            "--model", "tiny", "--device", "cpu", "--steps", "2", "--dc-every", "0", "-q"]
+    argv = [
+        "restore",
+        str(tmp_path / "in.npy"),
+        "-o",
+        str(tmp_path / "o.npy"),
+        "--operator",
+        "denoise",
+        "--model",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--dc-every",
+        "0",
+        "-q",
+    ]
     assert cli.main(argv) == 1
     assert "NaN or infinite" in _one_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
@@ -654,8 +708,13 @@ def test_cli_never_writes_a_non_finite_result(tmp_path, capsys, monkeypatch):
 
 ALLOCATION_FAILURES = {
     "numpy": (MemoryError("Unable to allocate 6.94 EiB for an array with shape (1000000001, 1000000001)"), "host"),
-    "cpu": (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-                         "memory: you tried to allocate 32000000000 bytes. Error code 12"), "host"),
+    "cpu": (
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 32000000000 bytes. Error code 12"
+        ),
+        "host",
+    ),
     "windows": (RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes."), "host"),
     "cuda": (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "accelerator"),
     "cuda runtime": (RuntimeError("CUDA error: out of memory"), "accelerator"),
@@ -758,8 +817,9 @@ import napari_treg.cli as cli
 print("ready", flush=True)
 sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "--operator", "denoise", "-q"]))
 """
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=PYTHON_ENV)
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=PYTHON_ENV
+    )
     assert process.stdout.readline().strip() == "ready"  # main() is about to import torch (seconds)
     time.sleep(0.2)
     process.send_signal(signal.SIGINT)
@@ -769,8 +829,14 @@ sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
 
-@pytest.mark.parametrize("content", [b"", b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, "
-                                          b"'shape': (16, 16), }" + b" " * 50 + b"\n" + b"\x00" * 64])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, "
+        b"'shape': (16, 16), }" + b" " * 50 + b"\n" + b"\x00" * 64,
+    ],
+)
 def test_cli_empty_and_truncated_npy_inputs_are_one_line_exit_2(tmp_path, capsys, content):
     (tmp_path / "in.npy").write_bytes(content)
     argv = ["degrade", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "denoise", "-q"]
@@ -784,8 +850,19 @@ def test_a_model_path_in_a_symlink_loop_is_one_line_exit_1(tmp_path, capsys):
     with pytest.raises(ModelNotFoundError, match="symlink loop"):
         restore(np.zeros((16, 16)), Denoising(), model=str(tmp_path / "a.safetensors"), steps=1)
     np.save(tmp_path / "in.npy", np.zeros((16, 16)))
-    argv = ["restore", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "denoise",
-            "--model", str(tmp_path / "a.safetensors"), "--steps", "1", "-q"]
+    argv = [
+        "restore",
+        str(tmp_path / "in.npy"),
+        "-o",
+        str(tmp_path / "o.npy"),
+        "--operator",
+        "denoise",
+        "--model",
+        str(tmp_path / "a.safetensors"),
+        "--steps",
+        "1",
+        "-q",
+    ]
     assert cli.main(argv) == 1
     assert "symlink loop" in _one_line(capsys)
 
@@ -803,9 +880,15 @@ def test_demo_without_a_display_is_one_line_exit_1(capsys, monkeypatch):
 
 @pytest.mark.parametrize(
     "environ, platform, refused",
-    [({}, "linux", True), ({"DISPLAY": ":0"}, "linux", False), ({"WAYLAND_DISPLAY": "wayland-0"}, "linux", False),
-     ({"QT_QPA_PLATFORM": "offscreen"}, "linux", False), ({"QT_QPA_PLATFORM": "xcb"}, "linux", True),
-     ({}, "darwin", False), ({}, "win32", False)],
+    [
+        ({}, "linux", True),
+        ({"DISPLAY": ":0"}, "linux", False),
+        ({"WAYLAND_DISPLAY": "wayland-0"}, "linux", False),
+        ({"QT_QPA_PLATFORM": "offscreen"}, "linux", False),
+        ({"QT_QPA_PLATFORM": "xcb"}, "linux", True),
+        ({}, "darwin", False),
+        ({}, "win32", False),
+    ],
 )
 def test_check_display(environ, platform, refused):
     from napari_treg.plugin.demo import check_display
@@ -891,8 +974,17 @@ def test_cli_mask_with_nan_is_refused_like_the_api(tmp_path, capsys):
     np.save(tmp_path / "in.npy", np.zeros((16, 16)))
     with pytest.raises(InvalidInputError, match="NaN"):
         Inpainting(mask)
-    argv = ["degrade", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "inpaint",
-            "--mask", str(tmp_path / "mask.npy"), "-q"]
+    argv = [
+        "degrade",
+        str(tmp_path / "in.npy"),
+        "-o",
+        str(tmp_path / "o.npy"),
+        "--operator",
+        "inpaint",
+        "--mask",
+        str(tmp_path / "mask.npy"),
+        "-q",
+    ]
     assert cli.main(argv) == 2
     assert "NaN" in _one_line(capsys)
     assert not (tmp_path / "o.npy").exists()

@@ -42,7 +42,9 @@ def test_cg_matches_a_direct_solve_per_sample():
     a = op.forward(eye).reshape(64, 16).T  # (16, 64)
     solved = data_consistency(op, y, x0, lam, iterations=64)
     for b in range(2):
-        direct = torch.linalg.solve(a.T @ a + lam * torch.eye(64, dtype=torch.float64), a.T @ y[b].flatten() + lam * x0[b].flatten())
+        direct = torch.linalg.solve(
+            a.T @ a + lam * torch.eye(64, dtype=torch.float64), a.T @ y[b].flatten() + lam * x0[b].flatten()
+        )
         assert torch.allclose(solved[b].flatten(), direct, atol=1e-8)
 
 

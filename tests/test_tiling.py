@@ -69,7 +69,9 @@ def smooth_image(h=96, w=96):
 # -- geometry -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("length,tile,overlap", [(64, 64, 16), (65, 64, 16), (256, 64, 16), (2048, 512, 64), (100, 30, 7)])
+@pytest.mark.parametrize(
+    "length,tile,overlap", [(64, 64, 16), (65, 64, 16), (256, 64, 16), (2048, 512, 64), (100, 30, 7)]
+)
 def test_tiles_cover_with_the_overlap_and_weights_sum_to_one(length, tile, overlap):
     starts = tile_starts(length, tile, overlap)
     assert starts[0] == 0 and starts[-1] + min(tile, length) == length
@@ -142,9 +144,7 @@ def test_rgb_super_resolution_fits_one_tile(tiny):
 
 def test_denoising_with_a_prior_that_reproduces_the_measurement_reproduces_the_image():
     image = smooth_image()
-    out, info = restore(
-        image, Denoising(), model=EchoPrior(), tile_size=40, tile_overlap=12, return_info=True, **FAST
-    )
+    out, info = restore(image, Denoising(), model=EchoPrior(), tile_size=40, tile_overlap=12, return_info=True, **FAST)
     assert info["tiling"]["tiles"] == 9 and info["tiling"]["calls"] == 1
     np.testing.assert_allclose(out, image, rtol=0, atol=1e-3 * np.ptp(image))
     assert info["residual"] < 1e-3
@@ -162,8 +162,9 @@ def deblurring():
     truth = smooth_image(64, 64)
     op = GaussianBlur(1.5)
     blurred = op.forward(torch.from_numpy(truth)[None, None].double())[0, 0].numpy().astype(np.float32)
-    kwargs = dict(model=EchoPrior(), steps=4, dc_every=1, dc_until=1.0, cg_iterations=4, guidance=0.0,
-                  adaptive_negation=False)
+    kwargs = dict(
+        model=EchoPrior(), steps=4, dc_every=1, dc_until=1.0, cg_iterations=4, guidance=0.0, adaptive_negation=False
+    )
     whole = restore(blurred, op, **kwargs)
     return truth, blurred, op, kwargs, whole
 
@@ -203,9 +204,18 @@ def test_a_large_image_is_restored_in_tiles_with_the_tiny_model(tiny):
     image = smooth_image(256, 256)
     seen = []
     out, info = restore(
-        image, Denoising(), model=tiny, tile_size=64, tile_overlap=16, batch_size=25, return_info=True,
-        progress=lambda done, total, preview=None: seen.append((done, total, preview)), preview_every=3,
-        steps=3, guidance=0.0, adaptive_negation=False,
+        image,
+        Denoising(),
+        model=tiny,
+        tile_size=64,
+        tile_overlap=16,
+        batch_size=25,
+        return_info=True,
+        progress=lambda done, total, preview=None: seen.append((done, total, preview)),
+        preview_every=3,
+        steps=3,
+        guidance=0.0,
+        adaptive_negation=False,
     )
     assert out.shape == image.shape and out.dtype == np.float32 and np.isfinite(out).all()
     assert info["tiling"]["tiles"] == 25 and info["tiling"]["calls"] == 1

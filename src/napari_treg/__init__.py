@@ -30,6 +30,7 @@ def __getattr__(name: str):
         return getattr(api, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "Cancelled",
     "DivergenceError",

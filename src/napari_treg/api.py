@@ -37,7 +37,7 @@ from .solver import TRegConfig
 from .solver.divergence import check_finite
 
 #: defaults of :func:`degrade` (the CLI's ``degrade`` options read them here)
-DEGRADE_DEFAULTS = {"noise": 0.01, "seed": 0}
+DEGRADE_DEFAULTS: dict[str, Any] = {"noise": 0.01, "seed": 0}
 
 
 def degrade(
@@ -180,8 +180,15 @@ def restore(
         super-resolution ``factor`` times larger); with ``return_info`` also its info.
     """
     config = method_config(schedule, {"guidance": guidance, "steps": steps, **settings})
-    options = RunOptions(seed=seed, rgb=rgb, batch_size=batch_size, tile_size=tile_size, tile_overlap=tile_overlap,
-                         noise=noise, preview_every=preview_every)
+    options = RunOptions(
+        seed=seed,
+        rgb=rgb,
+        batch_size=batch_size,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        noise=noise,
+        preview_every=preview_every,
+    )
     run = prepare(image, operator, options, intensity_range)
     callback = progress_callback(progress)
     is_cancelled = cancel_checker(cancel)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from napari_treg.settings import check_integer, check_number
 
 if TYPE_CHECKING:  # torch is imported inside main(), where Ctrl-C during the import is caught
     from napari_treg.engine import Progress
+
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that raises UsageError instead of printing usage and exiting."""
@@ -68,12 +70,19 @@ def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
     add_io_arguments(parser, "clean image")
     add_operator_arguments(parser)
     group = parser.add_argument_group("noise")
-    group.add_argument("--noise", type=setting_type("noise", float, lambda v: check_number(v, "noise", minimum=0.0)),
-                       default=DEGRADE_DEFAULTS["noise"],
-                       help="Gaussian noise sigma; the image's 0.1-99.9 percentile range "
-                            "counts as 2, so 0.01 is 0.5%% of it (default: %(default)s)")
-    group.add_argument("--seed", type=setting_type("seed", int, lambda v: check_integer(v, "seed", 0, MAX_SEED)),
-                       default=DEGRADE_DEFAULTS["seed"], help="noise seed (default: %(default)s)")
+    group.add_argument(
+        "--noise",
+        type=setting_type("noise", float, lambda v: check_number(v, "noise", minimum=0.0)),
+        default=DEGRADE_DEFAULTS["noise"],
+        help="Gaussian noise sigma; the image's 0.1-99.9 percentile range "
+        "counts as 2, so 0.01 is 0.5%% of it (default: %(default)s)",
+    )
+    group.add_argument(
+        "--seed",
+        type=setting_type("seed", int, lambda v: check_integer(v, "seed", 0, MAX_SEED)),
+        default=DEGRADE_DEFAULTS["seed"],
+        help="noise seed (default: %(default)s)",
+    )
     add_rgb_argument(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no status line")
 
@@ -110,8 +119,9 @@ class ProgressBar:
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=event.total, desc=self.desc, unit="step", file=sys.stderr,
-                             dynamic_ncols=True, leave=True)
+            self._bar = tqdm(
+                total=event.total, desc=self.desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True
+            )
         if event.planes > 1 or event.tiles > 1:
             self._bar.set_postfix_str(self._where(event), refresh=False)
         self._bar.update(max(0, event.step - self._bar.n))
@@ -137,12 +147,13 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     add_io_arguments(parser, "degraded measurement")
     add_operator_arguments(parser)
     add_method_arguments(parser)
-    parser.add_argument("--info", metavar="FILE.json",
-                        help="also write the run's parameters, residual and versions as JSON")
+    parser.add_argument(
+        "--info", metavar="FILE.json", help="also write the run's parameters, residual and versions as JSON"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status line")
 
 
-def _write_info(path: str, info: dict[str, Any]) -> None:
+def _write_info(path: str | Path, info: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
@@ -169,9 +180,10 @@ def run_restore(args: argparse.Namespace) -> int:
         planned.append(outputs.Output("--info", Path(args.info)))
     outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
     with ProgressBar(enabled=not args.quiet) as bar:
-        result, info = restore(image, operator, **restore_kwargs(args), progress=bar,
-                               return_info=True)
-    writers = {args.output: lambda path: io.write_image(path, result, like=image)}
+        result, info = restore(image, operator, **restore_kwargs(args), progress=bar, return_info=True)
+    writers: dict[str | os.PathLike, Callable[[Path], object]] = {
+        args.output: lambda path: io.write_image(path, result, like=image)
+    }
     if args.info is not None:
         writers[args.info] = lambda path: _write_info(path, info)
     outputs.write_together(writers)
@@ -229,13 +241,10 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "degrade": Subcommand("simulate a degraded measurement from a clean image",
-                          add_degrade_arguments, run_degrade),
-    "restore": Subcommand("restore a degraded image with TReg",
-                          add_restore_arguments, run_restore),
+    "degrade": Subcommand("simulate a degraded measurement from a clean image", add_degrade_arguments, run_degrade),
+    "restore": Subcommand("restore a degraded image with TReg", add_restore_arguments, run_restore),
     "batch": Subcommand("restore a folder of images or a zarr stack on a dask cluster", add_batch_arguments, run_batch),
-    "demo": Subcommand("open napari with a sample image and the TReg widget",
-                       add_demo_arguments, run_demo),
+    "demo": Subcommand("open napari with a sample image and the TReg widget", add_demo_arguments, run_demo),
 }
 
 
@@ -250,8 +259,7 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per entry of SUBCOMMANDS."""
-    parser = _Parser(prog=PROG, description="Text-guided image restoration (TReg) "
-                                            "with a latent diffusion prior.")
+    parser = _Parser(prog=PROG, description="Text-guided image restoration (TReg) with a latent diffusion prior.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in SUBCOMMANDS.items():

@@ -66,12 +66,20 @@ def add_setting(group: Any, spec: Spec, given_only: bool = False) -> None:
     default = argparse.SUPPRESS if given_only else spec.default
     shown = "auto" if spec.default is None else spec.default
     if spec.kind is bool:
-        group.add_argument(flag(spec.name), action=argparse.BooleanOptionalAction, default=default,
-                           help=f"{spec.help} (default: {shown})")
+        group.add_argument(
+            flag(spec.name),
+            action=argparse.BooleanOptionalAction,
+            default=default,
+            help=f"{spec.help} (default: {shown})",
+        )
         return
-    group.add_argument(flag(spec.name), type=setting_type(spec.name, spec.kind, spec.check, spec.auto),
-                       default=default, choices=spec.choices or None,
-                       help=spec.help + ("" if spec.default is None else f" (default: {shown})"))
+    group.add_argument(
+        flag(spec.name),
+        type=setting_type(spec.name, spec.kind, spec.check, spec.auto),
+        default=default,
+        choices=spec.choices or None,
+        help=spec.help + ("" if spec.default is None else f" (default: {shown})"),
+    )
 
 
 def add_settings(group: Any, settings_class: type, skip: Sequence[str] = (), given_only: bool = False) -> None:
@@ -103,9 +111,13 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag(param.name), metavar="FILE", help=f"{users}: {param.help} (an image or .npy file)")
         else:
             kind = param.kind if param.kind in (int, float) else str
-            group.add_argument(flag(param.name), type=setting_type(param.name, kind, param.check),
-                               default=param.default, choices=param.choices or None,
-                               help=f"{users}: {param.help} (default: {param.default})")
+            group.add_argument(
+                flag(param.name),
+                type=setting_type(param.name, kind, param.check),
+                default=param.default,
+                choices=param.choices or None,
+                help=f"{users}: {param.help} (default: {param.default})",
+            )
 
 
 def add_rgb_argument(parser: Any) -> None:
@@ -164,19 +176,31 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     text.add_argument("--prompt", default="", help="what the image shows")
     text.add_argument("--negative-prompt", default="", help="what it should not show")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="sd15",
-                       help="sd15, tiny (test model), analytic (test prior), a hub id, a diffusers folder or a "
-                            ".safetensors/.ckpt file (default: %(default)s)")
+    model.add_argument(
+        "--model",
+        default="sd15",
+        help="sd15, tiny (test model), analytic (test prior), a hub id, a diffusers folder or a "
+        ".safetensors/.ckpt file (default: %(default)s)",
+    )
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    model.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
-                       help="model precision (default: float16 on CUDA, float32 otherwise)")
+    model.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default=None,
+        help="model precision (default: float16 on CUDA, float32 otherwise)",
+    )
     add_settings(parser.add_argument_group("run"), RunOptions, skip=NOT_ON_THE_COMMAND_LINE)
     method = parser.add_argument_group("method")
-    method.add_argument("--method", default="treg", choices=sorted(METHODS),
-                        help="treg or a baseline sampler (default: %(default)s)")
-    method.add_argument("--schedule", default=DEFAULT_SCHEDULE, choices=sorted(SCHEDULES),
-                        help="named data-consistency schedule: paper, or faithful (the paper's plus a final "
-                             "projection onto the measurement); the options below override it (default: %(default)s)")
+    method.add_argument(
+        "--method", default="treg", choices=sorted(METHODS), help="treg or a baseline sampler (default: %(default)s)"
+    )
+    method.add_argument(
+        "--schedule",
+        default=DEFAULT_SCHEDULE,
+        choices=sorted(SCHEDULES),
+        help="named data-consistency schedule: paper, or faithful (the paper's plus a final "
+        "projection onto the measurement); the options below override it (default: %(default)s)",
+    )
     add_settings(method, TRegConfig, given_only=True)
 
 
@@ -187,5 +211,3 @@ def restore_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
     names = [*RESTORE_CHOICES, *(s.name for s in specs(TRegConfig)), *(s.name for s in specs(RunOptions))]
     return {name: getattr(args, name) for name in names if name not in NOT_ON_THE_COMMAND_LINE and name in args}
-
-

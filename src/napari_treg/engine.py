@@ -52,23 +52,36 @@ class RunOptions:
 
     seed: int = setting(0, "seed of the sampler; plane k of a stack uses seed + k", minimum=0, maximum=MAX_SEED)
     batch_size: Any = setting(
-        "auto", "planes of a stack solved together; auto: as many as fit on a CUDA GPU (at most 4), else 1",
-        kind=int, minimum=1, maximum=64, auto=True,
+        "auto",
+        "planes of a stack solved together; auto: as many as fit on a CUDA GPU (at most 4), else 1",
+        kind=int,
+        minimum=1,
+        maximum=64,
+        auto=True,
     )
     tile_size: Any = setting(
-        None, "restore images larger than this (restored pixels; 512 suits SD 1.5) in overlapping, "
-        "seam-free tiles; None: in one piece", kind=int, minimum=tiling.MIN_TILE, maximum=16384, optional=True,
+        None,
+        "restore images larger than this (restored pixels; 512 suits SD 1.5) in overlapping, "
+        "seam-free tiles; None: in one piece",
+        kind=int,
+        minimum=tiling.MIN_TILE,
+        maximum=16384,
+        optional=True,
     )
     tile_overlap: int = setting(64, "overlap of neighbouring tiles, in restored pixels", minimum=0, maximum=4096)
     noise: Any = setting(
-        None, "the measurement's noise sigma in model units (as for degrade); the residual is then also "
+        None,
+        "the measurement's noise sigma in model units (as for degrade); the residual is then also "
         "reported in units of it (about 1 = consistent with the measurement)",
-        kind=float, minimum=0.0, maximum=1e6, optional=True,
+        kind=float,
+        minimum=0.0,
+        maximum=1e6,
+        optional=True,
     )
-    preview_every: int = setting(0, "a preview of the current estimate every this many steps (0: none)",
-                                 minimum=0, maximum=100_000)
-    rgb: Any = setting(None, "whether the last axis is colour (None: a last axis of 3 or 4)", kind=bool,
-                       optional=True)
+    preview_every: int = setting(
+        0, "a preview of the current estimate every this many steps (0: none)", minimum=0, maximum=100_000
+    )
+    rgb: Any = setting(None, "whether the last axis is colour (None: a last axis of 3 or 4)", kind=bool, optional=True)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -218,13 +231,23 @@ class Restorer:
     ) -> Restoration:
         """Restore ``image`` (a measurement ``y = A x + n`` by ``operator``); see :func:`napari_treg.restore`."""
         started = time.perf_counter()
-        options = RunOptions(seed=seed, rgb=rgb, batch_size=batch_size, tile_size=tile_size,
-                             tile_overlap=tile_overlap, noise=noise, preview_every=preview_every)
+        options = RunOptions(
+            seed=seed,
+            rgb=rgb,
+            batch_size=batch_size,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+            noise=noise,
+            preview_every=preview_every,
+        )
         run = prepare(image, operator, options, intensity_range)
         return self.restore_prepared(run, callback, cancel, started)
 
     def restore_prepared(
-        self, run: Run, callback: ProgressCallback | None = None, cancel: CancelSignal = None,
+        self,
+        run: Run,
+        callback: ProgressCallback | None = None,
+        cancel: CancelSignal = None,
         started: float | None = None,
     ) -> Restoration:
         """Solve a :class:`Run` made by :func:`prepare`; the result is checked finite."""
@@ -248,8 +271,14 @@ class Restorer:
 
         def solve(units: np.ndarray, operator: LinearOperator, offset: int, place: PlacePreview | None = None):
             hook = functools.partial(reporter.after_step, offset=offset, place=place)
-            return self.solve_planes(units, operator, seed=run.options.seed + offset, batch_size=batch_size,
-                                     to_output=run.to_output, hook=hook)
+            return self.solve_planes(
+                units,
+                operator,
+                seed=run.options.seed + offset,
+                batch_size=batch_size,
+                to_output=run.to_output,
+                hook=hook,
+            )
 
         if run.plan is None:
             return solve(planes, run.operator, 0)
@@ -289,9 +318,15 @@ class Restorer:
         batch = y.shape[0]
         generators = [torch.Generator().manual_seed(seed + k) for k in range(batch)]
         x = self.sampler(
-            self.prior, y_model, padded, padded_hw,
-            text=self.text.expand(batch, -1, -1), null=self.null.expand(batch, -1, -1),
-            config=self.config, generators=generators, callback=callback,
+            self.prior,
+            y_model,
+            padded,
+            padded_hw,
+            text=self.text.expand(batch, -1, -1),
+            null=self.null.expand(batch, -1, -1),
+            config=self.config,
+            generators=generators,
+            callback=callback,
         )
         x = x[..., : image_hw[0], : image_hw[1]].detach().cpu()
         return imaging.from_rgb(x, y.shape[1])
@@ -325,9 +360,15 @@ class Restorer:
         y = torch.from_numpy(run.planes)
         info = {
             "params": {
-                "operator": repr(run.operator), "prompt": self.prompt, "negative_prompt": self.negative_prompt,
-                "method": self.method, **asdict(options), "rgb": run.layout.rgb, "batch_size": batch_size,
-                "intensity_range": [run.scale.low, run.scale.high], **self.config.as_dict(),
+                "operator": repr(run.operator),
+                "prompt": self.prompt,
+                "negative_prompt": self.negative_prompt,
+                "method": self.method,
+                **asdict(options),
+                "rgb": run.layout.rgb,
+                "batch_size": batch_size,
+                "intensity_range": [run.scale.low, run.scale.high],
+                **self.config.as_dict(),
             },
             "model": self.prior.name,
             "test_model": self.prior.is_test_model,
@@ -348,8 +389,13 @@ class Reporter:
     """Turns sampler steps into :class:`Progress` events; checks cancel after every step."""
 
     def __init__(
-        self, run: Run, batch_size: int, steps: int, callback: ProgressCallback | None,
-        is_cancelled: Callable[[], bool], render: Callable[[torch.Tensor, Run, tuple[int, int]], np.ndarray],
+        self,
+        run: Run,
+        batch_size: int,
+        steps: int,
+        callback: ProgressCallback | None,
+        is_cancelled: Callable[[], bool],
+        render: Callable[[torch.Tensor, Run, tuple[int, int]], np.ndarray],
     ):
         self.run = run
         self.callback = callback
@@ -393,7 +439,9 @@ def split_settings(values: dict[str, Any]) -> tuple[dict[str, Any], TRegConfig, 
     from .settings import specs
 
     values = dict(values)
-    text = {name: values.pop(name) for name in ("method", "prompt", "negative_prompt") if name in values}
+    text: dict[str, Any] = {
+        name: values.pop(name) for name in ("method", "prompt", "negative_prompt") if name in values
+    }
     config_names = {spec.name for spec in specs(TRegConfig)}
     given = {k: values.pop(k) for k in list(values) if k in config_names}
     return text, method_config(values.pop("schedule", DEFAULT_SCHEDULE), given), values

@@ -255,9 +255,7 @@ _WRITERS: dict[str, Callable[[Path, np.ndarray], None]] = {
 }
 
 
-def write_image(
-    path: PathLike, array: np.ndarray, *, like: np.ndarray | np.dtype | type | None = None
-) -> Path:
+def write_image(path: PathLike, array: np.ndarray, *, like: np.ndarray | np.dtype | type | None = None) -> Path:
     """Write ``array`` to ``path`` atomically; returns the path written.
 
     ``.tif`` and ``.npy`` keep the array's dtype and shape. ``.png`` and

@@ -96,7 +96,7 @@ def same_file(a: PathLike, b: PathLike) -> bool:
         return False
 
 
-def write_together(writers: Mapping[PathLike, Callable[[Path], None]]) -> None:
+def write_together(writers: Mapping[PathLike, Callable[[Path], object]]) -> None:
     """Write every output (``writer(temporary_path)``), then rename all into place; all or none.
 
     Each writer writes its file to the temporary path it is given (same folder and extension as

@@ -66,8 +66,15 @@ def setting(
 ) -> Any:
     """A dataclass field carrying its :class:`Spec` (the field's name is filled in by :func:`specs`)."""
     meta = dict(
-        help=help, label=label, minimum=minimum, maximum=maximum, positive=positive,
-        choices=tuple(choices), optional=optional, auto=auto, kind=kind or type(default),
+        help=help,
+        label=label,
+        minimum=minimum,
+        maximum=maximum,
+        positive=positive,
+        choices=tuple(choices),
+        optional=optional,
+        auto=auto,
+        kind=kind or type(default),
     )
     return dataclasses.field(default=default, metadata={"spec": meta})
 

@@ -116,7 +116,10 @@ class Tiling:
         h, w = measurement_hw
         tile_hw = (min(tile, h), min(tile, w))
         return cls(
-            (h, w), tile_hw, overlap, scale,
+            (h, w),
+            tile_hw,
+            overlap,
+            scale,
             tuple(tile_starts(h, tile_hw[0], min(overlap, tile_hw[0] - 1))),
             tuple(tile_starts(w, tile_hw[1], min(overlap, tile_hw[1] - 1))),
         )
@@ -128,8 +131,12 @@ class Tiling:
     def describe(self, tile_size: int, tile_overlap: int, calls: int) -> dict:
         """How the image was cut (and in how many solve calls), for provenance (plain JSON)."""
         return {
-            "tiles": self.count, "calls": calls, "tile_size": int(tile_size), "tile_overlap": int(tile_overlap),
-            "measurement_tile": list(self.tile_hw), "measurement_overlap": self.overlap,
+            "tiles": self.count,
+            "calls": calls,
+            "tile_size": int(tile_size),
+            "tile_overlap": int(tile_overlap),
+            "measurement_tile": list(self.tile_hw),
+            "measurement_overlap": self.overlap,
         }
 
     def slices(self) -> list[tuple[slice, slice]]:

@@ -62,8 +62,9 @@ def test_sampler_loop_never_waits_for_the_gpu(tiny_cuda):
         if state["i"] == state["total"] - 1:
             torch.cuda.set_sync_debug_mode(0)
 
-    run = lambda cb: treg_sample(tiny_cuda, y, SuperResolution(4), (64, 64), text=text, null=null,  # noqa: E731
-                                 config=config, callback=cb)
+    def run(cb):
+        return treg_sample(tiny_cuda, y, SuperResolution(4), (64, 64), text=text, null=null, config=config, callback=cb)
+
     run(None)  # records the graphs (recording synchronises, once)
     try:
         out = run(callback)

@@ -24,14 +24,21 @@ from napari_treg.settings import check_integer
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``restore`` (operator, text, run, method) plus the cluster's."""
-    parser.add_argument("input", metavar="IN",
-                        help="a folder or glob of image files, or a zarr / OME-Zarr stack (one unit per plane)")
-    parser.add_argument("-o", "--output", metavar="OUT", required=True,
-                        help="a folder for image files, a .zarr path for a stack; rerun to resume")
+    parser.add_argument(
+        "input", metavar="IN", help="a folder or glob of image files, or a zarr / OME-Zarr stack (one unit per plane)"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        required=True,
+        help="a folder for image files, a .zarr path for a stack; rerun to resume",
+    )
     add_operator_arguments(parser)
     add_method_arguments(parser)
-    parser.add_argument("--info", metavar="FILE.json",
-                        help="also write the run's report (units done, failed, time) as JSON")
+    parser.add_argument(
+        "--info", metavar="FILE.json", help="also write the run's report (units done, failed, time) as JSON"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or status line")
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument(

@@ -151,7 +151,10 @@ class AnalyticPrior(DiffusionPrior):
         return self._means[key]
 
     def sample(
-        self, n: int, class_index: int | None = None, image_hw: tuple[int, int] | None = None,
+        self,
+        n: int,
+        class_index: int | None = None,
+        image_hw: tuple[int, int] | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact samples ``x0`` ``(n, 3, H, W)`` in latent units, and their class indices."""

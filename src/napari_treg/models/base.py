@@ -32,9 +32,7 @@ class NoiseSchedule:
         return int(self.alphas_cumprod.shape[0])
 
     @classmethod
-    def scaled_linear(
-        cls, beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000
-    ) -> NoiseSchedule:
+    def scaled_linear(cls, beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000) -> NoiseSchedule:
         """Stable Diffusion 1.5's schedule (``scaled_linear`` betas)."""
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
         return cls(torch.cumprod(1.0 - betas, dim=0))

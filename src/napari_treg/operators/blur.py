@@ -154,8 +154,7 @@ def validate_kernel(kernel: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise InvalidInputError("the blur kernel contains NaN or infinite values")
     if np.any(array < 0):
         raise InvalidInputError(
-            "the blur kernel has negative values: a PSF is non-negative "
-            "(subtract the background and clip at 0)"
+            "the blur kernel has negative values: a PSF is non-negative (subtract the background and clip at 0)"
         )
     with np.errstate(over="ignore"):  # an overflowing sum is refused below
         total = array.sum()

@@ -189,6 +189,4 @@ def is_non_negative(operator: LinearOperator) -> bool:
 def _check_finite(z: torch.Tensor, index: int, total: int) -> None:
     if index % 10 == 9 or index == total - 1:
         if not bool(torch.isfinite(z).all()):
-            raise DivergenceError(
-                f"PSLD diverged (NaN or inf) at step {index + 1} of {total}: try smaller step sizes"
-            )
+            raise DivergenceError(f"PSLD diverged (NaN or inf) at step {index + 1} of {total}: try smaller step sizes")

@@ -12,9 +12,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).flatten(1).sum(dim=1).view(-1, 1, 1, 1)
 
 
-def conjugate_gradient(
-    apply: callable, rhs: torch.Tensor, x: torch.Tensor, iterations: int
-) -> torch.Tensor:
+def conjugate_gradient(apply: callable, rhs: torch.Tensor, x: torch.Tensor, iterations: int) -> torch.Tensor:
     """Solve ``apply(x) = rhs`` (symmetric positive definite) for each sample of a batch.
 
     Starts at ``x``, runs a fixed number of iterations (no host synchronisation),

@@ -18,41 +18,67 @@ class TRegConfig:
     """The method's parameters; creating one checks every value (InvalidInputError names it)."""
 
     steps: int = setting(
-        200, "DDIM sampling steps (200 as in the paper; fewer is faster and rougher)",
-        minimum=1, maximum=1000,
+        200,
+        "DDIM sampling steps (200 as in the paper; fewer is faster and rougher)",
+        minimum=1,
+        maximum=1000,
     )
     guidance: float = setting(
-        7.5, "classifier-free guidance weight of the prompt (0 = no text; the paper's 7.5)", minimum=0.0,
+        7.5,
+        "classifier-free guidance weight of the prompt (0 = no text; the paper's 7.5)",
+        minimum=0.0,
         maximum=100.0,
     )
     dc_every: int = setting(
-        3, "data consistency on every n-th step (0 = never)", label="DC every", minimum=0, maximum=1000,
+        3,
+        "data consistency on every n-th step (0 = never)",
+        label="DC every",
+        minimum=0,
+        maximum=1000,
     )
     dc_until: float = setting(
-        0.85, "data consistency over this fraction of the steps, from the start", label="DC until",
-        minimum=0.0, maximum=1.0,
+        0.85,
+        "data consistency over this fraction of the steps, from the start",
+        label="DC until",
+        minimum=0.0,
+        maximum=1.0,
     )
     cg_iterations: int = setting(
-        5, "conjugate-gradient iterations per data-consistency step", label="CG iterations",
-        minimum=0, maximum=100,
+        5,
+        "conjugate-gradient iterations per data-consistency step",
+        label="CG iterations",
+        minimum=0,
+        maximum=100,
     )
     cg_lambda: float = setting(
-        1e-4, "proximal weight of each data-consistency solve (> 0)", label="CG lambda",
-        minimum=1e-8, maximum=1e4, positive=True,
+        1e-4,
+        "proximal weight of each data-consistency solve (> 0)",
+        label="CG lambda",
+        minimum=1e-8,
+        maximum=1e4,
+        positive=True,
     )
     adaptive_negation: bool = setting(
-        True, "optimise the negative (null) text embedding against the image content in CLIP space",
+        True,
+        "optimise the negative (null) text embedding against the image content in CLIP space",
     )
     negation_lr: float = setting(
-        8e-4, "learning rate of adaptive negation (the authors suggest 1e-3 for SR, 5e-4 for deblurring)",
-        label="negation rate", minimum=0.0, maximum=0.1,
+        8e-4,
+        "learning rate of adaptive negation (the authors suggest 1e-3 for SR, 5e-4 for deblurring)",
+        label="negation rate",
+        minimum=0.0,
+        maximum=0.1,
     )
     negation_steps: int = setting(
-        10, "Adam steps of adaptive negation per data-consistency step", minimum=0, maximum=100,
+        10,
+        "Adam steps of adaptive negation per data-consistency step",
+        minimum=0,
+        maximum=100,
     )
 
     final_dc: bool = setting(
-        False, "after the last step, project the result onto the measurement with one more data-consistency "
+        False,
+        "after the last step, project the result onto the measurement with one more data-consistency "
         "solve, so that it agrees with the data to the noise level (not in the paper; docs/validation.md)",
         label="final DC",
     )
