@@ -38,8 +38,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from napari_treg import restore
     from napari_treg.operators import Denoising
-    from napari_treg.tiling import Tiling, restore_tiled
+    from napari_treg.tiling import Tiling
 
     if args.tiny:
         from napari_treg.models import load_model
@@ -57,7 +58,7 @@ def main() -> None:
     )
     rng = np.random.default_rng(0)
     warm = rng.uniform(0, 1, (args.tile, args.tile)).astype(np.float32)
-    restore_tiled(warm, Denoising(), **{**kwargs, "steps": 2})  # warm-up: records the CUDA graphs of a tile
+    restore(warm, Denoising(), **{**kwargs, "steps": 2})  # warm-up: records the CUDA graphs of a tile
     result = {
         "env": environment(),
         "model": prior.name,
@@ -73,7 +74,7 @@ def main() -> None:
         reset_peak()
         sync()
         start = time.perf_counter()
-        out = restore_tiled(image, Denoising(), **kwargs)
+        out = restore(image, Denoising(), **kwargs)
         sync()
         seconds = time.perf_counter() - start
         assert out.shape == image.shape and np.isfinite(out).all()

@@ -1,7 +1,7 @@
 """Tiled restoration: images of any size, restored tile by tile and blended without seams.
 
 Stable Diffusion 1.5 works best at its native 512x512 and its memory grows with the
-image area. :func:`restore_tiled` cuts the measurement into overlapping tiles (all of
+image area. :func:`solve_in_tiles` cuts the measurement into overlapping tiles (all of
 one size), solves them with the engine (:meth:`napari_treg.engine.Restorer.solve_planes`) and blends the results
 with raised-cosine weights that form a partition of unity in every overlap, so the
 seams are invisible; time grows linearly with the number of tiles and memory stays
