@@ -7,6 +7,7 @@ The operators and the method's settings come from the engine's registries
 from __future__ import annotations
 
 from ..errors import InvalidInputError
+from ..models.devices import DTYPE_CHOICES
 from ..models.loading import MODEL_NAMES
 from ..operators import LinearOperator, SuperResolution
 
@@ -36,9 +37,7 @@ MODELS: tuple[tuple[str, str], ...] = (
 )
 PRECISIONS: tuple[tuple[str, str | None], ...] = (
     ("auto (float16 on GPU)", None),
-    ("float32", "float32"),
-    ("float16", "float16"),
-    ("bfloat16", "bfloat16"),
+    *((name, name) for name in DTYPE_CHOICES),
 )
 
 
