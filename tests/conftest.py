@@ -21,6 +21,18 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def fresh_notifications():
+    """Each test sees only its own napari notifications (the manager's record list is process-wide)."""
+    try:
+        from napari.utils.notifications import notification_manager
+    except ImportError:  # the napari extra is not installed: no notifications to reset
+        yield
+        return
+    notification_manager.records.clear()
+    yield
+
+
 @pytest.fixture
 def restore_widget(make_napari_viewer):
     """A docked "Restore (TReg)" widget set to the tiny test model and 4 steps."""
