@@ -313,3 +313,31 @@ def test_cli_ctrl_c_exits_130_and_the_rerun_computes_only_the_rest(client, tmp_p
     assert 1 <= done < 6
     assert main(args) == 0
     assert f"{6 - done} units restored, {done} already done" in capsys.readouterr().err
+
+
+def test_a_unit_out_of_memory_is_retried_on_another_worker(tmp_path, monkeypatch):
+    """Workers in this process (so the fault can be injected): plane 0 runs out of memory once."""
+    from napari_treg.batch import units
+    from napari_treg.errors import OutOfMemoryError
+
+    calls = []
+    real = units.restore_unit
+
+    def out_of_memory_once(image, job, seed):
+        calls.append((seed, units.worker_address()))
+        if seed == SETTINGS["seed"] and sum(s == seed for s, _ in calls) == 1:
+            raise OutOfMemoryError("out of memory (injected)")
+        return real(image, job, seed)
+
+    monkeypatch.setattr(units, "restore_unit", out_of_memory_once)
+    stack = measurement((3, 16, 16))
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        distributed.Client(cluster, set_as_default=False) as local,
+    ):
+        report = restore_many(stack, str(tmp_path / "out.zarr"), GaussianBlur(1.0), client=local, **SETTINGS)
+    assert report.ok and report.computed == 3 and not report.failed
+    tries = [address for seed, address in calls if seed == SETTINGS["seed"]]
+    assert len(tries) == 2 and tries[0] != tries[1]  # retried, on the other worker
+    expected = restore(stack, GaussianBlur(1.0), **SETTINGS)
+    assert np.array_equal(open_result(tmp_path / "out.zarr")[0].compute(), expected)

@@ -30,7 +30,7 @@ from .cluster import connect, default_workers
 from .outputs import FolderOutput, ZarrOutput, open_output
 from .ranges import stack_intensity_range
 from .sources import ArraySource, Unit, open_source
-from .units import Job, run_unit
+from .units import Job, UnitOutOfMemory, run_unit
 
 NOT_SETTINGS = ("image", "operator", "progress", "preview_every", "cancel", "return_info")
 MODEL_SETTINGS = ("model", "device", "dtype", "seed", "intensity_range")
@@ -213,8 +213,13 @@ def run_units(client, data, target, todo: list[Unit], job: Job, report: BatchRep
     if not todo:
         target.finish(target.records(), complete=report.ok)
         return
+
     # no scattered data: a worker that dies would take it along; every task carries what it needs
-    futures = {client.submit(run_unit, data.unit_source(unit), target, unit, job, pure=False): unit for unit in todo}
+    def submit(unit: Unit, **placement: Any):
+        return client.submit(run_unit, data.unit_source(unit), target, unit, job, pure=False, **placement)
+
+    futures = {submit(unit): unit for unit in todo}
+    retried: set[str] = set()
     is_cancelled = cancel_checker(cancel)
     try:
         waiting = as_completed(futures, loop=client.loop)
@@ -225,10 +230,29 @@ def run_units(client, data, target, todo: list[Unit], job: Job, report: BatchRep
             if not batch:
                 time.sleep(POLL_SECONDS)
             for future in batch:
-                collect(future, futures[future], report, on_unit)
+                unit = futures[future]
+                retry = retry_elsewhere(client, future, unit, retried, submit)
+                if retry is None:
+                    collect(future, unit, report, on_unit)
+                    continue
+                futures[retry] = unit
+                waiting.add(retry)
     finally:
         client.cancel(list(futures))
         target.finish(target.records(), complete=report.ok)
+
+
+def retry_elsewhere(client, future, unit: Unit, retried: set[str], submit) -> Any:
+    """A unit that ran out of memory on one worker is submitted once more, to another worker if there is one.
+
+    ``submit(unit, **placement)`` submits it; returns the new future, or None when the outcome stands.
+    """
+    if future.status != "error" or unit.key in retried or not isinstance(future.exception(), UnitOutOfMemory):
+        return None
+    retried.add(unit.key)
+    failed_on = future.exception().worker
+    others = [address for address in client.scheduler_info().get("workers", {}) if address != failed_on]
+    return submit(unit, workers=others or None, allow_other_workers=not others)
 
 
 def collect(future, unit: Unit, report: BatchReport, on_unit) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_treg.errors import OutOfMemoryError, TRegError
 from napari_treg.operators import LinearOperator
 
 from .sources import Unit
@@ -35,6 +36,20 @@ class Job:
     threads: int | None  # torch threads per worker; None: leave as the cluster set it
 
 
+class UnitOutOfMemory(TRegError):
+    """A unit ran out of memory on ``worker``: the client retries it on another worker.
+
+    Not a MemoryError subclass, so that it travels from the worker to the client intact.
+    """
+
+    def __init__(self, message: str, worker: str | None):
+        super().__init__(message)
+        self.worker = worker
+
+    def __reduce__(self):  # sent from the worker to the client with its worker address
+        return (type(self), (str(self), self.worker))
+
+
 def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
     """Restore one unit and write it (data first, then its record); returns the record."""
     if job.threads:
@@ -42,10 +57,15 @@ def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
 
         torch.set_num_threads(job.threads)
     image = source.read(unit)
-    restored, info = restore_unit(image, job, job.seed + unit.plane)
-    record = unit_record(unit, info)
-    output.write(unit, image, restored, info, record)
-    return record
+    try:
+        restored, info = restore_unit(image, job, job.seed + unit.plane)
+    except OutOfMemoryError as error:  # the engine has freed the memory; another worker may have more
+        message = str(error)  # raised below, outside this handler, without the original attached
+    else:
+        record = unit_record(unit, info)
+        output.write(unit, image, restored, info, record)
+        return record
+    raise UnitOutOfMemory(message, worker_address())
 
 
 def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, dict]:
@@ -65,6 +85,16 @@ def worker_restorer(job: Job) -> tuple[Any, dict[str, Any]]:
         _RESTORERS.clear()  # one job at a time per worker: keep only the current engine
         _RESTORERS[key] = Restorer(prior, config, **text)
     return _RESTORERS[key], options
+
+
+def worker_address() -> str | None:
+    """The address of the dask worker running this task (None outside a worker)."""
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:
+        return None
 
 
 def worker_prior(job: Job):
