@@ -29,7 +29,7 @@ from .errors import Cancelled, InvalidInputError
 from .memory import auto_batch_size, free_bytes, guard_memory
 from .models.base import DiffusionPrior
 from .operators import LinearOperator
-from .settings import setting, validate
+from .settings import from_values, setting, specs, validate
 from .solver import TRegConfig, get_method, schedule_settings
 from .solver.divergence import check_finite
 
@@ -436,8 +436,6 @@ def split_settings(values: dict[str, Any]) -> tuple[dict[str, Any], TRegConfig, 
 
     For front ends that carry all settings in one dict (the widget's job, the batch runner).
     """
-    from .settings import specs
-
     values = dict(values)
     text: dict[str, Any] = {
         name: values.pop(name) for name in ("method", "prompt", "negative_prompt") if name in values
@@ -449,8 +447,6 @@ def split_settings(values: dict[str, Any]) -> tuple[dict[str, Any], TRegConfig, 
 
 def method_config(schedule: str, values: dict[str, Any]) -> TRegConfig:
     """The named schedule's settings (``solver.SCHEDULES``), with the given ``values`` on top."""
-    from .settings import from_values
-
     return from_values(TRegConfig, {**schedule_settings(schedule), **values}, "restore setting")
 
 
