@@ -17,6 +17,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .api import degrade, restore
+    from .uncertainty import Ensemble, ensemble
 
 __version__ = "0.1.0"
 
@@ -28,16 +29,22 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name in ("ensemble", "Ensemble"):
+        from . import uncertainty
+
+        return getattr(uncertainty, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "Cancelled",
     "DivergenceError",
+    "Ensemble",
     "InvalidInputError",
     "ModelNotFoundError",
     "OutOfMemoryError",
     "TRegError",
     "degrade",
+    "ensemble",
     "restore",
 ]

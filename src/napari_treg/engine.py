@@ -36,6 +36,8 @@ from .solver.divergence import check_finite
 CancelSignal = threading.Event | Callable[[], bool] | None
 #: ``hook(first, count, state)`` after every sampler step of planes ``first .. first + count - 1``
 StepHook = Callable[[int, int, dict], None]
+#: ``finish(x, y, operator, seed)``: a last step on a batch's samples (model units; uncertainty.py)
+FinishHook = Callable[[torch.Tensor, torch.Tensor, LinearOperator, int], torch.Tensor]
 #: ``place(preview, unit)``: a unit's preview placed in the whole image (tiled runs)
 PlacePreview = Callable[[np.ndarray, int], "np.ndarray | None"]
 
@@ -212,6 +214,7 @@ class Restorer:
         self.negative_prompt = check_text(negative_prompt, "negative_prompt")
         self.text = prior.embed_text([self.prompt])
         self.null = prior.embed_text([self.negative_prompt])
+        self.finish: FinishHook | None = None  # applied to every batch's samples (ensembles)
 
     def restore(
         self,
@@ -328,8 +331,8 @@ class Restorer:
             generators=generators,
             callback=callback,
         )
-        x = x[..., : image_hw[0], : image_hw[1]].detach().cpu()
-        return imaging.from_rgb(x, y.shape[1])
+        x = imaging.from_rgb(x[..., : image_hw[0], : image_hw[1]].detach().cpu(), y.shape[1])
+        return x if self.finish is None else self.finish(x, y, operator, seed)
 
     def preview(self, z0: torch.Tensor, run: Run, hw: tuple[int, int]) -> np.ndarray:
         """The estimate ``z0`` of one plane, decoded and shaped like one output plane (input units)."""

@@ -1,0 +1,175 @@
+"""Calibration of napari_treg.ensemble against the exact posterior of the analytic prior (CPU).
+
+The analytic prior with one class is Gaussian, ``x ~ N(m, s^2 I)`` (s = 0.2 model units), so for
+``y = A x + n``, ``n ~ N(0, sigma^2 I)`` the posterior is exactly ``N(mu, C)`` with
+``C = (I / s^2 + A^T A / sigma^2)^-1`` and ``mu = C (m / s^2 + A^T y / sigma^2)``; here ``A`` is
+built densely (1024 x 1024 per channel at 32x32). With two classes the posterior is the mixture of
+the per-class posteriors weighted by each class's evidence ``N(y; A m_k, sigma^2 I + s^2 A A^T)``.
+
+For every case (one truth drawn from the prior, one measurement, ``--samples`` seeds) it prints
+
+- variance ratio: mean over pixels of ensemble variance / exact posterior variance (target [0.75, 1.33]);
+- coverage: share of pixels whose true value lies in ``Ensemble.interval(0.9)`` (target [85 %, 95 %]);
+- mean error: RMS over pixels of (ensemble mean - posterior mean) / posterior sd (target <= 0.45);
+- data share: mean and largest |data_share - exact| (exact ``1 - posterior var / prior var``; target
+  mean <= 0.12);
+
+for the calibrated ensemble and, as the baseline, the plain loop over seeds (``restore`` on a stack
+of copies: what an ensemble was before the noise-aware last step).
+
+    python benchmarks/calibration.py                 # the table (~3 min on one CPU thread)
+    python benchmarks/calibration.py --samples 16    # faster, rougher
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from napari_treg import restore
+from napari_treg.models.analytic import AnalyticPrior
+from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
+from napari_treg.uncertainty import ensemble
+
+NOISE = 0.05
+SIZE = 32
+LEVEL = 0.9
+
+
+def dense(op: LinearOperator, hw: tuple[int, int]) -> np.ndarray:
+    """The operator as a matrix ``(measurements, pixels)`` for one channel."""
+    pixels = hw[0] * hw[1]
+    basis = torch.eye(pixels, dtype=torch.float64).reshape(pixels, 1, *hw)
+    return op.forward(basis).reshape(pixels, -1).T.numpy()
+
+
+def exact_posterior(prior: AnalyticPrior, op: LinearOperator, y: np.ndarray, with_text: bool) -> dict:
+    """Posterior mean, variance and prior variance per value ``(3, H, W)``; two classes: the mixture."""
+    hw = (SIZE, SIZE)
+    a = dense(op, hw)
+    s2 = prior.latent_std**2
+    measured = op.measured(torch.ones((1, 1, *y.shape[-2:]), dtype=torch.float64)).numpy().ravel() != 0
+    a = a[measured]
+    precision = np.eye(a.shape[1]) / s2 + a.T @ a / NOISE**2
+    cov = np.linalg.inv(precision)
+    var = np.diag(cov)
+    means = prior.means(hw).double().numpy().reshape(prior.num_classes, 3, -1)  # (K, 3, P)
+    y_flat = y.reshape(3, -1)[:, measured]  # (3, M)
+    evidence_cov = NOISE**2 * np.eye(a.shape[0]) + s2 * a @ a.T
+    chol = np.linalg.cholesky(evidence_cov)
+    post_means, log_w = [], []
+    for k in range(prior.num_classes if not with_text else 1):
+        post_means.append((cov @ (means[k].T / s2 + a.T @ y_flat.T / NOISE**2)).T)  # (3, P)
+        r = np.linalg.solve(chol, (y_flat - means[k] @ a.T).T)
+        log_w.append(-0.5 * float(np.sum(r**2)))
+    w = np.exp(np.array(log_w) - max(log_w))
+    w /= w.sum()
+    mean = sum(wk * mk for wk, mk in zip(w, post_means))
+    second = sum(wk * (mk**2 + var) for wk, mk in zip(w, post_means))
+    k_used = 1 if with_text else prior.num_classes
+    prior_mean = means[:k_used].mean(axis=0)
+    prior_var = s2 + (means[:k_used] ** 2).mean(axis=0) - prior_mean**2
+    shape = (3, *hw)
+    return {
+        "mean": mean.reshape(shape),
+        "var": (second - mean**2).reshape(shape),
+        "prior_var": prior_var.reshape(shape),
+        "weights": w,
+    }
+
+
+def summary(mean, var, low, high, truth, post, share, pixels) -> dict[str, float]:
+    """The four numbers of one row over the selected ``pixels`` (boolean ``(3, H, W)``)."""
+    sd = np.sqrt(post["var"])
+    row = {
+        "var ratio": float((var / post["var"])[pixels].mean()),
+        "coverage": float(((truth >= low) & (truth <= high))[pixels].mean()),
+        "mean err": float(np.sqrt((((mean - post["mean"]) / sd) ** 2)[pixels].mean())),
+    }
+    if share is not None:
+        error = np.abs(share - (1 - post["var"] / post["prior_var"]))[pixels]
+        row["share err"], row["share max"] = float(error.mean()), float(error.max())
+    return row
+
+
+def cases(size: int) -> dict[str, tuple[LinearOperator, dict[str, np.ndarray] | None]]:
+    missing = np.zeros((size, size), bool)
+    missing[:, : size // 2] = True
+    parts = {"observed": ~missing, "missing": missing}
+    return {
+        "inpainting": (Inpainting(missing), parts),
+        "SR x4": (SuperResolution(4), None),
+        "Gaussian blur 1.5": (GaussianBlur(1.5), None),
+    }
+
+
+def run_case(prior, op, parts, args, with_text: bool, seed: int) -> list[tuple[str, dict, dict]]:
+    hw = (SIZE, SIZE)
+    truth, _ = prior.sample(1, 0, hw, torch.Generator().manual_seed(seed))
+    ax = op.forward(truth.double())
+    y = (ax + NOISE * torch.randn(ax.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64))[0]
+    post = exact_posterior(prior, op, y.numpy(), with_text)
+    image = np.moveaxis(y.numpy().astype(np.float32), 0, -1)  # (h, w, 3): model units, range (-1, 1)
+    common = dict(
+        model=prior,
+        prompt="a disk" if with_text else "",
+        steps=args.steps,
+        batch_size=args.samples,
+        intensity_range=(-1.0, 1.0),
+        schedule=args.schedule,
+    )
+    started = time.perf_counter()
+    ens = ensemble(image, op, samples=args.samples, noise=NOISE, **common)
+    seconds = time.perf_counter() - started
+    stack = np.repeat(image[None], args.samples, axis=0)
+    plain = restore(stack, op, noise=NOISE, **common)  # plane k: seed k, no noise-aware last step
+    truth_np = truth[0].numpy()
+    to_chw = lambda a: np.moveaxis(a, -1, -3)  # noqa: E731
+    low, high = (to_chw(b) for b in ens.interval(LEVEL))
+    mean, var, share = to_chw(ens.mean), to_chw(ens.std) ** 2, to_chw(ens.data_share)
+    pm, pv = to_chw(plain.mean(axis=0)), to_chw(plain.var(axis=0, ddof=1))
+    half = (high - low) / 2 / np.maximum(to_chw(ens.std), 1e-12)  # the same t factor for the baseline
+    plain_sd = np.sqrt(pv)
+    rows = []
+    for name, mask in (parts or {"all": np.ones(hw, bool)}).items():
+        pixels = np.broadcast_to(mask, (3, *hw))
+        ours = summary(mean, var, low, high, truth_np, post, share, pixels)
+        base = summary(pm, pv, pm - half * plain_sd, pm + half * plain_sd, truth_np, post, None, pixels)
+        rows.append((name, ours, base))
+    print(f"  ({seconds:.1f} s, {ens.info['seconds_per_sample']:.3f} s/sample, {ens.info['model_calls']} model calls)")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--schedule", default="paper")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the truth and the measurement noise")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"noise {NOISE}, {SIZE}x{SIZE} RGB, {args.samples} samples, {args.steps} steps, schedule {args.schedule!r}")
+    header = (
+        "| prior | task / pixels | variance ratio | 90 % coverage | mean error (sd) | data share error mean / max "
+        "| baseline (loop over seeds): variance ratio, coverage, mean error |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for prior_name, classes, with_text in (("one class", ("disk",), True), ("two classes", ("disk", "square"), False)):
+        prior = AnalyticPrior(classes=classes)
+        for task, (op, parts) in cases(SIZE).items():
+            print(f"{prior_name}, {task}")
+            for name, ours, base in run_case(prior, op, parts, args, with_text, args.seed):
+                label = task if name == "all" else f"{task}, {name}"
+                lines.append(
+                    f"| {prior_name} | {label} | {ours['var ratio']:.2f} | {ours['coverage']:.1%} "
+                    f"| {ours['mean err']:.2f} | {ours['share err']:.3f} / {ours['share max']:.2f} "
+                    f"| {base['var ratio']:.2f}, {base['coverage']:.1%}, {base['mean err']:.2f} |"
+                )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Ensembles (napari_treg.uncertainty) and the noise-aware last step (napari_treg.solver.posterior)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_treg import Cancelled, InvalidInputError, ensemble, restore
+from napari_treg.engine import Restorer
+from napari_treg.models.analytic import AnalyticPrior
+from napari_treg.operators import GaussianBlur, Inpainting, SuperResolution
+from napari_treg.solver import TRegConfig
+from napari_treg.solver.posterior import data_share, perturb_and_map
+from napari_treg.uncertainty import EnsembleOptions, restorer_ensemble
+
+NOISE = 0.05
+SIZE = 16
+
+
+def dense(op, hw):
+    pixels = hw[0] * hw[1]
+    basis = torch.eye(pixels, dtype=torch.float64).reshape(pixels, 1, *hw)
+    return op.forward(basis).reshape(pixels, -1).T.numpy()
+
+
+def exact_covariance(op, hw, prior_sd):
+    a = dense(op, hw)
+    return np.linalg.inv(np.eye(a.shape[1]) / prior_sd**2 + a.T @ a / NOISE**2)
+
+
+def left_half_missing(size=SIZE):
+    missing = np.zeros((size, size), bool)
+    missing[:, : size // 2] = True
+    return missing
+
+
+def measurement(prior, op, seed=3):
+    truth, _ = prior.sample(1, 0, (SIZE, SIZE), torch.Generator().manual_seed(seed))
+    y = op.forward(truth) + NOISE * torch.randn(op.forward(truth).shape, generator=torch.Generator().manual_seed(seed))
+    return np.moveaxis(y[0].numpy(), 0, -1), truth[0].numpy()
+
+
+# -- the maths, without a model -------------------------------------------------------------------
+
+
+def test_perturb_and_map_draws_from_the_gaussian_posterior():
+    """Prior draws around m through the noise-aware step have the exact posterior mean and covariance."""
+    op, hw, s, draws = GaussianBlur(1.0), (8, 8), 0.2, 2000
+    gen = torch.Generator().manual_seed(0)
+    m = torch.zeros((1, 1, *hw))
+    y = op.forward(m + s * torch.randn((1, 1, *hw), generator=gen)) + NOISE * torch.randn((1, 1, *hw), generator=gen)
+    prior_draws = m + s * torch.randn((draws, 1, *hw), generator=gen)
+    e = torch.randn((draws, 1, *hw), generator=gen)
+    x = perturb_and_map(op, y.expand(draws, -1, -1, -1), prior_draws, NOISE, s, e, iterations=30)
+    x = x.double().reshape(draws, -1)
+    cov = exact_covariance(op, hw, s)
+    mean = cov @ (dense(op, hw).T @ y.double().reshape(-1).numpy() / NOISE**2)
+    assert np.abs(x.mean(0).numpy() - mean).max() < 4 * np.sqrt(cov.diagonal().max() / draws)
+    ratio = x.var(0).numpy() / cov.diagonal()
+    assert 0.9 < ratio.mean() < 1.1
+    assert np.abs(ratio - 1).max() < 0.2
+
+
+@pytest.mark.parametrize("op", [SuperResolution(2), GaussianBlur(1.5), Inpainting(left_half_missing(8))])
+def test_data_share_matches_the_exact_posterior(op):
+    hw, s = (8, 8), 0.2
+    exact = 1 - np.diag(exact_covariance(op, hw, s)) / s**2
+    share = data_share(op, (1, *op.measurement_hw(hw)), (1, *hw), NOISE, s, generator=torch.Generator().manual_seed(0))
+    assert share.min() >= 0 and share.max() <= 1
+    assert np.abs(share.reshape(-1).numpy() - exact).mean() < 0.05
+
+
+# -- ensembles on the analytic prior -----------------------------------------------------------------
+
+
+def test_observed_pixels_get_the_posterior_spread():
+    """One class, inpainting: the observed pixels' spread and mean match the exact posterior (a plain
+    loop over seeds has ~10x the variance there and an off-centre mean, so this fails without the
+    noise-aware last step)."""
+    prior = AnalyticPrior(classes=("disk",))
+    missing = left_half_missing()
+    op = Inpainting(missing)
+    image, _ = measurement(prior, op)
+    settings = dict(model=prior, prompt="a disk", steps=25, batch_size=16, intensity_range=(-1, 1))
+    result = ensemble(image, op, samples=16, noise=NOISE, **settings)
+    s2 = prior.latent_std**2
+    post_var = 1 / (1 / s2 + 1 / NOISE**2)
+    m = np.moveaxis(prior.means((SIZE, SIZE))[0].numpy(), 0, -1)
+    post_mean = post_var * (image / NOISE**2 + m / s2)
+    observed = np.broadcast_to(~missing[..., None], image.shape)
+    ratio = (result.std**2 / post_var)[observed].mean()
+    assert 0.7 < ratio < 1.4
+    assert np.sqrt((((result.mean - post_mean) ** 2) / post_var)[observed].mean()) < 0.6
+    plain = restore(np.repeat(image[None], 16, axis=0), op, **settings)
+    assert (plain.var(axis=0, ddof=1) / post_var)[observed].mean() > 3  # what the correction fixes
+    np.testing.assert_allclose(result.data_share[observed], 1 - post_var / s2, atol=1e-4)
+    assert np.all(result.data_share[~observed] == 0)
+
+
+def test_streamed_statistics_equal_the_kept_samples():
+    prior = AnalyticPrior()
+    op = SuperResolution(2)
+    image = measurement(prior, op)[0]
+    settings = dict(model=prior, steps=8, noise=NOISE, intensity_range=(-1, 1), samples=5)
+    kept = ensemble(image, op, keep_samples=True, batch_size=5, **settings)
+    streamed = ensemble(image, op, keep_samples=False, batch_size=2, **settings)
+    assert kept.samples is not None and kept.samples.shape == (5, *kept.mean.shape)
+    assert streamed.samples is None
+    np.testing.assert_allclose(kept.mean, kept.samples.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(streamed.mean, kept.mean, atol=1e-5)
+    np.testing.assert_allclose(streamed.std, kept.std, atol=1e-5)
+    assert np.std(kept.samples, axis=0).max() > 0.01  # the samples differ
+
+
+def test_maps_shapes_text_influence_and_info():
+    prior = AnalyticPrior()
+    op = SuperResolution(2)
+    grey = np.stack([measurement(prior, op, seed)[0].mean(axis=-1) for seed in (1, 2)])  # (2, 8, 8)
+    before = grey.copy()
+    result = ensemble(grey, op, model=prior, samples=3, steps=6, prompt="a square", noise=NOISE, seed=10)
+    np.testing.assert_array_equal(grey, before)
+    assert result.mean.shape == result.std.shape == result.data_share.shape == (2, 16, 16)
+    assert result.samples.shape == (3, 2, 16, 16)
+    assert result.text_influence is not None and result.text_influence.shape == (2, 16, 16)
+    assert result.text_influence.max() > 0
+    for name in ("mean", "std", "data_share", "text_influence"):
+        assert np.isfinite(getattr(result, name)).all(), name
+    low, high = result.interval(0.9)
+    assert np.all(low <= result.mean) and np.all(result.mean <= high)
+    info = result.info
+    assert info["seeds"] == [10, 12, 14] and info["noise_source"] == "given" and info["noise"] == NOISE
+    assert info["model_calls"] == 2 * 6 * 3 * 2  # two passes, 6 steps, 3 samples x 2 planes one at a time
+    assert info["settings"]["params"]["prompt"] == "a square"
+    without = ensemble(grey, op, model=prior, samples=2, steps=4, noise=NOISE)
+    assert without.text_influence is None
+
+
+def test_the_noise_is_estimated_when_not_given():
+    prior = AnalyticPrior(classes=("disk",))
+    op = GaussianBlur(1.5)
+    image, _ = measurement(prior, op)
+    result = ensemble(image, op, model=prior, samples=2, steps=4, intensity_range=(-1, 1))
+    assert result.info["noise_source"].startswith("estimated")
+    assert result.info["noise"] > 0
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"samples": 0}, "samples must be at least 2"),
+        ({"samples": 1}, "samples must be at least 2"),
+        ({"samples": 10_000}, "samples must be at most"),
+        ({"noise": 0.0}, "noise must be > 0"),
+        ({"noise": -1.0}, "noise must be at least 0"),
+        ({"prior_sd": 0.0}, "prior_sd must be > 0"),
+        ({"keep_samples": "yes"}, "keep_samples must be True or False"),
+        ({"bogus": 1}, "unknown"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(monkeypatch, keywords, message):
+    monkeypatch.setattr("napari_treg.uncertainty.get_prior", lambda *a: pytest.fail("work started"))
+    with pytest.raises(InvalidInputError, match=message):
+        ensemble(np.zeros((16, 16), np.float32) + 0.5, GaussianBlur(1.0), model="analytic", **keywords)
+
+
+def test_nan_and_too_many_samples_for_memory_are_refused_before_any_work(monkeypatch):
+    monkeypatch.setattr("napari_treg.uncertainty.get_prior", lambda *a: pytest.fail("work started"))
+    image = np.zeros((16, 16), np.float32)
+    image[3, 4] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        ensemble(image, GaussianBlur(1.0), model="analytic", noise=NOISE)
+    monkeypatch.setattr("napari_treg.uncertainty.available_host_bytes", lambda: 2**30)
+    big = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    with pytest.raises(InvalidInputError, match="keep_samples=False"):
+        ensemble(big, SuperResolution(8), model="analytic", samples=1000, noise=NOISE)
+
+
+def test_cancel_returns_nothing_and_leaves_the_restorer_unchanged():
+    prior = AnalyticPrior()
+    restorer = Restorer(prior, TRegConfig(steps=10), prompt="a disk")
+    cancel = threading.Event()
+    events = []
+
+    def progress(event):
+        events.append(event)
+        if event.step == 15:
+            cancel.set()
+
+    image = measurement(prior, GaussianBlur(1.0))[0]
+    with pytest.raises(Cancelled):
+        restorer_ensemble(
+            restorer,
+            image,
+            GaussianBlur(1.0),
+            options=EnsembleOptions(samples=4),
+            callback=progress,
+            cancel=cancel,
+            noise=NOISE,
+        )
+    assert events[-1].step == 15 and events[-1].total == 2 * 10 * 4  # progress over both passes, all samples
+    assert restorer.finish is None
