@@ -202,3 +202,38 @@ def test_cancel_returns_nothing_and_leaves_the_restorer_unchanged():
         )
     assert events[-1].step == 15 and events[-1].total == 2 * 10 * 4  # progress over both passes, all samples
     assert restorer.finish is None
+
+
+# -- the command line ----------------------------------------------------------------------------------
+
+
+def test_cli_restore_with_samples_writes_the_mean_and_the_maps(tmp_path):
+    import json
+
+    from napari_treg import io
+    from napari_treg.cli import main
+
+    prior = AnalyticPrior()
+    image = (measurement(prior, SuperResolution(2))[0] + 1) / 2  # (8, 8, 3) in [0, 1]
+    source = tmp_path / "cells.tif"
+    io.write_image(source, image)
+    out = tmp_path / "cells_sr.tif"
+    common = ["restore", str(source), "--operator", "sr", "--factor", "2", "--model", "analytic", "--steps", "3"]
+    status = main(
+        [*common, "-o", str(out), "--samples", "3", "--noise", "0.05", "--prompt", "a disk"]
+        + ["--keep-samples", "--info", str(tmp_path / "run.json"), "-q"]
+    )
+    assert status == 0
+    mean = io.read_image(out)
+    assert mean.shape == (16, 16, 3)
+    for name in ("std", "data_share", "text_influence"):
+        assert io.read_image(tmp_path / f"cells_sr.{name}.tif").shape == (16, 16, 3), name
+    samples = io.read_image(tmp_path / "cells_sr.samples.tif")
+    assert samples.shape == (3, 16, 16, 3)
+    np.testing.assert_allclose(samples.mean(axis=0), mean, atol=1e-5)
+    assert json.loads((tmp_path / "run.json").read_text())["samples"] == 3
+    plain = tmp_path / "plain.tif"
+    assert main([*common, "-o", str(plain), "-q"]) == 0
+    assert not (tmp_path / "plain.std.tif").exists()
+    assert main([*common, "-o", str(tmp_path / "bad.tif"), "--samples", "1", "-q"]) == 2
+    assert not (tmp_path / "bad.tif").exists()

@@ -13,6 +13,7 @@ as one line on stderr, ``napari-treg: error: <message>``, never a traceback:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ from napari_treg.cli_options import (
     add_method_arguments,
     add_operator_arguments,
     add_rgb_argument,
+    add_settings,
     operator_from_args,
     restore_kwargs,
     setting_type,
@@ -147,6 +149,7 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     add_io_arguments(parser, "degraded measurement")
     add_operator_arguments(parser)
     add_method_arguments(parser)
+    add_ensemble_arguments(parser)
     parser.add_argument(
         "--info", metavar="FILE.json", help="also write the run's parameters, residual and versions as JSON"
     )
@@ -173,6 +176,8 @@ def run_restore(args: argparse.Namespace) -> int:
     from napari_treg import outputs
     from napari_treg.api import restore
 
+    if "samples" in args:
+        return run_ensemble(args)
     image = io.read_image(args.input)
     operator = operator_from_args(args)
     planned = [outputs.Output("-o", Path(args.output), outputs.result_shape(image, args.rgb, operator.image_hw))]
@@ -189,6 +194,75 @@ def run_restore(args: argparse.Namespace) -> int:
     outputs.write_together(writers)
     _say(args, lambda: _restore_summary(args.output, info))
     return 0
+
+
+# --------------------------------------------------------------------------- restore --samples
+
+#: the maps an ensemble writes next to -o, as ``<stem>.<name><suffix>`` (docs/cli.md)
+ENSEMBLE_MAPS = ("std", "data_share", "text_influence")
+
+
+def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
+    """--samples (an ensemble instead of one restoration), --prior-sd and --keep-samples."""
+    from napari_treg.uncertainty import EnsembleOptions
+
+    group = parser.add_argument_group(
+        "uncertainty: with --samples N, OUT is the mean of N restorations and the maps "
+        f"{', '.join(ENSEMBLE_MAPS)} are written next to it as <stem>.<map><suffix> (docs/uncertainty.md)"
+    )
+    add_settings(group, EnsembleOptions, skip=("keep_samples",), given_only=True)
+    group.add_argument(
+        "--keep-samples", action="store_true", help="with --samples: also write the samples as <stem>.samples<suffix>"
+    )
+
+
+def companion(output: str | Path, name: str) -> Path:
+    """The file next to ``output`` that holds the map ``name``: ``cells.tif`` -> ``cells.std.tif``."""
+    path = Path(output)
+    return path.with_name(f"{path.stem}.{name}{path.suffix}")
+
+
+def run_ensemble(args: argparse.Namespace) -> int:
+    """``restore --samples N``: the mean to OUT, the maps (and with --keep-samples the samples) next to it."""
+    from napari_treg import outputs
+    from napari_treg.uncertainty import ensemble
+
+    image = io.read_image(args.input)
+    operator = operator_from_args(args)
+    shape = outputs.result_shape(image, args.rgb, operator.image_hw)
+    names = [name for name in ENSEMBLE_MAPS if name != "text_influence" or args.prompt.strip()]
+    planned = [outputs.Output("-o", Path(args.output), shape)]
+    planned += [outputs.Output(f"--samples ({name})", companion(args.output, name), shape) for name in names]
+    if args.keep_samples:
+        planned.append(outputs.Output("--keep-samples", companion(args.output, "samples"), (args.samples, *shape)))
+    if args.info is not None:
+        planned.append(outputs.Output("--info", Path(args.info)))
+    outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
+    options = {name: getattr(args, name) for name in ("samples", "prior_sd") if name in args}
+    with ProgressBar(enabled=not args.quiet, desc=f"restore x{args.samples}") as bar:
+        result = ensemble(
+            image, operator, keep_samples=args.keep_samples, **options, **restore_kwargs(args), progress=bar
+        )
+    arrays = {args.output: result.mean}
+    arrays |= {companion(args.output, name): getattr(result, name) for name in names}
+    if args.keep_samples and result.samples is not None:
+        arrays[companion(args.output, "samples")] = result.samples
+    writers: dict[str | os.PathLike, Callable[[Path], object]] = {
+        path: functools.partial(io.write_image, array=array, like=None if array is result.data_share else image)
+        for path, array in arrays.items()
+    }
+    if args.info is not None:
+        writers[args.info] = lambda path: _write_info(path, result.info)
+    outputs.write_together(writers)
+    _say(
+        args,
+        lambda: f"wrote the mean of {args.samples} restorations to {args.output} and {', '.join(names)} next to it",
+    )
+    return 0
+
+
+def _write_map(path: Path, *, array: Any, like: Any) -> None:
+    io.write_image(path, array, like=like)
 
 
 # --------------------------------------------------------------------------- demo
