@@ -231,7 +231,7 @@ def ensemble_prepared(
     is_cancelled = cancel_checker(cancel)
     raise_if(is_cancelled)
     noise, noise_source = measurement_noise(run)
-    prior_sd, prior_sd_source = prior_sd_of(restorer.prior, options)
+    prior_sd, prior_sd_source = prior_sd_of(restorer.prior, options, run.layout.channels)
     batch_size = restorer.batch_size(replicate(run, 0, options.samples))
     chunks = sample_chunks(options, batch_size, len(run.measured))
     main = calibrated(restorer, noise, prior_sd)
@@ -329,13 +329,17 @@ def measurement_noise(run: Run) -> tuple[float, str]:
     return sigma, "estimated from the measurement (finest Haar diagonal detail, MAD; napari_treg.noise)"
 
 
-def prior_sd_of(prior: DiffusionPrior, options: EnsembleOptions) -> tuple[float, str]:
-    """The prior's sd per pixel (model units): given, the model's own, or :data:`DEFAULT_PRIOR_SD`."""
+def prior_sd_of(prior: DiffusionPrior, options: EnsembleOptions, channels: int) -> tuple[float, str]:
+    """The prior's sd per pixel (model units): given, the model's own, or :data:`DEFAULT_PRIOR_SD`.
+
+    The analytic prior's own ``latent_std`` is per colour channel, the channels independent; a grey
+    image is the mean of the three, so its sd is ``latent_std / sqrt(3)``.
+    """
     if options.prior_sd is not None:
         return float(options.prior_sd), "given"
     own = getattr(prior, "latent_std", None)
     if isinstance(own, (int, float)) and own > 0:
-        return float(own), "the model's own (latent_std)"
+        return float(own) / (math.sqrt(3.0) if channels == 1 else 1.0), "the model's own (latent_std)"
     return DEFAULT_PRIOR_SD, "default"
 
 

@@ -34,13 +34,15 @@ is estimated without forming the matrix (Hutchinson): for Rademacher probes ``r`
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..operators import LinearOperator
 from .cg import data_consistency
 
-#: conjugate-gradient iterations of the noise-aware step (its system is solved to convergence)
-POSTERIOR_CG_ITERATIONS = 100
+#: bounds of the conjugate-gradient iterations of these solves (see :func:`cg_iterations`)
+MIN_CG_ITERATIONS, MAX_CG_ITERATIONS = 10, 300
 #: Rademacher probes of the data-share estimate (its error per pixel is below 1 / sqrt(4 probes))
 DATA_SHARE_PROBES = 64
 #: probes solved together (bounds the memory of the estimate)
@@ -52,6 +54,17 @@ def proximal_weight(noise: float, prior_sd: float) -> float:
     return (noise / prior_sd) ** 2
 
 
+def cg_iterations(lam: float) -> int:
+    """Iterations that solve ``(A^T A + lam I) x = b`` to a relative error of about 1e-4.
+
+    The project's operators have ``||A|| <= 1``, so the condition number is at most
+    ``kappa = (1 + lam) / lam``, and CG's error falls by ``(sqrt(kappa) - 1) / (sqrt(kappa) + 1)``
+    per iteration: about ``5 sqrt(kappa)`` iterations reach 1e-4.
+    """
+    kappa = (1.0 + lam) / lam
+    return int(min(MAX_CG_ITERATIONS, max(MIN_CG_ITERATIONS, math.ceil(5.0 * math.sqrt(kappa)))))
+
+
 def perturb_and_map(
     operator: LinearOperator,
     y: torch.Tensor,
@@ -59,7 +72,7 @@ def perturb_and_map(
     noise: float,
     prior_sd: float,
     perturbation: torch.Tensor,
-    iterations: int = POSTERIOR_CG_ITERATIONS,
+    iterations: int | None = None,
 ) -> torch.Tensor:
     """One posterior draw per sample: the data step against ``y + noise * perturbation`` around ``x_sample``.
 
@@ -68,7 +81,7 @@ def perturb_and_map(
     """
     target = operator.measured(y + noise * perturbation)
     lam = proximal_weight(noise, prior_sd)
-    return data_consistency(operator, target, x_sample, lam, iterations)
+    return data_consistency(operator, target, x_sample, lam, iterations or cg_iterations(lam))
 
 
 def data_share(
@@ -80,7 +93,7 @@ def data_share(
     *,
     probes: int = DATA_SHARE_PROBES,
     generator: torch.Generator | None = None,
-    iterations: int = POSTERIOR_CG_ITERATIONS,
+    iterations: int | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Per pixel ``1 - C_ii / tau^2`` for one image ``image_shape`` ``(C, H, W)``, clipped to [0, 1].
@@ -93,6 +106,6 @@ def data_share(
         count = min(PROBES_PER_SOLVE, probes - first)
         signs = torch.randint(0, 2, (count, *image_shape), generator=generator).to(device, torch.float32) * 2 - 1
         zeros = torch.zeros((count, *measurement_shape), device=device)
-        solved = data_consistency(operator, zeros, signs, lam, iterations)  # lam (A^T A + lam I)^-1 r
+        solved = data_consistency(operator, zeros, signs, lam, iterations or cg_iterations(lam))  # lam (A^TA+lam)^-1 r
         total += (signs * solved).sum(dim=0)
     return (1.0 - total / probes).clamp(0.0, 1.0)
