@@ -19,13 +19,18 @@ for the calibrated ensemble and, as the baseline, the plain loop over seeds (``r
 of copies: what an ensemble was before the noise-aware last step).
 
     python benchmarks/calibration.py                 # the table (~3 min on one CPU thread)
+    python benchmarks/calibration.py --schedules paper faithful --write   # both, into docs/uncertainty.md
     python benchmarks/calibration.py --samples 16    # faster, rougher
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +43,7 @@ from napari_treg.uncertainty import ensemble
 NOISE = 0.05
 SIZE = 32
 LEVEL = 0.9
+BLOCK = ("<!-- calibration:start -->", "<!-- calibration:end -->")
 
 
 def dense(op: LinearOperator, hw: tuple[int, int]) -> np.ndarray:
@@ -147,34 +153,56 @@ def run_case(prior, op, parts, args, with_text: bool, seed: int) -> list[tuple[s
     return rows
 
 
+def table(args: argparse.Namespace) -> list[str]:
+    header = (
+        "| schedule | prior | task / pixels | variance ratio | 90 % coverage | mean error (sd) "
+        "| data share error mean / max | data share from the ensemble variance: mean error "
+        "| baseline (loop over seeds): variance ratio, coverage, mean error |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for schedule in args.schedules:
+        args.schedule = schedule
+        for prior_name, classes, with_text in (
+            ("one class", ("disk",), True),
+            ("two classes", ("disk", "square"), False),
+        ):
+            prior = AnalyticPrior(classes=classes)
+            for task, (op, parts) in cases(SIZE).items():
+                print(f"{schedule}, {prior_name}, {task}")
+                for name, ours, base in run_case(prior, op, parts, args, with_text, args.seed):
+                    label = task if name == "all" else f"{task}, {name}"
+                    lines.append(
+                        f"| {schedule} | {prior_name} | {label} | {ours['var ratio']:.2f} | {ours['coverage']:.1%} "
+                        f"| {ours['mean err']:.2f} | {ours['share err']:.3f} / {ours['share max']:.2f} "
+                        f"| {ours['ensemble share err']:.3f} "
+                        f"| {base['var ratio']:.2f}, {base['coverage']:.1%}, {base['mean err']:.2f} |"
+                    )
+    return lines
+
+
+def write(lines: list[str], command: str) -> None:
+    """Replace the table between the markers of docs/uncertainty.md."""
+    path = Path(__file__).resolve().parent.parent / "docs" / "uncertainty.md"
+    text = path.read_text()
+    start, end = text.index(BLOCK[0]) + len(BLOCK[0]), text.index(BLOCK[1])
+    body = "\n".join(["", f"`{command}` ({platform.machine()}, {time.strftime('%Y-%m-%d')}):", "", *lines, ""])
+    path.write_text(text[:start] + body + text[end:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--schedule", default="paper")
+    parser.add_argument("--schedules", nargs="+", default=["paper"], help="named schedules to run")
     parser.add_argument("--seed", type=int, default=7, help="seed of the truth and the measurement noise")
+    parser.add_argument("--write", action="store_true", help="put the table into docs/uncertainty.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"noise {NOISE}, {SIZE}x{SIZE} RGB, {args.samples} samples, {args.steps} steps, schedule {args.schedule!r}")
-    header = (
-        "| prior | task / pixels | variance ratio | 90 % coverage | mean error (sd) | data share error mean / max "
-        "| data share from the ensemble variance: mean error "
-        "| baseline (loop over seeds): variance ratio, coverage, mean error |"
-    )
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
-    for prior_name, classes, with_text in (("one class", ("disk",), True), ("two classes", ("disk", "square"), False)):
-        prior = AnalyticPrior(classes=classes)
-        for task, (op, parts) in cases(SIZE).items():
-            print(f"{prior_name}, {task}")
-            for name, ours, base in run_case(prior, op, parts, args, with_text, args.seed):
-                label = task if name == "all" else f"{task}, {name}"
-                lines.append(
-                    f"| {prior_name} | {label} | {ours['var ratio']:.2f} | {ours['coverage']:.1%} "
-                    f"| {ours['mean err']:.2f} | {ours['share err']:.3f} / {ours['share max']:.2f} "
-                    f"| {ours['ensemble share err']:.3f} "
-                    f"| {base['var ratio']:.2f}, {base['coverage']:.1%}, {base['mean err']:.2f} |"
-                )
+    print(f"noise {NOISE}, {SIZE}x{SIZE} RGB, {args.samples} samples, {args.steps} steps")
+    lines = table(args)
     print("\n".join(lines))
+    if args.write:
+        write(lines, "python benchmarks/calibration.py " + shlex.join(sys.argv[1:]))
 
 
 if __name__ == "__main__":
