@@ -237,3 +237,25 @@ def test_cli_restore_with_samples_writes_the_mean_and_the_maps(tmp_path):
     assert not (tmp_path / "plain.std.tif").exists()
     assert main([*common, "-o", str(tmp_path / "bad.tif"), "--samples", "1", "-q"]) == 2
     assert not (tmp_path / "bad.tif").exists()
+
+
+def test_a_tiled_streamed_ensemble_counts_its_progress_over_all_samples():
+    image = np.random.default_rng(0).random((2, 40, 40), dtype=np.float32)
+    events = []
+    result = ensemble(
+        image,
+        SuperResolution(2),
+        model="analytic",
+        samples=3,
+        steps=3,
+        tile_size=48,
+        tile_overlap=16,
+        noise=NOISE,
+        keep_samples=False,
+        batch_size=2,
+        progress=events.append,
+    )
+    assert result.mean.shape == result.std.shape == (2, 80, 80) and np.isfinite(result.std).all()
+    assert result.info["settings"]["tiling"]["tiles"] == 4
+    assert [e.step for e in events] == list(range(1, events[-1].total + 1))
+    assert events[-1].total == result.info["model_calls"]
