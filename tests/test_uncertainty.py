@@ -259,3 +259,15 @@ def test_a_tiled_streamed_ensemble_counts_its_progress_over_all_samples():
     assert result.info["settings"]["tiling"]["tiles"] == 4
     assert [e.step for e in events] == list(range(1, events[-1].total + 1))
     assert events[-1].total == result.info["model_calls"]
+
+
+def test_the_text_free_pass_reuses_the_seeds():
+    """A prompt that names no class guides nowhere: with the same seeds its pass equals the text-free one."""
+    prior = AnalyticPrior()
+    image = measurement(prior, SuperResolution(2))[0]
+    settings = dict(model=prior, samples=2, steps=5, noise=NOISE, intensity_range=(-1, 1), adaptive_negation=False)
+    neutral = ensemble(image, SuperResolution(2), prompt="a photo", **settings)
+    assert neutral.text_influence is not None
+    assert neutral.text_influence.max() < 1e-5
+    prompted = ensemble(image, SuperResolution(2), prompt="a square", **settings)
+    assert prompted.text_influence.max() > 0.05
