@@ -236,6 +236,7 @@ def test_cli_restore_with_samples_writes_the_mean_and_the_maps(tmp_path):
     assert main([*common, "-o", str(plain), "-q"]) == 0
     assert not (tmp_path / "plain.std.tif").exists()
     assert main([*common, "-o", str(tmp_path / "bad.tif"), "--samples", "1", "-q"]) == 2
+    assert main([*common, "-o", str(tmp_path / "bad.tif"), "--keep-samples", "-q"]) == 2
     assert not (tmp_path / "bad.tif").exists()
 
 

@@ -13,6 +13,7 @@ as one line on stderr, ``napari-treg: error: <message>``, never a traceback:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -30,14 +31,14 @@ from napari_treg.cli_options import (
     add_method_arguments,
     add_operator_arguments,
     add_rgb_argument,
-    add_settings,
+    add_setting,
     operator_from_args,
     restore_kwargs,
     setting_type,
 )
 from napari_treg.errors import Cancelled, InvalidInputError, TRegError
 from napari_treg.memory import is_out_of_memory, out_of_memory_error
-from napari_treg.settings import check_integer, check_number
+from napari_treg.settings import check_integer, check_number, specs
 
 if TYPE_CHECKING:  # torch is imported inside main(), where Ctrl-C during the import is caught
     from napari_treg.engine import Progress
@@ -178,6 +179,8 @@ def run_restore(args: argparse.Namespace) -> int:
 
     if "samples" in args:
         return run_ensemble(args)
+    if args.keep_samples or "prior_sd" in args:
+        raise UsageError("--keep-samples and --prior-sd need --samples N (an ensemble)")
     image = io.read_image(args.input)
     operator = operator_from_args(args)
     planned = [outputs.Output("-o", Path(args.output), outputs.result_shape(image, args.rgb, operator.image_hw))]
@@ -210,7 +213,9 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
         "uncertainty: with --samples N, OUT is the mean of N restorations and the maps "
         f"{', '.join(ENSEMBLE_MAPS)} are written next to it as <stem>.<map><suffix> (docs/uncertainty.md)"
     )
-    add_settings(group, EnsembleOptions, skip=("keep_samples",), given_only=True)
+    for spec in specs(EnsembleOptions):
+        if spec.name != "keep_samples":  # no --samples: one restoration, so no default is shown
+            add_setting(group, dataclasses.replace(spec, default=None), given_only=True)
     group.add_argument(
         "--keep-samples", action="store_true", help="with --samples: also write the samples as <stem>.samples<suffix>"
     )
