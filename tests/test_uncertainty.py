@@ -172,6 +172,8 @@ def test_nan_and_too_many_samples_for_memory_are_refused_before_any_work(monkeyp
     image[3, 4] = np.nan
     with pytest.raises(InvalidInputError, match="NaN"):
         ensemble(image, GaussianBlur(1.0), model="analytic", noise=NOISE)
+    with pytest.raises(InvalidInputError, match="estimated as 0"):
+        ensemble(np.full((16, 16), 0.5, np.float32), GaussianBlur(1.0), model="analytic")
     monkeypatch.setattr("napari_treg.uncertainty.available_host_bytes", lambda: 2**30)
     big = np.random.default_rng(0).random((64, 64), dtype=np.float32)
     with pytest.raises(InvalidInputError, match="keep_samples=False"):

@@ -227,10 +227,9 @@ def ensemble_prepared(
 ) -> Ensemble:
     """The ensemble of a :class:`~napari_treg.engine.Run` made by :func:`~napari_treg.engine.prepare`."""
     started = time.perf_counter() if started is None else started
-    check_ensemble(run, options)
+    noise, noise_source = check_ensemble(run, options)
     is_cancelled = cancel_checker(cancel)
     raise_if(is_cancelled)
-    noise, noise_source = measurement_noise(run)
     prior_sd, prior_sd_source = prior_sd_of(restorer.prior, options, run.layout.channels)
     batch_size = restorer.batch_size(replicate(run, 0, options.samples))
     chunks = sample_chunks(options, batch_size, len(run.measured))
@@ -249,17 +248,9 @@ def ensemble_prepared(
     mean, std = statistics(moments, kept)
     seconds = time.perf_counter() - started
     info = {
-        "samples": options.samples,
-        "keep_samples": options.keep_samples,
-        "seeds": [run.options.seed + k * len(run.measured) for k in range(options.samples)],
-        "seed_rule": "sample k of plane i: seed + k * planes + i; its last step's noise: "
-        f"numpy.random.default_rng([that seed, {NOISE_STREAM}])",
+        **sampling_info(run, options, noise_source, prior_sd_source),
         "noise": noise,
-        "noise_source": noise_source,
         "prior_sd": prior_sd,
-        "prior_sd_source": prior_sd_source,
-        "last_step": "perturb-and-MAP (napari_treg.solver.posterior)",
-        "data_share_probes": DATA_SHARE_PROBES,
         "text_influence": free is not None,
         "model_calls": relay.total if restorer.method in MODEL_METHODS else 0,
         "seconds": seconds,
@@ -272,16 +263,37 @@ def ensemble_prepared(
         std=imaging.from_planes(std.astype(np.float32), layout),
         samples=None if kept is None else np.stack([imaging.from_planes(s, layout) for s in kept]),
         data_share=imaging.from_planes(share, layout),
-        text_influence=None if free_mean is None else imaging.from_planes(np.abs(mean - free_mean), layout),
+        text_influence=None if free_mean is None else imaging.from_planes(influence(mean, free_mean), layout),
         info=info,
     )
+
+
+def sampling_info(run: Run, options: EnsembleOptions, noise_source: str, prior_sd_source: str) -> dict:
+    """How the samples were drawn: seeds, the rule behind them, and where the noise and prior sd came from."""
+    return {
+        "samples": options.samples,
+        "keep_samples": options.keep_samples,
+        "seeds": [run.options.seed + k * len(run.measured) for k in range(options.samples)],
+        "seed_rule": "sample k of plane i: seed + k * planes + i; its last step's noise: "
+        f"numpy.random.default_rng([that seed, {NOISE_STREAM}])",
+        "noise_source": noise_source,
+        "prior_sd_source": prior_sd_source,
+        "last_step": "perturb-and-MAP (napari_treg.solver.posterior)",
+        "data_share_probes": DATA_SHARE_PROBES,
+    }
+
+
+def influence(with_text: np.ndarray, without_text: np.ndarray) -> np.ndarray:
+    """``|mean with the prompt - mean without text|`` (float32)."""
+    return np.abs(with_text - without_text).astype(np.float32)
 
 
 # -- checks and settings --------------------------------------------------------------------------
 
 
-def check_ensemble(run: Run, options: EnsembleOptions) -> None:
-    """Refuse, before any work, an ensemble whose seeds overflow or whose kept samples do not fit in memory."""
+def check_ensemble(run: Run, options: EnsembleOptions) -> tuple[float, str]:
+    """Refuse, before any work, an ensemble whose seeds overflow, whose noise is not positive or cannot be
+    estimated, or whose kept samples do not fit in memory; returns the noise sigma and where it came from."""
     planes = len(run.measured)
     if run.options.seed + options.samples * planes - 1 > MAX_SEED:
         raise InvalidInputError(f"seed + samples * planes must stay below {MAX_SEED + 1}: use a smaller seed")
@@ -289,8 +301,9 @@ def check_ensemble(run: Run, options: EnsembleOptions) -> None:
         raise InvalidInputError(
             f"noise must be > 0 for an ensemble (the measurement's noise sigma in model units), got {run.options.noise}"
         )
+    noise = measurement_noise(run)
     if not options.keep_samples:
-        return
+        return noise
     hw = run.operator.image_hw(run.layout.hw)
     needed = 2 * options.samples * planes * run.layout.channels * hw[0] * hw[1] * 4  # samples, and their copy
     available = available_host_bytes()
@@ -301,6 +314,7 @@ def check_ensemble(run: Run, options: EnsembleOptions) -> None:
             f"more than {HOST_MEMORY_SHARE:.0%} of the available memory ({available / 2**30:.1f} GiB): "
             "use keep_samples=False (mean and std are then streamed) or fewer samples"
         )
+    return noise
 
 
 def available_host_bytes() -> int | None:
