@@ -29,6 +29,6 @@ def test_cli_takes_an_h_w_1_mask_file(tmp_path):
     np.save(tmp_path / "in.npy", np.random.default_rng(0).random((12, 10)).astype(np.float32))
     np.save(tmp_path / "mask.npy", MASK[..., None].astype(np.uint8))
     argv = ["degrade", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "inpaint"]
-    assert cli.main([*argv, "--mask", str(tmp_path / "mask.npy"), "-q"]) == 0
+    assert cli.main([*argv, "--mask", str(tmp_path / "mask.npy"), "--noise", "0", "-q"]) == 0
     out = np.load(tmp_path / "o.npy")
     assert np.ptp(out[MASK]) < 1e-6 < np.ptp(out[~MASK])  # the masked pixels hold no data: one fill value
