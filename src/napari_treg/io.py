@@ -104,7 +104,6 @@ def check_regular_file(path: Path, role: str = "input") -> None:
         )
 
 
-
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 

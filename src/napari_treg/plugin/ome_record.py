@@ -32,6 +32,8 @@ KEYS = (
 )
 #: attributes that are one number per layer axis
 PER_AXIS = ("scale", "translate", "units", "axis_labels")
+#: attributes that are one flat list of numbers
+FLAT = ("scale", "translate", "contrast_limits")
 #: attributes that must hold finite numbers only
 NUMERIC = ("scale", "translate", "rotate", "shear", "affine", "contrast_limits")
 #: dtypes OME-TIFF cannot hold, stored converted exactly and converted back on reading
@@ -62,6 +64,17 @@ def layer_kwargs(record: dict, data: np.ndarray, source: str) -> dict:
     return kwargs
 
 
+def restored_shape(record: dict, data: np.ndarray) -> np.ndarray:
+    """``data`` with the singleton axes tifffile squeezed away put back, as the record's ``shape`` says."""
+    shape = record.get("shape")
+    if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)):
+        return data
+    kept = [n for n in shape if n != 1]
+    if len(shape) > 32 or kept != [n for n in data.shape if n != 1] or math.prod(shape) != data.size:
+        return data
+    return data.reshape(shape)
+
+
 def restored_dtype(record: dict, data: np.ndarray) -> np.ndarray:
     """The layer's own dtype when the writer had to convert it (float16, int64, uint64) and it is exact."""
     dtype = record.get("dtype")
@@ -79,8 +92,8 @@ def _kind_problem(key: str, value: Any, ndim: int) -> str | None:
         return f"metadata is a dict, not {type(value).__name__}"
     if key in NUMERIC and not _finite_numbers(value):
         return "it must hold finite numbers only"
-    if key in ("scale", "translate", "contrast_limits") and any(isinstance(v, list) for v in value):
-        return "it must be a flat list of numbers"
+    if key in FLAT and not (isinstance(value, list) and not any(isinstance(v, list) for v in value)):
+        return "it must be a list of numbers"
     if key in PER_AXIS and (not isinstance(value, list) or len(value) != ndim):
         return f"the layer has {ndim} axes"
     if key == "scale" and any(v == 0 for v in value):

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from .layers import plain
-from .ome_record import layer_kwargs, restored_dtype
+from .ome_record import layer_kwargs, restored_dtype, restored_shape
 
 #: private TIFF tag (>= 32768) holding the layer's JSON
 LAYER_TAG = 65_430
@@ -74,12 +74,7 @@ def xml_text(text: str) -> str:
 
 def _xml_char(char: str) -> bool:
     code = ord(char)
-    return (
-        code in (0x9, 0xA, 0xD)
-        or 0x20 <= code <= 0xD7FF
-        or 0xE000 <= code <= 0xFFFD
-        or 0x10000 <= code <= 0x10FFFF
-    )
+    return code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or 0x10000 <= code <= 0x10FFFF
 
 
 def physical_size(value: Any) -> float | None:
@@ -110,9 +105,10 @@ def ome_array(array: np.ndarray) -> np.ndarray:
             return array.astype(narrow)
         if max(abs(low), abs(high)) <= 2**53:
             return array.astype(np.float64)
+        peak = high if abs(high) >= abs(low) else low
         raise InvalidInputError(
-            f"OME-TIFF cannot hold this {dtype} layer exactly: its values reach {high if abs(high) >= abs(low) else low}, "
-            "beyond 2**53; nothing was written. Save it as .npy or .zarr, or rescale it"
+            f"OME-TIFF cannot hold this {dtype} layer exactly: its values reach {peak}, beyond 2**53; "
+            "nothing was written. Save it in another format (e.g. .npy), or rescale it"
         )
     raise InvalidInputError(
         f"OME-TIFF cannot hold {dtype} pixels (it holds {', '.join(sorted(str(t) for t in OME_DTYPES))}); "
@@ -149,6 +145,7 @@ def write_ome_tiff(path: str, data: Any, meta: dict) -> list[str]:
     source = np.asarray(data)
     array = ome_array(source)
     record = layer_record(meta)
+    record["shape"] = list(array.shape)  # tifffile drops axes of length 1 on reading; the reader puts them back
     if array.dtype != source.dtype:
         record["dtype"] = str(source.dtype)  # the reader converts back
     text = json.dumps(record, allow_nan=True)
@@ -203,7 +200,7 @@ def read_ome_tiff(path: str) -> list[LayerData]:
             record = {}
         if record is None:
             raise InvalidInputError(f"{one} was not written by napari-treg (no layer record)")
-        data = restored_dtype(record, read_pixels(one))
+        data = restored_dtype(record, restored_shape(record, read_pixels(one)))
         layers.append((data, layer_kwargs(record, data, str(one)), "image"))
     return layers
 
