@@ -92,6 +92,13 @@ def test_pixels_that_are_not_numbers_are_refused_by_type(tmp_path):
     assert _files(tmp_path) == []
 
 
+def test_a_multiscale_layer_is_refused_by_name(tmp_path):
+    levels = [np.zeros((8, 8), np.uint8), np.zeros((4, 4), np.uint8)]
+    with pytest.raises(InvalidInputError, match="multiscale layer.*full-resolution level"):
+        write_ome_tiff(str(tmp_path / "a.ome.tif"), levels, _meta(levels[0]))
+    assert _files(tmp_path) == []
+
+
 # ------------------------------------------------------------------------------ writer: faults
 
 
