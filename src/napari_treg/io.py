@@ -335,11 +335,19 @@ def write_image(path: PathLike, array: np.ndarray, *, like: np.ndarray | np.dtyp
     check_finite(data, f"the image to write to {os.fspath(path)!r}", advice="nothing was written")
     if ext in PICTURE:
         data = _picture_array(data, ext, like)
+    write_atomically(target, lambda temp: _WRITERS[ext](temp, data))
+    return target
+
+
+def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """``write(temp)`` a hidden temporary file beside ``target``, then rename it into place.
+
+    A failure (a full disk, Ctrl-C) removes the temporary file and leaves an existing ``target`` as it was.
+    """
     temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
     try:
-        _WRITERS[ext](temp, data)
+        write(temp)
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    return target

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from .. import io
 from ..errors import InvalidInputError
 from .layers import plain
 from .ome_record import layer_kwargs, restored_dtype, restored_shape
@@ -151,25 +150,11 @@ def write_ome_tiff(path: str, data: Any, meta: dict) -> list[str]:
     text = json.dumps(record, allow_nan=True)
     metadata = ome_metadata(array.shape, record)
     options = {"photometric": "rgb" if record["rgb"] else "minisblack", "metadata": metadata}
-    write_atomically(
+    io.write_atomically(
         Path(path),
         lambda temp: tifffile.imwrite(temp, array, ome=True, extratags=[(LAYER_TAG, "s", 0, text, True)], **options),
     )
     return [str(path)]
-
-
-def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary file beside ``target``, then rename it into place (as io.write_image does).
-
-    A failure (a full disk, Ctrl-C) removes the temporary file and leaves an existing ``target`` as it was.
-    """
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
-    try:
-        write(temp)
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def read_layer_record(path: str) -> dict | None:
