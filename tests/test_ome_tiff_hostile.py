@@ -285,3 +285,28 @@ def test_axes_of_length_one_come_back_with_the_geometry(tmp_path, shape):
     back, kwargs, dropped = _read_quietly(path)
     assert back.shape == shape and np.array_equal(back, data) and not dropped
     assert kwargs["scale"] == list(meta["scale"])
+
+
+# ------------------------------------------------------------------------------ through napari
+
+
+def test_napari_opens_a_file_whose_colormap_this_session_does_not_know(make_napari_viewer, tmp_path):
+    """Issue 23.14 as a user meets it: File > Open of a result saved with a custom colormap."""
+    viewer = make_napari_viewer()
+    path = tmp_path / "custom.ome.tif"
+    data = np.arange(30, dtype=np.float32).reshape(5, 6)
+    _hostile_file(path, data, {"format": FORMAT, "name": "result", "colormap": "lab-custom", "scale": [2.0, 2.0]})
+    with pytest.warns(UserWarning, match="the saved colormap 'lab-custom'"):
+        (layer,) = viewer.open(str(path), plugin="napari-treg")
+    assert np.array_equal(layer.data, data) and layer.name == "result" and list(layer.scale) == [2.0, 2.0]
+
+
+def test_napari_saves_and_reopens_a_float16_layer(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    data = np.linspace(0, 1, 48, dtype=np.float16).reshape(6, 8)
+    viewer.add_image(data, name="half", scale=(0.5, 0.5), units="um")
+    path = tmp_path / "half.ome.tif"
+    assert viewer.layers.save(str(path), selected=True, plugin="napari-treg") == [str(path)]
+    (opened,) = viewer.open(str(path), plugin="napari-treg")
+    assert opened.data.dtype == np.float16 and np.array_equal(opened.data, data)
+    assert 'PhysicalSizeX="0.5"' in _ome_xml(path)
