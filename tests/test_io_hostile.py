@@ -7,6 +7,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from napari_treg import cli, io
@@ -128,3 +130,39 @@ def test_cli_refuses_a_fifo_as_input_mask_or_kernel(tmp_path, capsys, role):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a FIFO" in err[0], err
     assert not (tmp_path / "out.npy").exists()
+
+
+# ------------------------------------------------------------------------------ damaged TIFF bytes (hypothesis)
+
+
+def _valid_tiff() -> bytes:
+    import io as stdio
+
+    import tifffile
+
+    buffer = stdio.BytesIO()
+    tifffile.imwrite(buffer, np.arange(96, dtype=np.uint16).reshape(2, 6, 8), metadata={"axes": "ZYX"})
+    return buffer.getvalue()
+
+
+VALID_TIFF = _valid_tiff()
+
+
+@settings(max_examples=int(os.environ.get("TREG_TIFF_EXAMPLES", "60")), deadline=None)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, len(VALID_TIFF) - 1), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.integers(8, len(VALID_TIFF)),
+)
+def test_a_damaged_tiff_is_an_image_or_one_clear_error(tmp_path_factory, edits, cut):
+    """Bytes changed in the header, the tags or the pixels, or the file cut short."""
+    damaged = bytearray(VALID_TIFF)
+    for position, value in edits:
+        damaged[position] = value
+    path = tmp_path_factory.mktemp("tiff") / "damaged.tif"
+    path.write_bytes(bytes(damaged[:cut]))
+    try:
+        image = _call_with_deadline(lambda: io.read_image(path), seconds=20)
+    except InvalidInputError as error:
+        assert str(path) in str(error) and "\n" not in str(error)
+    else:
+        assert isinstance(image, np.ndarray)

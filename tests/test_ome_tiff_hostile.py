@@ -310,3 +310,35 @@ def test_napari_saves_and_reopens_a_float16_layer(make_napari_viewer, tmp_path):
     (opened,) = viewer.open(str(path), plugin="napari-treg")
     assert opened.data.dtype == np.float16 and np.array_equal(opened.data, data)
     assert 'PhysicalSizeX="0.5"' in _ome_xml(path)
+
+
+# ------------------------------------------------------------------------------ damaged file bytes (hypothesis)
+
+
+def _valid_ome_tiff(folder) -> bytes:
+    data = np.arange(96, dtype=np.uint16).reshape(2, 6, 8)
+    (path,) = write_ome_tiff(str(folder / "valid.ome.tif"), data, _meta(data, name="cells", scale=(2, 0.5, 0.5)))
+    return open(path, "rb").read()
+
+
+@settings(max_examples=int(os.environ.get("TREG_OME_EXAMPLES", "40")), deadline=None)
+@given(edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=6))
+def test_a_damaged_ome_tiff_opens_or_is_one_clear_error(tmp_path_factory, edits):
+    """Bytes changed anywhere (header, tags, OME-XML, the layer record, pixels): never a traceback."""
+    folder = tmp_path_factory.mktemp("damaged")
+    damaged = bytearray(_valid_ome_tiff(folder))
+    for where, value in edits:
+        damaged[int(where * len(damaged))] = value
+    path = folder / "damaged.ome.tif"
+    path.write_bytes(bytes(damaged))
+    reader = napari_get_reader(str(path))  # never raises: None leaves the file to other readers
+    if reader is None:
+        return
+    try:
+        back, kwargs, _ = _read_quietly(path)
+    except InvalidInputError as error:
+        assert "\n" not in str(error)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Image(back, **kwargs)
