@@ -156,14 +156,14 @@ def prepare(image: Any, operator: LinearOperator, options: RunOptions, intensity
         raise InvalidInputError(
             f"operator must be one of napari_treg.operators (e.g. SuperResolution(4)), got {operator!r}"
         )
-    array = imaging.check_image(image)
+    array = guard_memory(lambda: imaging.check_image(image))  # host memory: a huge image becomes OutOfMemoryError
     layout = imaging.layout_of(array, options.rgb)
     image_hw = operator.image_hw(layout.hw)
     if min(image_hw) < 8:
         raise InvalidInputError(f"the restored image would be {image_hw[0]}x{image_hw[1]}; at least 8x8 is needed")
     operator.check_image_hw(image_hw)
-    measured = imaging.to_planes(array, layout)
-    scale = intensity_scale(measured, intensity_range)
+    measured = guard_memory(lambda: imaging.to_planes(array, layout))
+    scale = guard_memory(lambda: intensity_scale(measured, intensity_range))
     plan = None
     if options.tile_size is not None and max(image_hw) > options.tile_size:
         plan = tiling.Tiling.plan(operator, layout.hw, options.tile_size, options.tile_overlap)
@@ -483,11 +483,36 @@ def residual_summary(sums: np.ndarray, noise: float | None) -> dict:
 
 
 def check_text(value: Any, name: str) -> str:
+    """A prompt as text: None is empty, UTF-8 bytes are decoded; other bytes are refused by name.
+
+    A command-line argument in another encoding (Latin-1 from a script) reaches Python as a
+    str with escaped bytes (surrogates); those are decoded as UTF-8 or refused the same way.
+    """
     if value is None:
         return ""
+    if isinstance(value, (bytes, bytearray)):
+        return decode_utf8(bytes(value), name)
     if not isinstance(value, str):
         raise InvalidInputError(f"{name} must be text, got {type(value).__name__}")
-    return value
+    if value.isascii() or not any("\ud800" <= char <= "\udfff" for char in value):
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{name} holds characters that are not text (lone surrogates)") from None
+    return decode_utf8(raw, name)
+
+
+def decode_utf8(raw: bytes, name: str) -> str:
+    """``raw`` decoded as UTF-8; InvalidInputError naming the first bad byte otherwise."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad = raw[error.start : error.start + 1].hex()
+        raise InvalidInputError(
+            f"{name} is not UTF-8 text (byte 0x{bad} at position {error.start}; Latin-1 or another "
+            "8-bit encoding?): write it as UTF-8, e.g. convert a script with 'iconv -f latin1 -t utf-8'"
+        ) from None
 
 
 def cancel_checker(cancel: CancelSignal) -> Callable[[], bool]:

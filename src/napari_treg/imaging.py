@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import InvalidInputError
+from . import memory
+from .errors import InvalidInputError, OutOfMemoryError
 from .operators.base import as_numpy
 from .operators.convolution import mirror_index
 
@@ -30,6 +31,9 @@ MAX_MAGNITUDE = 1e30  # larger finite values overflow float32 intensity maths
 MAX_MODEL_MAGNITUDE = 1e9
 #: the largest simulated noise sigma, in the model's units (the intensity range spans 2): 50 times the range
 MAX_NOISE_SIGMA = 100.0
+#: host memory to prepare one input value: a float32 copy (4 bytes) and its float64 map to model units (8),
+#: with the float32 measurement in model units (4) alongside
+PREPARE_BYTES_PER_VALUE = 16
 
 
 @dataclass(frozen=True)
@@ -121,8 +125,28 @@ def layout_of(array: np.ndarray, rgb: bool | None = None) -> Layout:
     return layout
 
 
+def check_host_memory(layout: Layout) -> None:
+    """Refuse, before allocating, an image whose preparation needs more host memory than is available.
+
+    Preparing needs :data:`PREPARE_BYTES_PER_VALUE` bytes per value (a float32 copy and its float64
+    map to the model's units); a 60000x60000 image needs 54 GiB. Without a way to ask (not Linux)
+    the allocation itself fails, and the callers turn its ``MemoryError`` into the same error.
+    """
+    values = int(np.prod(layout.shape, dtype=np.int64))
+    needed = values * PREPARE_BYTES_PER_VALUE
+    available = memory.available_host_bytes()
+    if available is not None and needed > available:
+        raise OutOfMemoryError(
+            f"out of host memory: the image has {values:,} values ({' x '.join(map(str, layout.shape))}); preparing "
+            f"it needs about {needed / 2**30:.1f} GiB and {available / 2**30:.1f} GiB are available. "
+            "Restore it in parts (tiles cropped from it, or a few planes of a stack at a time), "
+            "a smaller or binned image, or on a machine with more memory"
+        )
+
+
 def to_planes(array: np.ndarray, layout: Layout) -> np.ndarray:
     """A float32 copy ``(N, C, H, W)`` of the image's planes (the input is not touched)."""
+    check_host_memory(layout)
     if layout.alpha_dropped:
         array = array[..., :3]
     h, w = layout.hw

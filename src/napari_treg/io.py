@@ -5,9 +5,15 @@ Supported formats
 - ``.tif`` / ``.tiff`` (tifffile): any shape and dtype, written unchanged
   (float results stay float32).
 - ``.npy`` (NumPy): any shape and dtype, written unchanged.
-- ``.png`` / ``.jpg`` / ``.jpeg`` (imageio): one 2D grey or ``(H, W, 3)`` RGB
-  (or RGBA) image in 8 bits (PNG also 16-bit grey). An alpha channel is dropped
-  on reading, and on writing JPEG.
+- ``.png`` / ``.jpg`` / ``.jpeg`` (Pillow, through imageio for writing): one 2D grey
+  or ``(H, W, 3)`` RGB (or RGBA) image in 8 bits (PNG also 16-bit grey). An alpha
+  channel is dropped on reading, and on writing JPEG. On reading, every colour mode
+  Pillow reports (CMYK, YCbCr, LAB, HSV, palette, premultiplied alpha) is converted
+  to RGB (CMYK through its embedded ICC profile when it has one); grey modes stay
+  grey; a mode Pillow cannot convert, or an animation, is refused by name.
+
+Only regular files are read: a FIFO, socket or device (which would block, or never
+end) is refused before it is opened.
 
 Float to PNG/JPEG
 -----------------
@@ -36,6 +42,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +83,26 @@ def check_output_path(path: PathLike) -> Path:
 
 # --------------------------------------------------------------------------- reading
 
+#: what a non-regular file is, by the ``stat`` test that finds it
+SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_regular_file(path: Path, role: str = "input") -> None:
+    """Refuse a folder, FIFO, socket or device as ``role`` (opening a FIFO blocks until a writer comes)."""
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        raise InvalidInputError(f"{role} is a folder, not a file: {os.fspath(path)!r}")
+    kind = next((name for test, name in SPECIAL_FILES if test(mode)), None if stat.S_ISREG(mode) else "not a file")
+    if kind is not None:
+        raise InvalidInputError(
+            f"{role} {os.fspath(path)!r} is {kind}, not a regular file: save the image to a file and pass that"
+        )
+
 
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
@@ -83,15 +110,54 @@ def _read_tiff(path: Path) -> np.ndarray:
     return tifffile.imread(path)
 
 
-def _read_picture(path: Path) -> np.ndarray:
-    import imageio.v3 as iio
+#: Pillow modes read as they are (grey, 1-bit, 16/32-bit integer, float)
+GREY_MODES = ("1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+#: Pillow modes of grey with alpha: the alpha is dropped
+GREY_ALPHA_MODES = ("LA", "La")
+#: Pillow modes converted to RGB (alpha dropped; CMYK, YCbCr, LAB, HSV and palettes converted, not reinterpreted)
+COLOUR_MODES = ("RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA")
 
-    image = np.asarray(iio.imread(path))
-    if image.ndim == 3 and image.shape[-1] == 4:  # RGBA -> RGB
-        image = image[..., :3]
-    elif image.ndim == 3 and image.shape[-1] == 2:  # grey + alpha -> grey
-        image = image[..., 0]
-    return image
+
+def _read_picture(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            raise ValueError(f"it holds {frames} frames (an animation); save the frame you want as one image")
+        return picture_pixels(image)
+
+
+def picture_pixels(image) -> np.ndarray:
+    """A Pillow image as a grey ``(H, W)`` or RGB ``(H, W, 3)`` array (see the module docstring)."""
+    mode = image.mode
+    if mode in GREY_MODES:
+        array = np.asarray(image)
+        return array.astype(array.dtype.newbyteorder("=")) if not array.dtype.isnative else array
+    if mode in GREY_ALPHA_MODES:
+        return np.asarray(image.convert("LA"))[..., 0]
+    if mode == "CMYK" and image.info.get("icc_profile"):
+        return _cmyk_by_profile(image)
+    if mode in COLOUR_MODES:
+        return np.asarray(image.convert("RGB"))
+    raise ValueError(
+        f"its colour mode {mode!r} is not one napari-treg reads (grey {', '.join(GREY_MODES)} or colour "
+        f"{', '.join(COLOUR_MODES)}); convert it to RGB or grey first"
+    )
+
+
+def _cmyk_by_profile(image) -> np.ndarray:
+    """CMYK -> sRGB through the file's embedded ICC profile (Pillow's plain formula if the profile is unusable)."""
+    from io import BytesIO
+
+    from PIL import ImageCms
+
+    try:
+        source = ImageCms.ImageCmsProfile(BytesIO(image.info["icc_profile"]))
+        rgb = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        rgb = None
+    return np.asarray(rgb if rgb is not None else image.convert("RGB"))
 
 
 def _read_numpy(path: Path) -> np.ndarray:
@@ -125,8 +191,7 @@ def read_image(path: PathLike) -> np.ndarray:
     source = Path(path)
     if not source.exists():
         raise InvalidInputError(f"input file not found: {os.fspath(source)!r}")
-    if source.is_dir():
-        raise InvalidInputError(f"input is a folder, not a file: {os.fspath(source)!r}")
+    check_regular_file(source, "input")
     try:
         image = _READERS[ext](source)
     except MemoryError:  # an allocation failure, not a bad file: memory.py recognises it
@@ -270,11 +335,19 @@ def write_image(path: PathLike, array: np.ndarray, *, like: np.ndarray | np.dtyp
     check_finite(data, f"the image to write to {os.fspath(path)!r}", advice="nothing was written")
     if ext in PICTURE:
         data = _picture_array(data, ext, like)
+    write_atomically(target, lambda temp: _WRITERS[ext](temp, data))
+    return target
+
+
+def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """``write(temp)`` a hidden temporary file beside ``target``, then rename it into place.
+
+    A failure (a full disk, Ctrl-C) removes the temporary file and leaves an existing ``target`` as it was.
+    """
     temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
     try:
-        _WRITERS[ext](temp, data)
+        write(temp)
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    return target

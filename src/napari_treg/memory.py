@@ -67,6 +67,18 @@ def out_of_memory_error(error: BaseException) -> OutOfMemoryError:
     return OutOfMemoryError(f"out of {memory} ({detail}). The memory was released; {advice}")
 
 
+def available_host_bytes() -> int | None:
+    """Host memory available to a new allocation without swapping (Linux ``MemAvailable``); None elsewhere."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def free_accelerator_memory() -> None:
     """Collect garbage and return cached accelerator memory to the driver."""
     gc.collect()

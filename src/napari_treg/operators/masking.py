@@ -14,7 +14,7 @@ class Inpainting(LinearOperator):
 
     Parameters
     ----------
-    mask : array (H, W)
+    mask : array (H, W), also (1, H, W) or (H, W, 1)
         True, or a label > 0 (a napari Labels layer), marks a *missing* pixel.
     """
 
@@ -87,6 +87,8 @@ def validate_mask(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
     if array.dtype.kind not in "biuf":
         raise InvalidInputError(f"the inpainting mask must be boolean or labels, got dtype {array.dtype}")
     array = drop_leading_singletons(array)
+    if array.ndim == 3 and array.shape[-1] == 1:  # (H, W, 1): a one-channel image, like (1, H, W)
+        array = array[..., 0]
     if array.ndim != 2:
         raise InvalidInputError(f"the inpainting mask must be 2D (H, W), got shape {np.shape(mask)}")
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
