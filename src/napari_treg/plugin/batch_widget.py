@@ -16,10 +16,9 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 from napari.utils.notifications import show_error, show_info
 
 from ..errors import Cancelled, TRegError
-from .choices import sr_factor
 from .forms import layer_combo, operator_from_form, operator_widgets, show_operator
-from .job import explain_error
 from .layers import restored_geometry
+from .messages import explain_error
 
 if TYPE_CHECKING:
     import napari
@@ -172,7 +171,7 @@ class BatchWidget(Container):
             return restore_many(source, output, operator, cancel=self._cancel, on_start=started, **keywords)
 
         self.worker = create_worker(job, _start_thread=False)
-        self._watch(output, layer, sr_factor(operator))
+        self._watch(output, layer, operator.upscale)
         self.worker.returned.connect(self._finished)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._ended)
