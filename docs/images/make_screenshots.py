@@ -112,7 +112,6 @@ def main() -> int:
     viewer.window._qt_window.showMaximized()
     viewer.window._qt_window.resize(*WINDOW)
     widget = open_demo(viewer, "fluorescence_blur")
-    widget.prompt.value = "fluorescent cell nuclei and filaments, sharp"
     settle(1.0)
     viewer.reset_view()
     close_notifications()
