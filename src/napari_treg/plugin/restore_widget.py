@@ -52,7 +52,7 @@ class RestoreWidget(Container):
         super().__init__(labels=False, widgets=[sections[-1], panel])
         self.viewer = viewer
         self.worker = None
-        self.panel = panel
+        self.status_panel = panel
         self.activity: ActivityProgress | None = None  # the run's bar in napari's activity dock
         self._sections = (*sections, panel)
         self._state = RunState()
@@ -134,7 +134,7 @@ class RestoreWidget(Container):
         try:
             request = self.make_request()
         except (TRegError, ValueError) as error:
-            self.panel.failed(explain_error(error))
+            self.status_panel.failed(explain_error(error))
             return None
         self._state.request = request
         self._set_running(True)
@@ -156,7 +156,7 @@ class RestoreWidget(Container):
         if request is not None:
             request.cancel.set()
             self.cancel_button.enabled = False
-            self.panel.say("Cancelling…")
+            self.status_panel.say("Cancelling…")
 
     def _set_running(self, running: bool) -> None:
         self.run_button.enabled = not running
@@ -166,13 +166,13 @@ class RestoreWidget(Container):
 
     def _on_status(self, message: str, fraction: float | None) -> None:
         if self._state.request is not None:
-            self.panel.busy(message, fraction)
+            self.status_panel.busy(message, fraction)
 
     def _on_step(self, event: Progress) -> None:
         request = self._state.request
         if request is None or request.cancel.is_set():
             return
-        self.panel.step(event)
+        self.status_panel.step(event)
         if event.preview is not None and self.preview.value:
             show_preview(self.viewer, request, event.preview)
         if self.activity is not None:
@@ -184,12 +184,12 @@ class RestoreWidget(Container):
         if request is None:
             return
         if request.cancel.is_set():  # cancelled after the last step: still nothing is added
-            self.panel.cancelled()
+            self.status_panel.cancelled()
             return
         try:
             self.show_result(request, outcome)
         except Exception as error:  # noqa: BLE001 - a display problem must not leave the widget stuck
-            self.panel.failed(f"The result could not be shown: {error}")
+            self.status_panel.failed(f"The result could not be shown: {error}")
             return
         for message in outcome.warnings:
             self.warn(message)
@@ -205,18 +205,18 @@ class RestoreWidget(Container):
             lines.append(f"Against '{request.record['reference']}': {format_metrics(outcome.metrics)}.")
         if outcome.info.get("test_model"):
             lines.append(f"Test model: {outcome.info.get('model')}.")
-        self.panel.say("\n".join(lines))
+        self.status_panel.say("\n".join(lines))
 
     def warn(self, message: str) -> None:
         """A warning about the run: a line in the status (kept under the summary) and a napari notification."""
-        self.panel.warn(message)
+        self.status_panel.warn(message)
 
     def _on_errored(self, error: BaseException) -> None:
         remove_preview(self.viewer)
         if isinstance(error, Cancelled):
-            self.panel.cancelled()
+            self.status_panel.cancelled()
         else:
-            self.panel.failed(explain_error(error))
+            self.status_panel.failed(explain_error(error))
 
     def _on_finished(self) -> None:
         if self.activity is not None:
