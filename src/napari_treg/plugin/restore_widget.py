@@ -52,7 +52,6 @@ class RestoreWidget(Container):
         super().__init__(labels=False, widgets=[sections[-1], panel])
         self.viewer = viewer
         self.worker = None
-        self.status_panel = panel
         self.activity: ActivityProgress | None = None  # the run's bar in napari's activity dock
         self._sections = (*sections, panel)
         self._state = RunState()
