@@ -43,8 +43,13 @@ def test_layer_stack_runs_on_cluster_and_opens_as_lazy_layer(make_napari_viewer,
     widget.model.value, widget.steps.value, widget.seed.value = "analytic", 4, 1
     widget.output.value = str(tmp_path / "out.zarr")
     widget.scheduler.value = scheduler
+    relayed = []  # what reached the main thread through the plugin's worker -> GUI relay
+    widget.relay.called.connect(lambda name, args: relayed.append((name, widget.activity.progress.n)))
     assert widget.run() is not None
     qtbot.waitUntil(lambda: not widget.is_running, timeout=120_000)
+    assert [name for name, _ in relayed] == ["started", "unit", "unit", "unit"]
+    assert relayed[-1][1] == 3  # napari's progress (activity dock) counted every unit
+    assert widget.activity is None  # and was closed at the end
     result = widget.result_layer
     assert result is not None and isinstance(result.data, da.Array)  # lazy
     assert list(result.scale) == [2.0, 0.25, 0.25]
@@ -52,4 +57,4 @@ def test_layer_stack_runs_on_cluster_and_opens_as_lazy_layer(make_napari_viewer,
 
     expected = restore(stack, SuperResolution(2), model="analytic", device="auto", steps=4, seed=1)
     assert np.array_equal(np.asarray(result.data), expected)
-    assert "3 of 3 units" in widget.status.value
+    assert widget.status.value.startswith("Done: 3 of 3 units")

@@ -29,7 +29,7 @@ def test_the_docs_have_python_snippets():
 def offline_and_quick(monkeypatch):
     """ "sd15" loads the tiny test model, and every restoration runs at most 2 steps (the widget's too)."""
     import napari_treg.models
-    import napari_treg.plugin.job
+    import napari_treg.plugin.restoration
     from napari_treg import api, engine
 
     load_model = napari_treg.models.load_model
@@ -44,7 +44,7 @@ def offline_and_quick(monkeypatch):
 
     monkeypatch.setattr(napari_treg.models, "load_model", tiny_load_model)
     monkeypatch.setattr(api, "Restorer", QuickRestorer)
-    monkeypatch.setattr(napari_treg.plugin.job, "Restorer", QuickRestorer)
+    monkeypatch.setattr(napari_treg.plugin.restoration, "Restorer", QuickRestorer)
 
 
 @pytest.mark.parametrize("doc", DOCS)

@@ -7,8 +7,7 @@ import pytest
 
 from napari_treg.errors import Cancelled, InvalidInputError, ModelNotFoundError
 from napari_treg.operators import GaussianBlur, Inpainting, SuperResolution
-from napari_treg.plugin.choices import model_spec, sr_factor
-from napari_treg.plugin.job import Job, ModelHolder, explain_error, residual_image, run_job
+from napari_treg.plugin.choices import model_spec
 from napari_treg.plugin.layers import (
     CURRENT_PLANE,
     WHOLE_STACK,
@@ -26,6 +25,8 @@ from napari_treg.plugin.layers import (
     result_name,
     select_planes,
 )
+from napari_treg.plugin.messages import explain_error
+from napari_treg.plugin.restoration import ModelHolder, RestoreRequest, residual_image, run_request
 
 
 def test_widget_operators_and_parameters_come_from_the_registry():
@@ -37,7 +38,7 @@ def test_widget_operators_and_parameters_come_from_the_registry():
         assert shown == {param.name for param in spec.parameters}
         assert set(visible_parameters(name)) == set(operator_parameters())
     assert visible_parameters("motion_blur") == visible_parameters("motion")  # aliases resolve
-    assert sr_factor(SuperResolution(3)) == 3 and sr_factor(GaussianBlur(1.0)) == 1
+    assert SuperResolution(3).upscale == 3 and GaussianBlur(1.0).upscale == 1
 
 
 def test_model_spec():
@@ -157,23 +158,25 @@ def test_errors_say_what_to_do():
     assert "Traceback" not in explain_error(KeyError("x"))
 
 
-def _job(**kwargs) -> Job:
+def _request(**kwargs) -> RestoreRequest:
     image = np.random.default_rng(0).uniform(0, 1, (16, 16)).astype(np.float32)
     options = {"steps": 2, "seed": 0, "prompt": "", "cg_iterations": 1}
-    return Job(Planes(image, ()), GaussianBlur(1.0), False, "tiny", "cpu", None, options, **kwargs)
+    return RestoreRequest(Planes(image, ()), GaussianBlur(1.0), False, "tiny", "cpu", None, options, **kwargs)
 
 
-def test_run_job_with_the_tiny_model_reuses_it():
+def test_run_request_with_the_tiny_model_reuses_it():
     holder = ModelHolder()
     steps: list[tuple[int, int, bool]] = []
-    outcome = run_job(
-        _job(preview_every=1, residual=True), holder, lambda e: steps.append((e.step, e.total, e.preview is not None))
+    outcome = run_request(
+        _request(preview_every=1, residual=True),
+        holder,
+        lambda e: steps.append((e.step, e.total, e.preview is not None)),
     )
     assert outcome.result.shape == (16, 16) and outcome.residual.shape == (16, 16)
     assert steps == [(1, 2, True), (2, 2, True)]
     assert outcome.info["test_model"] and outcome.info["seed"] == 0
     first = holder.prior
-    run_job(_job(reference=np.zeros((16, 16))), holder)
+    run_request(_request(reference=np.zeros((16, 16))), holder)
     assert holder.prior is first  # reused
     holder.release()
     assert holder.prior is None
@@ -181,28 +184,28 @@ def test_run_job_with_the_tiny_model_reuses_it():
 
 def test_cancelled_job_raises_and_release_waits_for_the_run():
     holder = ModelHolder()
-    job = _job()
+    job = _request()
     job.cancel.set()
     with pytest.raises(Cancelled):
-        run_job(job, holder)
+        run_request(job, holder)
     with holder.use("tiny", "cpu", None) as prior:
         holder.release()  # asked during a run: deferred
         assert holder.prior is prior
     assert holder.prior is None
 
-    cancel_at_first_step = _job()
+    cancel_at_first_step = _request()
     with pytest.raises(Cancelled):
-        run_job(cancel_at_first_step, holder, lambda e: cancel_at_first_step.cancel.set())
+        run_request(cancel_at_first_step, holder, lambda e: cancel_at_first_step.cancel.set())
 
 
-def test_run_job_collects_the_warnings_of_the_run():
+def test_run_request_collects_the_warnings_of_the_run():
     holder = ModelHolder()
-    job = _job()
+    job = _request()
     job.options["prompt"] = "word " * 200  # longer than the text encoder's 77 tokens
-    outcome = run_job(job, holder)
+    outcome = run_request(job, holder)
     assert any("77 tokens" in message for message in outcome.warnings), outcome.warnings
     assert outcome.load_seconds > 0
-    again = run_job(job, holder)  # the same warning again: reported again, the model not reloaded
+    again = run_request(job, holder)  # the same warning again: reported again, the model not reloaded
     assert any("77 tokens" in message for message in again.warnings) and again.load_seconds < outcome.load_seconds
 
 
@@ -239,7 +242,7 @@ def test_the_cli_prints_the_warnings_of_a_run(tmp_path):
 
 
 def test_data_consistency_line_speaks_in_noise_units():
-    from napari_treg.plugin.restore_widget import data_consistency_line
+    from napari_treg.plugin.messages import data_consistency_line
 
     constant = data_consistency_line({"residual": 0.0, "residual_over_noise": 65.0}, constant=True)
     assert "constant" in constant and "residual 0" not in constant and "= 0" not in constant

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
-from napari_treg.plugin.restore_widget import DOCK_WIDTH, PREVIEW_NAME, RestoreWidget
+from napari_treg.plugin.output_layers import PREVIEW_NAME
+from napari_treg.plugin.restore_form import DOCK_WIDTH
+from napari_treg.plugin.restore_widget import RestoreWidget
 
 
 def _messages(severity=None) -> list[str]:

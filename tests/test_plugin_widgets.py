@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
+from napari_treg.plugin import restore_form
 from napari_treg.plugin import restore_widget as restore_module
 from napari_treg.plugin.layers import WHOLE_STACK
-from napari_treg.plugin.restore_widget import PREVIEW_NAME
+from napari_treg.plugin.messages import CANCELLED
+from napari_treg.plugin.output_layers import PREVIEW_NAME
 from napari_treg.plugin.simulate_widget import SimulateWidget
 
 
@@ -92,7 +94,7 @@ def _activity_cancel_button(widget):
     from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
 
     window = widget.viewer.window._qt_window
-    (bar,) = [b for b in window.findChildren(QtLabeledProgressBar) if b.progress is widget._progress]
+    (bar,) = [b for b in window.findChildren(QtLabeledProgressBar) if b.progress is widget.activity.progress]
     return bar.cancel_button
 
 
@@ -111,31 +113,31 @@ def test_cancel_from_anywhere_stops_within_a_step_and_adds_nothing(restore_widge
     restore_widget.operator.value = "denoise"
     restore_widget.steps.value = 50
     done = []  # steps finished, counted in the worker thread
-    run_job = restore_module.run_job
+    run_request = restore_module.run_request
 
-    def counting_run_job(job, holder, progress=None, status=None):
+    def counting_run_request(request, holder, progress=None, status=None):
         def count(event):
             done.append(event.step)
             progress(event)
 
-        return run_job(job, holder, count, status)
+        return run_request(request, holder, count, status)
 
-    monkeypatch.setattr(restore_module, "run_job", counting_run_job)
+    monkeypatch.setattr(restore_module, "run_request", counting_run_request)
     at_cancel = []
 
-    def cancel_at_second_step(event):
-        if event.step == 2 and not at_cancel:
+    def cancel_at_second_step(name, args):
+        if name == "step" and args[0].step == 2 and not at_cancel:
             CANCEL_ACTIONS[action](restore_widget)
             at_cancel.append(len(done))
 
-    restore_widget._relay.stepped.connect(cancel_at_second_step)
+    restore_widget.relay.called.connect(cancel_at_second_step)
     before = [layer.name for layer in viewer.layers]
     worker = restore_widget.run()
     qtbot.waitUntil(lambda: not restore_widget.is_running, timeout=120_000)
     assert at_cancel and len(done) <= at_cancel[0] + 1 < 50, (at_cancel, len(done))  # within one step
     assert [layer.name for layer in viewer.layers] == before  # no result, preview removed
     np.testing.assert_array_equal(layer.data, original)
-    assert restore_widget.status.value == restore_module.CANCELLED
+    assert restore_widget.status.value == CANCELLED
     assert not _errors()
     assert worker.is_running is False
 
@@ -221,18 +223,20 @@ def test_missing_weights_in_the_worker_become_a_notification(restore_widget, run
     assert len(restore_widget.viewer.layers) == before
     message = _errors()[-1]
     assert "not a complete diffusers" in message and "tiny test model" in message
-    assert restore_widget.status.value.startswith("Failed")
+    status = restore_widget.status.value  # the reason itself, not "see the notification"
+    assert status.startswith("The model could not be loaded:") and "not a complete diffusers" in status
+    assert "tiny test model" not in status and restore_widget.status_panel.details.value == message
 
 
 def test_out_of_memory_says_what_to_do(restore_widget, run_to_end, monkeypatch):
     import torch
 
-    from napari_treg.plugin import job
+    from napari_treg.plugin import restoration
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(job.Restorer, "restore", out_of_memory)
+    monkeypatch.setattr(restoration.Restorer, "restore", out_of_memory)
     restore_widget.viewer.add_image(_image((32, 32)), name="y")
     restore_widget.operator.value = "denoise"
     run_to_end(restore_widget)
@@ -270,7 +274,7 @@ def test_widget_parameters_are_named_after_restore_arguments(restore_widget):
     from napari_treg.solver import TRegConfig
 
     arguments = set(inspect.signature(restore).parameters) | set(TRegConfig.__dataclass_fields__)
-    for name in restore_module.RESTORE_OPTIONS + ("image", "operator", "model", "device", "dtype"):
+    for name in restore_form.RESTORE_OPTIONS + ("image", "operator", "model", "device", "dtype"):
         assert name in arguments
         assert getattr(restore_widget, name).name == name
 

@@ -112,7 +112,6 @@ def main() -> int:
     viewer.window._qt_window.showMaximized()
     viewer.window._qt_window.resize(*WINDOW)
     widget = open_demo(viewer, "fluorescence_blur")
-    widget.prompt.value = "fluorescent cell nuclei and filaments, sharp"
     settle(1.0)
     viewer.reset_view()
     close_notifications()
@@ -153,15 +152,16 @@ def main() -> int:
     widget.prompt.value = "a square"
     captured = {}
 
-    def shoot_midway(event):
-        if event.step >= event.total // 2 and event.preview is not None and "running" not in captured:
+    def shoot_midway(name, args):
+        event = args[0]
+        if name == "step" and event.step >= event.total // 2 and event.preview is not None and "running" not in captured:
             captured["running"] = viewer.screenshot(canvas_only=False, flash=False)
 
     close_notifications()
-    widget._relay.stepped.connect(shoot_midway)
+    widget.relay.called.connect(shoot_midway)
     widget.run()
     wait(widget)
-    widget._relay.stepped.disconnect(shoot_midway)
+    widget.relay.called.disconnect(shoot_midway)
     if "running" in captured:
         save(captured["running"], "restore-running.png", width=1200)
     widget.image.value = measurement

@@ -36,8 +36,8 @@ from napari_treg.cli_options import (
     restore_kwargs,
     setting_type,
 )
-from napari_treg.errors import Cancelled, InvalidInputError, TRegError
-from napari_treg.memory import is_out_of_memory, out_of_memory_error
+from napari_treg.errors import TRegError
+from napari_treg.failures import EXIT_INTERRUPTED, describe_failure
 from napari_treg.settings import check_integer, check_number, specs
 
 if TYPE_CHECKING:  # torch is imported inside main(), where Ctrl-C during the import is caught
@@ -359,26 +359,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
-    except (KeyboardInterrupt, Cancelled):
-        print(f"{PROG}: interrupted; no output written", file=sys.stderr)
-        return 130
-    except (UsageError, InvalidInputError) as exc:
+    except UsageError as exc:
         _fail(str(exc))
         return 2
-    except TRegError as exc:
-        _fail(str(exc))
-        return 1
-    except ValueError as exc:
-        _fail(str(exc))
-        return 2
-    except (OSError, ImportError) as exc:  # ImportError: a broken install
-        _fail(str(exc) or type(exc).__name__)
-        return 1
-    except (MemoryError, RuntimeError) as exc:  # an allocation failure on any device
-        if not is_out_of_memory(exc):
+    except (KeyboardInterrupt, Exception) as exc:
+        failure = describe_failure(exc)  # the same mapping as the widgets'
+        if failure is None:
             raise
-        _fail(str(out_of_memory_error(exc)))
-        return 1
+        if failure.exit_status == EXIT_INTERRUPTED:
+            print(f"{PROG}: {failure.message}", file=sys.stderr)
+        else:
+            _fail(failure.message)
+        return failure.exit_status
 
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ class LinearOperator(ABC):
         """Size of the image that a measurement of size ``measurement_hw`` comes from."""
         return measurement_hw
 
+    @property
+    def upscale(self) -> int:
+        """How many times larger, per image axis, the restored image is than the measurement (1 here)."""
+        return 1
+
     def padded(self, pad_h: int, pad_w: int) -> LinearOperator:
         """The operator for an image padded by ``pad_h`` rows and ``pad_w`` columns.
 

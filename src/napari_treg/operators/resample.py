@@ -70,6 +70,11 @@ class SuperResolution(LinearOperator):
         taps, self._offset = downsampling_taps(self.factor, filter)
         self._taps = DeviceCopies(taps)
 
+    @property
+    def upscale(self) -> int:
+        """The restored image is ``factor`` times larger than the measurement."""
+        return self.factor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_image_hw(tuple(x.shape[-2:]))
         h, w = self.measurement_hw(tuple(x.shape[-2:]))

@@ -3,7 +3,9 @@
 The layer's data (a NumPy, dask or zarr array) goes to :func:`napari_treg.batch.restore_many`
 as it is: nothing is loaded here. A zarr output is added as a layer as soon as it exists
 and refreshed as units complete; a folder output is reported when done. Cancel stops
-the run; the output stays resumable (run again with the same settings).
+the run; the output stays resumable (run again with the same settings). The run reports its
+start and each unit through the plugin's one worker -> GUI relay (:class:`.worker.Relay`), and
+shows napari's progress, as the restore widget does.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 from napari.utils.notifications import show_error, show_info
 
 from ..errors import Cancelled, TRegError
-from .choices import sr_factor
 from .forms import layer_combo, operator_from_form, operator_widgets, show_operator
-from .job import explain_error
 from .layers import restored_geometry
+from .messages import explain_error, headline
+from .worker import ActivityProgress, Relay, start_worker
 
 if TYPE_CHECKING:
     import napari
@@ -111,7 +113,9 @@ class BatchWidget(Container):
         self.report: Any = None
         self.result_layer = None
         self._cancel = threading.Event()
-        self._progress = None
+        self.activity: ActivityProgress | None = None  # the run's bar in napari's activity dock
+        self._target: tuple[str, Any, int] = ("", None, 1)  # output, input layer, upscale of the running job
+        self.relay = Relay(self.native, started=self._started, unit=self._unit_done)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.operator.changed.connect(lambda *_: show_operator(self))
@@ -149,8 +153,6 @@ class BatchWidget(Container):
 
     def run(self, *_: Any):
         """Start the run in a thread; returns the napari thread worker (None if the form is incomplete)."""
-        from napari.qt.threading import create_worker
-
         from ..batch import restore_many
 
         if self.is_running:
@@ -161,44 +163,39 @@ class BatchWidget(Container):
             show_error(explain_error(error))
             return None
         self._cancel.clear()
-        layer = self.image.value if self.source.value == "layer" else None
+        self.report = None  # the live BatchReport, from the run's start on
+        self._target = (output, self.image.value if self.source.value == "layer" else None, operator.upscale)
+        self.activity = ActivityProgress("TReg batch", cancel=self.cancel)
+        started, unit = self.relay.sender("started"), self.relay.sender("unit")
 
-        self.report = None  # set by the run (a live BatchReport), read by the GUI timer
+        def work() -> Any:
+            return restore_many(
+                source, output, operator, cancel=self._cancel, on_start=started, on_unit=unit, **keywords
+            )
 
-        def started(report: Any) -> None:
-            self.report = report
-
-        def job():
-            return restore_many(source, output, operator, cancel=self._cancel, on_start=started, **keywords)
-
-        self.worker = create_worker(job, _start_thread=False)
-        self._watch(output, layer, sr_factor(operator))
-        self.worker.returned.connect(self._finished)
-        self.worker.errored.connect(self._failed)
-        self.worker.finished.connect(self._ended)
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = "Starting the cluster and planning the units..."
-        self.worker.start()
+        self.worker = start_worker(work, self._finished, self._failed, self._ended)
         return self.worker
 
-    def _watch(self, output: str, layer: Any, factor: int) -> None:
-        """Poll from the GUI thread: progress, and the zarr output as a layer once it exists."""
-        from napari.utils import progress
-        from qtpy.QtCore import QTimer
+    # -- from the run (main thread, through the relay) ------------------------------------------
 
-        self._progress = progress(total=0, desc="TReg batch")
-        self._timer = QTimer()
-        self._timer.setInterval(500)
-        self._timer.timeout.connect(lambda: self._refresh(output, layer, factor))
-        self._timer.start()
+    def _started(self, report: Any) -> None:
+        self.report = report
+        self._refresh()
 
-    def _refresh(self, output: str, layer: Any, factor: int) -> None:
+    def _unit_done(self, report: Any, name: str, error: str | None) -> None:
+        self.report = report
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Progress, and the zarr output as a layer once it exists (re-read so new chunks show)."""
         report = self.report
-        if report is not None and self._progress is not None:
-            self._progress.total = report.units
-            self._progress.n = report.done + len(report.failed)
-            self._progress.refresh()
+        if report is not None and self.activity is not None:
             self.status.value = f"{report.done} of {report.units} units done on {report.workers} workers..."
+            # last: napari's progress handles pending events (maybe the run's end) while it updates
+            self.activity.update(report.done + len(report.failed), report.units, "TReg batch")
+        output, layer, factor = self._target
         if output.rstrip("/").endswith(".zarr") and os.path.exists(os.path.join(output, "zarr.json")):
             self._show_result(output, layer, factor)
 
@@ -234,15 +231,16 @@ class BatchWidget(Container):
     def _failed(self, error: Exception) -> None:
         if isinstance(error, Cancelled):
             show_info("Cancelled: the units done so far are kept; run again with the same settings to resume.")
+            self.status.value = "Stopped."
         else:
-            show_error(explain_error(error))
-        self.status.value = "Stopped."
+            message = explain_error(error)
+            show_error(message)
+            self.status.value = f"Stopped. {headline(message)}"
 
     def _ended(self) -> None:
-        self._timer.timeout.emit()  # the last units
-        self._timer.stop()
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        if self.activity is not None:
+            self.activity.close()
+            self.activity = None
+        self._refresh()  # the last units' chunks (the status already says how the run ended)
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False

@@ -1,7 +1,8 @@
 """What the widgets offer besides operators and method settings: models, devices, precisions (no Qt here).
 
 The operators and the method's settings come from the engine's registries
-(:mod:`napari_treg.operators.registry`, :class:`napari_treg.solver.TRegConfig`), see :mod:`.forms`.
+(:mod:`napari_treg.operators.registry`, :class:`napari_treg.solver.TRegConfig`), see :mod:`.forms`;
+what an operator does to the image size is the operator's own (``LinearOperator.upscale``).
 """
 
 from __future__ import annotations
@@ -9,13 +10,6 @@ from __future__ import annotations
 from ..errors import InvalidInputError
 from ..models.devices import DTYPE_CHOICES
 from ..models.loading import MODEL_NAMES
-from ..operators import LinearOperator, SuperResolution
-
-
-def sr_factor(operator: LinearOperator) -> int:
-    """How many times larger the restored image is than the measurement (1 unless SR)."""
-    return int(getattr(operator, "factor", 1)) if isinstance(operator, SuperResolution) else 1
-
 
 # -- models, devices, precisions ------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """``napari-treg demo``: napari with a sample loaded and the TReg widgets docked.
 
 The restore widget starts pointed at the sample's measurement, with the operator it
-was simulated with and the clean image as the reference. The other samples are in
+was simulated with, the clean image as the reference, and the sample's prompt and
+negative prompt (:data:`.sample_data.TEXT_PRESETS`). The other samples are in
 File > Open Sample > napari-treg.
 """
 

@@ -20,6 +20,7 @@ from ..operators.registry import OPERATORS, Param, build_operator, operator_para
 
 __all__ = ["operator_parameters", "operator_spec"]  # re-exported for the widgets
 from ..settings import Spec
+from .layers import is_preview, is_result
 
 if TYPE_CHECKING:
     import napari
@@ -30,18 +31,6 @@ if TYPE_CHECKING:
 DEFAULT_OPERATOR = "gauss"
 #: the napari layer type of an operator's array parameter (any other is an Image layer)
 LAYER_PARAMETER_KINDS = {"mask": "Labels"}
-#: metadata keys of layers the plugin makes that are never offered as inputs
-PREVIEW_KEY = "treg_preview"
-RESULT_KEYS = ("treg", "treg_residual", PREVIEW_KEY)
-
-
-def is_preview(layer: Any) -> bool:
-    return bool(layer.metadata.get(PREVIEW_KEY))
-
-
-def is_result(layer: Any) -> bool:
-    """A layer TReg made (a result, a residual, the preview): never picked as an input by itself."""
-    return any(key in layer.metadata for key in RESULT_KEYS)
 
 
 def layer_choices(

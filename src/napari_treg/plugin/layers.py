@@ -1,4 +1,4 @@
-"""Layer bookkeeping without Qt: planes, geometry, names, contrast, provenance, metrics.
+"""Layer bookkeeping without Qt: TReg's own layers, planes, geometry, names, contrast, provenance, metrics.
 
 napari places pixel ``i`` of a layer at world ``translate + scale * i`` (pixel
 centres). A super-resolution measurement pixel ``j`` covers image pixels
@@ -19,6 +19,22 @@ from ..errors import InvalidInputError
 
 CURRENT_PLANE = "current plane"
 WHOLE_STACK = "whole stack"
+#: metadata keys of layers the plugin makes that are never offered as inputs
+PREVIEW_KEY = "treg_preview"
+RESULT_KEYS = ("treg", "treg_residual", PREVIEW_KEY)
+
+
+# -- which layers are TReg's own ------------------------------------------------------------
+
+
+def is_preview(layer: Any) -> bool:
+    """The live preview of a running restoration."""
+    return bool(layer.metadata.get(PREVIEW_KEY))
+
+
+def is_result(layer: Any) -> bool:
+    """A layer TReg made (a result, a residual, the preview): never picked as an input by itself."""
+    return any(key in layer.metadata for key in RESULT_KEYS)
 
 
 # -- planes of a stack ----------------------------------------------------------------------

@@ -18,6 +18,26 @@ from .layers import measurement_geometry
 
 LayerData = tuple[np.ndarray, dict, str]
 PIXEL_UM = 0.1  # pixel size of the synthetic fluorescence images
+#: the text each sample's measurement brings to the restore widget (prompt, negative prompt): what the
+#: clean image shows, and what the degradation made of it, so a first Run shows what text guidance does
+TEXT_PRESETS = {
+    "fluorescence_blur": (
+        "fluorescence microscopy image of cell nuclei and thin filaments, sharp, high detail",
+        "blurry, out of focus, noisy, low contrast",
+    ),
+    "photograph_sr": (
+        "a sharp high-resolution portrait photograph of an astronaut in a white spacesuit",
+        "blurry, pixelated, low resolution, jpeg artifacts",
+    ),
+    "photograph_inpainting": (
+        "a photograph of a tabby cat's face, clean and sharp",
+        "scratches, stains, damaged photo, blotches",
+    ),
+    "fluorescence_stack_sr": (
+        "fluorescence microscopy image of cell nuclei, sharp, high resolution",
+        "blurry, pixelated, low resolution, noisy",
+    ),
+}
 
 
 def astronaut_face() -> np.ndarray:
@@ -98,8 +118,9 @@ def _pair(
     scale: tuple[float, ...],
     units: str | None = None,
     colormap: str = "gray",
+    sample: str | None = None,
 ) -> list[LayerData]:
-    """The clean layer (hidden) and its measurement, overlaid."""
+    """The clean layer (hidden) and its measurement, overlaid; the measurement records ``sample``'s text preset."""
     measured = degrade(clean, operator, noise=noise, seed=0, rgb=rgb)
     factor = operator.factor if isinstance(operator, SuperResolution) else 1
     m_scale, m_translate = measurement_geometry(scale, [0.0] * len(scale), factor)
@@ -130,11 +151,20 @@ def _pair(
                 "operator_repr": repr(operator),
                 "noise": noise,
                 "seed": 0,
+                **text_preset(sample),
             }
         },
         **common,
     }
     return [(clean, clean_kwargs, "image"), (measured, measured_kwargs, "image")]
+
+
+def text_preset(sample: str | None) -> dict[str, str]:
+    """``{"prompt": ..., "negative_prompt": ...}`` of a sample (empty for None)."""
+    if sample is None:
+        return {}
+    prompt, negative = TEXT_PRESETS[sample]
+    return {"prompt": prompt, "negative_prompt": negative}
 
 
 def photograph_sr() -> list[LayerData]:
@@ -149,6 +179,7 @@ def photograph_sr() -> list[LayerData]:
         rgb=True,
         noise=0.01,
         scale=(1.0, 1.0),
+        sample="photograph_sr",
     )
 
 
@@ -159,7 +190,17 @@ def photograph_inpainting() -> list[LayerData]:
     clean = data.chelsea()[22:278, 100:356].copy()
     mask = scratch_mask(clean.shape[:2])
     settings = {"name": "inpaint", "mask": "cat scratches (mask)"}
-    layers = _pair(clean, Inpainting(mask), settings, "cat", "scratched", rgb=True, noise=0.01, scale=(1.0, 1.0))
+    layers = _pair(
+        clean,
+        Inpainting(mask),
+        settings,
+        "cat",
+        "scratched",
+        rgb=True,
+        noise=0.01,
+        scale=(1.0, 1.0),
+        sample="photograph_inpainting",
+    )
     layers.insert(0, (mask, {"name": settings["mask"], "opacity": 0.4, "visible": False}, "labels"))
     return layers
 
@@ -179,6 +220,7 @@ def fluorescence_blur() -> list[LayerData]:
         scale=(PIXEL_UM, PIXEL_UM),
         units="um",
         colormap="green",
+        sample="fluorescence_blur",
     )
 
 
@@ -197,4 +239,5 @@ def fluorescence_stack_sr() -> list[LayerData]:
         scale=(0.3, PIXEL_UM, PIXEL_UM),
         units="um",
         colormap="magenta",
+        sample="fluorescence_stack_sr",
     )

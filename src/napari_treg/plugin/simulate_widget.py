@@ -14,10 +14,9 @@ from napari.utils.notifications import show_error
 
 from ..api import degrade
 from ..errors import TRegError
-from .choices import sr_factor
 from .forms import layer_combo, operator_from_form, operator_settings, operator_spec, operator_widgets, show_operator
-from .job import explain_error
 from .layers import Planes, linear_part, mask_for_planes, measurement_geometry, plain
+from .messages import explain_error
 
 if TYPE_CHECKING:
     import napari
@@ -95,7 +94,7 @@ class SimulateWidget(Container):
             return None
         settings = operator_settings(self)
         linear = linear_part(layer.rotate, layer.shear, layer.ndim)
-        scale, translate = measurement_geometry(layer.scale, layer.translate, sr_factor(operator), linear)
+        scale, translate = measurement_geometry(layer.scale, layer.translate, operator.upscale, linear)
         name = measurement_name(layer.name, self.operator.value, settings, self.noise.value)
         record = {
             "source_layer": layer.name,

@@ -1,9 +1,10 @@
-"""One restoration run as the widget starts it, without Qt.
+"""One restoration run as the restore widget starts it, without Qt.
 
-:func:`run_job` is what the widget's thread worker executes: load (or reuse) the
-model, call :func:`napari_treg.restore`, then compute the optional residual and
-ground-truth metrics. :func:`explain_error` turns any failure into a message that
-says what to do.
+The widget reads its form into a :class:`RestoreRequest` on the main thread;
+:func:`run_request` is what its thread worker executes: load (or reuse) the model,
+restore, then compute the optional residual and ground-truth metrics, and hand an
+:class:`Outcome` back. (Not to be confused with a batch unit's ``Job`` in
+:mod:`napari_treg.batch.units`.)
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import torch
 
 from .. import api
 from ..engine import Progress, Restorer, split_settings, warn_if_slow
-from ..errors import Cancelled, DivergenceError, InvalidInputError, ModelNotFoundError, TRegError
-from ..memory import is_out_of_memory
+from ..errors import Cancelled, InvalidInputError
 from ..models.base import DiffusionPrior
 from ..operators import LinearOperator
 from .layers import Planes, ground_truth_metrics, reference_for
@@ -89,7 +89,7 @@ class ModelHolder:
 
 
 @dataclass
-class Job:
+class RestoreRequest:
     """Everything one run needs, read from the widget on the main thread."""
 
     planes: Planes
@@ -124,8 +124,8 @@ class Outcome:
     load_seconds: float = 0.0
 
 
-def run_job(
-    job: Job, holder: ModelHolder, progress: StepProgress | None = None, status: Status | None = None
+def run_request(
+    request: RestoreRequest, holder: ModelHolder, progress: StepProgress | None = None, status: Status | None = None
 ) -> Outcome:
     """Load or reuse the model, restore, then compute residual and metrics (runs in a worker thread).
 
@@ -134,42 +134,44 @@ def run_job(
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        outcome = _restore(job, holder, progress, status)
+        outcome = _restore(request, holder, progress, status)
     for message in dict.fromkeys(str(warning.message) for warning in caught):
         outcome.warnings.append(message)
     return outcome
 
 
-def _restore(job: Job, holder: ModelHolder, progress: StepProgress | None, status: Status | None) -> Outcome:
-    if job.cancel.is_set():
+def _restore(
+    request: RestoreRequest, holder: ModelHolder, progress: StepProgress | None, status: Status | None
+) -> Outcome:
+    if request.cancel.is_set():
         raise Cancelled("cancelled before the start")
     if status is not None:
-        status(f"loading model {job.model}", None)
-    text, config, settings = split_settings(job.options)
+        status(f"loading model {request.model}", None)
+    text, config, settings = split_settings(request.options)
     started = time.perf_counter()
-    with holder.use(job.model, job.device, job.dtype, status, job.low_memory) as prior:
+    with holder.use(request.model, request.device, request.dtype, status, request.low_memory) as prior:
         load_seconds = time.perf_counter() - started
         if status is not None:
             status("restoring", 0.0)
         warn_if_slow(prior)
         restorer = Restorer(prior, config, **text)
         result, info = restorer.restore(
-            job.planes.data,
-            job.operator,
+            request.planes.data,
+            request.operator,
             **settings,
-            rgb=job.rgb,
-            preview_every=job.preview_every,
+            rgb=request.rgb,
+            preview_every=request.preview_every,
             callback=progress,
-            cancel=job.cancel,
+            cancel=request.cancel,
         )
     outcome = Outcome(result, info, load_seconds=load_seconds)
-    if job.residual:
-        measured = api.degrade(result, job.operator, noise=0.0, rgb=job.rgb)
-        outcome.residual = residual_image(measured, job.planes.data, job.operator, job.rgb)
-    if job.reference is not None:
+    if request.residual:
+        measured = api.degrade(result, request.operator, noise=0.0, rgb=request.rgb)
+        outcome.residual = residual_image(measured, request.planes.data, request.operator, request.rgb)
+    if request.reference is not None:
         try:
-            reference = reference_for(job.reference, result.shape, job.planes)
-            outcome.metrics = ground_truth_metrics(result, reference, job.rgb)
+            reference = reference_for(request.reference, result.shape, request.planes)
+            outcome.metrics = ground_truth_metrics(result, reference, request.rgb)
         except InvalidInputError as error:
             outcome.warnings.append(f"no PSNR/SSIM: {error}")
     return outcome
@@ -181,26 +183,3 @@ def residual_image(measured: np.ndarray, measurement: np.ndarray, operator: Line
     hw = residual.shape[-3:-1] if rgb else residual.shape[-2:]
     keep = operator.measured(torch.ones((1, 1, *hw), dtype=torch.float32))[0, 0].numpy()
     return residual * (keep[..., None] if rgb else keep)
-
-
-def explain_error(error: BaseException) -> str:
-    """A message for a notification: what went wrong and what to do, no traceback."""
-    text = str(error).strip() or type(error).__name__
-    if isinstance(error, Cancelled):
-        return "Restoration cancelled."
-    if isinstance(error, ModelNotFoundError):
-        return (
-            f"The model could not be loaded. {text}\n"
-            "To try the plugin without weights, choose the tiny test model under Model."
-        )
-    if isinstance(error, MemoryError) or is_out_of_memory(error):
-        return (
-            "Out of memory while restoring; the memory was released. Restore the current plane instead of "
-            "the whole stack, or under Advanced turn on the low-memory mode, set a tile size (e.g. 512), "
-            "choose float16 precision, or run on another device."
-        )
-    if isinstance(error, DivergenceError):
-        return f"The restoration diverged. {text}"
-    if isinstance(error, (TRegError, ValueError)):
-        return f"Cannot restore: {text}"
-    return f"Restoration failed ({type(error).__name__}: {text}). Check the inputs and settings, then try again."

@@ -1,0 +1,108 @@
+"""What the widgets say, without Qt: failures, progress and the summary of a run.
+
+Failures come from the one error mapping every front end shares
+(:func:`napari_treg.failures.describe_failure`); a widget adds only what to do in the widget.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..failures import Failure, describe_failure, first_sentence
+
+if TYPE_CHECKING:
+    from ..engine import Progress
+    from .restoration import Outcome
+
+CANCELLED = "Cancelled: nothing was added."
+#: how a widget starts a failure's message, by :attr:`Failure.kind`
+LEADS = {
+    "cancelled": "Restoration cancelled",
+    "input": "Cannot restore",
+    "model": "The model could not be loaded",
+    "memory": "Out of memory",
+    "diverged": "The restoration diverged",
+    "failed": "Cannot restore",
+}
+#: what to do about it in the widget, after the engine's own advice, by :attr:`Failure.kind`
+WIDGET_ADVICE = {
+    "model": "To try the plugin without weights, choose the tiny test model under Model.",
+    "memory": "Restore the current plane instead of the whole stack, or under Advanced turn on "
+    "the low-memory mode, set a tile size (e.g. 512), choose float16 precision, or run on another device.",
+}
+
+
+def explain_error(error: BaseException) -> str:
+    """What went wrong and what to do, no traceback: the command line's text, led and completed for the widget.
+
+    Its first sentence (:func:`first_sentence`) is what a status line shows.
+    """
+    failure = describe_failure(error)
+    if failure is None:  # not one of ours: a bug, or a library failing in a way nobody foresaw
+        text = str(error).strip() or type(error).__name__
+        return f"Restoration failed ({type(error).__name__}: {text}). Check the inputs and settings, then try again."
+    return failure_text(failure)
+
+
+def failure_text(failure: Failure) -> str:
+    """``"Cannot restore: <the CLI's message>"`` and, on a new line, the widget's advice for that kind."""
+    if failure.kind == "cancelled":
+        return LEADS["cancelled"] + "."
+    message = failure.message
+    if failure.kind == "memory" and message.lower().startswith("out of"):
+        text = message[:1].upper() + message[1:]  # "Out of accelerator memory (...)": it leads itself
+    else:
+        text = f"{LEADS[failure.kind]}: {message}"
+    advice = WIDGET_ADVICE.get(failure.kind)
+    if not advice:
+        return text
+    return f"{text}{'' if text.endswith(('.', '!', '?')) else '.'}\n{advice}"
+
+
+def headline(text: str) -> str:
+    """The first sentence of a message, ended with a full stop."""
+    first = first_sentence(text)
+    return first if first.endswith((".", "!", "?")) else first + "."
+
+
+def sentence_case(message: str) -> str:
+    return message[:1].upper() + message[1:]
+
+
+def step_line(event: Progress) -> str:
+    """``"Step 3 of 50 (plane 2 of 5, tile 1 of 4)"``."""
+    where = [f"plane {event.plane} of {event.planes}"] if event.planes > 1 else []
+    where += [f"tile {event.tile} of {event.tiles}"] if event.tiles > 1 else []
+    return f"Step {event.step} of {event.total}" + (f" ({', '.join(where)})" if where else "")
+
+
+def data_consistency_line(info: dict, constant: bool = False) -> str:
+    """How well the result explains the measurement, in words a user can judge.
+
+    For a ``constant`` measurement ``||A x - y|| / ||y||`` means nothing (the engine works on
+    the image minus its level, which is then zero): only the residual in noise units is given.
+    """
+    ratio = info.get("residual_over_noise")
+    if constant:
+        line = "The measurement is constant: there is no structure to restore"
+        if ratio is not None:
+            line += f"; the result differs from it by {ratio:.2g} x the noise level (RMS)"
+        return line + "."
+    line = f"Data consistency ||Ax - y|| / ||y|| = {info.get('residual', 0.0):.3g}"
+    if ratio is not None:
+        line += f", {ratio:.2g} x the noise level (about 1 = consistent)"
+    return line + "."
+
+
+def done_line(name: str, outcome: Outcome) -> str:
+    """``Done in 8.6 s (+ 25.1 s loading the model): added 'x'.``"""
+    loading = f" (+ {outcome.load_seconds:.1f} s loading the model)" if outcome.load_seconds >= 0.05 else ""
+    return f"Done in {outcome.info.get('seconds', 0.0):.1f} s{loading}: added '{name}'."
+
+
+def is_constant(data: np.ndarray) -> bool:
+    """Whether every value of ``data`` is the same (then there is nothing to restore)."""
+    values = np.asarray(data)
+    return values.size > 0 and bool(np.all(values == values.flat[0]))

@@ -1,0 +1,181 @@
+"""The layers a restoration adds, without Qt: the result, its residual, the live preview.
+
+A finished run is a list of :class:`OutputLayer` (an array, a name suffix, napari layer
+keyword arguments): :func:`run_outputs` makes it, :func:`add_outputs` places every entry
+over the input layer and adds it. More maps of a run are more entries, not more code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image
+
+from .layers import (
+    PREVIEW_KEY,
+    display_kwargs,
+    is_preview,
+    linear_part,
+    percentile_limits,
+    place_plane,
+    restore_metadata,
+    restored_geometry,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+    from .restoration import Outcome, RestoreRequest
+
+PREVIEW_NAME = "TReg preview"
+
+
+@dataclass(frozen=True)
+class OutputLayer:
+    """One layer a run adds, named ``<result name><suffix>``."""
+
+    #: the restored planes (or a map of them), as restore returned them (no stack axes added)
+    data: np.ndarray
+    #: "" for the result itself; e.g. " residual"
+    suffix: str = ""
+    #: napari Image keyword arguments: colormap, contrast_limits, visible, rgb, metadata ...
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: on the measurement's pixel grid (the residual |A x - y|) rather than the restored one
+    measurement_grid: bool = False
+    #: inserted just below the first output (the result) instead of on top
+    below: bool = False
+
+
+def run_outputs(request: RestoreRequest, outcome: Outcome, name: str) -> list[OutputLayer]:
+    """The result (with its provenance in ``metadata["treg"]``) and, if computed, its residual below it."""
+    source = request.source
+    colormap = "gray" if request.rgb else source.colormap
+    result = OutputLayer(
+        outcome.result,
+        "",
+        {
+            "rgb": request.rgb,
+            **display_kwargs(outcome.result, request.rgb, colormap, source.contrast_limits),
+            "metadata": {"treg": result_record(request, outcome)},
+        },
+    )
+    outputs = [result]
+    if outcome.residual is not None:
+        residual = {
+            "rgb": request.rgb,
+            "colormap": None if request.rgb else "magma",
+            "visible": False,
+            "contrast_limits": list(percentile_limits(outcome.residual, 0.0, 99.5)),
+            "metadata": {"treg_residual": {"result": name, "residual": outcome.info.get("residual")}},
+        }
+        outputs.append(OutputLayer(outcome.residual, " residual", residual, measurement_grid=True, below=True))
+    return outputs
+
+
+def result_record(request: RestoreRequest, outcome: Outcome) -> dict:
+    """``metadata["treg"]`` of the result: the run's info, the widget's settings, the planes, the metrics."""
+    record = restore_metadata(
+        input_name=request.source.name,
+        operator=request.record["operator"],
+        settings={
+            **request.options,
+            "model": request.model,
+            "device": request.device,
+            "dtype": request.dtype,
+            "preview_every": request.preview_every,
+            "reference": request.record["reference"],
+        },
+        info=outcome.info,
+        planes=request.planes,
+        metrics=outcome.metrics,
+    )
+    record["load_seconds"] = round(outcome.load_seconds, 3)
+    return record
+
+
+def output_geometry(source: Any, upscale: int, index: tuple[int, ...] | None) -> dict[str, Any]:
+    """Where an output lies: the input layer's transform, pixels ``upscale`` times smaller, at its plane."""
+    linear = linear_part(source.rotate, source.shear, source.ndim)
+    scale, translate = restored_geometry(source.scale, source.translate, upscale, index, linear)
+    return {
+        "scale": scale,
+        "translate": translate,
+        "units": source.units,
+        "axis_labels": source.axis_labels,
+        "rotate": source.rotate,
+        "shear": source.shear,
+        "affine": source.affine.affine_matrix,
+    }
+
+
+def output_layer(output: OutputLayer, request: RestoreRequest, name: str) -> Image:
+    """The napari layer of one output, placed over the input layer (and at its plane for a current-plane run)."""
+    upscale = 1 if output.measurement_grid else request.operator.upscale
+    geometry = output_geometry(request.source, upscale, request.planes.index)
+    return Image(place_plane(output.data, request.planes), name=f"{name}{output.suffix}", **geometry, **output.kwargs)
+
+
+def add_outputs(viewer: napari.Viewer, request: RestoreRequest, name: str, outputs: list[OutputLayer]) -> list[Image]:
+    """Add the outputs in order, on top (those marked ``below`` just under the first); select the first."""
+    layers = [output_layer(output, request, name) for output in outputs]
+    first = layers[0]
+    viewer.layers.append(first)
+    for output, layer in zip(outputs[1:], layers[1:]):
+        if output.below:
+            viewer.layers.insert(viewer.layers.index(first), layer)
+        else:
+            viewer.layers.append(layer)
+    viewer.layers.selection.active = first
+    return layers
+
+
+# -- the live preview -----------------------------------------------------------------------
+
+
+def preview_layer(viewer: napari.Viewer) -> Image | None:
+    """The preview layer, if there is one."""
+    for layer in viewer.layers:
+        if is_preview(layer):
+            return layer
+    return None
+
+
+def remove_preview(viewer: napari.Viewer) -> None:
+    layer = preview_layer(viewer)
+    if layer is not None:
+        viewer.layers.remove(layer)
+
+
+def preview_kwargs(source: Any, upscale: int, rgb: bool) -> dict[str, Any]:
+    """Placement of a one-plane preview over the input (a plane of a stack has no rotation of its own)."""
+    kwargs: dict[str, Any] = {}
+    linear = None
+    if source.ndim == 2:
+        kwargs = {"rotate": source.rotate, "shear": source.shear, "affine": source.affine.affine_matrix}
+        linear = linear_part(source.rotate, source.shear, 2)
+    scale, translate = restored_geometry(source.scale, source.translate, upscale, linear=linear)
+    return {
+        "name": PREVIEW_NAME,
+        "rgb": rgb,
+        "scale": scale[-2:],
+        "translate": translate[-2:],
+        "units": source.units[-2:],
+        "axis_labels": source.axis_labels[-2:],
+        "colormap": None if rgb else source.colormap,
+        "metadata": {PREVIEW_KEY: True},
+        **kwargs,
+    }
+
+
+def show_preview(viewer: napari.Viewer, request: RestoreRequest, preview: np.ndarray) -> None:
+    """Show the current estimate: update the preview layer, or add it over the input."""
+    source = request.source
+    limits = list(source.contrast_limits) if request.rgb else list(percentile_limits(preview))
+    existing = preview_layer(viewer)
+    if existing is not None:
+        existing.data = preview
+        existing.contrast_limits = limits
+        return
+    viewer.add_image(preview, contrast_limits=limits, **preview_kwargs(source, request.operator.upscale, request.rgb))

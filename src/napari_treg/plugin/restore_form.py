@@ -1,0 +1,414 @@
+"""The restore widget's form: its sections, how they follow the chosen layer, and reading them into a run.
+
+Every field is named after a keyword argument of :func:`napari_treg.restore`; the method's
+fields come from :class:`napari_treg.solver.TRegConfig` and the operator's from the operator
+registry (:mod:`.forms`). ``form`` below is the restore widget, whose fields are reached by
+name (``form.prompt``, ``form.sigma``) whatever section holds them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton, SpinBox
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from superqt import QCollapsible
+
+from ..api import restore
+from ..errors import InvalidInputError
+from ..settings import specs
+from ..solver import TRegConfig, schedule_settings
+from .choices import MODELS, PRECISIONS, available_devices, model_spec
+from .forms import (
+    DEFAULT_OPERATOR,
+    apply_operator_record,
+    checkbox,
+    layer_combo,
+    narrow,
+    operator_from_form,
+    operator_parameters,
+    operator_settings,
+    operator_widgets,
+    reset_operator,
+    setting_widget,
+    show_operator,
+)
+from .layers import (
+    CURRENT_PLANE,
+    WHOLE_STACK,
+    current_plane_index,
+    is_result,
+    leading_shape,
+    mask_for_planes,
+    select_planes,
+)
+from .restoration import RestoreRequest
+
+if TYPE_CHECKING:
+    import napari
+
+#: the method settings shown with the text; the others are under Advanced
+MAIN_SETTINGS = ("guidance", "steps")
+#: restore keyword arguments read straight from widgets of the same name
+RESTORE_OPTIONS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "noise",
+    "tile_size",
+    "tile_overlap",
+    *(spec.name for spec in specs(TRegConfig)),
+)
+#: restore's own defaults (seed, tile overlap, model, device), not repeated here
+DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(restore).parameters.items()}
+#: the text fields a new widget starts with (a sample's measurement brings its own, see sample_data)
+TEXT_DEFAULTS = {"prompt": "", "negative_prompt": "out of focus, depth of field"}
+#: the dock's width limit: it must leave room for the canvas on a 1366 px laptop screen
+DOCK_WIDTH = 400
+SECTION_TITLES = {
+    "inputs": "Measurement",
+    "model_section": "Model",
+    "text": "Text guidance and sampling",
+    "output": "Output",
+    "advanced": "Advanced: method, device, tiles",
+}
+
+
+# -- the sections ---------------------------------------------------------------------------
+
+
+def build_sections(viewer: napari.Viewer, schedule: str) -> tuple[Container, ...]:
+    """The form's sections (inputs, model, text, output, advanced) and the Run/Cancel buttons, last."""
+    settings = {spec.name: setting_widget(spec) for spec in specs(TRegConfig)}
+    for name, value in schedule_settings(schedule).items():
+        settings[name].value = value
+    main = [settings.pop(name) for name in MAIN_SETTINGS]
+    return (
+        inputs_section(viewer),
+        model_section(),
+        text_section(main),
+        output_section(viewer),
+        advanced_section(list(settings.values())),
+        buttons(),
+    )
+
+
+def inputs_section(viewer: napari.Viewer) -> Container:
+    planes = ComboBox(
+        name="planes",
+        label="planes",
+        value=CURRENT_PLANE,
+        choices=[CURRENT_PLANE, WHOLE_STACK],
+        tooltip="For stacks: restore only the displayed plane, or every plane",
+    )
+    noise = FloatSpinBox(
+        name="noise",
+        label="noise σ",
+        value=0.0,
+        min=0.0,
+        max=1.0,
+        step=0.005,
+        tooltip="The measurement's noise level, as a fraction of half the intensity range "
+        "(as in Simulate degradation; taken from the layer when it records it). "
+        "Used to judge the result: the residual is reported in units of it. 0 = unknown.",
+    )
+    image = layer_combo(viewer, "Image", "image", "image", "The measured (degraded) image to restore", False)
+    return Container(name="inputs", widgets=[image, planes, *operator_widgets(viewer), noise])
+
+
+def model_section() -> Container:
+    model = ComboBox(
+        name="model",
+        label="model",
+        value=DEFAULTS["model"],
+        choices=list(MODELS),
+        tooltip="Stable Diffusion 1.5 weights, or a test model (no meaningful photograph)",
+    )
+    path = FileEdit(
+        name="model_path", label="path", mode="d", tooltip="A diffusers folder or a .safetensors / .ckpt checkpoint"
+    )
+    narrow(model)
+    return Container(name="model_section", widgets=[model, path])
+
+
+def text_section(main_settings: list) -> Container:
+    prompt = LineEdit(
+        name="prompt",
+        label="prompt",
+        value=TEXT_DEFAULTS["prompt"],
+        tooltip="What the image shows, e.g. 'fluorescent cell nuclei, sharp'",
+    )
+    negative = LineEdit(
+        name="negative_prompt",
+        label="negative",
+        value=TEXT_DEFAULTS["negative_prompt"],
+        tooltip="Negative prompt: what the result should not look like",
+    )
+    seed = SpinBox(
+        name="seed",
+        label="seed",
+        value=DEFAULTS["seed"],
+        min=0,
+        max=2**31 - 1,
+        tooltip="Seed of the sampler (plane k of a stack uses seed + k)",
+    )
+    return Container(name="text", widgets=[prompt, negative, *main_settings, seed])
+
+
+def output_section(viewer: napari.Viewer) -> Container:
+    reference = layer_combo(
+        viewer,
+        "Image",
+        "reference",
+        "reference",
+        "Ground truth (e.g. the image a measurement was simulated from): shows PSNR and SSIM",
+        nullable=True,
+        measurements_last=True,
+    )
+    return Container(
+        name="output",
+        widgets=[
+            checkbox("preview", "live preview", True, "Show the current estimate while sampling"),
+            checkbox(
+                "residual_layer",
+                "residual layer |A x - y|",
+                False,
+                "Also add where the result disagrees with the measurement (hidden, below the result)",
+            ),
+            reference,
+        ],
+    )
+
+
+def advanced_section(method_settings: list) -> Container:
+    device = ComboBox(
+        name="device",
+        label="device",
+        value=DEFAULTS["device"],
+        choices=available_devices(),
+        tooltip="auto: the GPU if there is one, else the CPU",
+    )
+    dtype = ComboBox(
+        name="dtype",
+        label="precision",
+        value=None,
+        choices=list(PRECISIONS),
+        tooltip="float16 halves GPU memory; float32 is safest on the CPU",
+    )
+    low_memory = checkbox(
+        "low_memory",
+        "low-memory mode",
+        False,
+        "VAE tiling, text encoder on the CPU: for GPUs with little memory (use tiles for large images)",
+    )
+    tile_size = FloatSpinBox(
+        name="tile_size",
+        label="tile size",
+        value=0,
+        min=0,
+        max=16384,
+        step=64,
+        tooltip="Restore images larger than this (restored pixels; 512 suits Stable "
+        "Diffusion 1.5) in overlapping tiles blended without seams; "
+        "off = in one piece",
+    )
+    tile_size.native.setDecimals(0)
+    tile_size.native.setSpecialValueText("off")
+    tile_overlap = SpinBox(
+        name="tile_overlap",
+        label="tile overlap",
+        value=DEFAULTS["tile_overlap"],
+        min=0,
+        max=1024,
+        step=16,
+        tooltip="Overlap of neighbouring tiles, in restored pixels",
+    )
+    for combo in (device, dtype):
+        narrow(combo)
+    return Container(name="advanced", widgets=[*method_settings, device, dtype, low_memory, tile_size, tile_overlap])
+
+
+def buttons() -> Container:
+    return Container(
+        name="buttons",
+        layout="horizontal",
+        labels=False,
+        widgets=[
+            PushButton(name="run_button", text="Run", tooltip="Restore the image (in the background)"),
+            PushButton(
+                name="cancel_button", text="Cancel", enabled=False, tooltip="Stop within one step; nothing is added"
+            ),
+        ],
+    )
+
+
+def frame_sections(sections: tuple[Container, ...]) -> tuple[QScrollArea, QCollapsible]:
+    """Titled boxes around the sections, in a scroll area; a collapsible box for the advanced settings.
+
+    Returns the scroll area (to put above Run, Cancel and the status, which stay visible) and
+    the collapsible box.
+    """
+    content = QWidget()
+    column = QVBoxLayout(content)
+    column.setContentsMargins(0, 0, 0, 0)
+    advanced = QCollapsible(SECTION_TITLES["advanced"])
+    for section in sections:
+        section.margins = (0, 0, 0, 0)
+        if section.name == "advanced":
+            advanced.addWidget(section.native)
+            frame: QWidget = advanced
+        else:
+            frame = QGroupBox(SECTION_TITLES[section.name])
+            QVBoxLayout(frame).addWidget(section.native)
+            frame.layout().setContentsMargins(4, 4, 4, 4)
+        column.addWidget(frame)
+    column.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidget(content)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setMinimumWidth(min(content.minimumSizeHint().width() + 16, DOCK_WIDTH))
+    scroll.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+    return scroll, advanced
+
+
+# -- what is shown --------------------------------------------------------------------------
+
+
+def update_visibility(form: Any) -> None:
+    """Only the chosen operator's parameters; planes for stacks; the path for a model given by path."""
+    show_operator(form.inputs)
+    layer = form.image.value
+    form.planes.visible = layer is not None and len(leading_shape(np.shape(layer.data), layer.rgb)) > 0
+    choice = form.model.value
+    form.model_path.visible = choice in ("folder", "checkpoint")
+    form.model_path.mode = "d" if choice == "folder" else "r"
+
+
+# -- settings that follow the chosen layer --------------------------------------------------
+
+
+@dataclass
+class SetFromLayer:
+    """Which settings the record of a layer set, so that choosing another layer can take them back."""
+
+    #: the layer whose record set the operator, if any
+    operator_from: str | None = None
+    #: the text a layer's record set (prompt, negative prompt), while the user has not changed it
+    text: dict[str, str] = field(default_factory=dict)
+
+
+def follow_layer(form: Any, viewer: napari.Viewer, memory: SetFromLayer) -> None:
+    """Every setting that belongs to a layer follows the chosen image, or is cleared.
+
+    A measurement made by "Simulate degradation" (or a sample) brings its operator and
+    parameters, its noise level, its mask or PSF, its clean reference and, for a sample,
+    a fitting prompt and negative prompt. Any other layer clears the reference, mask, PSF
+    and noise level; an operator or a text set from another layer's record goes back to
+    its defaults (a text the user has edited since stays).
+    """
+    layer = form.image.value
+    record = {} if layer is None else dict(layer.metadata.get("treg_simulation", {}))
+    layers = viewer.layers
+    if "operator" in record:
+        apply_operator_record(form.inputs, record["operator"], layers)
+        memory.operator_from = layer.name
+    elif memory.operator_from is not None:  # set by another layer's record: back to the defaults
+        form.operator.value = DEFAULT_OPERATOR
+        reset_operator(form.inputs)
+        memory.operator_from = None
+    else:
+        for name, param in operator_parameters().items():
+            if param.is_image:
+                form.inputs[name].value = None
+    follow_text(form, record, memory)
+    form.noise.value = float(record.get("noise") or 0.0)
+    source = record.get("source_layer")
+    form.reference.reset_choices()
+    form.reference.value = layers[source] if source in layers else None
+    update_visibility(form)
+
+
+def follow_text(form: Any, record: dict, memory: SetFromLayer) -> None:
+    """The record's prompt and negative prompt, or the defaults back if another record set the text."""
+    preset = {name: str(record[name]) for name in TEXT_DEFAULTS if name in record}
+    if preset:
+        for name, value in preset.items():
+            getattr(form, name).value = value
+        memory.text = preset
+        return
+    untouched = all(getattr(form, name).value == value for name, value in memory.text.items())
+    if memory.text and untouched:
+        for name, value in TEXT_DEFAULTS.items():
+            getattr(form, name).value = value
+    memory.text = {}
+
+
+def takes_new_layer(layer: Any, current: Any, running: bool) -> bool:
+    """Whether a layer just added should replace the chosen image: a visible measurement replacing a
+    hidden or derived choice (never during a run)."""
+    from napari.layers import Image
+
+    return (
+        isinstance(layer, Image)
+        and layer.visible
+        and not is_result(layer)
+        and (current is None or not current.visible or is_result(current))
+        and not running
+    )
+
+
+# -- reading the form into a run -------------------------------------------------------------
+
+
+def preview_interval(steps: int, previews: int = 20) -> int:
+    """Preview every this many steps: about ``previews`` previews per run."""
+    return max(1, round(steps / previews))
+
+
+def plane_index(viewer: napari.Viewer, layer: Any) -> tuple[int, ...]:
+    """The index of the plane of ``layer`` the viewer shows."""
+    position = layer.world_to_data(viewer.dims.point)
+    return current_plane_index(position, np.shape(layer.data), layer.rgb)
+
+
+def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:
+    """The form as a :class:`RestoreRequest` (main thread; raises InvalidInputError on bad input)."""
+    layer = form.image.value
+    if layer is None:
+        raise InvalidInputError("choose the image to restore: add an Image layer and select it under 'image'")
+    if getattr(layer, "multiscale", False):
+        raise InvalidInputError("multiscale images are not supported: open the full-resolution level only")
+    planes = select_planes(layer.data, layer.rgb, form.planes.value, plane_index(viewer, layer))
+    mask = None
+    if form.mask.visible and form.mask.value is not None:
+        mask = mask_for_planes(form.mask.value.data, planes, np.shape(layer.data), layer.rgb)
+    operator = operator_from_form(form.inputs, mask=mask)
+    plane_hw = np.shape(planes.data)[-3:-1] if layer.rgb else np.shape(planes.data)[-2:]
+    operator.check_image_hw(operator.image_hw(tuple(plane_hw)))  # e.g. a mask of another size
+    options = {name: getattr(form, name).value for name in RESTORE_OPTIONS}
+    options["tile_size"] = int(options["tile_size"]) or None  # off = one piece
+    reference = form.reference.value
+    return RestoreRequest(
+        planes=planes,
+        operator=operator,
+        rgb=bool(layer.rgb),
+        model=model_spec(form.model.value, str(form.model_path.value)),
+        device=form.device.value,
+        dtype=form.dtype.value,
+        options=options,
+        low_memory=form.low_memory.value,
+        preview_every=preview_interval(options["steps"]) if form.preview.value else 0,
+        residual=form.residual_layer.value,
+        reference=None if reference is None else np.asarray(reference.data),
+        source=layer,
+        record={
+            "operator": {"name": form.operator.value, **operator_settings(form.inputs)},
+            "reference": getattr(reference, "name", None),
+        },
+    )
