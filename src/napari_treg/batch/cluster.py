@@ -2,17 +2,32 @@
 
 The embedded cluster has one worker per GPU (dask-cuda's ``LocalCUDACluster``, when it is
 installed and GPUs are present), otherwise one single-threaded worker process per CPU core.
-Its dashboard listens on a free port.
+Scheduler, workers and dashboard of the embedded cluster listen on 127.0.0.1 only (the dashboard on a
+free port): nobody else on the network can see or control it. A given scheduler is checked before
+connecting: a malformed address or one that does not answer within ``connect_timeout`` seconds is
+refused with one line (:class:`ClusterUnreachable`, or InvalidInputError for a malformed address).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from napari_treg.errors import InvalidInputError
+from napari_treg.errors import InvalidInputError, TRegError
+
+#: seconds to wait for a given scheduler to answer (distributed's own default is 30 s)
+CONNECT_TIMEOUT = 10.0
+#: the only interface the embedded cluster listens on
+LOCALHOST = "127.0.0.1"
+
+
+class ClusterUnreachable(TRegError, ConnectionError):
+    """The given scheduler did not answer: nothing ran (the CLI exits with status 3)."""
+
 
 #: dask settings of the embedded cluster's workers: no MALLOC_TRIM_THRESHOLD_=65536 (distributed's nanny exports
 #: it; it fixes glibc's mmap threshold, so every tensor over 128 KiB is mapped and page-faulted anew) and no
@@ -48,16 +63,67 @@ def local_cluster(workers: int | None = None):
             except ImportError:
                 pass
             else:
-                return LocalCUDACluster(n_workers=workers or gpu_count(), threads_per_worker=1, dashboard_address=":0")
+                return LocalCUDACluster(
+                    n_workers=workers or gpu_count(),
+                    threads_per_worker=1,
+                    host=LOCALHOST,
+                    dashboard_address=f"{LOCALHOST}:0",
+                )
         from distributed import LocalCluster
 
         return LocalCluster(
-            n_workers=workers or default_workers(), threads_per_worker=1, processes=True, dashboard_address=":0"
+            n_workers=workers or default_workers(),
+            threads_per_worker=1,
+            processes=True,
+            host=LOCALHOST,
+            dashboard_address=f"{LOCALHOST}:0",
         )
 
 
+def checked_address(address: Any) -> tuple[str, int]:
+    """``(host, port)`` of a scheduler address such as ``tcp://host:8786``; InvalidInputError if malformed."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    if not isinstance(address, str):
+        raise InvalidInputError(f"scheduler must be an address such as tcp://host:8786, got {address!r}")
+    try:
+        scheme, location = parse_address(address.strip())
+        host, port = parse_host_port(location)
+    except ValueError:
+        host, port, scheme = "", 0, ""
+    if scheme not in ("tcp", "tls") or not re.fullmatch(r"[\w.\-]+|\[[0-9a-fA-F:.]+\]", host) or not 0 < port < 65536:
+        raise InvalidInputError(f"scheduler {address!r} is not an address such as tcp://host:8786")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """Raise ClusterUnreachable, naming ``address``, unless its host accepts a connection within ``timeout`` s."""
+    host, port = checked_address(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as error:
+        raise ClusterUnreachable(
+            f"no dask scheduler answers at {address!r} within {timeout:g} s ({error.strerror or error}); "
+            "nothing ran: start it (dask scheduler) or check the address"
+        ) from None
+
+
+def scheduler_client(address: str, timeout: float = CONNECT_TIMEOUT):
+    """A client of the scheduler at ``address``, connected within ``timeout`` s, or ClusterUnreachable."""
+    from distributed import Client
+
+    check_reachable(address, timeout)
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as error:
+        raise ClusterUnreachable(f"the dask scheduler at {address!r} did not answer: {error}; nothing ran") from None
+
+
 @contextmanager
-def connect(workers: int | None = None, scheduler: str | None = None, client=None) -> Iterator[tuple[Any, bool]]:
+def connect(
+    workers: int | None = None, scheduler: str | None = None, client=None, connect_timeout: float = CONNECT_TIMEOUT
+) -> Iterator[tuple[Any, bool]]:
     """``(client, embedded)``: the given client, one for ``scheduler``, or one of a new local cluster.
 
     A client or cluster made here is closed on exit and never becomes dask's default (napari's own
@@ -71,7 +137,7 @@ def connect(workers: int | None = None, scheduler: str | None = None, client=Non
     from distributed import Client
 
     if scheduler is not None:
-        with Client(scheduler, set_as_default=False) as own:
+        with scheduler_client(scheduler, connect_timeout) as own:
             yield own, False
         return
     with local_cluster(workers) as cluster, Client(cluster, set_as_default=False) as own:
