@@ -1,0 +1,247 @@
+"""napari_treg.batch.cluster on real clusters: a separately started ``dask scheduler`` and ``dask worker``s
+(each process in its own temporary folder, on 127.0.0.1), and the embedded LocalCluster.
+
+Analytic prior, images of 16-24 pixels, few steps; every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from napari_treg import InvalidInputError, io, restore  # noqa: E402
+from napari_treg.batch import restore_many  # noqa: E402
+from napari_treg.batch.cluster import ClusterUnreachable, local_cluster  # noqa: E402
+from napari_treg.cli import main  # noqa: E402
+from napari_treg.operators import GaussianBlur  # noqa: E402
+
+SETTINGS = {"model": "analytic", "device": "cpu", "steps": 4, "seed": 5}
+SLOW = {**SETTINGS, "steps": 30}  # units long enough for a worker to be killed while others are running
+DASK = str(Path(sys.executable).with_name("dask"))
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+}
+
+
+WORKER_FOLDERS: dict[str, list[Path]] = {}
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def separate_cluster(tmp_path_factory):
+    """``dask scheduler`` and two ``dask worker``s, each started in its own folder; yields the address.
+
+    The worker folders are ``ADDRESS_FOLDERS[address]``: the tests check that nothing lands there.
+    """
+    root = tmp_path_factory.mktemp("cluster")
+    folders = {name: root / name for name in ("scheduler", "worker0", "worker1")}
+    for folder in folders.values():
+        folder.mkdir()
+    env = {**os.environ, **WORKER_ENV}
+    started = [
+        subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", "s.json"],
+            cwd=folders["scheduler"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        scheduler_file = folders["scheduler"] / "s.json"
+        wait_for(lambda: scheduler_file.is_file() and scheduler_file.stat().st_size > 0, 60, "the scheduler")
+        address = json.loads(scheduler_file.read_text())["address"]
+        for name in ("worker0", "worker1"):
+            started.append(
+                subprocess.Popen(
+                    [DASK, "worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+                    cwd=folders[name],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        with distributed.Client(address, set_as_default=False, timeout=30) as client:
+            client.wait_for_workers(2, timeout=90)
+            cwds = set(client.run(os.getcwd).values())
+        assert cwds == {str(folders["worker0"]), str(folders["worker1"])}  # not the test's folder
+        WORKER_FOLDERS[address] = [folders["worker0"], folders["worker1"]]
+        yield address
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def measurement(shape, seed=0) -> np.ndarray:
+    return (np.random.default_rng(seed).random(shape) * 1000).astype(np.uint16)
+
+
+def image_folder(folder: Path, count: int, size: int = 16) -> dict[str, np.ndarray]:
+    folder.mkdir()
+    images = {f"img{i:02d}.npy": measurement((size, size), seed=i) for i in range(count)}
+    for name, image in images.items():
+        io.write_image(folder / name, image)
+    return images
+
+
+def batch_args(source: str, output: str, address: str, *extra: str) -> list[str]:
+    return [
+        "batch",
+        source,
+        "-o",
+        output,
+        "--operator",
+        "gauss",
+        "--sigma",
+        "1",
+        "--model",
+        "analytic",
+        "--device",
+        "cpu",
+        "--steps",
+        "4",
+        "--seed",
+        "5",
+        "--scheduler",
+        address,
+        "-q",
+        *extra,
+    ]
+
+
+def test_relative_paths_on_a_separate_cluster(separate_cluster, tmp_path, monkeypatch, capsys):
+    """Issue 21.1: the workers run in other folders; the client resolves IN and -o once."""
+    data = tmp_path / "data"
+    data.mkdir()
+    images = image_folder(data / "in", 3)
+    monkeypatch.chdir(data)
+    assert main(batch_args("in", "out", separate_cluster, "--info", "report.json")) == 0, capsys.readouterr().err
+    for name, image in images.items():
+        assert np.array_equal(io.read_image(data / "out" / name), restore(image, GaussianBlur(1.0), **SETTINGS))
+        assert (data / "out" / f"{name}.treg.json").is_file()
+    assert json.loads((data / "report.json").read_text())["computed"] == 3
+    assert not any(any(folder.iterdir()) for folder in WORKER_FOLDERS[separate_cluster])  # no stray record
+
+
+def test_a_worker_killed_mid_run_loses_no_finished_unit(separate_cluster, tmp_path):
+    """Issue 21.2: SIGKILL a worker process after some units are written; their files are not written again."""
+    images = image_folder(tmp_path / "in", 8, size=24)
+    out = tmp_path / "out"
+    finished: dict[str, int] = {}
+
+    with distributed.Client(separate_cluster, set_as_default=False, timeout=30) as client:
+
+        def kill_a_worker_after_three(report, name, error):
+            if finished or report.computed < 3:
+                return
+            for path in out.glob("*.treg.json"):
+                unit = path.name[: -len(".treg.json")]
+                finished[unit] = (out / unit).stat().st_mtime_ns
+            busy = [address for address, keys in client.processing().items() if keys] or list(client.processing())
+            for pid in client.run(os.getpid, workers=busy[:1]).values():
+                os.kill(pid, signal.SIGKILL)
+
+        report = restore_many(
+            str(tmp_path / "in"), str(out), GaussianBlur(1.0), client=client, on_unit=kill_a_worker_after_three, **SLOW
+        )
+        client.wait_for_workers(2, timeout=90)  # the nanny restarts the killed worker
+    assert len(finished) >= 3 and report.ok and report.computed == 8
+    assert {unit: (out / unit).stat().st_mtime_ns for unit in finished} == finished
+    name = sorted(images)[-1]
+    assert np.array_equal(io.read_image(out / name), restore(images[name], GaussianBlur(1.0), **SLOW))
+
+
+def test_unreachable_scheduler_fails_fast_with_exit_3(tmp_path):
+    """Issue 21.5: one line naming the address, exit 3 (nothing ran), within the connect timeout."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    image_folder(tmp_path / "in", 1)
+    address = f"tcp://127.0.0.1:{port}"
+    args = batch_args(str(tmp_path / "in"), str(tmp_path / "out"), address, "--connect-timeout", "2")
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_treg.cli", *args], capture_output=True, text=True, timeout=90
+    )
+    assert result.returncode == 3
+    assert result.stderr.count("\n") == 1 and address in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 60  # the import of torch included; distributed alone waits 30 s
+    with pytest.raises(ClusterUnreachable, match=str(port)):
+        restore_many(
+            str(tmp_path / "in"), str(tmp_path / "o2"), GaussianBlur(1.0), scheduler=address, connect_timeout=1
+        )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("address", ["not an address", "tcp://host-without-port", "http://127.0.0.1:8786"])
+def test_malformed_scheduler_address_is_one_line_exit_2(tmp_path, address):
+    """Issue 23.9: no Client is made, so no Client.__del__ traceback and no wait."""
+    image_folder(tmp_path / "in", 1)
+    args = batch_args(str(tmp_path / "in"), str(tmp_path / "out"), address)
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_treg.cli", *args], capture_output=True, text=True, timeout=90
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and repr(address) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_workers_with_a_scheduler_is_bad_usage(tmp_path, capsys):
+    """Issue 21.4: --workers would be ignored with --scheduler: refused, one line, exit 2, nothing made."""
+    image_folder(tmp_path / "in", 1)
+    args = batch_args(str(tmp_path / "in"), str(tmp_path / "out"), "tcp://127.0.0.1:1", "--workers", "3")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--workers" in err and "--scheduler" in err
+    with pytest.raises(InvalidInputError, match="workers"):
+        restore_many(str(tmp_path / "in"), str(tmp_path / "o"), GaussianBlur(1.0), workers=2, scheduler="tcp://a:1")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+def listening(pid: int) -> list[tuple[str, int]]:
+    import psutil
+
+    return [c.laddr[:2] for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+
+
+def test_embedded_cluster_listens_on_localhost_only():
+    """Issue 21.6: scheduler, dashboard, nannies and workers of the embedded cluster bind 127.0.0.1."""
+    import psutil
+
+    before = set(listening(os.getpid()))
+    with local_cluster(workers=1) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert "//127.0.0.1:" in cluster.dashboard_link
+        workers = list(client.run(os.getpid).values())
+        nannies = [psutil.Process(pid).parent().pid for pid in workers]
+        sockets = set(listening(os.getpid())) - before
+        for pid in workers + nannies:
+            sockets |= set(listening(pid))
+        assert all(address.startswith("tcp://127.0.0.1:") for address in client.scheduler_info()["workers"])
+    dashboard_port = int(cluster.dashboard_link.split(":")[-1].split("/")[0])
+    assert len(sockets) >= 4 and dashboard_port in {port for _, port in sockets}
+    assert {host for host, _ in sockets} == {"127.0.0.1"}, sockets
