@@ -245,3 +245,31 @@ def test_embedded_cluster_listens_on_localhost_only():
     dashboard_port = int(cluster.dashboard_link.split(":")[-1].split("/")[0])
     assert len(sockets) >= 4 and dashboard_port in {port for _, port in sockets}
     assert {host for host, _ in sockets} == {"127.0.0.1"}, sockets
+
+
+def clean_lines(stderr: str) -> list[str]:
+    """stderr's lines; each must be one of the CLI's own (no dask log line, no traceback)."""
+    lines = stderr.splitlines()
+    assert all(line.startswith("napari-treg:") for line in lines), stderr
+    return lines
+
+
+@pytest.mark.parametrize("cluster", ["embedded", "separate"])
+def test_a_failed_unit_is_one_line_with_the_detail_in_the_log(cluster, separate_cluster, tmp_path):
+    """Issue 23.6: no 'Compute Failed' or traceback on the terminal; the summary names the log that has them."""
+    image_folder(tmp_path / "in", 2)
+    (tmp_path / "in" / "broken.npy").write_bytes(b"not a numpy file")
+    args = batch_args(str(tmp_path / "in"), str(tmp_path / "out"), separate_cluster)
+    if cluster == "embedded":
+        args = [*args[: args.index("--scheduler")], "--workers", "1", "-q"]
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_treg.cli", *args], capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 1
+    lines = clean_lines(result.stderr)
+    log = tmp_path / "out" / "treg-batch.log"
+    assert lines[0] == f"napari-treg: error: 1 of 3 units failed (details in {log}):"
+    assert len(lines) == 2 and "broken.npy" in lines[1] and "cannot read" in lines[1]
+    detail = log.read_text()
+    assert "unit broken.npy failed:" in detail and "Traceback (most recent call last)" in detail
+    assert "InvalidInputError" in detail

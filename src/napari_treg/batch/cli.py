@@ -125,7 +125,10 @@ def check_output_arguments(args: argparse.Namespace) -> None:
 
 def finish_message(args: argparse.Namespace, report) -> int:
     if report.failed:
-        print(f"{PROG}: error: {len(report.failed)} of {report.units} units failed:", file=sys.stderr)
+        print(
+            f"{PROG}: error: {len(report.failed)} of {report.units} units failed (details in {report.log}):",
+            file=sys.stderr,
+        )
         for name, error in report.failed.items():
             print(f"{PROG}:   {name}: {error}", file=sys.stderr)
         return 1
@@ -148,6 +151,7 @@ def report_summary(report) -> dict:
         "seconds": report.seconds,
         "workers": report.workers,
         "intensity_range": report.intensity_range,
+        "log": report.log,
     }
 
 

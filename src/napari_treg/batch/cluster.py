@@ -10,6 +10,7 @@ refused with one line (:class:`ClusterUnreachable`, or InvalidInputError for a m
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -21,6 +22,8 @@ from napari_treg.errors import InvalidInputError, TRegError
 
 #: seconds to wait for a given scheduler to answer (distributed's own default is 30 s)
 CONNECT_TIMEOUT = 10.0
+#: address schemes with a host and port (``inproc://`` is accepted as well)
+NETWORK_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
 #: the only interface the embedded cluster listens on
 LOCALHOST = "127.0.0.1"
 
@@ -66,6 +69,7 @@ def local_cluster(workers: int | None = None):
                 return LocalCUDACluster(
                     n_workers=workers or gpu_count(),
                     threads_per_worker=1,
+                    silence_logs=logging.CRITICAL,
                     host=LOCALHOST,
                     dashboard_address=f"{LOCALHOST}:0",
                 )
@@ -75,30 +79,41 @@ def local_cluster(workers: int | None = None):
             n_workers=workers or default_workers(),
             threads_per_worker=1,
             processes=True,
+            silence_logs=logging.CRITICAL,  # the workers' own log lines: the client logs each failure
             host=LOCALHOST,
             dashboard_address=f"{LOCALHOST}:0",
         )
 
 
-def checked_address(address: Any) -> tuple[str, int]:
-    """``(host, port)`` of a scheduler address such as ``tcp://host:8786``; InvalidInputError if malformed."""
+def checked_address(address: Any) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of a scheduler address such as ``tcp://host:8786``; InvalidInputError if malformed.
+
+    ``inproc://`` addresses (a cluster in this process) have no host and port: ``("inproc", "", 0)``.
+    """
     from distributed.comm.addressing import parse_address, parse_host_port
 
-    if not isinstance(address, str):
-        raise InvalidInputError(f"scheduler must be an address such as tcp://host:8786, got {address!r}")
+    problem = InvalidInputError(f"scheduler {address!r} is not an address such as tcp://host:8786")
+    if not isinstance(address, str) or not address.strip() or re.search(r"\s", address.strip()):
+        raise problem
     try:
         scheme, location = parse_address(address.strip())
+        if scheme == "inproc":
+            return scheme, "", 0
         host, port = parse_host_port(location)
     except ValueError:
-        host, port, scheme = "", 0, ""
-    if scheme not in ("tcp", "tls") or not re.fullmatch(r"[\w.\-]+|\[[0-9a-fA-F:.]+\]", host) or not 0 < port < 65536:
-        raise InvalidInputError(f"scheduler {address!r} is not an address such as tcp://host:8786")
-    return host.strip("[]"), int(port)
+        raise problem from None
+    if scheme not in NETWORK_SCHEMES or not re.fullmatch(r"[\w.\-]+|\[[0-9a-fA-F:.]+\]", host):
+        raise problem
+    if not 0 < int(port) < 65536:
+        raise problem
+    return scheme, host.strip("[]"), int(port)
 
 
 def check_reachable(address: str, timeout: float) -> None:
     """Raise ClusterUnreachable, naming ``address``, unless its host accepts a connection within ``timeout`` s."""
-    host, port = checked_address(address)
+    scheme, host, port = checked_address(address)
+    if scheme == "inproc":
+        return
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass

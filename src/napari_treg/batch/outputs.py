@@ -9,6 +9,7 @@ since is simply computed again by the next run. The run's
 parameters are stored when the output is created; a later run on the same output must
 have the same ones, or it is refused with the differing parameters named.
 
+- Both: the run's log (dask's messages, each failed unit's traceback) in ``OUT/treg-batch.log``.
 - Folder: ``OUT/<input file name>`` as ``napari-treg restore`` writes it, its provenance
   (``restore``'s info) in ``OUT/<name>.treg.json`` (the record), the parameters in
   ``OUT/treg-batch.json``.
@@ -33,6 +34,7 @@ import numpy as np
 from napari_treg import io
 from napari_treg.errors import InvalidInputError
 
+from .logs import LOG_NAME
 from .sources import SPATIAL, ArraySource, FileSource, Unit, is_zarr
 
 MANIFEST = "treg-batch.json"
@@ -139,6 +141,9 @@ class FolderOutput:
         """The records of the units done so far, by unit key."""
         return read_records(Path(self.path), RECORD_SUFFIX)
 
+    def log_path(self) -> Path:
+        return Path(self.path) / LOG_NAME
+
     def record(self, unit: Unit) -> dict | None:
         """The record of ``unit``, if it has one."""
         return read_record(Path(self.path) / f"{unit.key}{RECORD_SUFFIX}")
@@ -193,6 +198,9 @@ class ZarrOutput:
     def records(self) -> dict[str, dict]:
         """The records of the units done so far, by unit key."""
         return read_records(Path(self.path) / RECORDS_DIR, ".json")
+
+    def log_path(self) -> Path:
+        return Path(self.path) / LOG_NAME
 
     def create(self, source: ArraySource, params: dict[str, Any], image_hw: tuple[int, int]) -> None:
         import zarr

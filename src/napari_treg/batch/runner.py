@@ -30,6 +30,7 @@ from napari_treg.operators import LinearOperator
 from napari_treg.solver import TRegConfig
 
 from .cluster import CONNECT_TIMEOUT, checked_address, connect, default_workers
+from .logs import RunLog, routed_logs
 from .outputs import FolderOutput, ZarrOutput, open_output
 from .ranges import stack_intensity_range
 from .sources import ArraySource, Unit, open_source
@@ -60,6 +61,7 @@ class BatchReport:
     workers: int = 0
     intensity_range: tuple[float, float] | None = None
     records: list[dict] = field(default_factory=list)  # of the units computed by this run
+    log: str | None = None  # the run's log: dask's messages and each failed unit's traceback
 
     @property
     def done(self) -> int:
@@ -131,18 +133,20 @@ def restore_many(
     units = data.units()
     report = BatchReport(output=os.fspath(output), units=len(units))
     size = workers if workers is not None or client is not None or scheduler else min(default_workers(), len(units))
-    with connect(size, scheduler, client, connect_timeout) as (active, embedded):
+    with routed_logs() as log, connect(size, scheduler, client, connect_timeout) as (active, embedded):
         report.dashboard = getattr(active, "dashboard_link", None)
         report.workers = len(active.scheduler_info().get("workers", {}))
         job = make_job(data, operator, values, active, threads=1 if embedded else None)
         report.intensity_range = job.intensity_range
         recorded = prepare_output(target, data, operator, job)
+        log.open(target.log_path())
+        report.log = str(log.path)
         done = still_done(active, data, target, [unit for unit in units if unit.key in recorded], recorded)
         todo = [unit for unit in units if unit.key not in done]
         report.skipped = len(units) - len(todo)
         if on_start is not None:
             on_start(report)
-        run_units(active, data, target, todo, job, report, on_unit, cancel)
+        run_units(active, data, target, todo, job, report, on_unit, cancel, log)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -244,7 +248,9 @@ def prepare_output(target, data, operator: LinearOperator, job: Job) -> dict[str
     return target.prepare(data, params, operator.image_hw(data.layout.hw))
 
 
-def run_units(client, data, target, todo: list[Unit], job: Job, report: BatchReport, on_unit, cancel) -> None:
+def run_units(
+    client, data, target, todo: list[Unit], job: Job, report: BatchReport, on_unit, cancel, log: RunLog
+) -> None:
     """Submit the units, follow them as they finish; on any interruption cancel the rest, then re-raise."""
     from distributed import as_completed
 
@@ -271,7 +277,7 @@ def run_units(client, data, target, todo: list[Unit], job: Job, report: BatchRep
                 unit = futures.pop(future)
                 retry = retry_elsewhere(client, future, unit, retried, submit)
                 if retry is None:
-                    collect(future, unit, report, on_unit)
+                    collect(future, unit, report, on_unit, log)
                 else:
                     futures[retry] = unit
                     waiting.add(retry)
@@ -294,13 +300,14 @@ def retry_elsewhere(client, future, unit: Unit, retried: set[str], submit) -> An
     return submit(unit, workers=others or None, allow_other_workers=not others)
 
 
-def collect(future, unit: Unit, report: BatchReport, on_unit) -> None:
-    """Count one finished unit (or its error, by name) and tell ``on_unit``."""
+def collect(future, unit: Unit, report: BatchReport, on_unit, log: RunLog) -> None:
+    """Count one finished unit (or its error: one line by name, the traceback in the log) and tell ``on_unit``."""
     error = None
     if future.status == "error":
         exc = future.exception()
         error = " ".join(f"{type(exc).__name__}: {exc}".split())
         report.failed[unit.name] = error
+        log.failure(unit.name, exc, future.traceback())
     else:
         report.records.append(future.result())
         report.computed += 1
