@@ -278,6 +278,7 @@ def write_ome_metadata(group, array_path: str, source: ArraySource, factor: int)
         group,
         datasets=[{"path": array_path, "coordinateTransformations": transforms}],
         axes=list(axes),
+        name=source.name,
     )
 
 

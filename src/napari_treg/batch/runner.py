@@ -201,6 +201,8 @@ def make_job(data, operator: LinearOperator, values: dict[str, Any], client, thr
     if intensity_range is None and isinstance(data, ArraySource):
         with client.as_current():
             intensity_range = stack_intensity_range(data.as_dask())
+            if not np.all(np.isfinite(intensity_range)):
+                refuse_non_finite(data)
     dtype = values["dtype"]
     return Job(
         operator=operator,
@@ -211,6 +213,21 @@ def make_job(data, operator: LinearOperator, values: dict[str, Any], client, thr
         seed=values["seed"],
         intensity_range=(float(intensity_range[0]), float(intensity_range[1])) if intensity_range is not None else None,
         threads=threads,
+    )
+
+
+def refuse_non_finite(data: ArraySource) -> None:
+    """InvalidInputError naming the planes with NaN or infinite pixels (as local ``restore`` refuses them)."""
+    import dask.array as da
+
+    planes = data.as_dask()
+    leading = len(data.layout.leading)
+    counts = np.asarray((~da.isfinite(planes)).sum(axis=tuple(range(leading, planes.ndim))).compute())
+    bad = {unit.name: int(counts[unit.index] if unit.index else counts) for unit in data.units()}
+    named = [f"{name} ({count})" for name, count in bad.items() if count]
+    raise InvalidInputError(
+        f"source has {sum(bad.values())} NaN or infinite pixel(s), in {len(named)} plane(s): "
+        f"{', '.join(named[:5])}{', ...' if len(named) > 5 else ''}: replace them first, e.g. np.nan_to_num"
     )
 
 
