@@ -273,3 +273,47 @@ def test_a_failed_unit_is_one_line_with_the_detail_in_the_log(cluster, separate_
     detail = log.read_text()
     assert "unit broken.npy failed:" in detail and "Traceback (most recent call last)" in detail
     assert "InvalidInputError" in detail
+
+
+def test_slurm_job_script_runs_one_configured_worker_per_gpu_with_the_venv_python(tmp_path):
+    """Issue 21.7: the job script rendered by dask-jobqueue, run here by bash (no queue): the prologue's venv
+    python starts the workers, one per GPU, each with its own GPU and the embedded cluster's worker settings."""
+    pytest.importorskip("dask_jobqueue")
+    from napari_treg.batch.cluster import slurm_cluster
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(f'#!/bin/sh\nexport FROM_THE_VENV=1\nexec {sys.executable} "$@"\n')
+    (venv / "python").chmod(0o755)
+    prologue = [f"export PATH={venv}:$PATH"]
+    options = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    with slurm_cluster(gpus=2, memory="4GB", job_script_prologue=prologue, scheduler_options=options) as cluster:
+        script = cluster.job_script()
+        assert "#SBATCH --gres=gpu:2" in script and "--nworkers 2" in script and "--nthreads 1" in script
+        assert script.rstrip().splitlines()[-1].startswith("python -m distributed.cli.dask_worker")
+        (tmp_path / "job.sh").write_text(script)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5", "MALLOC_TRIM_THRESHOLD_": ""}
+        env.pop("MALLOC_TRIM_THRESHOLD_")
+        job = subprocess.Popen(["bash", "job.sh"], cwd=tmp_path, env=env, start_new_session=True)
+        try:
+            with distributed.Client(cluster, set_as_default=False) as client:
+                client.wait_for_workers(2, timeout=120)
+
+                def worker_setup():
+                    import dask
+
+                    return (
+                        os.environ.get("FROM_THE_VENV"),
+                        os.environ.get("CUDA_VISIBLE_DEVICES"),
+                        os.environ.get("OMP_NUM_THREADS"),
+                        "MALLOC_TRIM_THRESHOLD_" in os.environ,
+                        dask.config.get("distributed.worker.profile.enabled"),
+                    )
+
+                seen = sorted(client.run(worker_setup).values())
+        finally:
+            os.killpg(job.pid, signal.SIGTERM)
+            job.wait(timeout=60)
+    assert [s[0] for s in seen] == ["1", "1"]  # started by the venv's python, not the client's path
+    assert [s[1] for s in seen] == ["3", "5"]  # one GPU each, from the job's allocation
+    assert all(s[2:] == ("1", False, False) for s in seen), seen

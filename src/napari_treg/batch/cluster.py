@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -159,25 +160,52 @@ def connect(
         yield own, True
 
 
+def worker_exports() -> list[str]:
+    """Shell lines giving a worker started elsewhere (a SLURM job) the embedded cluster's WORKER_CONFIG.
+
+    The nanny's default ``MALLOC_TRIM_THRESHOLD_`` is unset explicitly (None): values from the
+    environment are merged into dask's defaults, not replacing them.
+    """
+    environ = {"MALLOC_TRIM_THRESHOLD_": None, **WORKER_CONFIG["distributed.nanny.pre-spawn-environ"]}
+    profile = WORKER_CONFIG["distributed.worker.profile.enabled"]
+    return [
+        f'export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="{environ!r}"',
+        f"export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED={profile!r}",
+    ]
+
+
 def slurm_cluster(
     *, gpus: int = 1, memory: str = "32GB", walltime: str = "04:00:00", queue: str | None = None, **options
 ):
-    """A dask-jobqueue ``SLURMCluster`` whose jobs each run one single-threaded worker on ``gpus`` GPUs.
+    """A dask-jobqueue ``SLURMCluster`` whose jobs each run one single-threaded worker per GPU (``gpus`` per job).
 
     Scale it with ``cluster.scale(jobs=N)`` (or ``cluster.adapt(maximum_jobs=N)``) and pass
     ``Client(cluster)`` as ``client=`` to :func:`~napari_treg.batch.restore_many`. ``options`` go to
-    ``SLURMCluster`` (``account``, ``job_extra_directives``, ``job_script_prologue``, ...).
+    ``SLURMCluster`` (``account``, ``job_extra_directives``, ``job_script_prologue``, ...). With a
+    ``job_script_prologue`` (that activates a venv, say), workers run the ``python`` it puts first on
+    the PATH; without one, this process's Python. Workers get the embedded cluster's
+    :data:`WORKER_CONFIG`; with ``gpus > 1``, worker ``i`` of a job sees only the job's ``i``-th GPU.
     """
     from dask_jobqueue import SLURMCluster
 
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise InvalidInputError(f"gpus must be a whole number >= 0, got {gpus!r}")
     directives = [f"--gres=gpu:{gpus}"] if gpus else []
     directives += list(options.pop("job_extra_directives", []))
+    prologue = list(options.pop("job_script_prologue", []))
+    options.setdefault("python", "python" if prologue else sys.executable)
+    extra = list(options.pop("worker_extra_args", []))
+    if gpus > 1:
+        extra += ["--preload-nanny", "napari_treg.batch.gpu_worker"]
+    workers = max(gpus, 1)
     return SLURMCluster(
-        cores=1,
-        processes=1,
+        cores=workers,
+        processes=workers,
         memory=memory,
         walltime=walltime,
         queue=queue,
         job_extra_directives=directives,
+        job_script_prologue=[*prologue, *worker_exports()],
+        worker_extra_args=extra,
         **options,
     )
