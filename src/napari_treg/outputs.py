@@ -80,7 +80,9 @@ def _check_target(output: Output) -> None:
     folder = path.parent
     if not folder.is_dir():
         raise InvalidInputError(f"the folder of {option} does not exist: {os.fspath(folder)!r}")
-    probe_folder(folder, option)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"the folder of {option} is not writable: {os.fspath(folder)!r}")
+    probe_folder(folder, option)  # access() says yes where no file can be made (root, special file systems)
     if path.exists() and not os.access(path, os.W_OK):
         raise InvalidInputError(f"{option} {os.fspath(path)!r} is write-protected: choose another path")
 
