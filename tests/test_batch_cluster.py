@@ -317,3 +317,34 @@ def test_slurm_job_script_runs_one_configured_worker_per_gpu_with_the_venv_pytho
     assert [s[0] for s in seen] == ["1", "1"]  # started by the venv's python, not the client's path
     assert [s[1] for s in seen] == ["3", "5"]  # one GPU each, from the job's allocation
     assert all(s[2:] == ("1", False, False) for s in seen), seen
+
+
+def test_a_port_that_does_not_speak_dask_is_exit_3(tmp_path):
+    """Issue 23.9: something else listening on the port (here: garbage bytes) is no scheduler: one line, exit 3."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def answer_garbage():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            connection.sendall(b"\xff" * 64)
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    image_folder(tmp_path / "in", 1)
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    args = batch_args(str(tmp_path / "in"), str(tmp_path / "out"), address, "--connect-timeout", "3")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "napari_treg.cli", *args], capture_output=True, text=True, timeout=120
+        )
+    finally:
+        server.close()
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.count("\n") == 1 and address in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

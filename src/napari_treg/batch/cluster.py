@@ -125,11 +125,41 @@ def check_reachable(address: str, timeout: float) -> None:
         ) from None
 
 
+def check_scheduler(address: str, timeout: float) -> None:
+    """Raise ClusterUnreachable unless a dask scheduler answers its ``identity`` call within ``timeout`` s.
+
+    Asked before a Client is made: a Client that fails half-way prints a ``Client.__del__`` traceback
+    and waits for its own close. Something else listening on the port (not speaking dask's protocol)
+    is refused here too.
+    """
+    import asyncio
+
+    from distributed.core import rpc
+
+    async def identify() -> dict:
+        async with rpc(address, timeout=timeout) as scheduler:
+            return await asyncio.wait_for(scheduler.identity(), timeout)
+
+    try:
+        identity = asyncio.run(identify())
+    except BaseException as error:  # noqa: BLE001 - garbage on the wire raises anything (MemoryError included)
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        reason = type(error).__name__ if isinstance(error, MemoryError) else " ".join(str(error).split())[:120]
+        raise ClusterUnreachable(
+            f"no dask scheduler answers at {address!r} within {timeout:g} s ({reason or type(error).__name__}); "
+            "nothing ran: check the address and port"
+        ) from None
+    if not isinstance(identity, dict) or identity.get("type") != "Scheduler":
+        raise ClusterUnreachable(f"{address!r} is not a dask scheduler; nothing ran: check the address and port")
+
+
 def scheduler_client(address: str, timeout: float = CONNECT_TIMEOUT):
     """A client of the scheduler at ``address``, connected within ``timeout`` s, or ClusterUnreachable."""
     from distributed import Client
 
     check_reachable(address, timeout)
+    check_scheduler(address, timeout)
     try:
         return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as error:
