@@ -87,6 +87,7 @@ def test_a_changed_input_is_recomputed(client, tmp_path):
     assert np.array_equal(io.read_image(out / "img2.tif"), restore(changed, BLUR, **SETTINGS))
     record = json.loads((out / "img2.tif.treg.json").read_text())
     assert len(record["input_digest"]) == 64 and len(record["output_digest"]) == 64
+    assert record["torch_threads"] == 1  # issue 21.8: the embedded workers' count, recorded per unit
 
 
 def test_a_deleted_zarr_chunk_is_recomputed(client, tmp_path):

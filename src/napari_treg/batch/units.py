@@ -133,6 +133,12 @@ def worker_prior(job: Job):
     return prior
 
 
+def torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str, Any]:
     """The per-unit provenance kept with the output: which unit and input, seed, residual, time, where."""
     return {
@@ -146,5 +152,6 @@ def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str
         "intensity_range": info.get("intensity_range"),
         "seconds": info.get("seconds"),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "torch_threads": torch_threads(),  # bit-identity with local restore needs the same count
         "models_loaded": len(_LOADED),
     }
