@@ -58,3 +58,28 @@ def test_layer_stack_runs_on_cluster_and_opens_as_lazy_layer(make_napari_viewer,
     expected = restore(stack, SuperResolution(2), model="analytic", device="auto", steps=4, seed=1)
     assert np.array_equal(np.asarray(result.data), expected)
     assert widget.status.value.startswith("Done: 3 of 3 units")
+
+
+def test_failed_units_message_points_to_the_log(make_napari_viewer, qtbot, tmp_path, scheduler):
+    """Issue 23.6: the dock's message names the failed unit and the log with its detail."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_treg import io
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    io.write_image(folder / "good.npy", np.ones((16, 16), np.float32))
+    (folder / "broken.npy").write_bytes(b"not a numpy file")
+    widget = BatchWidget(make_napari_viewer())
+    widget.source.value = "folder"
+    widget.folder.value = str(folder)
+    widget.operator.value = "gaussian_blur"
+    widget.model.value, widget.steps.value = "analytic", 2
+    widget.output.value = str(tmp_path / "out")
+    widget.scheduler.value = scheduler
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=120_000)
+    messages = [str(record.message) for record in notification_manager.records]
+    log = tmp_path / "out" / "treg-batch.log"
+    assert any("1 of 2 units failed: broken.npy" in m and str(log) in m for m in messages), messages
+    assert "Traceback" in log.read_text()

@@ -7,7 +7,8 @@ as one line on stderr, ``napari-treg: error: <message>``, never a traceback:
 - exit 2: bad usage or bad input (unknown option, missing file, invalid value);
 - exit 1: any other failure (missing model weights, divergence, I/O, memory,
   a missing dependency);
-- exit 130: interrupted (Ctrl-C); no partial output file is left behind.
+- exit 130: interrupted (Ctrl-C, or SIGTERM from ``kill``, ``timeout`` or a batch system's
+  time limit, which is handled the same way); no partial output file is left behind.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import dataclasses
 import functools
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -352,11 +356,29 @@ def _fail(message: str) -> None:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 failure, 2 bad input, 130 Ctrl-C)."""
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that the same cleanup runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        args = build_parser().parse_args(argv)
-        return args.run(args)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failure, 2 bad input, 130 Ctrl-C or SIGTERM)."""
+    try:
+        with _sigterm_as_interrupt():
+            args = build_parser().parse_args(argv)
+            return args.run(args)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
     except UsageError as exc:

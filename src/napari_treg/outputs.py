@@ -5,8 +5,8 @@ Every output path of a command-line run (``-o``, ``--info``, batch outputs) goes
 
 - is the same file as an input or as another output (resolved paths and inodes, so
   symlinks and hard links count), which would overwrite the user's data;
-- is an existing folder, lies in a folder that does not exist or is not writable, or is a
-  write-protected file;
+- is an existing folder, lies in a folder that does not exist or where no file can be
+  created (a create-and-remove probe, not just ``access()``), or is a write-protected file;
 - has a format that cannot hold the result (a stack to ``.png``), as :mod:`napari_treg.io` decides.
 
 :func:`write_together` then writes every output to a temporary file beside it and renames them
@@ -82,8 +82,23 @@ def _check_target(output: Output) -> None:
         raise InvalidInputError(f"the folder of {option} does not exist: {os.fspath(folder)!r}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InvalidInputError(f"the folder of {option} is not writable: {os.fspath(folder)!r}")
+    probe_folder(folder, option)  # access() says yes where no file can be made (root, special file systems)
     if path.exists() and not os.access(path, os.W_OK):
         raise InvalidInputError(f"{option} {os.fspath(path)!r} is write-protected: choose another path")
+
+
+def probe_folder(folder: Path, option: str) -> None:
+    """Create and remove a file in ``folder``: InvalidInputError, naming ``option``, if that fails."""
+    if not folder.is_dir():
+        raise InvalidInputError(f"the folder of {option} does not exist: {os.fspath(folder)!r}")
+    probe = folder / f".treg-probe-{secrets.token_hex(4)}"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as error:
+        raise InvalidInputError(
+            f"the folder of {option} is not writable: {os.fspath(folder)!r} ({error.strerror or error})"
+        ) from None
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:

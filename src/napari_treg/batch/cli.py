@@ -1,13 +1,15 @@
 """``napari-treg batch INPUT -o OUTPUT``: the restore options, run over many units on a dask cluster.
 
 Exit status: 0 when every unit is done, 1 when some failed (listed by name), 2 for bad
-input, 130 when interrupted (the output is resumable: rerun the same command).
+input, 3 when the given scheduler cannot be reached (nothing ran), 130 when interrupted
+(Ctrl-C or SIGTERM; the output is resumable: rerun the same command).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +21,10 @@ from napari_treg.cli_options import (
     restore_kwargs,
     setting_type,
 )
-from napari_treg.settings import check_integer
+from napari_treg.settings import check_integer, check_number
+
+#: exit status when the given scheduler cannot be reached: nothing ran
+EXIT_UNREACHABLE = 3
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,14 +56,25 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
         "--scheduler",
         metavar="ADDRESS",
         default=None,
-        help="use the running dask scheduler at ADDRESS (tcp://host:8786) instead",
+        help="use the running dask scheduler at ADDRESS (tcp://host:8786) instead (not with --workers)",
+    )
+    from napari_treg.batch.cluster import CONNECT_TIMEOUT
+
+    cluster.add_argument(
+        "--connect-timeout",
+        metavar="SECONDS",
+        type=setting_type("connect-timeout", float, lambda value: check_number(value, "connect-timeout", 0.1, 600)),
+        default=CONNECT_TIMEOUT,
+        help="seconds to wait for --scheduler to answer; if it does not, exit status 3 (default: %(default)s)",
     )
 
 
 def run_batch(args: argparse.Namespace) -> int:
     """Restore every unit of INPUT into OUTPUT; 0 if all are done, 1 if any failed."""
     from napari_treg.batch import restore_many
+    from napari_treg.batch.cluster import ClusterUnreachable
 
+    check_output_arguments(args)
     operator = operator_from_args(args)
     bar = UnitBar(enabled=not args.quiet)
     try:
@@ -68,10 +84,15 @@ def run_batch(args: argparse.Namespace) -> int:
             operator,
             workers=args.workers,
             scheduler=args.scheduler,
+            connect_timeout=args.connect_timeout,
             on_start=bar.start,
             on_unit=bar.update,
             **restore_kwargs(args),
         )
+    except ClusterUnreachable as error:
+        bar.close()
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         bar.close()
         print(
@@ -85,9 +106,29 @@ def run_batch(args: argparse.Namespace) -> int:
     return finish_message(args, report)
 
 
+def check_output_arguments(args: argparse.Namespace) -> None:
+    """``-o`` and ``--info`` checked before any work: where they go, a file can be created (InvalidInputError)."""
+    from napari_treg import outputs
+    from napari_treg.errors import InvalidInputError
+
+    if args.workers is not None and args.scheduler is not None:
+        raise InvalidInputError("--workers sets the size of the local cluster: leave it out with --scheduler")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise InvalidInputError(f"-o {args.output!r} exists and is not a folder or zarr store: choose another")
+    outputs.probe_folder(output if output.is_dir() else output.parent, "-o")
+    if args.info is not None:
+        outputs.check_outputs([outputs.Output("--info", Path(args.info))], [args.input])
+        if outputs.same_file(os.path.abspath(args.info), os.path.abspath(args.output)):
+            raise InvalidInputError(f"--info {args.info!r} is the output -o: give it its own path")
+
+
 def finish_message(args: argparse.Namespace, report) -> int:
     if report.failed:
-        print(f"{PROG}: error: {len(report.failed)} of {report.units} units failed:", file=sys.stderr)
+        print(
+            f"{PROG}: error: {len(report.failed)} of {report.units} units failed (details in {report.log}):",
+            file=sys.stderr,
+        )
         for name, error in report.failed.items():
             print(f"{PROG}:   {name}: {error}", file=sys.stderr)
         return 1
@@ -110,6 +151,7 @@ def report_summary(report) -> dict:
         "seconds": report.seconds,
         "workers": report.workers,
         "intensity_range": report.intensity_range,
+        "log": report.log,
     }
 
 

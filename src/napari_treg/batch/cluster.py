@@ -2,17 +2,36 @@
 
 The embedded cluster has one worker per GPU (dask-cuda's ``LocalCUDACluster``, when it is
 installed and GPUs are present), otherwise one single-threaded worker process per CPU core.
-Its dashboard listens on a free port.
+Scheduler, workers and dashboard of the embedded cluster listen on 127.0.0.1 only (the dashboard on a
+free port): nobody else on the network can see or control it. A given scheduler is checked before
+connecting: a malformed address or one that does not answer within ``connect_timeout`` seconds is
+refused with one line (:class:`ClusterUnreachable`, or InvalidInputError for a malformed address).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from napari_treg.errors import InvalidInputError
+from napari_treg.errors import InvalidInputError, TRegError
+
+#: seconds to wait for a given scheduler to answer (distributed's own default is 30 s)
+CONNECT_TIMEOUT = 10.0
+#: address schemes with a host and port (``inproc://`` is accepted as well)
+NETWORK_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+#: the only interface the embedded cluster listens on
+LOCALHOST = "127.0.0.1"
+
+
+class ClusterUnreachable(TRegError, ConnectionError):
+    """The given scheduler did not answer: nothing ran (the CLI exits with status 3)."""
+
 
 #: dask settings of the embedded cluster's workers: no MALLOC_TRIM_THRESHOLD_=65536 (distributed's nanny exports
 #: it; it fixes glibc's mmap threshold, so every tensor over 128 KiB is mapped and page-faulted anew) and no
@@ -48,16 +67,109 @@ def local_cluster(workers: int | None = None):
             except ImportError:
                 pass
             else:
-                return LocalCUDACluster(n_workers=workers or gpu_count(), threads_per_worker=1, dashboard_address=":0")
+                return LocalCUDACluster(
+                    n_workers=workers or gpu_count(),
+                    threads_per_worker=1,
+                    silence_logs=logging.CRITICAL,
+                    host=LOCALHOST,
+                    dashboard_address=f"{LOCALHOST}:0",
+                )
         from distributed import LocalCluster
 
         return LocalCluster(
-            n_workers=workers or default_workers(), threads_per_worker=1, processes=True, dashboard_address=":0"
+            n_workers=workers or default_workers(),
+            threads_per_worker=1,
+            processes=True,
+            silence_logs=logging.CRITICAL,  # the workers' own log lines: the client logs each failure
+            host=LOCALHOST,
+            dashboard_address=f"{LOCALHOST}:0",
         )
 
 
+def checked_address(address: Any) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of a scheduler address such as ``tcp://host:8786``; InvalidInputError if malformed.
+
+    ``inproc://`` addresses (a cluster in this process) have no host and port: ``("inproc", "", 0)``.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    problem = InvalidInputError(f"scheduler {address!r} is not an address such as tcp://host:8786")
+    if not isinstance(address, str) or not address.strip() or re.search(r"\s", address.strip()):
+        raise problem
+    try:
+        scheme, location = parse_address(address.strip())
+        if scheme == "inproc":
+            return scheme, "", 0
+        host, port = parse_host_port(location)
+    except ValueError:
+        raise problem from None
+    if scheme not in NETWORK_SCHEMES or not re.fullmatch(r"[\w.\-]+|\[[0-9a-fA-F:.]+\]", host):
+        raise problem
+    if not 0 < int(port) < 65536:
+        raise problem
+    return scheme, host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """Raise ClusterUnreachable, naming ``address``, unless its host accepts a connection within ``timeout`` s."""
+    scheme, host, port = checked_address(address)
+    if scheme == "inproc":
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as error:
+        raise ClusterUnreachable(
+            f"no dask scheduler answers at {address!r} within {timeout:g} s ({error.strerror or error}); "
+            "nothing ran: start it (dask scheduler) or check the address"
+        ) from None
+
+
+def check_scheduler(address: str, timeout: float) -> None:
+    """Raise ClusterUnreachable unless a dask scheduler answers its ``identity`` call within ``timeout`` s.
+
+    Asked before a Client is made: a Client that fails half-way prints a ``Client.__del__`` traceback
+    and waits for its own close. Something else listening on the port (not speaking dask's protocol)
+    is refused here too.
+    """
+    import asyncio
+
+    from distributed.core import rpc
+
+    async def identify() -> dict:
+        async with rpc(address, timeout=timeout) as scheduler:
+            return await asyncio.wait_for(scheduler.identity(), timeout)
+
+    try:
+        identity = asyncio.run(identify())
+    except BaseException as error:  # noqa: BLE001 - garbage on the wire raises anything (MemoryError included)
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        reason = type(error).__name__ if isinstance(error, MemoryError) else " ".join(str(error).split())[:120]
+        raise ClusterUnreachable(
+            f"no dask scheduler answers at {address!r} within {timeout:g} s ({reason or type(error).__name__}); "
+            "nothing ran: check the address and port"
+        ) from None
+    if not isinstance(identity, dict) or identity.get("type") != "Scheduler":
+        raise ClusterUnreachable(f"{address!r} is not a dask scheduler; nothing ran: check the address and port")
+
+
+def scheduler_client(address: str, timeout: float = CONNECT_TIMEOUT):
+    """A client of the scheduler at ``address``, connected within ``timeout`` s, or ClusterUnreachable."""
+    from distributed import Client
+
+    check_reachable(address, timeout)
+    check_scheduler(address, timeout)
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as error:
+        raise ClusterUnreachable(f"the dask scheduler at {address!r} did not answer: {error}; nothing ran") from None
+
+
 @contextmanager
-def connect(workers: int | None = None, scheduler: str | None = None, client=None) -> Iterator[tuple[Any, bool]]:
+def connect(
+    workers: int | None = None, scheduler: str | None = None, client=None, connect_timeout: float = CONNECT_TIMEOUT
+) -> Iterator[tuple[Any, bool]]:
     """``(client, embedded)``: the given client, one for ``scheduler``, or one of a new local cluster.
 
     A client or cluster made here is closed on exit and never becomes dask's default (napari's own
@@ -71,32 +183,59 @@ def connect(workers: int | None = None, scheduler: str | None = None, client=Non
     from distributed import Client
 
     if scheduler is not None:
-        with Client(scheduler, set_as_default=False) as own:
+        with scheduler_client(scheduler, connect_timeout) as own:
             yield own, False
         return
     with local_cluster(workers) as cluster, Client(cluster, set_as_default=False) as own:
         yield own, True
 
 
+def worker_exports() -> list[str]:
+    """Shell lines giving a worker started elsewhere (a SLURM job) the embedded cluster's WORKER_CONFIG.
+
+    The nanny's default ``MALLOC_TRIM_THRESHOLD_`` is unset explicitly (None): values from the
+    environment are merged into dask's defaults, not replacing them.
+    """
+    environ = {"MALLOC_TRIM_THRESHOLD_": None, **WORKER_CONFIG["distributed.nanny.pre-spawn-environ"]}
+    profile = WORKER_CONFIG["distributed.worker.profile.enabled"]
+    return [
+        f'export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="{environ!r}"',
+        f"export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED={profile!r}",
+    ]
+
+
 def slurm_cluster(
     *, gpus: int = 1, memory: str = "32GB", walltime: str = "04:00:00", queue: str | None = None, **options
 ):
-    """A dask-jobqueue ``SLURMCluster`` whose jobs each run one single-threaded worker on ``gpus`` GPUs.
+    """A dask-jobqueue ``SLURMCluster`` whose jobs each run one single-threaded worker per GPU (``gpus`` per job).
 
     Scale it with ``cluster.scale(jobs=N)`` (or ``cluster.adapt(maximum_jobs=N)``) and pass
     ``Client(cluster)`` as ``client=`` to :func:`~napari_treg.batch.restore_many`. ``options`` go to
-    ``SLURMCluster`` (``account``, ``job_extra_directives``, ``job_script_prologue``, ...).
+    ``SLURMCluster`` (``account``, ``job_extra_directives``, ``job_script_prologue``, ...). With a
+    ``job_script_prologue`` (that activates a venv, say), workers run the ``python`` it puts first on
+    the PATH; without one, this process's Python. Workers get the embedded cluster's
+    :data:`WORKER_CONFIG`; with ``gpus > 1``, worker ``i`` of a job sees only the job's ``i``-th GPU.
     """
     from dask_jobqueue import SLURMCluster
 
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise InvalidInputError(f"gpus must be a whole number >= 0, got {gpus!r}")
     directives = [f"--gres=gpu:{gpus}"] if gpus else []
     directives += list(options.pop("job_extra_directives", []))
+    prologue = list(options.pop("job_script_prologue", []))
+    options.setdefault("python", "python" if prologue else sys.executable)
+    extra = list(options.pop("worker_extra_args", []))
+    if gpus > 1:
+        extra += ["--preload-nanny", "napari_treg.batch.gpu_worker"]
+    workers = max(gpus, 1)
     return SLURMCluster(
-        cores=1,
-        processes=1,
+        cores=workers,
+        processes=workers,
         memory=memory,
         walltime=walltime,
         queue=queue,
         job_extra_directives=directives,
+        job_script_prologue=[*prologue, *worker_exports()],
+        worker_extra_args=extra,
         **options,
     )

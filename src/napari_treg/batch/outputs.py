@@ -1,11 +1,15 @@
 """Where a batch run writes: a folder of files, or a zarr (v3) / OME-Zarr store; written by the workers.
 
 Every unit writes its data, then its record (a small JSON file, written to a temporary
-name and renamed): a unit counts as done only when its record exists, so a unit cut short
-(worker killed, client interrupted) is simply computed again by the next run. The run's
+name and renamed). The record holds a digest of the unit's input and of the stored output
+(the file, or the zarr chunk): a unit counts as done only when its record exists, its input
+still has that digest and its output is still there with that digest, so a unit cut short
+(worker killed, client interrupted), an output deleted or damaged since, or an input changed
+since is simply computed again by the next run. The run's
 parameters are stored when the output is created; a later run on the same output must
 have the same ones, or it is refused with the differing parameters named.
 
+- Both: the run's log (dask's messages, each failed unit's traceback) in ``OUT/treg-batch.log``.
 - Folder: ``OUT/<input file name>`` as ``napari-treg restore`` writes it, its provenance
   (``restore``'s info) in ``OUT/<name>.treg.json`` (the record), the parameters in
   ``OUT/treg-batch.json``.
@@ -17,6 +21,7 @@ have the same ones, or it is refused with the differing parameters named.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -29,6 +34,7 @@ import numpy as np
 from napari_treg import io
 from napari_treg.errors import InvalidInputError
 
+from .logs import LOG_NAME
 from .sources import SPATIAL, ArraySource, FileSource, Unit, is_zarr
 
 MANIFEST = "treg-batch.json"
@@ -69,17 +75,36 @@ def check_same_parameters(output: str, stored: dict[str, Any] | None, current: d
         )
 
 
+def file_digest(path: Path) -> str | None:
+    """The SHA-256 of a file's bytes, or None when it does not exist."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
+
+
+def read_record(path: Path) -> dict | None:
+    """One unit record, or None when it is missing or unreadable."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def read_records(folder: Path, suffix: str) -> dict[str, dict]:
     """The unit records in ``folder`` by unit key (unreadable ones count as not done)."""
     records = {}
     for path in folder.glob(f"*{suffix}") if folder.is_dir() else ():
         if path.name.startswith("."):
             continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        records[record.get("key", path.name[: -len(suffix)])] = record
+        record = read_record(path)
+        if record is not None:
+            records[str(record.get("key", path.name[: -len(suffix)]))] = record
     return records
 
 
@@ -116,10 +141,27 @@ class FolderOutput:
         """The records of the units done so far, by unit key."""
         return read_records(Path(self.path), RECORD_SUFFIX)
 
-    def write(self, unit: Unit, image: np.ndarray, restored: np.ndarray, info: dict, record: dict) -> None:
+    def log_path(self) -> Path:
+        return Path(self.path) / LOG_NAME
+
+    def record(self, unit: Unit) -> dict | None:
+        """The record of ``unit``, if it has one."""
+        return read_record(Path(self.path) / f"{unit.key}{RECORD_SUFFIX}")
+
+    def holds(self, unit: Unit, record: dict) -> bool:
+        """Whether the unit's output file is there, exactly as its record says it was written."""
+        return (
+            record.get("output_digest") is not None
+            and file_digest(Path(self.path) / unit.key) == record["output_digest"]
+        )
+
+    def write(self, unit: Unit, image: np.ndarray, restored: np.ndarray, info: dict, record: dict) -> dict:
+        """Write the unit's file, then its record (with the file's digest); returns the record."""
         target = Path(self.path) / unit.key
         io.write_image(target, restored, like=image)
+        record = {**record, "output_digest": file_digest(target)}
         write_json_atomic(Path(self.path) / f"{unit.key}{RECORD_SUFFIX}", {**info, **record})
+        return record
 
     def finish(self, records: dict[str, dict], complete: bool) -> None:
         manifest = Path(self.path) / MANIFEST
@@ -157,6 +199,9 @@ class ZarrOutput:
         """The records of the units done so far, by unit key."""
         return read_records(Path(self.path) / RECORDS_DIR, ".json")
 
+    def log_path(self) -> Path:
+        return Path(self.path) / LOG_NAME
+
     def create(self, source: ArraySource, params: dict[str, Any], image_hw: tuple[int, int]) -> None:
         import zarr
 
@@ -177,14 +222,33 @@ class ZarrOutput:
         write_ome_metadata(group, self.array_path, source, image_hw[0] // source.layout.hw[0])
         group.attrs[ATTRIBUTE] = {"params": params}
 
-    def write(self, unit: Unit, image: np.ndarray, restored: np.ndarray, info: dict, record: dict) -> None:
+    def record(self, unit: Unit) -> dict | None:
+        """The record of ``unit``, if it has one."""
+        return read_record(Path(self.path) / RECORDS_DIR / f"{unit.key}.json")
+
+    def chunk_path(self, unit: Unit) -> Path:
+        """The file of the unit's chunk (one chunk per unit; zarr writes no chunk that is all fill value)."""
+        import zarr
+
+        array = zarr.open_array(os.path.join(self.path, self.array_path), mode="r")
+        spatial = (0,) * (array.ndim - len(unit.index))
+        return Path(self.path, self.array_path, array.metadata.encode_chunk_key((*unit.index, *spatial)))
+
+    def holds(self, unit: Unit, record: dict) -> bool:
+        """Whether the unit's chunk is there, exactly as its record says it was written."""
+        return "output_digest" in record and file_digest(self.chunk_path(unit)) == record["output_digest"]
+
+    def write(self, unit: Unit, image: np.ndarray, restored: np.ndarray, info: dict, record: dict) -> dict:
+        """Write the unit's plane, then its record (with the chunk's digest); returns the record."""
         import zarr
 
         array = zarr.open_array(os.path.join(self.path, self.array_path), mode="r+")
         array[unit.index] = restored
+        record = {**record, "output_digest": file_digest(self.chunk_path(unit))}
         folder = Path(self.path) / RECORDS_DIR
         folder.mkdir(exist_ok=True)
         write_json_atomic(folder / f"{unit.key}.json", record)
+        return record
 
     def finish(self, records: dict[str, dict], complete: bool) -> None:
         """Copy the unit records into the attributes (only the client writes attributes)."""
@@ -214,6 +278,7 @@ def write_ome_metadata(group, array_path: str, source: ArraySource, factor: int)
         group,
         datasets=[{"path": array_path, "coordinateTransformations": transforms}],
         axes=list(axes),
+        name=source.name,
     )
 
 

@@ -1,8 +1,11 @@
 """``restore_many``: restore a folder of images or the planes of a stack on a dask cluster.
 
-The client plans the units, computes the whole stack's intensity range (on the cluster),
-creates the output and submits one task per unit not yet done; the workers read, restore
-and write their units and send back a small record. See ``docs/scale-out.md``.
+The client resolves every path once (workers may run in other folders), plans the units,
+computes the whole stack's intensity range (on the cluster), creates the output, has the
+workers confirm which recorded units still stand (input and output digests) and submits one
+task per unit not done; the workers read, restore and write their units and send back a
+small record. Each unit's task is released as soon as its record has arrived, so a worker
+that dies later takes no finished unit with it. See ``docs/scale-out.md``.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from napari_treg.errors import Cancelled, InvalidInputError
 from napari_treg.operators import LinearOperator
 from napari_treg.solver import TRegConfig
 
-from .cluster import connect, default_workers
+from .cluster import CONNECT_TIMEOUT, checked_address, connect, default_workers
+from .logs import RunLog, routed_logs
 from .outputs import FolderOutput, ZarrOutput, open_output
 from .ranges import stack_intensity_range
 from .sources import ArraySource, Unit, open_source
-from .units import Job, UnitOutOfMemory, run_unit
+from .units import Job, UnitOutOfMemory, is_done, run_unit
 
 NOT_SETTINGS = ("image", "operator", "progress", "preview_every", "cancel", "return_info")
 MODEL_SETTINGS = ("model", "device", "dtype", "seed", "intensity_range")
@@ -57,6 +61,7 @@ class BatchReport:
     workers: int = 0
     intensity_range: tuple[float, float] | None = None
     records: list[dict] = field(default_factory=list)  # of the units computed by this run
+    log: str | None = None  # the run's log: dask's messages and each failed unit's traceback
 
     @property
     def done(self) -> int:
@@ -79,6 +84,7 @@ def restore_many(
     on_start: Callable[[BatchReport], None] | None = None,
     on_unit: Callable[[BatchReport, str, str | None], None] | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
     **settings: Any,
 ) -> BatchReport:
     """Restore every file of a folder (or glob), or every plane of a stack, on a dask cluster.
@@ -97,7 +103,8 @@ def restore_many(
     workers : int, optional
         Workers of the embedded local cluster (default: one per GPU, else one per CPU core).
     scheduler : str, optional
-        Address of a running dask scheduler to use instead (``tcp://host:8786``).
+        Address of a running dask scheduler to use instead (``tcp://host:8786``); ``workers``
+        cannot be given with it.
     client : distributed.Client, optional
         A connected client to use instead (it is not closed).
     on_start, on_unit : callable, optional
@@ -105,6 +112,8 @@ def restore_many(
         each unit (``error`` None on success). Raising from them stops the run (resumable).
     cancel : threading.Event or callable, optional
         Polled while waiting; when set, the run stops (resumable) and Cancelled is raised.
+    connect_timeout : float
+        Seconds to wait for ``scheduler`` to answer before ClusterUnreachable is raised.
     **settings
         Any keyword of :func:`napari_treg.restore` (``steps``, ``model``, ``seed``, ``tile_size``,
         ``intensity_range``, ...) except ``progress``, ``preview_every`` and ``cancel``.
@@ -118,24 +127,57 @@ def restore_many(
     values = checked_settings(settings)
     if not isinstance(operator, LinearOperator):
         raise InvalidInputError(f"operator must be one of napari_treg.operators, got {operator!r}")
-    data = open_source(source, values["rgb"])
-    target = open_output(output, data)
+    check_cluster_choice(workers, scheduler, client)
+    data = open_source(absolute(source), values["rgb"])
+    target = open_output(absolute(output), data)
     units = data.units()
-    report = BatchReport(output=str(output), units=len(units))
+    report = BatchReport(output=os.fspath(output), units=len(units))
     size = workers if workers is not None or client is not None or scheduler else min(default_workers(), len(units))
-    with connect(size, scheduler, client) as (active, embedded):
+    with routed_logs() as log, connect(size, scheduler, client, connect_timeout) as (active, embedded):
         report.dashboard = getattr(active, "dashboard_link", None)
         report.workers = len(active.scheduler_info().get("workers", {}))
         job = make_job(data, operator, values, active, threads=1 if embedded else None)
         report.intensity_range = job.intensity_range
-        done = prepare_output(target, data, operator, job)
+        recorded = prepare_output(target, data, operator, job)
+        log.open(target.log_path())
+        report.log = str(log.path)
+        done = still_done(active, data, target, [unit for unit in units if unit.key in recorded], recorded)
         todo = [unit for unit in units if unit.key not in done]
         report.skipped = len(units) - len(todo)
         if on_start is not None:
             on_start(report)
-        run_units(active, data, target, todo, job, report, on_unit, cancel)
+        run_units(active, data, target, todo, job, report, on_unit, cancel, log)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def absolute(path: Any) -> Any:
+    """A path (or glob) made absolute here, once: workers resolve relative paths against their own folder."""
+    return os.path.abspath(path) if isinstance(path, (str, os.PathLike)) else path
+
+
+def check_cluster_choice(workers: int | None, scheduler: str | None, client: Any) -> None:
+    """Refuse ``workers`` with a running cluster (it would be ignored) and a malformed scheduler address."""
+    if workers is not None and (scheduler is not None or client is not None):
+        raise InvalidInputError(
+            "workers sets the size of the embedded local cluster: leave it out with a scheduler or client "
+            "(their workers are started with the cluster)"
+        )
+    if scheduler is not None:
+        checked_address(scheduler)
+
+
+def still_done(client, data, target, recorded_units: list[Unit], records: dict[str, dict]) -> set[str]:
+    """The keys of the recorded units whose input and output still match their records (checked by the workers)."""
+    futures = [
+        client.submit(is_done, data.unit_source(unit), target, unit, records[unit.key], pure=False)
+        for unit in recorded_units
+    ]
+    try:
+        answers = client.gather(futures)
+    finally:
+        client.cancel(futures)
+    return {unit.key for unit, done in zip(recorded_units, answers) if done}
 
 
 def checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +201,8 @@ def make_job(data, operator: LinearOperator, values: dict[str, Any], client, thr
     if intensity_range is None and isinstance(data, ArraySource):
         with client.as_current():
             intensity_range = stack_intensity_range(data.as_dask())
+            if not np.all(np.isfinite(intensity_range)):
+                refuse_non_finite(data)
     dtype = values["dtype"]
     return Job(
         operator=operator,
@@ -169,6 +213,21 @@ def make_job(data, operator: LinearOperator, values: dict[str, Any], client, thr
         seed=values["seed"],
         intensity_range=(float(intensity_range[0]), float(intensity_range[1])) if intensity_range is not None else None,
         threads=threads,
+    )
+
+
+def refuse_non_finite(data: ArraySource) -> None:
+    """InvalidInputError naming the planes with NaN or infinite pixels (as local ``restore`` refuses them)."""
+    import dask.array as da
+
+    planes = data.as_dask()
+    leading = len(data.layout.leading)
+    counts = np.asarray((~da.isfinite(planes)).sum(axis=tuple(range(leading, planes.ndim))).compute())
+    bad = {unit.name: int(counts[unit.index] if unit.index else counts) for unit in data.units()}
+    named = [f"{name} ({count})" for name, count in bad.items() if count]
+    raise InvalidInputError(
+        f"source has {sum(bad.values())} NaN or infinite pixel(s), in {len(named)} plane(s): "
+        f"{', '.join(named[:5])}{', ...' if len(named) > 5 else ''}: replace them first, e.g. np.nan_to_num"
     )
 
 
@@ -206,7 +265,9 @@ def prepare_output(target, data, operator: LinearOperator, job: Job) -> dict[str
     return target.prepare(data, params, operator.image_hw(data.layout.hw))
 
 
-def run_units(client, data, target, todo: list[Unit], job: Job, report: BatchReport, on_unit, cancel) -> None:
+def run_units(
+    client, data, target, todo: list[Unit], job: Job, report: BatchReport, on_unit, cancel, log: RunLog
+) -> None:
     """Submit the units, follow them as they finish; on any interruption cancel the rest, then re-raise."""
     from distributed import as_completed
 
@@ -230,13 +291,14 @@ def run_units(client, data, target, todo: list[Unit], job: Job, report: BatchRep
             if not batch:
                 time.sleep(POLL_SECONDS)
             for future in batch:
-                unit = futures[future]
+                unit = futures.pop(future)
                 retry = retry_elsewhere(client, future, unit, retried, submit)
                 if retry is None:
-                    collect(future, unit, report, on_unit)
-                    continue
-                futures[retry] = unit
-                waiting.add(retry)
+                    collect(future, unit, report, on_unit, log)
+                else:
+                    futures[retry] = unit
+                    waiting.add(retry)
+                future.release()  # done and recorded: a worker that dies now loses nothing to recompute
     finally:
         client.cancel(list(futures))
         target.finish(target.records(), complete=report.ok)
@@ -255,13 +317,14 @@ def retry_elsewhere(client, future, unit: Unit, retried: set[str], submit) -> An
     return submit(unit, workers=others or None, allow_other_workers=not others)
 
 
-def collect(future, unit: Unit, report: BatchReport, on_unit) -> None:
-    """Count one finished unit (or its error, by name) and tell ``on_unit``."""
+def collect(future, unit: Unit, report: BatchReport, on_unit, log: RunLog) -> None:
+    """Count one finished unit (or its error: one line by name, the traceback in the log) and tell ``on_unit``."""
     error = None
     if future.status == "error":
         exc = future.exception()
         error = " ".join(f"{type(exc).__name__}: {exc}".split())
         report.failed[unit.name] = error
+        log.failure(unit.name, exc, future.traceback())
     else:
         report.records.append(future.result())
         report.computed += 1

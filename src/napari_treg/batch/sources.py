@@ -12,6 +12,7 @@ units: the client never loads the data.
 from __future__ import annotations
 
 import glob
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ class ArraySource:
     translation: tuple[float, ...] | None = None
     origin: str = "array"
     dimension_names: tuple[str, ...] | None = field(default=None)
+    name: str | None = None  # the OME-Zarr image's name, kept in the output
 
     @property
     def axis_names(self) -> tuple[str, ...] | None:
@@ -175,39 +177,114 @@ def is_zarr(path: str | os.PathLike) -> bool:
 
 
 def zarr_source(path: str, rgb: bool | None) -> ArraySource:
-    """A zarr array, or the full-resolution level of an OME-Zarr image (its axes and pixel sizes kept)."""
+    """A zarr array, or the full-resolution level of an OME-Zarr image (its axes, pixel sizes and name kept)."""
     import zarr
 
-    node = zarr.open(path, mode="r")
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as error:  # noqa: BLE001 - any parse failure of the store's metadata is bad input
+        raise InvalidInputError(f"source {path!r}: unreadable zarr metadata ({' '.join(str(error).split())})") from None
     if isinstance(node, zarr.Array):
         names = getattr(node.metadata, "dimension_names", None)
         return array_source(node, rgb, origin="zarr", dimension_names=tuple(names) if names else None)
-    image = ome_multiscale(dict(node.attrs))
-    if image is None:
-        raise InvalidInputError(f"source {path!r} is a zarr group but not an OME-Zarr image (no multiscales)")
-    dataset = image["datasets"][0]
-    transforms = {t["type"]: t for t in dataset.get("coordinateTransformations", [])}
-    scale = transforms.get("scale", {}).get("scale")
-    translation = transforms.get("translation", {}).get("translation")
-    axes = tuple(a if isinstance(a, dict) else {"name": a} for a in image["axes"])
-    if tuple(a["name"] for a in axes[-2:]) != SPATIAL:
+    image = ome_image(dict(node.attrs), path)
+    if tuple(a["name"] for a in image.axes[-2:]) != SPATIAL:
         raise InvalidInputError(
-            f"OME-Zarr source {path!r} must end with the axes y, x; got {[a['name'] for a in axes]}"
+            f"OME-Zarr source {path!r} must end with the axes y, x; got {[a['name'] for a in image.axes]}"
+        )
+    try:
+        array = node[image.path]
+    except KeyError:
+        raise InvalidInputError(
+            f"OME-Zarr source {path!r}: multiscales names the dataset {image.path!r}, which the store does not hold"
+        ) from None
+    if not isinstance(array, zarr.Array) or array.ndim != len(image.axes):
+        raise InvalidInputError(
+            f"OME-Zarr source {path!r}: dataset {image.path!r} is not an array with the {len(image.axes)} axes "
+            "that multiscales names"
         )
     return array_source(
-        node[dataset["path"]],
+        array,
         False,
         origin="ome-zarr",
-        axes=axes,
-        scale=tuple(scale) if scale else None,
-        translation=tuple(translation) if translation else None,
+        axes=image.axes,
+        scale=image.scale,
+        translation=image.translation,
+        name=image.name or Path(path.rstrip("/\\")).name.split(".")[0] or None,
     )
 
 
+@dataclass(frozen=True)
+class OmeImage:
+    """The full-resolution level of an OME-Zarr image, as its ``multiscales`` metadata describes it."""
+
+    path: str
+    axes: tuple[dict, ...]
+    scale: tuple[float, ...] | None
+    translation: tuple[float, ...] | None
+    name: str | None
+
+
 def ome_multiscale(attrs: dict) -> dict | None:
-    """The first multiscales entry of OME-Zarr attributes (NGFF 0.4 or 0.5), or None."""
-    multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
-    return multiscales[0] if multiscales else None
+    """The first multiscales entry of OME-Zarr attributes (NGFF 0.4 or 0.5), or None (not checked)."""
+    ome = attrs.get("ome")
+    multiscales = (ome.get("multiscales") if isinstance(ome, dict) else None) or attrs.get("multiscales")
+    return multiscales[0] if isinstance(multiscales, list) and multiscales else None
+
+
+def ome_image(attrs: dict, where: str) -> OmeImage:
+    """Parse and check OME-Zarr ``multiscales``; InvalidInputError naming the metadata that does not fit."""
+
+    def bad(what: str) -> InvalidInputError:
+        return InvalidInputError(f"OME-Zarr source {where!r}: malformed multiscales metadata: {what}")
+
+    ome = attrs.get("ome")
+    if "multiscales" not in attrs and not (isinstance(ome, dict) and "multiscales" in ome):
+        raise InvalidInputError(f"source {where!r} is a zarr group but not an OME-Zarr image (no multiscales)")
+    multiscales = ome["multiscales"] if isinstance(ome, dict) and "multiscales" in ome else attrs["multiscales"]
+    if not isinstance(multiscales, list) or not multiscales or not isinstance(multiscales[0], dict):
+        raise bad(f"expected a non-empty list of images, got {short(multiscales)}")
+    image = multiscales[0]
+    datasets = image.get("datasets")
+    if not isinstance(datasets, list) or not datasets or not isinstance(datasets[0], dict):
+        raise bad(f"'datasets' must be a non-empty list, got {short(datasets)}")
+    path = datasets[0].get("path")
+    if not isinstance(path, str) or not path:
+        raise bad(f"datasets[0] 'path' must be a name, got {short(path)}")
+    axes = image.get("axes")
+    if not isinstance(axes, list) or len(axes) < 2:
+        raise bad(f"'axes' must list at least 2 axes, got {short(axes)}")
+    axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
+    if not all(isinstance(a.get("name"), str) for a in axes):
+        raise bad(f"every axis needs a name, got {short(axes)}")
+    names = [a["name"] for a in axes]
+    if len(set(names)) != len(names):
+        raise bad(f"axis names repeat: {names}")
+    transforms = datasets[0].get("coordinateTransformations", [])
+    if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+        raise bad(f"'coordinateTransformations' must be a list, got {short(transforms)}")
+    values = {t.get("type"): t.get(t.get("type")) for t in transforms if t.get("type") in ("scale", "translation")}
+    for kind, value in values.items():
+        if not isinstance(value, list) or len(value) != len(axes):
+            raise bad(f"{kind} must list one number per axis ({len(axes)}), got {short(value)}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+            raise bad(f"{kind} must hold finite numbers, got {short(value)}")
+    if "scale" in values and not all(v > 0 for v in values["scale"]):
+        raise bad(f"scale must be > 0, got {short(values['scale'])}")
+    name = image.get("name")
+    return OmeImage(
+        path=path,
+        axes=tuple(axes),
+        scale=tuple(float(v) for v in values["scale"]) if "scale" in values else None,
+        translation=tuple(float(v) for v in values["translation"]) if "translation" in values else None,
+        name=name if isinstance(name, str) else None,
+    )
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr`` of a metadata value, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def array_source(array: Any, rgb: bool | None, **details: Any) -> ArraySource:

@@ -6,6 +6,7 @@ is the one place that calls the restoration engine.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -51,21 +52,46 @@ class UnitOutOfMemory(TRegError):
 
 
 def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
-    """Restore one unit and write it (data first, then its record); returns the record."""
+    """Restore one unit and write it (data first, then its record); returns the record.
+
+    A unit whose record and output already match its input (a task rerun after its worker died
+    once it had finished) is not computed again: its record is returned and nothing is written.
+    """
     if job.threads:
         import torch
 
         torch.set_num_threads(job.threads)
     image = source.read(unit)
+    digest = array_digest(image)
+    previous = output.record(unit)
+    if previous is not None and previous.get("input_digest") == digest and output.holds(unit, previous):
+        return previous
     try:
         restored, info = restore_unit(image, job, job.seed + unit.plane)
     except OutOfMemoryError as error:  # the engine has freed the memory; another worker may have more
         message = str(error)  # raised below, outside this handler, without the original attached
     else:
-        record = unit_record(unit, info)
-        output.write(unit, image, restored, info, record)
-        return record
+        return output.write(unit, image, restored, info, unit_record(unit, info, digest))
     raise UnitOutOfMemory(message, worker_address())
+
+
+def array_digest(image: np.ndarray) -> str:
+    """A content digest of a unit's input as read: shape, dtype and every value."""
+    digest = hashlib.sha256(f"{image.shape}{image.dtype.str}".encode())
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()
+
+
+def is_done(source, output, unit: Unit, record: dict[str, Any]) -> bool:
+    """Whether ``record`` stands: the unit's input is unchanged (same digest) and its output is complete.
+
+    Run on a worker when a run resumes; an input that cannot be read counts as not done (the unit
+    is then submitted and fails with its own error).
+    """
+    try:
+        return record.get("input_digest") == array_digest(source.read(unit)) and output.holds(unit, record)
+    except Exception:  # noqa: BLE001 - any failure to read means the unit must run again
+        return False
 
 
 def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, dict]:
@@ -107,10 +133,17 @@ def worker_prior(job: Job):
     return prior
 
 
-def unit_record(unit: Unit, info: dict[str, Any]) -> dict[str, Any]:
-    """The per-unit provenance kept with the output: which unit, seed, residual, time, where."""
+def torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str, Any]:
+    """The per-unit provenance kept with the output: which unit and input, seed, residual, time, where."""
     return {
         "key": unit.key,
+        "input_digest": input_digest,
         "name": unit.name,
         "plane": unit.plane,
         "seed": info.get("seed"),
@@ -119,5 +152,6 @@ def unit_record(unit: Unit, info: dict[str, Any]) -> dict[str, Any]:
         "intensity_range": info.get("intensity_range"),
         "seconds": info.get("seconds"),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "torch_threads": torch_threads(),  # bit-identity with local restore needs the same count
         "models_loaded": len(_LOADED),
     }

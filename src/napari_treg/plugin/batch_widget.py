@@ -223,7 +223,10 @@ class BatchWidget(Container):
 
     def _finished(self, report: Any) -> None:
         if report.failed:
-            show_error(f"{len(report.failed)} of {report.units} units failed: {', '.join(report.failed)}")
+            show_error(
+                f"{len(report.failed)} of {report.units} units failed: {', '.join(report.failed)} "
+                f"(details in {report.log})"
+            )
         else:
             show_info(f"Restored {report.computed} units ({report.skipped} already done) into {report.output}")
         self.status.value = f"Done: {report.done} of {report.units} units in {report.seconds:.1f} s."
