@@ -16,13 +16,14 @@ from ..errors import InvalidInputError
 from .config import TRegConfig
 
 #: the TRegConfig fields a schedule sets
-SCHEDULE_FIELDS = ("dc_every", "dc_until", "cg_iterations", "final_dc")
+SCHEDULE_FIELDS = ("dc_every", "dc_until", "cg_iterations", "final_dc", "data_first", "renoise_eta")
 _PAPER = {name: getattr(TRegConfig(), name) for name in SCHEDULE_FIELDS}
 
 #: name -> TRegConfig field values
 SCHEDULES: dict[str, dict] = {
     "paper": _PAPER,
     "faithful": _PAPER | {"final_dc": True},
+    "data-first": _PAPER | {"data_first": True, "renoise_eta": 0.5, "final_dc": True},
 }
 
 
