@@ -118,6 +118,7 @@ def unit_record(unit: Unit, info: dict[str, Any]) -> dict[str, Any]:
         "residual_over_noise": info.get("residual_over_noise"),
         "intensity_range": info.get("intensity_range"),
         "seconds": info.get("seconds"),
+        "text_conflict": info.get("text_conflict"),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "models_loaded": len(_LOADED),
     }

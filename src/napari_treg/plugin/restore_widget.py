@@ -41,7 +41,7 @@ from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLay
 from superqt import QCollapsible
 
 from ..api import restore
-from ..engine import Progress
+from ..engine import DEFAULT_SCHEDULE, Progress
 from ..errors import Cancelled, InvalidInputError, TRegError
 from ..settings import specs
 from ..solver import TRegConfig, schedule_settings
@@ -88,7 +88,7 @@ CANCELLED = "Cancelled: nothing was added."
 #: the widget starts from the measurement-faithful schedule: on the analytic prior it keeps the residual at
 #: the noise level where the paper's leaves it 4-20x above, and the prompt still picks its class
 #: (docs/validation.md, "Measurement fidelity"); restore() and the CLI keep the paper's
-WIDGET_SCHEDULE = "faithful"
+WIDGET_SCHEDULE = DEFAULT_SCHEDULE  # the one default of every front end (engine.DEFAULT_SCHEDULE)
 #: the method settings shown with the text; the others are under Advanced
 MAIN_SETTINGS = ("guidance", "steps")
 #: restore keyword arguments read straight from widgets of the same name
