@@ -40,7 +40,9 @@ def decisive_case(op, schedule: str, prompt: str) -> torch.Tensor:
     """Fraction of the true class over N samples (alternating disk / square); prompt 'other' or ''."""
     prior = AnalyticPrior()
     labels = torch.arange(N) % 2
-    x = torch.cat([prior.sample(1, int(k), HW, torch.Generator().manual_seed(100 + i))[0] for i, k in enumerate(labels)])
+    x = torch.cat(
+        [prior.sample(1, int(k), HW, torch.Generator().manual_seed(100 + i))[0] for i, k in enumerate(labels)]
+    )
     y = op(x) + NOISE * torch.randn(op(x).shape, generator=torch.Generator().manual_seed(1))
     prompts = [prior.classes[(int(k) + 1) % 2] for k in labels] if prompt == "other" else [""] * N
     settings = config(schedule) if prompt == "other" else config(schedule, guidance=0.0)

@@ -207,7 +207,7 @@ class Restorer:
         if not isinstance(prior, DiffusionPrior):
             raise InvalidInputError(f"prior must be a DiffusionPrior (see load_model), got {type(prior).__name__}")
         self.prior = prior
-        self.config = config if config is not None else TRegConfig()
+        self.config = config if config is not None else method_config(DEFAULT_SCHEDULE, {})
         self.method = method
         self.sampler = get_method(method)
         self.prompt = check_text(prompt, "prompt")

@@ -90,9 +90,10 @@ class TRegConfig:
         label="data first",
     )
     renoise_eta: float = setting(
-        0.5,
-        "with data first: the share of fresh noise in a re-noising (0 = deterministic DDIM, "
-        "1 = all fresh noise, as ReSample)",
+        0.2,
+        "with data first: the share of fresh noise in a re-noising (0 = the predicted noise only, as DDIM; "
+        "1 = all fresh noise); 0.2 found the class the data decide in 31 of 32 x8 SR seeds without text, "
+        "0.5 in 28 (docs/method.md)",
         label="re-noise eta",
         minimum=0.0,
         maximum=1.0,
