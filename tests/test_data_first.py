@@ -163,3 +163,18 @@ def test_the_cli_result_line_shows_the_conflict(tmp_path, capsys):
     argv += ["--model", "analytic", "--device", "cpu", "--noise", str(NOISE), "--prompt", "a square"]
     assert cli.main(argv) == 0
     assert "TEXT CONFLICT" in capsys.readouterr().err
+
+
+def test_the_batch_report_counts_flagged_units():
+    from napari_treg.batch.cli import report_summary
+    from napari_treg.batch.runner import BatchReport
+    from napari_treg.batch.sources import Unit
+    from napari_treg.batch.units import unit_record
+
+    flagged = restore_disk(DECISIVE["Gaussian deblur"], "a square")
+    matched = restore_disk(DECISIVE["Gaussian deblur"], "a disk")
+    report = BatchReport(output="out.zarr", units=3)
+    for plane, info in enumerate([flagged, matched, flagged]):
+        report.records.append(unit_record(Unit(key=str(plane), name=f"plane {plane}", plane=plane), info))
+    assert report.text_conflicts == 2
+    assert report_summary(report)["text_conflicts"] == 2
