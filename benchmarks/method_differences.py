@@ -82,13 +82,13 @@ def shifted_alphas(ddim_steps: Callable) -> Callable:
     return steps
 
 
-def null_only_at_w1(guided_noise: Callable) -> Callable:
+def null_only_at_w1(guide: Callable) -> Callable:
     """The authors' CFG: at w = 1 the null-text prediction alone."""
 
-    def guided(prior, z, t, text, null, guidance):
+    def guided(eps_u, eps_c, guidance):
         if guidance == 1:
-            return prior.predict_noise(z, t, null).float()
-        return guided_noise(prior, z, t, text, null, guidance)
+            return eps_u
+        return guide(eps_u, eps_c, guidance)
 
     return guided
 
@@ -123,7 +123,7 @@ def variant(name: str, prior) -> Iterator[None]:
     patches = {
         "negation": [mock.patch.object(sampler, "AdaptiveNegation", PersistentAdamNegation)],
         "alphas": [mock.patch.object(sampler, "ddim_steps", shifted_alphas(sampler.ddim_steps))],
-        "cfg_w1": [mock.patch.object(sampler, "guided_noise", null_only_at_w1(sampler.guided_noise))],
+        "cfg_w1": [mock.patch.object(sampler, "guide", null_only_at_w1(sampler.guide))],
         "clip": [mock.patch.object(prior, "clip_pixels", authors_clip_pixels(prior))] if hasattr(prior, "vae") else [],
         "vae_sample": [mock.patch.object(prior, "encode", sampled_encode(prior))] if hasattr(prior, "vae") else [],
     }.get(name, [])

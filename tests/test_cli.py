@@ -240,7 +240,7 @@ def test_restore_options_reach_restore(tmp_path):
         "device": "cpu",
         "dtype": "float16",
         "method": "treg",
-        "schedule": "paper",
+        "schedule": "data-first",
         "dc_every": 2,
         "dc_until": 0.5,
         "cg_iterations": 3,
@@ -300,7 +300,8 @@ def test_a_named_schedule_reaches_restore_and_explicit_options_override_it(monke
         kwargs = cli.restore_kwargs(parse("restore", "in", "-o", "o", "--operator", "denoise", *extra))
         return split_settings(kwargs)[1]
 
-    assert config().final_dc is False
+    assert config().final_dc is True and config().data_first is True  # the default schedule, 'data-first'
+    assert config("--schedule", "paper").final_dc is False and config("--schedule", "paper").data_first is False
     assert config("--schedule", "faithful").final_dc is True
     assert config("--schedule", "faithful", "--no-final-dc").final_dc is False
     assert config("--schedule", "faithful", "--dc-until", "0.5").dc_until == 0.5

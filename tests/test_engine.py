@@ -4,7 +4,11 @@ The checksums were taken with the code before the engine refactor (commit 4a1bfc
 through it (commit e0a9ff6). The deliberate method changes of issue 13 (a fresh Adam state at
 every data-consistency step, guidance 7.5 by default; docs/method.md) changed every case that
 uses adaptive negation or the default guidance, and the pins were re-taken then; the case with
-neither (``tiny_rgb_noneg``) kept its checksum. Any other change of a result fails here.
+neither (``tiny_rgb_noneg``) kept its checksum. Issue 20 made the schedule 'data-first' the default
+(a different re-noising and a final projection), which changes every case run with the default
+schedule: ``PINNED`` was re-taken then, and ``PINNED_PAPER`` keeps the earlier checksums, which the
+same cases still give with ``schedule="paper"`` (the paper's method is unchanged, bit for bit).
+Any other change of a result fails here.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import pytest
 
 from napari_treg import InvalidInputError, restore
-from napari_treg.engine import Progress, Restoration, Restorer, RunOptions
+from napari_treg.engine import DEFAULT_SCHEDULE, Progress, Restoration, Restorer, RunOptions, method_config
 from napari_treg.models import load_model
 from napari_treg.operators import Denoising, GaussianBlur, Inpainting, SuperResolution
 from napari_treg.solver import TRegConfig
@@ -67,7 +71,17 @@ def _pinned_cases():
     }
 
 
+#: the default schedule ('data-first', since issue 20)
 PINNED = {
+    "tiny_sr_grey": "8543eefe96cb7d5b",
+    "tiny_stack_batch2": "c72a6564e28f237b",
+    "tiny_rgb_noneg": "5b808057331f63a8",
+    "analytic_inpaint": "df2eb03f48425da4",
+    "analytic_tiled": "832bd92551f2eb80",
+    "analytic_sr_tiled_range": "b9e48f9bd85b6df8",
+}
+#: schedule 'paper': the checksums of the default before issue 20
+PINNED_PAPER = {
     "tiny_sr_grey": "d977e8ad06b025b1",
     "tiny_stack_batch2": "c37632cc6dc090fb",
     "tiny_rgb_noneg": "9719aa85e9e82e2e",
@@ -83,6 +97,12 @@ def test_results_are_bit_identical_to_before_the_refactor(name):
     assert _digest(result) == PINNED[name]
 
 
+@pytest.mark.parametrize("name", PINNED_PAPER)
+def test_the_paper_schedule_gives_the_results_it_gave_before_issue_20(name):
+    result = restore(**_pinned_cases()[name], device="cpu", schedule="paper")
+    assert _digest(result) == PINNED_PAPER[name]
+
+
 @pytest.fixture(scope="module")
 def analytic():
     return load_model("analytic", device="cpu")
@@ -90,7 +110,7 @@ def analytic():
 
 def test_restorer_and_restore_give_the_same_result_and_a_json_info(analytic):
     image = np.random.default_rng(1).random((2, 16, 16)).astype(np.float32)
-    config = TRegConfig(steps=6, dc_every=1)
+    config = method_config(DEFAULT_SCHEDULE, dict(steps=6, dc_every=1))  # restore's default schedule
     direct, info = restore(
         image, GaussianBlur(1.0), model=analytic, prompt="disk", seed=4, return_info=True, steps=6, dc_every=1
     )

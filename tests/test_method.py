@@ -7,6 +7,7 @@ the authors' code or elsewhere). The adaptive-negation row is tested in tests/te
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 
 import numpy as np
@@ -145,7 +146,14 @@ def test_final_dc_is_one_more_data_consistency_solve_of_the_result():
 def test_paper_schedule_is_the_default_config():
     paper = schedule_settings("paper")
     assert paper == {name: getattr(TRegConfig(), name) for name in SCHEDULE_FIELDS}
-    assert paper == {"dc_every": 3, "dc_until": 0.85, "cg_iterations": 5, "final_dc": False}
+    assert paper == {
+        "dc_every": 3,
+        "dc_until": 0.85,
+        "cg_iterations": 5,
+        "final_dc": False,
+        "data_first": False,
+        "renoise_eta": TRegConfig().renoise_eta,  # not used without data_first
+    }
 
 
 def test_faithful_schedule_is_the_papers_plus_a_final_projection():
@@ -160,7 +168,25 @@ def test_schedule_settings_returns_a_copy_and_rejects_unknown_names():
     assert SCHEDULES["paper"]["dc_until"] == 0.85
     with pytest.raises(InvalidInputError, match="schedule"):
         schedule_settings("fast")
-    assert sorted(SCHEDULES) == ["faithful", "paper"]
+    assert sorted(SCHEDULES) == ["data-first", "faithful", "paper"]
+
+
+def test_data_first_schedule_is_the_papers_plus_data_first_renoising_and_a_final_projection():
+    assert TRegConfig(**schedule_settings("data-first")) == TRegConfig(data_first=True, final_dc=True)
+
+
+def test_data_first_renoising_takes_the_data_consistent_estimate_at_full_weight():
+    """``sqrt(a') z0y + sqrt(1 - a') (sqrt(1 - eta) eps + sqrt(eta) n)``: total noise variance ``1 - a'``."""
+    from napari_treg.solver.sampler import Step, renoise_data_first
+
+    step = Step(0, 901, 0.05, 0.04, True)
+    z0y, eps, n = torch.full((1,), 2.0), torch.full((1,), 0.5), torch.full((1,), -1.0)
+    z = renoise_data_first(z0y, eps, step, n, 0.2)
+    expected = math.sqrt(0.04) * 2.0 + math.sqrt(0.96) * (math.sqrt(0.8) * 0.5 - math.sqrt(0.2))
+    assert float(z) == pytest.approx(expected, rel=1e-6)
+    eps, n = torch.randn(200_000, generator=torch.Generator().manual_seed(0)).chunk(2)
+    variance = renoise_data_first(torch.zeros(100_000), eps, step, n, 0.2).var().item()
+    assert variance == pytest.approx(0.96, rel=0.02)
 
 
 def test_math_of_the_closed_form_adam_step():

@@ -173,6 +173,9 @@ def _restore_summary(output: str, info: dict[str, Any]) -> str:
         summary += f"; relative residual {info['residual']:.3g}"
     if info.get("residual_over_noise") is not None:
         summary += f" ({info['residual_over_noise']:.2g} x the noise level)"
+    conflict = info.get("text_conflict") or {}
+    if conflict.get("flag"):
+        summary += f"; TEXT CONFLICT: the prompt contradicts the measurement ({conflict['deficit_nats']:.0f} nats)"
     return summary
 
 

@@ -28,9 +28,11 @@ from . import imaging, tiling
 from .errors import Cancelled, InvalidInputError
 from .memory import auto_batch_size, free_bytes, guard_memory
 from .models.base import DiffusionPrior
+from .noise import estimate_noise
 from .operators import LinearOperator
 from .settings import from_values, setting, specs, validate
 from .solver import TRegConfig, get_method, schedule_settings
+from .solver.conflict import ConflictLog, unchecked
 from .solver.divergence import check_finite
 
 CancelSignal = threading.Event | Callable[[], bool] | None
@@ -43,7 +45,7 @@ PlacePreview = Callable[[np.ndarray, int], "np.ndarray | None"]
 
 
 #: the named data-consistency schedule used when none is given (solver/schedules.py)
-DEFAULT_SCHEDULE = "paper"
+DEFAULT_SCHEDULE = "data-first"
 #: the largest seed: plane ``k`` of a stack uses ``seed + k``, and torch takes seeds below 2**64
 MAX_SEED = 2**63 - 1
 
@@ -207,7 +209,7 @@ class Restorer:
         if not isinstance(prior, DiffusionPrior):
             raise InvalidInputError(f"prior must be a DiffusionPrior (see load_model), got {type(prior).__name__}")
         self.prior = prior
-        self.config = config if config is not None else TRegConfig()
+        self.config = config if config is not None else method_config(DEFAULT_SCHEDULE, {})
         self.method = method
         self.sampler = get_method(method)
         self.prompt = check_text(prompt, "prompt")
@@ -259,16 +261,39 @@ class Restorer:
         raise_if(is_cancelled)
         batch_size = self.batch_size(run)
         reporter = Reporter(run, batch_size, self.config.steps, callback, is_cancelled, self.preview)
-        restored = guard_memory(lambda: self.solve_run(run, batch_size, reporter))
+        conflicts = self.conflict_log(run)
+        restored = guard_memory(lambda: self.solve_run(run, batch_size, reporter, conflicts))
         raise_if(is_cancelled)  # cancelled during the last step: still nothing is returned
         check_finite(restored, "the restored image")
         image = imaging.from_planes(restored, run.layout)
         info = self.provenance(run, batch_size, restored, time.perf_counter() - started)
+        info["text_conflict"] = conflicts.summary() if conflicts is not None else unchecked(self.unchecked_reason())
         return Restoration(image, info)
+
+    # -- the text-conflict check (solver/conflict.py) ---------------------------------------
+
+    def unchecked_reason(self) -> str:
+        if self.method != "treg":
+            return f"method {self.method!r} is not checked"
+        return "no prompt" if not self.prompt else "guidance 0: the prompt is not used"
+
+    def conflict_log(self, run: Run) -> ConflictLog | None:
+        """Where the prompt is used, a log for its conflict evidence, with the noise level given or estimated."""
+        if self.method != "treg" or not self.prompt or self.config.guidance == 0:
+            return None
+        if run.options.noise:
+            return ConflictLog(run.options.noise, "given")
+        try:
+            sigma = estimate_noise(run.planes, run.operator)
+        except InvalidInputError as error:
+            return ConflictLog(None, f"not estimated: {error}")
+        return ConflictLog(sigma if sigma > 0 else None, "estimated from the measurement (an upper bound on texture)")
 
     # -- solving ----------------------------------------------------------------------------
 
-    def solve_run(self, run: Run, batch_size: int, reporter: Reporter) -> np.ndarray:
+    def solve_run(
+        self, run: Run, batch_size: int, reporter: Reporter, conflicts: ConflictLog | None = None
+    ) -> np.ndarray:
         """All planes of a run, whole or in tiles; restored planes ``(N, C, H, W)`` in input units."""
         planes = run.planes
 
@@ -281,6 +306,7 @@ class Restorer:
                 batch_size=batch_size,
                 to_output=run.to_output,
                 hook=hook,
+                conflicts=conflicts,
             )
 
         if run.plan is None:
@@ -296,20 +322,27 @@ class Restorer:
         batch_size: int,
         to_output: Callable[[torch.Tensor], np.ndarray],
         hook: StepHook | None = None,
+        conflicts: ConflictLog | None = None,
     ) -> np.ndarray:
         """Solve measurement planes ``(N, C, h, w)`` (model units) in batches; plane ``k`` uses ``seed + k``.
 
-        Returns ``to_output`` of the restored planes ``(N, C, H, W)``.
+        Returns ``to_output`` of the restored planes ``(N, C, H, W)``; ``conflicts`` collects the
+        text-conflict evidence of every batch.
         """
         results = []
         for first in range(0, len(planes), batch_size):
             y = torch.from_numpy(np.ascontiguousarray(planes[first : first + batch_size]))
             callback = None if hook is None else functools.partial(hook, first, len(y))
-            results.append(to_output(self.solve_batch(y, operator, seed + first, callback)))
+            results.append(to_output(self.solve_batch(y, operator, seed + first, callback, conflicts)))
         return np.concatenate(results)
 
     def solve_batch(
-        self, y: torch.Tensor, operator: LinearOperator, seed: int, callback: Callable[[dict], None] | None
+        self,
+        y: torch.Tensor,
+        operator: LinearOperator,
+        seed: int,
+        callback: Callable[[dict], None] | None,
+        conflicts: ConflictLog | None = None,
     ) -> torch.Tensor:
         """One batch ``(B, C, h, w)``: pad to the model's size multiple, sample, crop back (model units)."""
         measurement_hw = (int(y.shape[-2]), int(y.shape[-1]))
@@ -320,6 +353,7 @@ class Restorer:
         padded = operator.padded(padded_hw[0] - image_hw[0], padded_hw[1] - image_hw[1])
         batch = y.shape[0]
         generators = [torch.Generator().manual_seed(seed + k) for k in range(batch)]
+        check = None if conflicts is None else conflicts.check(self.prior, padded, y_model)
         x = self.sampler(
             self.prior,
             y_model,
@@ -329,8 +363,10 @@ class Restorer:
             null=self.null.expand(batch, -1, -1),
             config=self.config,
             generators=generators,
-            callback=callback,
+            callback=both(callback, check),
         )
+        if conflicts is not None:
+            conflicts.add(check)
         x = imaging.from_rgb(x[..., : image_hw[0], : image_hw[1]].detach().cpu(), y.shape[1])
         return x if self.finish is None else self.finish(x, y, operator, seed)
 
@@ -480,6 +516,18 @@ def residual_summary(sums: np.ndarray, noise: float | None) -> dict:
         "noise": noise,
         "residual_over_noise": math.sqrt(error / count) / noise if noise and count else None,
     }
+
+
+def both(first: Callable[[dict], None] | None, second: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
+    """One sampler callback calling ``second`` then ``first`` (either may be None)."""
+    if first is None or second is None:
+        return first or second
+
+    def call(state: dict) -> None:
+        second(state)
+        first(state)
+
+    return call
 
 
 def check_text(value: Any, name: str) -> str:

@@ -135,7 +135,8 @@ def finish_message(args: argparse.Namespace, report) -> int:
     if not args.quiet:
         print(
             f"{PROG}: wrote {args.output}: {report.computed} units restored, {report.skipped} already done, "
-            f"in {report.seconds:.1f} s",
+            f"in {report.seconds:.1f} s"
+            + (f"; {report.text_conflicts} flagged for a text conflict" if report.text_conflicts else ""),
             file=sys.stderr,
         )
     return 0
@@ -149,6 +150,7 @@ def report_summary(report) -> dict:
         "skipped": report.skipped,
         "failed": report.failed,
         "seconds": report.seconds,
+        "text_conflicts": report.text_conflicts,
         "workers": report.workers,
         "intensity_range": report.intensity_range,
         "log": report.log,

@@ -68,6 +68,11 @@ class BatchReport:
         return self.skipped + self.computed
 
     @property
+    def text_conflicts(self) -> int:
+        """Units of this run whose prompt contradicted their measurement (``info["text_conflict"]``)."""
+        return sum(bool((record.get("text_conflict") or {}).get("flag")) for record in self.records)
+
+    @property
     def ok(self) -> bool:
         """Every unit is done (by this run or an earlier one) and none failed."""
         return not self.failed and self.done == self.units

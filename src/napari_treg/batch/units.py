@@ -151,6 +151,7 @@ def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str
         "residual_over_noise": info.get("residual_over_noise"),
         "intensity_range": info.get("intensity_range"),
         "seconds": info.get("seconds"),
+        "text_conflict": info.get("text_conflict"),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "torch_threads": torch_threads(),  # bit-identity with local restore needs the same count
         "models_loaded": len(_LOADED),

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import Container
 from napari.utils.notifications import show_info
 
-from ..engine import Progress
+from ..engine import DEFAULT_SCHEDULE, Progress
 from ..errors import Cancelled, TRegError
 from . import restore_form
 from .layers import format_metrics, result_name
@@ -37,10 +37,8 @@ from .worker import ActivityProgress, CloseWatcher, Relay, RunState, shutdown, s
 if TYPE_CHECKING:
     import napari
 
-#: the widget starts from the measurement-faithful schedule: on the analytic prior it keeps the residual at
-#: the noise level where the paper's leaves it 4-20x above, and the prompt still picks its class
-#: (docs/validation.md, "Measurement fidelity"); restore() and the CLI keep the paper's
-WIDGET_SCHEDULE = "faithful"
+#: the widget starts from the schedule every front end uses (data-first: docs/method.md)
+WIDGET_SCHEDULE = DEFAULT_SCHEDULE
 
 
 class RestoreWidget(Container):

@@ -40,8 +40,9 @@ def treg_sample(
 
     ``text`` and ``null`` are the prompt and null/negative embeddings ``(B, T, D)``.
     ``generators`` (one per sample) make every sample's noise independent of the batch.
-    ``callback`` receives ``{"i", "total", "z0", "step"}`` after every step; it may raise
-    to stop the run (this is how cancelling works).
+    ``callback`` receives ``{"i", "total", "z0", "step"}`` after every step, and the step's noisy
+    latent ``"z_t"`` with the text-free and prompted noise predictions ``"eps_free"``, ``"eps_text"``
+    (None at guidance 0) of its one model call; it may raise to stop the run (this is how cancelling works).
     """
     steps = ddim_steps(prior.schedule, config.steps, config.dc_every, config.dc_until)
     batch = y.shape[0]
@@ -54,19 +55,25 @@ def treg_sample(
 
     z = noise[0]
     for step in steps:
-        eps = guided_noise(prior, z, step.t, text, null, config.guidance)
-        z0 = (z - math.sqrt(1 - step.a) * eps) / math.sqrt(step.a)
+        z_t = z
+        eps_free, eps_text = noise_predictions(prior, z_t, step.t, text, null, config.guidance)
+        eps = guide(eps_free, eps_text, config.guidance)
+        z0 = tweedie(z_t, eps, step.a)
         if step.data_consistency:
             x0y = data_consistency(operator, y, prior.decode(z0).float(), config.cg_lambda, config.cg_iterations)
             z0y = prior.encode(x0y).float()
             if config.adaptive_negation:
                 null = negation.update(prior.embed_image(x0y))
-            z = renoise(z0y, z0, eps, step, noise[step.index + 1])
+            if config.data_first:
+                z = renoise_data_first(z0y, eps, step, noise[step.index + 1], config.renoise_eta)
+            else:
+                z = renoise(z0y, z0, eps, step, noise[step.index + 1])
         else:
             z = math.sqrt(step.a_prev) * z0 + math.sqrt(1 - step.a_prev) * eps
         watch.observe(z, step.index)
         if callback is not None:
-            callback({"i": step.index, "total": len(steps), "z0": z0, "step": step})
+            state = {"i": step.index, "total": len(steps), "z0": z0, "step": step}
+            callback(state | {"z_t": z_t, "eps_free": eps_free, "eps_text": eps_text})
     watch.check()
     x = prior.decode(z0).float()
     if config.final_dc:
@@ -78,10 +85,30 @@ def guided_noise(
     prior: DiffusionPrior, z: torch.Tensor, t: int, text: torch.Tensor, null: torch.Tensor, guidance: float
 ) -> torch.Tensor:
     """Classifier-free guidance ``eps_u + w (eps_c - eps_u)``; one batched model call."""
+    return guide(*noise_predictions(prior, z, t, text, null, guidance), guidance)
+
+
+def noise_predictions(
+    prior: DiffusionPrior, z: torch.Tensor, t: int, text: torch.Tensor, null: torch.Tensor, guidance: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The null-text and prompted noise predictions ``(eps_u, eps_c)`` in one batched model call
+    (``eps_c`` is None at guidance 0, where the prompt is not used)."""
     if guidance == 0:
-        return prior.predict_noise(z, t, null).float()
+        return prior.predict_noise(z, t, null).float(), None
     eps_u, eps_c = prior.predict_noise(torch.cat([z, z]), t, torch.cat([null, text])).float().chunk(2)
+    return eps_u, eps_c
+
+
+def guide(eps_u: torch.Tensor, eps_c: torch.Tensor | None, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance ``eps_u + w (eps_c - eps_u)`` (``eps_u`` when there is no ``eps_c``)."""
+    if eps_c is None:
+        return eps_u
     return eps_u + guidance * (eps_c - eps_u)
+
+
+def tweedie(z: torch.Tensor, eps: torch.Tensor, a: float) -> torch.Tensor:
+    """The clean-latent estimate ``(z - sqrt(1 - a) eps) / sqrt(a)`` of a noise prediction."""
+    return (z - math.sqrt(1 - a) * eps) / math.sqrt(a)
 
 
 def renoise(z0y: torch.Tensor, z0: torch.Tensor, eps: torch.Tensor, step: Step, n: torch.Tensor) -> torch.Tensor:
@@ -89,6 +116,13 @@ def renoise(z0y: torch.Tensor, z0: torch.Tensor, eps: torch.Tensor, step: Step, 
     a = step.a_prev
     z_bar = a * z0y + (1 - a) * z0
     return math.sqrt(a) * z_bar + (1 - a) * eps + math.sqrt(a * (1 - a)) * n
+
+
+def renoise_data_first(z0y: torch.Tensor, eps: torch.Tensor, step: Step, n: torch.Tensor, eta: float) -> torch.Tensor:
+    """Data-first re-noising (DDS/ReSample-style): the data-consistent estimate at full weight,
+    ``sqrt(a') z0y + sqrt(1 - a') (sqrt(1 - eta) eps + sqrt(eta) n)``; total noise variance ``1 - a'``."""
+    a = step.a_prev
+    return math.sqrt(a) * z0y + math.sqrt(1 - a) * (math.sqrt(1 - eta) * eps + math.sqrt(eta) * n)
 
 
 def presampled_noise(

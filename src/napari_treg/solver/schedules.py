@@ -8,6 +8,12 @@
   prompt still picks the class where the data leave it open, the unmeasured pixels keep the
   paper's distribution, and it costs one CG solve more (docs/validation.md, "Measurement
   fidelity"; ``python benchmarks/fidelity.py``).
+- ``"data-first"`` (the default of every front end): the paper's schedule with the data-first
+  re-noising (``data_first``: the data-consistent estimate at full weight, ``renoise_eta`` 0.2 of
+  fresh noise) and the final projection. On the analytic prior the data decide where they can
+  (also against a prompt of the other class), the prompt decides only where they leave it open,
+  and the residual is at the noise level (docs/validation.md, "Data first";
+  ``python benchmarks/data_first.py``).
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ from ..errors import InvalidInputError
 from .config import TRegConfig
 
 #: the TRegConfig fields a schedule sets
-SCHEDULE_FIELDS = ("dc_every", "dc_until", "cg_iterations", "final_dc")
+SCHEDULE_FIELDS = ("dc_every", "dc_until", "cg_iterations", "final_dc", "data_first", "renoise_eta")
 _PAPER = {name: getattr(TRegConfig(), name) for name in SCHEDULE_FIELDS}
 
 #: name -> TRegConfig field values
 SCHEDULES: dict[str, dict] = {
     "paper": _PAPER,
     "faithful": _PAPER | {"final_dc": True},
+    "data-first": _PAPER | {"data_first": True, "final_dc": True},
 }
 
 
