@@ -175,6 +175,6 @@ def test_the_batch_report_counts_flagged_units():
     matched = restore_disk(DECISIVE["Gaussian deblur"], "a disk")
     report = BatchReport(output="out.zarr", units=3)
     for plane, info in enumerate([flagged, matched, flagged]):
-        report.records.append(unit_record(Unit(key=str(plane), name=f"plane {plane}", plane=plane), info))
+        report.records.append(unit_record(Unit(key=str(plane), name=f"plane {plane}", plane=plane), info, "digest"))
     assert report.text_conflicts == 2
     assert report_summary(report)["text_conflicts"] == 2
