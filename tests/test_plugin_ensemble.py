@@ -36,7 +36,7 @@ def test_samples_default_to_one_restore_and_offer_the_ensembles_range(restore_wi
     run_to_end(restore_widget)
     assert [layer.name for layer in viewer.layers] == ["y", "y TReg"]
     assert "treg_map" not in viewer.layers["y TReg"].metadata
-    assert not viewer.grid.enabled
+    assert not viewer.canvas.grid.enabled
 
 
 def test_an_ensemble_adds_mean_std_data_share_and_text_influence_side_by_side(restore_widget, run_to_end):
@@ -71,7 +71,7 @@ def test_an_ensemble_adds_mean_std_data_share_and_text_influence_side_by_side(re
     std = viewer.layers["y TReg std"].data
     assert std.min() >= 0 and std.max() > 0  # three seeds disagree somewhere
     assert viewer.layers["y TReg text influence"].data.max() > 0
-    assert viewer.grid.enabled and "grid" in restore_widget.status.value
+    assert viewer.canvas.grid.enabled and "grid" in restore_widget.status.value
     np.testing.assert_array_equal(layer.data, original)
     # progress over all samples: 3 samples with the prompt and 3 without it (for the text influence), one
     # plane per model call on the CPU (batch_size auto = 1), 2 steps each
@@ -116,7 +116,7 @@ def test_a_cancelled_ensemble_adds_nothing(restore_widget, qtbot):
     restore_widget.run()
     qtbot.waitUntil(lambda: not restore_widget.is_running, timeout=120_000)
     assert [layer.name for layer in viewer.layers] == ["y"]
-    assert restore_widget.status.value == CANCELLED and not viewer.grid.enabled
+    assert restore_widget.status.value == CANCELLED and not viewer.canvas.grid.enabled
 
 
 def test_bad_ensembles_are_refused_before_the_worker_starts(restore_widget, monkeypatch):
@@ -152,7 +152,7 @@ def test_each_map_saved_as_ome_tiff_opens_as_the_same_layer(restore_widget, run_
         viewer.layers.selection.active = layer
         viewer.layers.save(str(path), selected=True, plugin="napari-treg")
         (opened,) = viewer.open(str(path), plugin="napari-treg")
-        assert opened.name == layer.name and opened.colormap.name == colormap
+        assert opened.name == f"{layer.name} [1]" and opened.colormap.name == colormap  # napari makes it unique
         np.testing.assert_array_equal(opened.data, layer.data)
         np.testing.assert_allclose(opened.contrast_limits, layer.contrast_limits)
         assert opened.metadata == layer.metadata and opened.metadata["treg_map"] == suffix.strip().replace(" ", "_")

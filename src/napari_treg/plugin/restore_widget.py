@@ -212,7 +212,7 @@ class RestoreWidget(Container):
 
     def _show_side_by_side(self, samples: int) -> str:
         """Grid view, so mean, std and data share are seen side by side; says how to turn it off."""
-        self.viewer.grid.enabled = True
+        self.viewer.canvas.grid.enabled = True
         return (
             f"Ensemble of {samples}: mean, std (spread), data share (green = measured, pink = invented)"
             " side by side in grid view; the grid button (bottom left) turns it off."
