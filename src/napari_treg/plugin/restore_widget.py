@@ -215,7 +215,7 @@ class RestoreWidget(Container):
         self.viewer.canvas.grid.enabled = True
         return (
             f"Ensemble of {samples}: mean, std (spread), data share (green = measured, pink = invented)"
-            " side by side in grid view; the grid button (bottom left) turns it off."
+            " side by side in grid view; the grid button (bottom left) or Ctrl+G turns it off."
         )
 
     def warn(self, message: str) -> None:
