@@ -20,9 +20,14 @@ def _measurement(viewer, name="y"):
 
 
 def _steps(widget) -> list:
-    """Every progress event the widget receives, in order."""
+    """Every progress event the widget receives with the status line it shows, in order."""
     events = []
-    widget.relay.called.connect(lambda name, args: events.append(args[0]) if name == "step" else None)
+
+    def record(name, args):  # connected after the widget's handler: the status line is already updated
+        if name == "step":
+            events.append((args[0], widget.status.value))
+
+    widget.relay.called.connect(record)
     return events
 
 
@@ -77,8 +82,9 @@ def test_an_ensemble_adds_mean_std_data_share_and_text_influence_side_by_side(re
     # plane per model call on the CPU (batch_size auto = 1), 2 steps each
     assert record["params"]["batch_size"] == 1
     total = 2 * 3 * 2
-    assert [event.step for event in events] == list(range(1, total + 1))
-    assert {event.total for event in events} == {total} and ensemble["model_calls"] == total
+    assert [event.step for event, _ in events] == list(range(1, total + 1))
+    assert {event.total for event, _ in events} == {total} and ensemble["model_calls"] == total
+    assert events[4][1] == f"Step 5 of {total} (ensemble of 3 samples)"
     assert restore_widget.progress_bar.native.value() == total
 
 
@@ -156,3 +162,30 @@ def test_each_map_saved_as_ome_tiff_opens_as_the_same_layer(restore_widget, run_
         np.testing.assert_array_equal(opened.data, layer.data)
         np.testing.assert_allclose(opened.contrast_limits, layer.contrast_limits)
         assert opened.metadata == layer.metadata and opened.metadata["treg_map"] == suffix.strip().replace(" ", "_")
+
+
+@pytest.mark.parametrize(
+    "shape, rgb, mean_shape, map_shape",
+    [((32, 32, 3), True, (32, 32, 3), (32, 32)), ((3, 32, 32), False, (1, 32, 32), (1, 32, 32))],
+)
+def test_rgb_maps_are_one_channel_and_a_stacks_plane_maps_lie_on_it(
+    restore_widget, run_to_end, shape, rgb, mean_shape, map_shape
+):
+    viewer = restore_widget.viewer
+    data = (np.random.default_rng(1).uniform(0, 1, shape) * 255).astype(np.uint8)
+    layer = viewer.add_image(data, name="y", rgb=rgb)
+    if not rgb:
+        viewer.dims.set_point(0, 2)  # the third plane is shown: a current-plane run restores it
+    restore_widget.operator.value = "denoise"
+    restore_widget.steps.value = 1
+    restore_widget.samples.value = 2
+    restore_widget.prompt.value = ""
+    run_to_end(restore_widget)
+    mean = viewer.layers["y TReg mean"]
+    assert mean.rgb is rgb and mean.data.shape == mean_shape
+    for suffix in (" std", " data share"):
+        shown = viewer.layers[f"y TReg{suffix}"]
+        assert not shown.rgb and shown.data.shape == map_shape and shown.colormap.name == MAPS[suffix]
+        np.testing.assert_allclose(shown.translate, mean.translate)
+    if not rgb:
+        assert mean.translate[0] == layer.translate[0] + 2 and mean.metadata["treg"]["plane_index"] == [2]

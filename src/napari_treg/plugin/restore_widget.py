@@ -28,7 +28,7 @@ from ..engine import Progress
 from ..errors import Cancelled, TRegError
 from . import restore_form
 from .layers import format_metrics, result_name
-from .messages import data_consistency_line, done_line, explain_error, is_constant
+from .messages import data_consistency_line, done_line, ensemble_step_line, explain_error, is_constant
 from .output_layers import add_outputs, remove_preview, run_outputs, show_preview, taken_names
 from .restoration import Outcome, RestoreRequest, run_request
 from .status import StatusPanel
@@ -171,11 +171,12 @@ class RestoreWidget(Container):
         request = self._state.request
         if request is None or request.cancel.is_set():
             return
-        self.status_panel.step(event)
+        ensemble = request.samples > 1
+        self.status_panel.step(event, ensemble_step_line(event, request.samples) if ensemble else None)
         if event.preview is not None and self.preview.value:
             show_preview(self.viewer, request, event.preview)
         if self.activity is not None:
-            self.activity.update(event.step, event.total, "TReg: restoring")
+            self.activity.update(event.step, event.total, f"TReg: {'ensemble' if ensemble else 'restoring'}")
 
     def _on_returned(self, outcome: Outcome) -> None:
         request = self._state.request
