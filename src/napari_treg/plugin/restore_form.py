@@ -115,7 +115,8 @@ def inputs_section(viewer: napari.Viewer) -> Container:
         step=0.005,
         tooltip="The measurement's noise level, as a fraction of half the intensity range "
         "(as in Simulate degradation; taken from the layer when it records it). "
-        "Used to judge the result: the residual is reported in units of it. 0 = unknown.",
+        "Used to judge the result: the residual is reported in units of it. 0 = unknown "
+        "(an ensemble then estimates it from the image).",
     )
     image = layer_combo(viewer, "Image", "image", "image", "The measured (degraded) image to restore", False)
     return Container(name="inputs", widgets=[image, planes, *operator_widgets(viewer), noise])
