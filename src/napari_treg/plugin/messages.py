@@ -78,6 +78,11 @@ def step_line(event: Progress) -> str:
     return f"Step {event.step} of {event.total}" + (f" ({', '.join(where)})" if where else "")
 
 
+def ensemble_step_line(event: Progress, samples: int) -> str:
+    """``"Step 30 of 320 (ensemble of 8 samples)"``: the steps of all samples (and of their text-free pass)."""
+    return f"Step {event.step} of {event.total} (ensemble of {samples} samples)"
+
+
 def data_consistency_line(info: dict, constant: bool = False) -> str:
     """How well the result explains the measurement, in words a user can judge.
 

@@ -30,6 +30,14 @@ if TYPE_CHECKING:
     from .restoration import Outcome, RestoreRequest
 
 PREVIEW_NAME = "TReg preview"
+#: the ensemble's maps: (its attribute, the layer's suffix, colormap); the data share's contrast is fixed to [0, 1]
+ENSEMBLE_MAPS = (
+    ("std", " std", "magma"),
+    ("data_share", " data share", "PiYG"),  # pink = invented (0), green = measured (1)
+    ("text_influence", " text influence", "inferno"),
+)
+#: metadata key naming which ensemble map a layer shows (next to the run's record in ``metadata["treg"]``)
+MAP_KEY = "treg_map"
 
 
 @dataclass(frozen=True)
@@ -49,19 +57,24 @@ class OutputLayer:
 
 
 def run_outputs(request: RestoreRequest, outcome: Outcome, name: str) -> list[OutputLayer]:
-    """The result (with its provenance in ``metadata["treg"]``) and, if computed, its residual below it."""
+    """The result (with its provenance in ``metadata["treg"]``), an ensemble's maps, and the residual below.
+
+    An ensemble's result is its mean (``"<name> mean"``), followed by its std, data share and
+    text influence (when computed), each carrying the same record.
+    """
     source = request.source
     colormap = "gray" if request.rgb else source.colormap
-    result = OutputLayer(
-        outcome.result,
-        "",
-        {
-            "rgb": request.rgb,
-            **display_kwargs(outcome.result, request.rgb, colormap, source.contrast_limits),
-            "metadata": {"treg": result_record(request, outcome)},
-        },
-    )
-    outputs = [result]
+    record = result_record(request, outcome)
+    result_kwargs = {
+        "rgb": request.rgb,
+        **display_kwargs(outcome.result, request.rgb, colormap, source.contrast_limits),
+        "metadata": {"treg": record},
+    }
+    if outcome.ensemble is None:
+        outputs = [OutputLayer(outcome.result, "", result_kwargs)]
+    else:
+        result_kwargs["metadata"] = {"treg": record, MAP_KEY: "mean"}
+        outputs = [OutputLayer(outcome.result, " mean", result_kwargs), *ensemble_outputs(outcome, record, request.rgb)]
     if outcome.residual is not None:
         residual = {
             "rgb": request.rgb,
@@ -71,6 +84,27 @@ def run_outputs(request: RestoreRequest, outcome: Outcome, name: str) -> list[Ou
             "metadata": {"treg_residual": {"result": name, "residual": outcome.info.get("residual")}},
         }
         outputs.append(OutputLayer(outcome.residual, " residual", residual, measurement_grid=True, below=True))
+    return outputs
+
+
+def taken_names(names: list[str]) -> set[str]:
+    """Names a new result cannot have: the layers' names, and those an output's suffix was added to."""
+    suffixes = (" mean", " residual", *(suffix for _, suffix, _ in ENSEMBLE_MAPS))
+    stems = {name[: -len(suffix)] for name in names for suffix in suffixes if name.endswith(suffix)}
+    return set(names) | stems
+
+
+def ensemble_outputs(outcome: Outcome, record: dict, rgb: bool) -> list[OutputLayer]:
+    """The std, data share and text influence of an ensemble (one channel each: colour channels averaged)."""
+    outputs = []
+    for attribute, suffix, colormap in ENSEMBLE_MAPS:
+        data = getattr(outcome.ensemble, attribute)
+        if data is None:
+            continue
+        data = data.mean(axis=-1) if rgb else data
+        limits = [0.0, 1.0] if attribute == "data_share" else [0.0, percentile_limits(data, 0.0, 99.5)[1]]
+        kwargs = {"colormap": colormap, "contrast_limits": limits, "metadata": {"treg": record, MAP_KEY: attribute}}
+        outputs.append(OutputLayer(data, suffix, kwargs))
     return outputs
 
 
@@ -86,6 +120,7 @@ def result_record(request: RestoreRequest, outcome: Outcome) -> dict:
             "dtype": request.dtype,
             "preview_every": request.preview_every,
             "reference": request.record["reference"],
+            "samples": request.samples,
         },
         info=outcome.info,
         planes=request.planes,

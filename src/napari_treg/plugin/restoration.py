@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from .. import api
-from ..engine import Progress, Restorer, split_settings, warn_if_slow
+from ..engine import Progress, Restorer, RunOptions, prepare, split_settings, warn_if_slow
 from ..errors import Cancelled, InvalidInputError
 from ..models.base import DiffusionPrior
 from ..operators import LinearOperator
+from ..settings import from_values
+from ..uncertainty import Ensemble, EnsembleOptions, check_ensemble, restorer_ensemble
 from .layers import Planes, ground_truth_metrics, reference_for
 
 #: progress(event) after every sampling step; status(message, fraction) while loading
@@ -108,6 +110,8 @@ class RestoreRequest:
     source: Any = None
     #: provenance that restore does not see (operator choice, layer names)
     record: dict = field(default_factory=dict)
+    #: restorations of the measurement: 1 = one restore; more = an ensemble (:mod:`napari_treg.uncertainty`)
+    samples: int = 1
 
 
 @dataclass
@@ -122,6 +126,8 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     #: seconds spent loading the model (0 when it was already loaded)
     load_seconds: float = 0.0
+    #: the ensemble's maps (``result`` is then its mean), for a request with ``samples`` > 1
+    ensemble: Ensemble | None = None
 
 
 def run_request(
@@ -155,16 +161,21 @@ def _restore(
             status("restoring", 0.0)
         warn_if_slow(prior)
         restorer = Restorer(prior, config, **text)
-        result, info = restorer.restore(
-            request.planes.data,
-            request.operator,
-            **settings,
-            rgb=request.rgb,
-            preview_every=request.preview_every,
-            callback=progress,
-            cancel=request.cancel,
-        )
-    outcome = Outcome(result, info, load_seconds=load_seconds)
+        if request.samples > 1:
+            outcome = ensemble_outcome(restorer, request, settings, progress)
+        else:
+            result, info = restorer.restore(
+                request.planes.data,
+                request.operator,
+                **settings,
+                rgb=request.rgb,
+                preview_every=request.preview_every,
+                callback=progress,
+                cancel=request.cancel,
+            )
+            outcome = Outcome(result, info)
+    outcome.load_seconds = load_seconds
+    result = outcome.result
     if request.residual:
         measured = api.degrade(result, request.operator, noise=0.0, rgb=request.rgb)
         outcome.residual = residual_image(measured, request.planes.data, request.operator, request.rgb)
@@ -175,6 +186,43 @@ def _restore(
         except InvalidInputError as error:
             outcome.warnings.append(f"no PSNR/SSIM: {error}")
     return outcome
+
+
+def ensemble_options(request: RestoreRequest) -> EnsembleOptions:
+    """The request's ensemble settings: its samples (range checked by :class:`EnsembleOptions`), streamed."""
+    return EnsembleOptions(samples=request.samples, keep_samples=False)
+
+
+def ensemble_run_options(settings: dict[str, Any], rgb: bool) -> dict[str, Any]:
+    """The run options of an ensemble: the widget's noise 0 ("unknown") is estimated from the image."""
+    return {**settings, "noise": settings.get("noise") or None, "rgb": rgb}
+
+
+def check_ensemble_request(request: RestoreRequest) -> None:
+    """Refuse, on the main thread, an ensemble the engine would refuse (samples, seeds, noise level)."""
+    _, _, settings = split_settings(request.options)
+    options = from_values(RunOptions, ensemble_run_options(settings, request.rgb), "ensemble setting")
+    check_ensemble(prepare(request.planes.data, request.operator, options), ensemble_options(request))
+
+
+def ensemble_outcome(
+    restorer: Restorer, request: RestoreRequest, settings: dict[str, Any], progress: StepProgress | None
+) -> Outcome:
+    """The ensemble of the request through the widget's restorer; the outcome's result is its mean.
+
+    ``info`` is the mean's provenance (as a single restore's) with the ensemble's own under ``"ensemble"``.
+    """
+    maps = restorer_ensemble(
+        restorer,
+        request.planes.data,
+        request.operator,
+        options=ensemble_options(request),
+        callback=progress,
+        cancel=request.cancel,
+        **ensemble_run_options(settings, request.rgb),
+    )
+    own = {key: value for key, value in maps.info.items() if key != "settings"}
+    return Outcome(maps.mean, {**maps.info["settings"], "ensemble": own}, ensemble=maps)
 
 
 def residual_image(measured: np.ndarray, measurement: np.ndarray, operator: LinearOperator, rgb: bool) -> np.ndarray:

@@ -22,6 +22,7 @@ from ..api import restore
 from ..errors import InvalidInputError
 from ..settings import specs
 from ..solver import TRegConfig, schedule_settings
+from ..uncertainty import EnsembleOptions
 from .choices import MODELS, PRECISIONS, available_devices, model_spec
 from .forms import (
     DEFAULT_OPERATOR,
@@ -46,7 +47,7 @@ from .layers import (
     mask_for_planes,
     select_planes,
 )
-from .restoration import RestoreRequest
+from .restoration import RestoreRequest, check_ensemble_request
 
 if TYPE_CHECKING:
     import napari
@@ -114,7 +115,8 @@ def inputs_section(viewer: napari.Viewer) -> Container:
         step=0.005,
         tooltip="The measurement's noise level, as a fraction of half the intensity range "
         "(as in Simulate degradation; taken from the layer when it records it). "
-        "Used to judge the result: the residual is reported in units of it. 0 = unknown.",
+        "Used to judge the result: the residual is reported in units of it. 0 = unknown "
+        "(an ensemble then estimates it from the image).",
     )
     image = layer_combo(viewer, "Image", "image", "image", "The measured (degraded) image to restore", False)
     return Container(name="inputs", widgets=[image, planes, *operator_widgets(viewer), noise])
@@ -156,7 +158,22 @@ def text_section(main_settings: list) -> Container:
         max=2**31 - 1,
         tooltip="Seed of the sampler (plane k of a stack uses seed + k)",
     )
-    return Container(name="text", widgets=[prompt, negative, *main_settings, seed])
+    return Container(name="text", widgets=[prompt, negative, *main_settings, seed, samples_widget()])
+
+
+def samples_widget() -> SpinBox:
+    """1 = one restoration; more = an ensemble, up to the ensemble's own limit (:class:`EnsembleOptions`)."""
+    (spec,) = (spec for spec in specs(EnsembleOptions) if spec.name == "samples")
+    return SpinBox(
+        name="samples",
+        label="samples",
+        value=1,
+        min=1,
+        max=int(spec.maximum or 1),
+        tooltip="1: one restoration. 2 or more: an ensemble (seeds seed, seed + 1, ...) added as layers "
+        "'mean', 'std' (spread), 'data share' (1 = measured, 0 = invented) and, with a prompt, "
+        "'text influence'; it takes that many times as long (docs/uncertainty.md)",
+    )
 
 
 def output_section(viewer: napari.Viewer) -> Container:
@@ -394,7 +411,7 @@ def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:
     options = {name: getattr(form, name).value for name in RESTORE_OPTIONS}
     options["tile_size"] = int(options["tile_size"]) or None  # off = one piece
     reference = form.reference.value
-    return RestoreRequest(
+    request = RestoreRequest(
         planes=planes,
         operator=operator,
         rgb=bool(layer.rgb),
@@ -411,4 +428,8 @@ def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:
             "operator": {"name": form.operator.value, **operator_settings(form.inputs)},
             "reference": getattr(reference, "name", None),
         },
+        samples=form.samples.value,
     )
+    if request.samples > 1:
+        check_ensemble_request(request)
+    return request

@@ -28,8 +28,8 @@ from ..engine import DEFAULT_SCHEDULE, Progress
 from ..errors import Cancelled, TRegError
 from . import restore_form
 from .layers import format_metrics, result_name
-from .messages import data_consistency_line, done_line, explain_error, is_constant
-from .output_layers import add_outputs, remove_preview, run_outputs, show_preview
+from .messages import data_consistency_line, done_line, ensemble_step_line, explain_error, is_constant
+from .output_layers import add_outputs, remove_preview, run_outputs, show_preview, taken_names
 from .restoration import Outcome, RestoreRequest, run_request
 from .status import StatusPanel
 from .worker import ActivityProgress, CloseWatcher, Relay, RunState, shutdown, start_worker
@@ -169,11 +169,12 @@ class RestoreWidget(Container):
         request = self._state.request
         if request is None or request.cancel.is_set():
             return
-        self.status_panel.step(event)
+        ensemble = request.samples > 1
+        self.status_panel.step(event, ensemble_step_line(event, request.samples) if ensemble else None)
         if event.preview is not None and self.preview.value:
             show_preview(self.viewer, request, event.preview)
         if self.activity is not None:
-            self.activity.update(event.step, event.total, "TReg: restoring")
+            self.activity.update(event.step, event.total, f"TReg: {'ensemble' if ensemble else 'restoring'}")
 
     def _on_returned(self, outcome: Outcome) -> None:
         request = self._state.request
@@ -193,9 +194,13 @@ class RestoreWidget(Container):
 
     def show_result(self, request: RestoreRequest, outcome: Outcome) -> None:
         """Add the run's layers over its input and say how it went."""
-        name = result_name(request.source.name, {layer.name for layer in self.viewer.layers})
-        add_outputs(self.viewer, request, name, run_outputs(request, outcome, name))
-        lines = [done_line(name, outcome), data_consistency_line(outcome.info, is_constant(request.planes.data))]
+        name = result_name(request.source.name, taken_names([layer.name for layer in self.viewer.layers]))
+        outputs = run_outputs(request, outcome, name)
+        add_outputs(self.viewer, request, name, outputs)
+        added = name if outcome.ensemble is None else f"{name} mean"
+        lines = [done_line(added, outcome), data_consistency_line(outcome.info, is_constant(request.planes.data))]
+        if outcome.ensemble is not None:
+            lines.append(self._show_side_by_side(request.samples))
         if outcome.residual is not None:
             lines.append(f"The residual layer is below it, hidden: '{name} residual'.")
         if outcome.metrics:
@@ -203,6 +208,14 @@ class RestoreWidget(Container):
         if outcome.info.get("test_model"):
             lines.append(f"Test model: {outcome.info.get('model')}.")
         self.status_panel.say("\n".join(lines))
+
+    def _show_side_by_side(self, samples: int) -> str:
+        """Grid view, so mean, std and data share are seen side by side; says how to turn it off."""
+        self.viewer.canvas.grid.enabled = True
+        return (
+            f"Ensemble of {samples}: mean, std (spread), data share (green = measured, pink = invented)"
+            " side by side in grid view; the grid button (bottom left) or Ctrl+G turns it off."
+        )
 
     def warn(self, message: str) -> None:
         """A warning about the run: a line in the status (kept under the summary) and a napari notification."""

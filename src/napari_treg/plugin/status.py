@@ -86,13 +86,13 @@ class StatusPanel(Container):
             bar.setFormat("%p%")
             bar.setValue(int(100 * fraction))
 
-    def step(self, event: Progress) -> None:
-        """``Step 3 of 50`` in the status line and the bar."""
+    def step(self, event: Progress, line: str | None = None) -> None:
+        """``Step 3 of 50`` (or ``line``) in the status line, and the bar."""
         bar = self.progress_bar.native
         bar.setFormat("%v / %m steps")
         bar.setRange(0, event.total)
         bar.setValue(event.step)
-        self.say(step_line(event))
+        self.say(line or step_line(event))
 
     def reset_progress(self) -> None:
         """An empty, idle bar (no busy animation)."""
