@@ -26,6 +26,7 @@ from napari.utils.notifications import show_info
 
 from ..engine import DEFAULT_SCHEDULE, Progress
 from ..errors import Cancelled, TRegError
+from ..solver.conflict import conflict_message
 from . import restore_form
 from .layers import format_metrics, result_name
 from .messages import data_consistency_line, done_line, ensemble_step_line, explain_error, is_constant
@@ -191,6 +192,9 @@ class RestoreWidget(Container):
             return
         for message in outcome.warnings:
             self.warn(message)
+        conflict = conflict_message(outcome.info)
+        if conflict is not None:
+            self.warn(conflict)
 
     def show_result(self, request: RestoreRequest, outcome: Outcome) -> None:
         """Add the run's layers over its input and say how it went."""

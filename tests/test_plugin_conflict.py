@@ -1,0 +1,46 @@
+"""The text-conflict warning in the restore widget (issue 20): in the status line and as a napari warning."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.utils.notifications import notification_manager
+
+import napari_treg
+from napari_treg.models.analytic import template
+from napari_treg.operators import GaussianBlur
+
+
+def _blurred_disk(viewer):
+    y = napari_treg.degrade(template("disk", (32, 32)), GaussianBlur(1.5), noise=0.01, seed=0)
+    return viewer.add_image(np.asarray(y, np.float32), name="y", colormap="gray")
+
+
+def _run(widget, run_to_end, prompt):
+    _blurred_disk(widget.viewer)
+    widget.model.value = "analytic"
+    widget.operator.value = "gauss"
+    widget.sigma.value = 1.5
+    widget.noise.value = 0.01
+    widget.steps.value = 60
+    widget.prompt.value = prompt
+    run_to_end(widget)
+
+
+def _warnings() -> list[str]:
+    return [str(record.message) for record in notification_manager.records if "Text conflict" in str(record.message)]
+
+
+def test_a_prompt_the_data_rule_out_is_warned_in_the_status_and_a_notification(restore_widget, run_to_end):
+    _run(restore_widget, run_to_end, "a square")
+    record = restore_widget.viewer.layers["y TReg"].metadata["treg"]
+    assert record["text_conflict"]["flag"]
+    assert "Text conflict" in restore_widget.status.value
+    assert len(_warnings()) == 1
+
+
+def test_a_prompt_that_matches_the_data_is_not_warned(restore_widget, run_to_end):
+    _run(restore_widget, run_to_end, "a disk")
+    record = restore_widget.viewer.layers["y TReg"].metadata["treg"]
+    assert record["text_conflict"]["checked"] and not record["text_conflict"]["flag"]
+    assert "Text conflict" not in restore_widget.status.value
+    assert _warnings() == []
