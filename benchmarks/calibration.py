@@ -18,8 +18,8 @@ For every case (one truth drawn from the prior, one measurement, ``--samples`` s
 for the calibrated ensemble and, as the baseline, the plain loop over seeds (``restore`` on a stack
 of copies: what an ensemble was before the noise-aware last step).
 
-    python benchmarks/calibration.py                 # the table (~3 min on one CPU thread)
-    python benchmarks/calibration.py --schedules paper faithful --write   # both, into docs/uncertainty.md
+    python benchmarks/calibration.py                 # the default schedule's table
+    python benchmarks/calibration.py --schedules data-first paper --write   # both, into docs/uncertainty.md
     python benchmarks/calibration.py --samples 16    # faster, rougher
 """
 
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from napari_treg import restore
+from napari_treg.engine import DEFAULT_SCHEDULE
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
 from napari_treg.uncertainty import ensemble
@@ -193,7 +194,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--schedules", nargs="+", default=["paper"], help="named schedules to run")
+    parser.add_argument(
+        "--schedules", nargs="+", default=[DEFAULT_SCHEDULE], help="named schedules to run (default: the default's)"
+    )
     parser.add_argument("--seed", type=int, default=7, help="seed of the truth and the measurement noise")
     parser.add_argument("--write", action="store_true", help="put the table into docs/uncertainty.md")
     args = parser.parse_args()

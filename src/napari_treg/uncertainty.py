@@ -52,7 +52,7 @@ from .noise import estimate_noise
 from .operators import LinearOperator
 from .settings import check_number, from_values, setting, validate
 from .solver.divergence import check_finite
-from .solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map
+from .solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map, proximal_weight
 
 #: the prior's standard deviation per pixel (model units) when neither the user nor the model gives one
 DEFAULT_PRIOR_SD = 0.5
@@ -278,7 +278,8 @@ def sampling_info(run: Run, options: EnsembleOptions, noise_source: str, prior_s
         f"numpy.random.default_rng([that seed, {NOISE_STREAM}])",
         "noise_source": noise_source,
         "prior_sd_source": prior_sd_source,
-        "last_step": "perturb-and-MAP (napari_treg.solver.posterior)",
+        "last_step": "perturb-and-MAP (napari_treg.solver.posterior), in place of the final projection; "
+        "with data-first re-noising the data steps use cg_lambda = noise^2 / prior_sd^2 (uncertainty.calibrated)",
         "data_share_probes": DATA_SHARE_PROBES,
     }
 
@@ -361,8 +362,24 @@ def prior_sd_of(prior: DiffusionPrior, options: EnsembleOptions, channels: int) 
 
 
 def calibrated(restorer: Restorer, noise: float, prior_sd: float) -> Restorer:
-    """A copy of ``restorer`` whose samples end with the noise-aware data step."""
+    """A copy of ``restorer`` whose samples end with the noise-aware data step, and use the data once.
+
+    - No final projection (``final_dc``): it would pull every sample onto the data before the
+      noise-aware step, which is itself the last data step.
+    - With data-first re-noising, whose data-consistent estimate enters at full weight, each data
+      step weighs the data by the measurement's noise (``cg_lambda = noise^2 / prior_sd^2``, as
+      the noise-aware step) instead of fitting them exactly: the exact fits carry the measurement
+      noise into every sample's mean. On the analytic prior (benchmarks/calibration.py, blur
+      sigma 1.5) the data-first ensemble's mean error is 0.58 posterior sd and its coverage 83 %
+      with both, 0.31 sd and 86 % without them (docs/uncertainty.md).
+
+    ``restore``'s single images are not changed by this (it changes only the ensemble's copy).
+    """
+    config = replace(restorer.config, final_dc=False)
+    if config.data_first:
+        config = replace(config, cg_lambda=proximal_weight(noise, prior_sd))
     result = copy.copy(restorer)
+    result.config = config
     result.finish = functools.partial(noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device)
     return result
 
