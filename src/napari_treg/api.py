@@ -14,27 +14,15 @@ import numpy as np
 import torch
 
 from . import imaging
-from .engine import (
-    DEFAULT_SCHEDULE,
-    MAX_SEED,
-    CancelSignal,
-    Progress,
-    Restoration,
-    Restorer,
-    RunOptions,
-    cancel_checker,
-    method_config,
-    prepare,
-    raise_if,
-    warn_if_slow,
-)
-from .errors import InvalidInputError
+from .engine import MAX_SEED, Progress, Restoration, Restorer, RunOptions, prepare, warn_if_slow
+from .errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from .memory import guard_memory
 from .models.base import DiffusionPrior
 from .operators import LinearOperator
 from .settings import check_integer, check_number
 from .solver import TRegConfig
 from .solver.divergence import check_finite
+from .solver.schedules import DEFAULT_SCHEDULE, method_config
 
 #: defaults of :func:`degrade` (the CLI's ``degrade`` options read them here)
 DEGRADE_DEFAULTS: dict[str, Any] = {"noise": 0.01, "seed": 0}

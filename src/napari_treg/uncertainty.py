@@ -33,19 +33,15 @@ from . import imaging
 from .api import get_prior, progress_callback
 from .engine import (
     MAX_SEED,
-    CancelSignal,
     ProgressCallback,
     Reporter,
     Restorer,
     Run,
     RunOptions,
-    cancel_checker,
     prepare,
-    raise_if,
-    split_settings,
     warn_if_slow,
 )
-from .errors import InvalidInputError
+from .errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from .memory import guard_memory
 from .models.base import DiffusionPrior
 from .noise import estimate_noise
@@ -53,6 +49,7 @@ from .operators import LinearOperator
 from .settings import check_number, from_values, setting, validate
 from .solver.divergence import check_finite
 from .solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map
+from .solver.schedules import split_settings
 
 #: the prior's standard deviation per pixel (model units) when neither the user nor the model gives one
 DEFAULT_PRIOR_SD = 0.5

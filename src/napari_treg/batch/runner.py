@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from napari_treg.api import restore
-from napari_treg.engine import RunOptions, cancel_checker, split_settings
-from napari_treg.errors import Cancelled, InvalidInputError
+from napari_treg.engine import RunOptions
+from napari_treg.errors import Cancelled, InvalidInputError, cancel_checker
 from napari_treg.operators import LinearOperator
 from napari_treg.solver import TRegConfig
+from napari_treg.solver.schedules import split_settings
 
 from .cluster import CONNECT_TIMEOUT, checked_address, connect, default_workers
 from .logs import RunLog, routed_logs

@@ -102,7 +102,8 @@ def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, di
 
 def worker_restorer(job: Job) -> tuple[Any, dict[str, Any]]:
     """This process's :class:`~napari_treg.engine.Restorer` for the job (texts embedded once) and run options."""
-    from napari_treg.engine import Restorer, split_settings
+    from napari_treg.engine import Restorer
+    from napari_treg.solver.schedules import split_settings
 
     text, config, options = split_settings(job.settings)
     prior = worker_prior(job)

@@ -20,11 +20,13 @@ import numpy as np
 import torch
 
 from .. import api
-from ..engine import Progress, Restorer, split_settings, warn_if_slow
+from ..engine import Progress, Restorer, warn_if_slow
 from ..errors import Cancelled, InvalidInputError
+from ..metrics import ground_truth_metrics
 from ..models.base import DiffusionPrior
 from ..operators import LinearOperator
-from .layers import Planes, ground_truth_metrics, reference_for
+from ..solver.schedules import split_settings
+from .layers import Planes, reference_for
 
 #: progress(event) after every sampling step; status(message, fraction) while loading
 StepProgress = Callable[[Progress], None]

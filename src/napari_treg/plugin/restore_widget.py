@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import Container
 from napari.utils.notifications import show_info
 
-from ..engine import DEFAULT_SCHEDULE, Progress
+from ..engine import Progress
 from ..errors import Cancelled, TRegError
+from ..metrics import format_metrics
+from ..solver.schedules import DEFAULT_SCHEDULE
 from . import restore_form
-from .layers import format_metrics, result_name
+from .layers import result_name
 from .messages import data_consistency_line, done_line, explain_error, is_constant
 from .output_layers import add_outputs, remove_preview, run_outputs, show_preview
 from .restoration import Outcome, RestoreRequest, run_request
