@@ -13,16 +13,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import imaging
-from .engine import MAX_SEED, Progress, Restoration, Restorer, RunOptions, prepare, warn_if_slow
-from .errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
-from .memory import guard_memory
-from .models.base import DiffusionPrior
-from .operators import LinearOperator
-from .settings import check_integer, check_number
-from .solver import TRegConfig
-from .solver.divergence import check_finite
-from .solver.schedules import DEFAULT_SCHEDULE, method_config
+from napari_treg import imaging
+from napari_treg.engine import MAX_SEED, Progress, Restoration, Restorer, RunOptions, prepare, warn_if_slow
+from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
+from napari_treg.memory import guard_memory
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.operators import LinearOperator
+from napari_treg.settings import check_integer, check_number
+from napari_treg.solver import TRegConfig
+from napari_treg.solver.divergence import check_finite
+from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
 #: defaults of :func:`degrade` (the CLI's ``degrade`` options read them here)
 DEGRADE_DEFAULTS: dict[str, Any] = {"noise": 0.01, "seed": 0}
@@ -199,7 +199,7 @@ def get_prior(
 
 
 def _load(model: str, device: str, dtype: str | torch.dtype | None) -> DiffusionPrior:
-    from .models import load_model  # imports diffusers: only when a model is needed
+    from napari_treg.models import load_model  # imports diffusers: only when a model is needed
 
     return load_model(model, device=device, dtype=dtype)
 

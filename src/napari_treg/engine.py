@@ -23,19 +23,19 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 import torch
 
-from . import imaging, tiling
-from .errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
-from .memory import auto_batch_size, free_bytes, guard_memory
-from .metrics import residual_summary, residual_sums
-from .models.base import DiffusionPrior
-from .noise import estimate_noise
-from .operators import LinearOperator
-from .outputs import package_versions
-from .settings import check_text, setting, validate
-from .solver import TRegConfig, get_method
-from .solver.conflict import ConflictLog, unchecked
-from .solver.divergence import check_finite
-from .solver.schedules import DEFAULT_SCHEDULE, method_config
+from napari_treg import imaging, tiling
+from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
+from napari_treg.memory import auto_batch_size, free_bytes, guard_memory
+from napari_treg.metrics import residual_summary, residual_sums
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.noise import estimate_noise
+from napari_treg.operators import LinearOperator
+from napari_treg.outputs import package_versions
+from napari_treg.settings import check_text, setting, validate
+from napari_treg.solver import TRegConfig, get_method
+from napari_treg.solver.conflict import ConflictLog, unchecked
+from napari_treg.solver.divergence import check_finite
+from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
 #: ``hook(first, count, state)`` after every sampler step of planes ``first .. first + count - 1``
 StepHook = Callable[[int, int, dict], None]

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import memory
-from .errors import InvalidInputError, OutOfMemoryError
-from .operators.base import as_numpy
-from .operators.convolution import mirror_index
+from napari_treg import memory
+from napari_treg.errors import InvalidInputError, OutOfMemoryError
+from napari_treg.operators.base import as_numpy
+from napari_treg.operators.convolution import mirror_index
 
 MIN_SIZE = 2
 MAX_NDIM = 5

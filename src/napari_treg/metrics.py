@@ -11,8 +11,8 @@ import math
 import numpy as np
 import torch
 
-from .errors import InvalidInputError
-from .operators import LinearOperator
+from napari_treg.errors import InvalidInputError
+from napari_treg.operators import LinearOperator
 
 
 def residual_sums(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import imaging, io
-from .errors import InvalidInputError
+from napari_treg import imaging, io
+from napari_treg.errors import InvalidInputError
 
 PathLike = str | os.PathLike
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError
+from napari_treg.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

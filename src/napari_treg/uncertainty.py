@@ -29,27 +29,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import imaging
-from .api import get_prior, progress_callback
-from .engine import (
-    MAX_SEED,
-    ProgressCallback,
-    Reporter,
-    Restorer,
-    Run,
-    RunOptions,
-    prepare,
-    warn_if_slow,
-)
-from .errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
-from .memory import guard_memory
-from .models.base import DiffusionPrior
-from .noise import estimate_noise
-from .operators import LinearOperator
-from .settings import check_number, from_values, setting, validate
-from .solver.divergence import check_finite
-from .solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map
-from .solver.schedules import split_settings
+from napari_treg import imaging
+from napari_treg.api import get_prior, progress_callback
+from napari_treg.engine import MAX_SEED, ProgressCallback, Reporter, Restorer, Run, RunOptions, prepare, warn_if_slow
+from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
+from napari_treg.memory import guard_memory
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.noise import estimate_noise
+from napari_treg.operators import LinearOperator
+from napari_treg.settings import check_number, from_values, setting, validate
+from napari_treg.solver.divergence import check_finite
+from napari_treg.solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map
+from napari_treg.solver.schedules import split_settings
 
 #: the prior's standard deviation per pixel (model units) when neither the user nor the model gives one
 DEFAULT_PRIOR_SD = 0.5

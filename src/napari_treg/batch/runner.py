@@ -24,18 +24,17 @@ import numpy as np
 import torch
 
 from napari_treg.api import restore
+from napari_treg.batch.cluster import CONNECT_TIMEOUT, checked_address, connect, default_workers
+from napari_treg.batch.logs import RunLog, routed_logs
+from napari_treg.batch.outputs import FolderOutput, ZarrOutput, open_output
+from napari_treg.batch.ranges import stack_intensity_range
+from napari_treg.batch.sources import ArraySource, Unit, open_source
+from napari_treg.batch.units import Job, UnitOutOfMemory, is_done, run_unit
 from napari_treg.engine import RunOptions
 from napari_treg.errors import Cancelled, InvalidInputError, cancel_checker
 from napari_treg.operators import LinearOperator
 from napari_treg.solver import TRegConfig
 from napari_treg.solver.schedules import split_settings
-
-from .cluster import CONNECT_TIMEOUT, checked_address, connect, default_workers
-from .logs import RunLog, routed_logs
-from .outputs import FolderOutput, ZarrOutput, open_output
-from .ranges import stack_intensity_range
-from .sources import ArraySource, Unit, open_source
-from .units import Job, UnitOutOfMemory, is_done, run_unit
 
 NOT_SETTINGS = ("image", "operator", "progress", "preview_every", "cancel", "return_info")
 MODEL_SETTINGS = ("model", "device", "dtype", "seed", "intensity_range")

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_treg.batch.sources import Unit
 from napari_treg.errors import OutOfMemoryError, TRegError
 from napari_treg.operators import LinearOperator
-
-from .sources import Unit
 
 _LOADED: list = []  # the priors this process has loaded, to check they load once per worker
 _RESTORERS: dict = {}  # this process's engine for the current job, keyed by model, settings and text

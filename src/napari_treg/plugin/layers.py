@@ -14,7 +14,7 @@ from typing import Any, Container, Sequence
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from napari_treg.errors import InvalidInputError
 
 CURRENT_PLANE = "current plane"
 WHOLE_STACK = "whole stack"

@@ -18,12 +18,10 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from ..api import restore
-from ..errors import InvalidInputError
-from ..settings import specs
-from ..solver import TRegConfig, schedule_settings
-from .choices import MODELS, PRECISIONS, available_devices, model_spec
-from .forms import (
+from napari_treg.api import restore
+from napari_treg.errors import InvalidInputError
+from napari_treg.plugin.choices import MODELS, PRECISIONS, available_devices, model_spec
+from napari_treg.plugin.forms import (
     DEFAULT_OPERATOR,
     apply_operator_record,
     checkbox,
@@ -37,7 +35,7 @@ from .forms import (
     setting_widget,
     show_operator,
 )
-from .layers import (
+from napari_treg.plugin.layers import (
     CURRENT_PLANE,
     WHOLE_STACK,
     current_plane_index,
@@ -46,7 +44,9 @@ from .layers import (
     mask_for_planes,
     select_planes,
 )
-from .restoration import RestoreRequest
+from napari_treg.plugin.restoration import RestoreRequest
+from napari_treg.settings import specs
+from napari_treg.solver import TRegConfig, schedule_settings
 
 if TYPE_CHECKING:
     import napari

@@ -12,13 +12,13 @@ from typing import Callable
 
 import torch
 
-from ..models.base import DiffusionPrior
-from ..operators import LinearOperator
-from .cg import data_consistency
-from .config import TRegConfig
-from .divergence import DivergenceWatch
-from .negation import AdaptiveNegation
-from .schedule import Step, ddim_steps
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.operators import LinearOperator
+from napari_treg.solver.cg import data_consistency
+from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.divergence import DivergenceWatch
+from napari_treg.solver.negation import AdaptiveNegation
+from napari_treg.solver.timesteps import Step, ddim_steps
 
 Callback = Callable[[dict], None]
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InvalidInputError
-from ..settings import from_values, specs
-from .config import TRegConfig
+from napari_treg.errors import InvalidInputError
+from napari_treg.settings import from_values, specs
+from napari_treg.solver.config import TRegConfig
 
 #: the named data-consistency schedule used when none is given
 DEFAULT_SCHEDULE = "data-first"
