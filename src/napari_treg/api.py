@@ -57,6 +57,20 @@ def degrade(
     ndarray, float32
         The measurement in the input's intensity scale; for super-resolution
         its planes are ``factor`` times smaller.
+
+    Raises
+    ------
+    InvalidInputError
+        The image, the operator, ``noise`` or ``seed`` cannot be used (the message names it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_treg import degrade
+    >>> from napari_treg.operators import SuperResolution
+    >>> clean = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    >>> degrade(clean, SuperResolution(factor=2), noise=0.01, seed=0).shape
+    (16, 16)
     """
     noise = check_number(noise, "noise", minimum=0.0, maximum=imaging.MAX_NOISE_SIGMA)
     if seed is not None:
@@ -166,6 +180,36 @@ def restore(
     ndarray, float32, or Restoration
         The restored image in the input's intensity scale and layout (for
         super-resolution ``factor`` times larger); with ``return_info`` also its info.
+
+    Raises
+    ------
+    InvalidInputError
+        The image, the operator or a setting cannot be used as given (the message names it),
+        including a prompt that is not UTF-8 text.
+    ModelNotFoundError
+        ``model`` names weights that are missing, unreachable or not a model.
+    OutOfMemoryError
+        The device ran out of memory (its memory is released first); try a smaller
+        ``batch_size`` or ``tile_size``.
+    DivergenceError
+        The sampler produced NaN or inf values.
+    Cancelled
+        ``cancel`` was set; nothing is returned.
+
+    Examples
+    --------
+    ``model="tiny"`` is a random-weight test model: the call runs, the image means nothing.
+
+    >>> import numpy as np
+    >>> from napari_treg import restore
+    >>> from napari_treg.operators import SuperResolution
+    >>> measurement = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    >>> restored = restore(measurement, SuperResolution(factor=2), prompt="a cell", model="tiny", steps=4)
+    >>> restored.shape, restored.dtype
+    ((32, 32), dtype('float32'))
+    >>> image, info = restore(measurement, SuperResolution(factor=2), model="tiny", steps=4, return_info=True)
+    >>> info["seed"], info["residual"] < 1
+    (0, True)
     """
     config = method_config(schedule, {"guidance": guidance, "steps": steps, **settings})
     options = RunOptions(

@@ -192,8 +192,15 @@ def intensity_scale(planes: np.ndarray, intensity_range: Any) -> imaging.Intensi
 class Restorer:
     """A prior, the method's settings and the text, ready to restore images.
 
-    >>> restorer = Restorer(load_model("sd15"), TRegConfig(steps=50), prompt="fluorescent nuclei")
-    >>> image, info = restorer.restore(measurement, SuperResolution(4), seed=0)
+    >>> import numpy as np
+    >>> from napari_treg.models import load_model
+    >>> from napari_treg.operators import SuperResolution
+    >>> from napari_treg.solver import TRegConfig
+    >>> restorer = Restorer(load_model("tiny"), TRegConfig(steps=4), prompt="fluorescent nuclei")
+    >>> measurement = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    >>> image, info = restorer.restore(measurement, SuperResolution(factor=2), seed=0)
+    >>> image.shape
+    (32, 32)
     """
 
     def __init__(
@@ -233,7 +240,32 @@ class Restorer:
         callback: ProgressCallback | None = None,
         cancel: CancelSignal = None,
     ) -> Restoration:
-        """Restore ``image`` (a measurement ``y = A x + n`` by ``operator``); see :func:`napari_treg.restore`."""
+        """Restore ``image`` (a measurement ``y = A x + n`` by ``operator``); see :func:`napari_treg.restore`.
+
+        Returns a :class:`Restoration` ``(image, info)``.
+
+        Raises
+        ------
+        InvalidInputError
+            The image, the operator or a run option cannot be used (the message names it).
+        OutOfMemoryError
+            The device ran out of memory (its memory is released first).
+        DivergenceError
+            The sampler produced NaN or inf values.
+        Cancelled
+            ``cancel`` was set; nothing is returned.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from napari_treg.models import load_model
+        >>> from napari_treg.operators import GaussianBlur
+        >>> restorer = Restorer(load_model("analytic"), method_config("data-first", {"steps": 4}))
+        >>> measurement = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+        >>> image, info = restorer.restore(measurement, GaussianBlur(sigma=1.0), seed=7)
+        >>> image.shape, info["seed"]
+        ((3, 16, 16), 7)
+        """
         started = time.perf_counter()
         options = RunOptions(
             seed=seed,

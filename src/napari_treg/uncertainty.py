@@ -166,6 +166,30 @@ def ensemble(
     ``noise`` is the measurement's noise sigma in model units (as in :func:`napari_treg.degrade`);
     None estimates it from the image (``info["noise_source"]`` says which). ``prior_sd``: see
     :class:`EnsembleOptions`. Everything is checked before any work; ``cancel`` returns nothing.
+
+    Raises
+    ------
+    InvalidInputError
+        The image, the operator or a setting cannot be used (the message names it), or
+        ``seed + samples * planes`` leaves the seed range.
+    ModelNotFoundError
+        ``model`` names weights that are missing, unreachable or not a model.
+    OutOfMemoryError
+        The samples, or the device, do not fit in memory.
+    DivergenceError
+        A sample holds NaN or inf values.
+    Cancelled
+        ``cancel`` was set; nothing is returned.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_treg import ensemble
+    >>> from napari_treg.operators import GaussianBlur
+    >>> measurement = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    >>> result = ensemble(measurement, GaussianBlur(sigma=1.0), samples=2, noise=0.05, model="tiny", steps=4)
+    >>> result.mean.shape
+    (32, 32)
     """
     started = time.perf_counter()
     options = EnsembleOptions(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd)

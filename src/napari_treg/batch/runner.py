@@ -126,7 +126,30 @@ def restore_many(
     Returns
     -------
     BatchReport
-        Units done, skipped and failed (by name), the dashboard link and the time taken.
+        Units done, skipped and failed (by name), the dashboard link and the time taken. A unit
+        that fails is reported here, not raised.
+
+    Raises
+    ------
+    InvalidInputError
+        The source, the output, the operator, the cluster choice or a setting cannot be used
+        (the message names it); all are checked on the client before any worker starts.
+    ClusterUnreachable
+        ``scheduler`` did not answer within ``connect_timeout``.
+    Cancelled
+        ``cancel`` was set; the units written so far stay, and a rerun resumes.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from napari_treg.batch import restore_many
+    >>> from napari_treg.operators import GaussianBlur
+    >>> stack = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     report = restore_many(stack, folder + "/out.zarr", GaussianBlur(1.0), workers=1, model="analytic", steps=4)
+    >>> report.computed, report.failed
+    (2, {})
     """
     started = time.perf_counter()
     values = checked_settings(settings)
