@@ -18,11 +18,13 @@ from napari_treg.engine import MAX_SEED, Progress, Restoration, Restorer, RunOpt
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.memory import guard_memory
 from napari_treg.models.base import DiffusionPrior
+from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_integer, check_number
 from napari_treg.solver import TRegConfig
 from napari_treg.solver.divergence import check_finite
-from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
+from napari_treg.solver.schedules import method_config
+from napari_treg.solver.text import TextSettings
 
 #: defaults of :func:`degrade` (the CLI's ``degrade`` options read them here)
 DEGRADE_DEFAULTS: dict[str, Any] = {"noise": 0.01, "seed": 0}
@@ -94,15 +96,15 @@ def restore(
     image: np.ndarray,
     operator: LinearOperator,
     *,
-    prompt: str = "",
-    negative_prompt: str = "",
+    prompt: str = TextSettings.prompt,
+    negative_prompt: str = TextSettings.negative_prompt,
     guidance: float = TRegConfig.guidance,
     steps: int = TRegConfig.steps,
     seed: int = RunOptions.seed,
-    model: str | DiffusionPrior = "sd15",
-    device: str = "auto",
-    dtype: str | torch.dtype | None = None,
-    method: str = "treg",
+    model: str | DiffusionPrior = ModelSettings.model,
+    device: str = ModelSettings.device,
+    dtype: str | torch.dtype | None = ModelSettings.dtype,
+    method: str = TextSettings.method,
     rgb: bool | None = RunOptions.rgb,
     batch_size: int | str = RunOptions.batch_size,
     tile_size: int | None = RunOptions.tile_size,
@@ -113,7 +115,7 @@ def restore(
     preview_every: int = RunOptions.preview_every,
     cancel: CancelSignal = None,
     return_info: bool = False,
-    schedule: str = DEFAULT_SCHEDULE,
+    schedule: str = TextSettings.schedule,
     **settings: Any,
 ) -> np.ndarray | Restoration:
     """Restore an image from its measurement ``y = A x + n`` with TReg.

@@ -239,10 +239,12 @@ class Restorer:
         intensity_range: tuple[float, float] | None = None,
         callback: ProgressCallback | None = None,
         cancel: CancelSignal = None,
+        options: RunOptions | None = None,
     ) -> Restoration:
         """Restore ``image`` (a measurement ``y = A x + n`` by ``operator``); see :func:`napari_treg.restore`.
 
-        Returns a :class:`Restoration` ``(image, info)``.
+        ``options``: a ready :class:`RunOptions` (built and checked by a front end), used instead
+        of the keywords ``seed`` .. ``preview_every``. Returns a :class:`Restoration` ``(image, info)``.
 
         Raises
         ------
@@ -267,7 +269,9 @@ class Restorer:
         ((3, 16, 16), 7)
         """
         started = time.perf_counter()
-        options = RunOptions(
+        if options is not None and not isinstance(options, RunOptions):
+            raise InvalidInputError(f"options must be a RunOptions, got {type(options).__name__}")
+        options = options or RunOptions(
             seed=seed,
             rgb=rgb,
             batch_size=batch_size,

@@ -8,8 +8,7 @@ name (``form.prompt``, ``form.sigma``) whatever section holds them.
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,8 +17,9 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from napari_treg.api import restore
+from napari_treg.engine import RunOptions
 from napari_treg.errors import InvalidInputError
+from napari_treg.models.options import ModelSettings
 from napari_treg.plugin.choices import MODELS, PRECISIONS, available_devices, model_spec
 from napari_treg.plugin.forms import (
     DEFAULT_OPERATOR,
@@ -63,8 +63,8 @@ RESTORE_OPTIONS = (
     "tile_overlap",
     *(spec.name for spec in specs(TRegConfig)),
 )
-#: restore's own defaults (seed, tile overlap, model, device), not repeated here
-DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(restore).parameters.items()}
+#: the settings classes' defaults (seed, tile overlap, model, device), not repeated here
+DEFAULTS = {**asdict(ModelSettings()), **asdict(RunOptions())}
 #: the text fields a new widget starts with (a sample's measurement brings its own, see sample_data)
 TEXT_DEFAULTS = {"prompt": "", "negative_prompt": "out of focus, depth of field"}
 #: the dock's width limit: it must leave room for the canvas on a 1366 px laptop screen
