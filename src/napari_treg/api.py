@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from napari_treg import imaging
-from napari_treg.engine import MAX_SEED, Progress, Restoration, Restorer, RunOptions, prepare, warn_if_slow
+from napari_treg.engine import MAX_SEED, Progress, Restoration, Restorer, RunOptions, prepare
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.memory import guard_memory
 from napari_treg.models.base import DiffusionPrior
+from napari_treg.models.loading import warn_if_slow
 from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_integer, check_number

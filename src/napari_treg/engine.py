@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -164,44 +163,18 @@ def prepare(image: Any, operator: LinearOperator, options: RunOptions, intensity
         raise InvalidInputError(f"the restored image would be {image_hw[0]}x{image_hw[1]}; at least 8x8 is needed")
     operator.check_image_hw(image_hw)
     measured = guard_memory(lambda: imaging.to_planes(array, layout))
-    scale = guard_memory(lambda: intensity_scale(measured, intensity_range))
+    scale = guard_memory(lambda: imaging.intensity_scale(measured, intensity_range))
     plan = None
     if options.tile_size is not None and max(image_hw) > options.tile_size:
         plan = tiling.Tiling.plan(operator, layout.hw, options.tile_size, options.tile_overlap)
     return Run(operator, layout, measured, scale, options, plan)
 
 
-def intensity_scale(planes: np.ndarray, intensity_range: Any) -> imaging.IntensityScale:
-    """The given ``(low, high)``, or the 0.1-99.9 percentiles of all planes."""
-    if intensity_range is None:
-        return imaging.IntensityScale.from_data(planes)
-    try:
-        low, high = (float(v) for v in intensity_range)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"intensity_range must be two numbers (low, high), got {intensity_range!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and high > low):
-        raise InvalidInputError(f"intensity_range must be finite with low < high, got {intensity_range!r}")
-    if not math.isfinite(2.0 / (high - low)):
-        raise InvalidInputError(f"intensity_range spans too little to resolve (high - low = {high - low:g})")
-    return imaging.IntensityScale(low, high)
-
-
 # -- the engine ---------------------------------------------------------------------------------
 
 
 class Restorer:
-    """A prior, the method's settings and the text, ready to restore images.
-
-    >>> import numpy as np
-    >>> from napari_treg.models import load_model
-    >>> from napari_treg.operators import SuperResolution
-    >>> from napari_treg.solver import TRegConfig
-    >>> restorer = Restorer(load_model("tiny"), TRegConfig(steps=4), prompt="fluorescent nuclei")
-    >>> measurement = np.random.default_rng(0).random((16, 16)).astype(np.float32)
-    >>> image, info = restorer.restore(measurement, SuperResolution(factor=2), seed=0)
-    >>> image.shape
-    (32, 32)
-    """
+    """A prior, the method's settings and the text, ready to restore images (see :meth:`restore`)."""
 
     def __init__(
         self,
@@ -515,13 +488,3 @@ def both(first: Callable[[dict], None] | None, second: Callable[[dict], None] | 
         first(state)
 
     return call
-
-
-def warn_if_slow(prior: DiffusionPrior) -> None:
-    """A real model on the CPU takes hours: say so."""
-    if prior.device.type == "cpu" and not prior.is_test_model:
-        warnings.warn(
-            f"{prior.name} runs on the CPU: expect many seconds per step (minutes to hours per image); "
-            "a CUDA GPU or Apple-silicon (mps) device is strongly recommended",
-            stacklevel=3,
-        )

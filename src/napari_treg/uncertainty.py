@@ -31,10 +31,11 @@ import torch
 
 from napari_treg import imaging
 from napari_treg.api import get_prior, progress_callback
-from napari_treg.engine import MAX_SEED, ProgressCallback, Reporter, Restorer, Run, RunOptions, prepare, warn_if_slow
+from napari_treg.engine import MAX_SEED, ProgressCallback, Reporter, Restorer, Run, RunOptions, prepare
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.memory import guard_memory
 from napari_treg.models.base import DiffusionPrior
+from napari_treg.models.loading import warn_if_slow
 from napari_treg.noise import estimate_noise
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_number, from_values, setting, validate

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -200,3 +201,13 @@ def _load_analytic(device: torch.device, dtype: torch.dtype) -> DiffusionPrior:
     except ImportError as error:
         raise ModelNotFoundError(f"the analytic prior is not available in this installation ({error})") from error
     return AnalyticPrior(device=device, dtype=dtype)
+
+
+def warn_if_slow(prior: DiffusionPrior) -> None:
+    """A real model on the CPU takes hours: say so."""
+    if prior.device.type == "cpu" and not prior.is_test_model:
+        warnings.warn(
+            f"{prior.name} runs on the CPU: expect many seconds per step (minutes to hours per image); "
+            "a CUDA GPU or Apple-silicon (mps) device is strongly recommended",
+            stacklevel=3,
+        )

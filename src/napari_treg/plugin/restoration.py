@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from napari_treg import api
-from napari_treg.engine import Progress, Restorer, warn_if_slow
+from napari_treg.engine import Progress, Restorer
 from napari_treg.errors import Cancelled, InvalidInputError
 from napari_treg.metrics import ground_truth_metrics
 from napari_treg.models.base import DiffusionPrior
+from napari_treg.models.loading import warn_if_slow
 from napari_treg.operators import LinearOperator
 from napari_treg.plugin.layers import Planes, reference_for
 from napari_treg.solver.schedules import split_settings
