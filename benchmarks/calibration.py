@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from napari_treg import restore
-from napari_treg.engine import DEFAULT_SCHEDULE
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
+from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 from napari_treg.uncertainty import ensemble
 
 NOISE = 0.05

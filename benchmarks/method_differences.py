@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from napari_treg.models.analytic import AnalyticPrior, template
 from napari_treg.operators import SuperResolution
 from napari_treg.solver import AdaptiveNegation, TRegConfig, sampler, treg_sample
-from napari_treg.solver.schedule import Step
+from napari_treg.solver.timesteps import Step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import NOISE, prompt_choice, residuals  # noqa: E402

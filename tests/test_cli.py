@@ -294,7 +294,7 @@ def test_cli_defaults_are_the_api_defaults():
 
 
 def test_a_named_schedule_reaches_restore_and_explicit_options_override_it(monkeypatch, tmp_path):
-    from napari_treg.engine import split_settings
+    from napari_treg.solver.schedules import split_settings
 
     def config(*extra):
         kwargs = cli.restore_kwargs(parse("restore", "in", "-o", "o", "--operator", "denoise", *extra))

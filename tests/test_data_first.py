@@ -18,11 +18,11 @@ import torch
 
 import napari_treg
 from napari_treg import cli, io
-from napari_treg.engine import DEFAULT_SCHEDULE
 from napari_treg.models.analytic import AnalyticPrior, template
 from napari_treg.operators import GaussianBlur, Inpainting, MotionBlur, SuperResolution
 from napari_treg.solver import TRegConfig, schedule_settings, treg_sample
 from napari_treg.solver.conflict import FLAG_NATS, conflict_message
+from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 
 NOISE = 0.01
 HW = (32, 32)

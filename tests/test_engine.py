@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 
 from napari_treg import InvalidInputError, restore
-from napari_treg.engine import DEFAULT_SCHEDULE, Progress, Restoration, Restorer, RunOptions, method_config
+from napari_treg.engine import Progress, Restoration, Restorer, RunOptions
 from napari_treg.models import load_model
 from napari_treg.operators import Denoising, GaussianBlur, Inpainting, SuperResolution
 from napari_treg.solver import TRegConfig
+from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "napari_treg"
 

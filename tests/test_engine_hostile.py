@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from napari_treg import cli, memory, restore
-from napari_treg.engine import check_text
 from napari_treg.errors import InvalidInputError, OutOfMemoryError
 from napari_treg.operators import Denoising
+from napari_treg.settings import check_text
 
 LATIN1 = "café à l'œil".encode("latin-1", "replace")  # what a Latin-1 script or terminal passes
 

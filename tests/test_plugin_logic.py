@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_treg.errors import Cancelled, InvalidInputError, ModelNotFoundError
+from napari_treg.metrics import ground_truth_metrics
 from napari_treg.operators import GaussianBlur, Inpainting, SuperResolution
 from napari_treg.plugin.choices import model_spec
 from napari_treg.plugin.layers import (
@@ -13,7 +14,6 @@ from napari_treg.plugin.layers import (
     WHOLE_STACK,
     Planes,
     current_plane_index,
-    ground_truth_metrics,
     linear_part,
     mask_for_planes,
     measurement_geometry,

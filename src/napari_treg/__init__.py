@@ -6,7 +6,7 @@
 
 from typing import TYPE_CHECKING
 
-from .errors import (
+from napari_treg.errors import (
     Cancelled,
     DivergenceError,
     InvalidInputError,
@@ -16,8 +16,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .api import degrade, restore
-    from .uncertainty import Ensemble, ensemble
+    from napari_treg.api import degrade, restore
+    from napari_treg.uncertainty import Ensemble, ensemble
 
 __version__ = "0.1.0"
 
@@ -26,11 +26,11 @@ def __getattr__(name: str):
     """``degrade`` and ``restore`` are imported on first use: importing the package (and its
     command line) does not load torch, so Ctrl-C while torch loads is handled by the CLI."""
     if name in ("degrade", "restore"):
-        from . import api
+        from napari_treg import api
 
         return getattr(api, name)
     if name in ("ensemble", "Ensemble"):
-        from . import uncertainty
+        from napari_treg import uncertainty
 
         return getattr(uncertainty, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

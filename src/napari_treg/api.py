@@ -13,28 +13,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import imaging
-from .engine import (
-    DEFAULT_SCHEDULE,
-    MAX_SEED,
-    CancelSignal,
-    Progress,
-    Restoration,
-    Restorer,
-    RunOptions,
-    cancel_checker,
-    method_config,
-    prepare,
-    raise_if,
-    warn_if_slow,
-)
-from .errors import InvalidInputError
-from .memory import guard_memory
-from .models.base import DiffusionPrior
-from .operators import LinearOperator
-from .settings import check_integer, check_number
-from .solver import TRegConfig
-from .solver.divergence import check_finite
+from napari_treg import imaging
+from napari_treg.engine import MAX_SEED, Progress, Restoration, Restorer, RunOptions, prepare
+from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
+from napari_treg.memory import guard_memory
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.models.loading import warn_if_slow
+from napari_treg.models.options import ModelSettings
+from napari_treg.operators import LinearOperator
+from napari_treg.settings import check_integer, check_number
+from napari_treg.solver import TRegConfig
+from napari_treg.solver.divergence import check_finite
+from napari_treg.solver.schedules import method_config
+from napari_treg.solver.text import TextSettings
 
 #: defaults of :func:`degrade` (the CLI's ``degrade`` options read them here)
 DEGRADE_DEFAULTS: dict[str, Any] = {"noise": 0.01, "seed": 0}
@@ -69,6 +60,20 @@ def degrade(
     ndarray, float32
         The measurement in the input's intensity scale; for super-resolution
         its planes are ``factor`` times smaller.
+
+    Raises
+    ------
+    InvalidInputError
+        The image, the operator, ``noise`` or ``seed`` cannot be used (the message names it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_treg import degrade
+    >>> from napari_treg.operators import SuperResolution
+    >>> clean = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    >>> degrade(clean, SuperResolution(factor=2), noise=0.01, seed=0).shape
+    (16, 16)
     """
     noise = check_number(noise, "noise", minimum=0.0, maximum=imaging.MAX_NOISE_SIGMA)
     if seed is not None:
@@ -92,15 +97,15 @@ def restore(
     image: np.ndarray,
     operator: LinearOperator,
     *,
-    prompt: str = "",
-    negative_prompt: str = "",
+    prompt: str = TextSettings.prompt,
+    negative_prompt: str = TextSettings.negative_prompt,
     guidance: float = TRegConfig.guidance,
     steps: int = TRegConfig.steps,
     seed: int = RunOptions.seed,
-    model: str | DiffusionPrior = "sd15",
-    device: str = "auto",
-    dtype: str | torch.dtype | None = None,
-    method: str = "treg",
+    model: str | DiffusionPrior = ModelSettings.model,
+    device: str = ModelSettings.device,
+    dtype: str | torch.dtype | None = ModelSettings.dtype,
+    method: str = TextSettings.method,
     rgb: bool | None = RunOptions.rgb,
     batch_size: int | str = RunOptions.batch_size,
     tile_size: int | None = RunOptions.tile_size,
@@ -111,7 +116,7 @@ def restore(
     preview_every: int = RunOptions.preview_every,
     cancel: CancelSignal = None,
     return_info: bool = False,
-    schedule: str = DEFAULT_SCHEDULE,
+    schedule: str = TextSettings.schedule,
     **settings: Any,
 ) -> np.ndarray | Restoration:
     """Restore an image from its measurement ``y = A x + n`` with TReg.
@@ -178,6 +183,36 @@ def restore(
     ndarray, float32, or Restoration
         The restored image in the input's intensity scale and layout (for
         super-resolution ``factor`` times larger); with ``return_info`` also its info.
+
+    Raises
+    ------
+    InvalidInputError
+        The image, the operator or a setting cannot be used as given (the message names it),
+        including a prompt that is not UTF-8 text.
+    ModelNotFoundError
+        ``model`` names weights that are missing, unreachable or not a model.
+    OutOfMemoryError
+        The device ran out of memory (its memory is released first); try a smaller
+        ``batch_size`` or ``tile_size``.
+    DivergenceError
+        The sampler produced NaN or inf values.
+    Cancelled
+        ``cancel`` was set; nothing is returned.
+
+    Examples
+    --------
+    ``model="tiny"`` is a random-weight test model: the call runs, the image means nothing.
+
+    >>> import numpy as np
+    >>> from napari_treg import restore
+    >>> from napari_treg.operators import SuperResolution
+    >>> measurement = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    >>> restored = restore(measurement, SuperResolution(factor=2), prompt="a cell", model="tiny", steps=4)
+    >>> restored.shape, restored.dtype
+    ((32, 32), dtype('float32'))
+    >>> image, info = restore(measurement, SuperResolution(factor=2), model="tiny", steps=4, return_info=True)
+    >>> info["seed"], info["residual"] < 1
+    (0, True)
     """
     config = method_config(schedule, {"guidance": guidance, "steps": steps, **settings})
     options = RunOptions(
@@ -211,7 +246,7 @@ def get_prior(
 
 
 def _load(model: str, device: str, dtype: str | torch.dtype | None) -> DiffusionPrior:
-    from .models import load_model  # imports diffusers: only when a model is needed
+    from napari_treg.models import load_model  # imports diffusers: only when a model is needed
 
     return load_model(model, device=device, dtype=dtype)
 

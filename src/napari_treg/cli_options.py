@@ -168,9 +168,10 @@ def operator_from_args(args: argparse.Namespace) -> LinearOperator:
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """Text, model, run and method options of ``restore`` (shared with ``batch``)."""
-    from napari_treg.engine import DEFAULT_SCHEDULE, RunOptions
+    from napari_treg.engine import RunOptions
     from napari_treg.models.devices import DTYPE_CHOICES
     from napari_treg.solver import METHODS, SCHEDULES, TRegConfig
+    from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 
     text = parser.add_argument_group("text guidance")
     text.add_argument("--prompt", default="", help="what the image shows")

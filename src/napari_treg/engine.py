@@ -15,27 +15,27 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
 
-from . import imaging, tiling
-from .errors import Cancelled, InvalidInputError
-from .memory import auto_batch_size, free_bytes, guard_memory
-from .models.base import DiffusionPrior
-from .noise import estimate_noise
-from .operators import LinearOperator
-from .settings import from_values, setting, specs, validate
-from .solver import TRegConfig, get_method, schedule_settings
-from .solver.conflict import ConflictLog, unchecked
-from .solver.divergence import check_finite
+from napari_treg import imaging, tiling
+from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
+from napari_treg.memory import auto_batch_size, free_bytes, guard_memory
+from napari_treg.metrics import residual_summary, residual_sums
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.noise import estimate_noise
+from napari_treg.operators import LinearOperator
+from napari_treg.outputs import package_versions
+from napari_treg.settings import check_text, setting, validate
+from napari_treg.solver import TRegConfig, get_method
+from napari_treg.solver.conflict import ConflictLog, unchecked
+from napari_treg.solver.divergence import check_finite
+from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
-CancelSignal = threading.Event | Callable[[], bool] | None
 #: ``hook(first, count, state)`` after every sampler step of planes ``first .. first + count - 1``
 StepHook = Callable[[int, int, dict], None]
 #: ``finish(x, y, operator, seed)``: a last step on a batch's samples (model units; uncertainty.py)
@@ -44,8 +44,6 @@ FinishHook = Callable[[torch.Tensor, torch.Tensor, LinearOperator, int], torch.T
 PlacePreview = Callable[[np.ndarray, int], "np.ndarray | None"]
 
 
-#: the named data-consistency schedule used when none is given (solver/schedules.py)
-DEFAULT_SCHEDULE = "data-first"
 #: the largest seed: plane ``k`` of a stack uses ``seed + k``, and torch takes seeds below 2**64
 MAX_SEED = 2**63 - 1
 
@@ -165,37 +163,18 @@ def prepare(image: Any, operator: LinearOperator, options: RunOptions, intensity
         raise InvalidInputError(f"the restored image would be {image_hw[0]}x{image_hw[1]}; at least 8x8 is needed")
     operator.check_image_hw(image_hw)
     measured = guard_memory(lambda: imaging.to_planes(array, layout))
-    scale = guard_memory(lambda: intensity_scale(measured, intensity_range))
+    scale = guard_memory(lambda: imaging.intensity_scale(measured, intensity_range))
     plan = None
     if options.tile_size is not None and max(image_hw) > options.tile_size:
         plan = tiling.Tiling.plan(operator, layout.hw, options.tile_size, options.tile_overlap)
     return Run(operator, layout, measured, scale, options, plan)
 
 
-def intensity_scale(planes: np.ndarray, intensity_range: Any) -> imaging.IntensityScale:
-    """The given ``(low, high)``, or the 0.1-99.9 percentiles of all planes."""
-    if intensity_range is None:
-        return imaging.IntensityScale.from_data(planes)
-    try:
-        low, high = (float(v) for v in intensity_range)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"intensity_range must be two numbers (low, high), got {intensity_range!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and high > low):
-        raise InvalidInputError(f"intensity_range must be finite with low < high, got {intensity_range!r}")
-    if not math.isfinite(2.0 / (high - low)):
-        raise InvalidInputError(f"intensity_range spans too little to resolve (high - low = {high - low:g})")
-    return imaging.IntensityScale(low, high)
-
-
 # -- the engine ---------------------------------------------------------------------------------
 
 
 class Restorer:
-    """A prior, the method's settings and the text, ready to restore images.
-
-    >>> restorer = Restorer(load_model("sd15"), TRegConfig(steps=50), prompt="fluorescent nuclei")
-    >>> image, info = restorer.restore(measurement, SuperResolution(4), seed=0)
-    """
+    """A prior, the method's settings and the text, ready to restore images (see :meth:`restore`)."""
 
     def __init__(
         self,
@@ -233,10 +212,39 @@ class Restorer:
         intensity_range: tuple[float, float] | None = None,
         callback: ProgressCallback | None = None,
         cancel: CancelSignal = None,
+        options: RunOptions | None = None,
     ) -> Restoration:
-        """Restore ``image`` (a measurement ``y = A x + n`` by ``operator``); see :func:`napari_treg.restore`."""
+        """Restore ``image`` (a measurement ``y = A x + n`` by ``operator``); see :func:`napari_treg.restore`.
+
+        ``options``: a ready :class:`RunOptions` (built and checked by a front end), used instead
+        of the keywords ``seed`` .. ``preview_every``. Returns a :class:`Restoration` ``(image, info)``.
+
+        Raises
+        ------
+        InvalidInputError
+            The image, the operator or a run option cannot be used (the message names it).
+        OutOfMemoryError
+            The device ran out of memory (its memory is released first).
+        DivergenceError
+            The sampler produced NaN or inf values.
+        Cancelled
+            ``cancel`` was set; nothing is returned.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from napari_treg.models import load_model
+        >>> from napari_treg.operators import GaussianBlur
+        >>> restorer = Restorer(load_model("analytic"), method_config("data-first", {"steps": 4}))
+        >>> measurement = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+        >>> image, info = restorer.restore(measurement, GaussianBlur(sigma=1.0), seed=7)
+        >>> image.shape, info["seed"]
+        ((3, 16, 16), 7)
+        """
         started = time.perf_counter()
-        options = RunOptions(
+        if options is not None and not isinstance(options, RunOptions):
+            raise InvalidInputError(f"options must be a RunOptions, got {type(options).__name__}")
+        options = options or RunOptions(
             seed=seed,
             rgb=rgb,
             batch_size=batch_size,
@@ -470,54 +478,6 @@ class Reporter:
         return tile if place is None else place(tile, unit)
 
 
-def split_settings(values: dict[str, Any]) -> tuple[dict[str, Any], TRegConfig, dict[str, Any]]:
-    """``restore``-style keyword values -> (Restorer keywords, TRegConfig, Restorer.restore keywords).
-
-    For front ends that carry all settings in one dict (the widget's job, the batch runner).
-    """
-    values = dict(values)
-    text: dict[str, Any] = {
-        name: values.pop(name) for name in ("method", "prompt", "negative_prompt") if name in values
-    }
-    config_names = {spec.name for spec in specs(TRegConfig)}
-    given = {k: values.pop(k) for k in list(values) if k in config_names}
-    return text, method_config(values.pop("schedule", DEFAULT_SCHEDULE), given), values
-
-
-def method_config(schedule: str, values: dict[str, Any]) -> TRegConfig:
-    """The named schedule's settings (``solver.SCHEDULES``), with the given ``values`` on top."""
-    return from_values(TRegConfig, {**schedule_settings(schedule), **values}, "restore setting")
-
-
-# -- residual, provenance and cancel helpers ------------------------------------------------------
-
-
-def residual_sums(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """``[||A x - y||^2, ||y||^2, m]`` over the ``m`` measured values, in model units (float64).
-
-    Values the operator does not measure (an inpainting mask's missing pixels) do not count,
-    whatever the measurement holds there.
-    """
-    y = operator.measured(y.double())
-    error = float(((operator.forward(x.double()) - y) ** 2).sum())
-    count = int(torch.count_nonzero(operator.measured(torch.ones_like(y))))
-    return np.array([error, float((y**2).sum()), count])
-
-
-def residual_summary(sums: np.ndarray, noise: float | None) -> dict:
-    """``residual`` = ``||A x - y|| / ||y||``; ``residual_over_noise`` = RMS residual / noise sigma.
-
-    ``residual_over_noise`` is about 1 for a result consistent with the measurement at its noise
-    level, and None when the noise level is not given.
-    """
-    error, norm, count = sums
-    return {
-        "residual": math.sqrt(error / norm) if norm > 0 else 0.0,
-        "noise": noise,
-        "residual_over_noise": math.sqrt(error / count) / noise if noise and count else None,
-    }
-
-
 def both(first: Callable[[dict], None] | None, second: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
     """One sampler callback calling ``second`` then ``first`` (either may be None)."""
     if first is None or second is None:
@@ -528,75 +488,3 @@ def both(first: Callable[[dict], None] | None, second: Callable[[dict], None] | 
         first(state)
 
     return call
-
-
-def check_text(value: Any, name: str) -> str:
-    """A prompt as text: None is empty, UTF-8 bytes are decoded; other bytes are refused by name.
-
-    A command-line argument in another encoding (Latin-1 from a script) reaches Python as a
-    str with escaped bytes (surrogates); those are decoded as UTF-8 or refused the same way.
-    """
-    if value is None:
-        return ""
-    if isinstance(value, (bytes, bytearray)):
-        return decode_utf8(bytes(value), name)
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{name} must be text, got {type(value).__name__}")
-    if value.isascii() or not any("\ud800" <= char <= "\udfff" for char in value):
-        return value
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise InvalidInputError(f"{name} holds characters that are not text (lone surrogates)") from None
-    return decode_utf8(raw, name)
-
-
-def decode_utf8(raw: bytes, name: str) -> str:
-    """``raw`` decoded as UTF-8; InvalidInputError naming the first bad byte otherwise."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        bad = raw[error.start : error.start + 1].hex()
-        raise InvalidInputError(
-            f"{name} is not UTF-8 text (byte 0x{bad} at position {error.start}; Latin-1 or another "
-            "8-bit encoding?): write it as UTF-8, e.g. convert a script with 'iconv -f latin1 -t utf-8'"
-        ) from None
-
-
-def cancel_checker(cancel: CancelSignal) -> Callable[[], bool]:
-    """A function telling whether ``cancel`` (Event, callable or None) is set."""
-    if cancel is None:
-        return lambda: False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set
-    if callable(cancel):
-        return lambda: bool(cancel())
-    raise InvalidInputError(f"cancel must be a threading.Event or a callable, got {type(cancel).__name__}")
-
-
-def raise_if(is_cancelled: Callable[[], bool]) -> None:
-    if is_cancelled():
-        raise Cancelled("the restoration was cancelled; nothing was returned")
-
-
-def warn_if_slow(prior: DiffusionPrior) -> None:
-    """A real model on the CPU takes hours: say so."""
-    if prior.device.type == "cpu" and not prior.is_test_model:
-        warnings.warn(
-            f"{prior.name} runs on the CPU: expect many seconds per step (minutes to hours per image); "
-            "a CUDA GPU or Apple-silicon (mps) device is strongly recommended",
-            stacklevel=3,
-        )
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that determine a result (for provenance)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for name in ("napari-treg", "torch", "diffusers", "transformers", "numpy"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
+#: what a run accepts as its cancel signal: an Event, a callable returning True to cancel, or None
+CancelSignal = threading.Event | Callable[[], bool] | None
+
 
 class TRegError(Exception):
     """Base class of all napari-treg errors."""
@@ -25,3 +31,20 @@ class Cancelled(TRegError):
 
 class OutOfMemoryError(TRegError, MemoryError):
     """The accelerator (or host) ran out of memory; its memory was released before raising."""
+
+
+def cancel_checker(cancel: CancelSignal) -> Callable[[], bool]:
+    """A function telling whether ``cancel`` (Event, callable or None) is set."""
+    if cancel is None:
+        return lambda: False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set
+    if callable(cancel):
+        return lambda: bool(cancel())
+    raise InvalidInputError(f"cancel must be a threading.Event or a callable, got {type(cancel).__name__}")
+
+
+def raise_if(is_cancelled: Callable[[], bool]) -> None:
+    """Raise :class:`Cancelled` when ``is_cancelled()`` says so."""
+    if is_cancelled():
+        raise Cancelled("the restoration was cancelled; nothing was returned")

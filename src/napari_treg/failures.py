@@ -26,8 +26,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import Cancelled, DivergenceError, InvalidInputError, ModelNotFoundError, OutOfMemoryError, TRegError
-from .memory import is_out_of_memory, out_of_memory_error
+from napari_treg.errors import (
+    Cancelled,
+    DivergenceError,
+    InvalidInputError,
+    ModelNotFoundError,
+    OutOfMemoryError,
+    TRegError,
+)
+from napari_treg.memory import is_out_of_memory, out_of_memory_error
 
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2

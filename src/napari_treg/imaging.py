@@ -13,15 +13,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from . import memory
-from .errors import InvalidInputError, OutOfMemoryError
-from .operators.base import as_numpy
-from .operators.convolution import mirror_index
+from napari_treg import memory
+from napari_treg.errors import InvalidInputError, OutOfMemoryError
+from napari_treg.operators.base import as_numpy
+from napari_treg.operators.convolution import mirror_index
 
 MIN_SIZE = 2
 MAX_NDIM = 5
@@ -231,3 +233,18 @@ def mirror_pad(planes: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
     rows = mirror_index(0, h + pad_h, h, planes.device)
     cols = mirror_index(0, w + pad_w, w, planes.device)
     return planes.index_select(-2, rows).index_select(-1, cols)
+
+
+def intensity_scale(planes: np.ndarray, intensity_range: Any) -> IntensityScale:
+    """The given ``(low, high)``, or the 0.1-99.9 percentiles of all planes."""
+    if intensity_range is None:
+        return IntensityScale.from_data(planes)
+    try:
+        low, high = (float(v) for v in intensity_range)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"intensity_range must be two numbers (low, high), got {intensity_range!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise InvalidInputError(f"intensity_range must be finite with low < high, got {intensity_range!r}")
+    if not math.isfinite(2.0 / (high - low)):
+        raise InvalidInputError(f"intensity_range spans too little to resolve (high - low = {high - low:g})")
+    return IntensityScale(low, high)

@@ -16,7 +16,7 @@ import gc
 import sys
 from typing import TYPE_CHECKING, Callable, TypeVar
 
-from .errors import OutOfMemoryError
+from napari_treg.errors import OutOfMemoryError
 
 if TYPE_CHECKING:
     import torch

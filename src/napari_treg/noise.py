@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import InvalidInputError
-from .operators import LinearOperator
+from napari_treg.errors import InvalidInputError
+from napari_treg.operators import LinearOperator
 
 #: median(|N(0, 1)|): turns the median absolute detail into a standard deviation
 MAD_TO_SIGMA = 0.6744897501960817

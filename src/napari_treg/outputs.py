@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import imaging, io
-from .errors import InvalidInputError
+from napari_treg import imaging, io
+from napari_treg.errors import InvalidInputError
 
 PathLike = str | os.PathLike
 
@@ -164,3 +164,16 @@ def _backup(target: Path) -> Path | None:
         except OSError:  # a file system without hard links
             shutil.copy2(target, backup)
     return backup
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that determine a result (for provenance)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("napari-treg", "torch", "diffusers", "transformers", "numpy"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError
+from napari_treg.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,39 @@ def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     if not choices and not isinstance(value, str):
         raise InvalidInputError(f"{name} must be text, got {type(value).__name__}")
     return value
+
+
+def check_text(value: Any, name: str) -> str:
+    """A prompt as text: None is empty, UTF-8 bytes are decoded; other bytes are refused by name.
+
+    A command-line argument in another encoding (Latin-1 from a script) reaches Python as a
+    str with escaped bytes (surrogates); those are decoded as UTF-8 or refused the same way.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray)):
+        return decode_utf8(bytes(value), name)
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be text, got {type(value).__name__}")
+    if value.isascii() or not any("\ud800" <= char <= "\udfff" for char in value):
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{name} holds characters that are not text (lone surrogates)") from None
+    return decode_utf8(raw, name)
+
+
+def decode_utf8(raw: bytes, name: str) -> str:
+    """``raw`` decoded as UTF-8; InvalidInputError naming the first bad byte otherwise."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad = raw[error.start : error.start + 1].hex()
+        raise InvalidInputError(
+            f"{name} is not UTF-8 text (byte 0x{bad} at position {error.start}; Latin-1 or another "
+            "8-bit encoding?): write it as UTF-8, e.g. convert a script with 'iconv -f latin1 -t utf-8'"
+        ) from None
 
 
 def _check_range(number: float, name: str, minimum: float | None, maximum: float | None, given: Any) -> None:

@@ -30,9 +30,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import imaging
-from .errors import InvalidInputError
-from .operators import LinearOperator
+from napari_treg import imaging
+from napari_treg.errors import InvalidInputError
+from napari_treg.operators import LinearOperator
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64

@@ -29,30 +29,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import imaging
-from .api import get_prior, progress_callback
-from .engine import (
-    MAX_SEED,
-    CancelSignal,
-    ProgressCallback,
-    Reporter,
-    Restorer,
-    Run,
-    RunOptions,
-    cancel_checker,
-    prepare,
-    raise_if,
-    split_settings,
-    warn_if_slow,
-)
-from .errors import InvalidInputError
-from .memory import guard_memory
-from .models.base import DiffusionPrior
-from .noise import estimate_noise
-from .operators import LinearOperator
-from .settings import check_number, from_values, setting, validate
-from .solver.divergence import check_finite
-from .solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map, proximal_weight
+from napari_treg import imaging
+from napari_treg.api import get_prior, progress_callback
+from napari_treg.engine import MAX_SEED, ProgressCallback, Reporter, Restorer, Run, RunOptions, prepare
+from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
+from napari_treg.memory import guard_memory
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.models.loading import warn_if_slow
+from napari_treg.noise import estimate_noise
+from napari_treg.operators import LinearOperator
+from napari_treg.settings import check_number, from_values, setting, validate
+from napari_treg.solver.divergence import check_finite
+from napari_treg.solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map, proximal_weight
+from napari_treg.solver.schedules import split_settings
 
 #: the prior's standard deviation per pixel (model units) when neither the user nor the model gives one
 DEFAULT_PRIOR_SD = 0.5
@@ -178,6 +167,30 @@ def ensemble(
     ``noise`` is the measurement's noise sigma in model units (as in :func:`napari_treg.degrade`);
     None estimates it from the image (``info["noise_source"]`` says which). ``prior_sd``: see
     :class:`EnsembleOptions`. Everything is checked before any work; ``cancel`` returns nothing.
+
+    Raises
+    ------
+    InvalidInputError
+        The image, the operator or a setting cannot be used (the message names it), or
+        ``seed + samples * planes`` leaves the seed range.
+    ModelNotFoundError
+        ``model`` names weights that are missing, unreachable or not a model.
+    OutOfMemoryError
+        The samples, or the device, do not fit in memory.
+    DivergenceError
+        A sample holds NaN or inf values.
+    Cancelled
+        ``cancel`` was set; nothing is returned.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_treg import ensemble
+    >>> from napari_treg.operators import GaussianBlur
+    >>> measurement = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    >>> result = ensemble(measurement, GaussianBlur(sigma=1.0), samples=2, noise=0.05, model="tiny", steps=4)
+    >>> result.mean.shape
+    (32, 32)
     """
     started = time.perf_counter()
     options = EnsembleOptions(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd)

@@ -11,18 +11,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .runner import BatchReport, restore_many
+    from napari_treg.batch.runner import BatchReport, restore_many
 
 __all__ = ["BatchReport", "restore_many", "open_result"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("BatchReport", "restore_many"):
-        from . import runner
+        from napari_treg.batch import runner
 
         return getattr(runner, name)
     if name == "open_result":
-        from .results import open_result
+        from napari_treg.batch.results import open_result
 
         return open_result
     raise AttributeError(name)

@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 
 from napari_treg import io
+from napari_treg.batch.logs import LOG_NAME
+from napari_treg.batch.sources import SPATIAL, ArraySource, FileSource, Unit, is_zarr
 from napari_treg.errors import InvalidInputError
-
-from .logs import LOG_NAME
-from .sources import SPATIAL, ArraySource, FileSource, Unit, is_zarr
 
 MANIFEST = "treg-batch.json"
 RECORD_SUFFIX = ".treg.json"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .outputs import ATTRIBUTE
-from .sources import ome_multiscale
+from napari_treg.batch.outputs import ATTRIBUTE
+from napari_treg.batch.sources import ome_multiscale
 
 
 def open_result(path: str | os.PathLike):

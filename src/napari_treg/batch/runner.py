@@ -12,29 +12,29 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from napari_treg.api import restore
-from napari_treg.engine import RunOptions, cancel_checker, split_settings
-from napari_treg.errors import Cancelled, InvalidInputError
+from napari_treg.batch.cluster import CONNECT_TIMEOUT, checked_address, connect, default_workers
+from napari_treg.batch.logs import RunLog, routed_logs
+from napari_treg.batch.outputs import FolderOutput, ZarrOutput, open_output
+from napari_treg.batch.ranges import stack_intensity_range
+from napari_treg.batch.sources import ArraySource, Unit, open_source
+from napari_treg.batch.units import Job, UnitOutOfMemory, is_done, run_unit
+from napari_treg.engine import RunOptions
+from napari_treg.errors import Cancelled, InvalidInputError, cancel_checker
+from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
 from napari_treg.solver import TRegConfig
-
-from .cluster import CONNECT_TIMEOUT, checked_address, connect, default_workers
-from .logs import RunLog, routed_logs
-from .outputs import FolderOutput, ZarrOutput, open_output
-from .ranges import stack_intensity_range
-from .sources import ArraySource, Unit, open_source
-from .units import Job, UnitOutOfMemory, is_done, run_unit
+from napari_treg.solver.schedules import split_settings
+from napari_treg.solver.text import TextSettings
 
 NOT_SETTINGS = ("image", "operator", "progress", "preview_every", "cancel", "return_info")
 MODEL_SETTINGS = ("model", "device", "dtype", "seed", "intensity_range")
@@ -42,9 +42,11 @@ POLL_SECONDS = 0.05
 
 
 def restore_defaults() -> dict[str, Any]:
-    """The keywords a batch run passes on to ``restore``, with restore's defaults."""
-    parameters = inspect.signature(restore).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is not p.VAR_KEYWORD and p.name not in NOT_SETTINGS}
+    """The keywords a batch run passes on to ``restore``, with their defaults (from the settings classes)."""
+    model = {k: v for k, v in asdict(ModelSettings()).items() if k != "low_memory"}  # restore has no low_memory
+    run = {k: v for k, v in asdict(RunOptions()).items() if k not in NOT_SETTINGS}
+    method = {"guidance": TRegConfig.guidance, "steps": TRegConfig.steps}
+    return {**asdict(TextSettings()), **method, **model, **run, "intensity_range": None}
 
 
 @dataclass
@@ -126,7 +128,30 @@ def restore_many(
     Returns
     -------
     BatchReport
-        Units done, skipped and failed (by name), the dashboard link and the time taken.
+        Units done, skipped and failed (by name), the dashboard link and the time taken. A unit
+        that fails is reported here, not raised.
+
+    Raises
+    ------
+    InvalidInputError
+        The source, the output, the operator, the cluster choice or a setting cannot be used
+        (the message names it); all are checked on the client before any worker starts.
+    ClusterUnreachable
+        ``scheduler`` did not answer within ``connect_timeout``.
+    Cancelled
+        ``cancel`` was set; the units written so far stay, and a rerun resumes.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from napari_treg.batch import restore_many
+    >>> from napari_treg.operators import GaussianBlur
+    >>> stack = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     report = restore_many(stack, folder + "/out.zarr", GaussianBlur(1.0), workers=1, model="analytic", steps=4)
+    >>> report.computed, report.failed
+    (2, {})
     """
     started = time.perf_counter()
     values = checked_settings(settings)
@@ -195,6 +220,10 @@ def checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
     values = {**defaults, **settings}
     if not isinstance(values["model"], (str, os.PathLike)):
         raise InvalidInputError("model must be a name or path for a batch run: every worker loads it once itself")
+    # every settings object built here, on the client: a bad value fails before any worker starts
+    dtype = values["dtype"]
+    ModelSettings(str(values["model"]), values["device"], str(dtype)[6:] if isinstance(dtype, torch.dtype) else dtype)
+    TextSettings(**{f.name: values[f.name] for f in dataclasses.fields(TextSettings)})
     text, config, options = split_settings(values)  # the named schedule resolved into the method's settings
     RunOptions(**{f.name: options[f.name] for f in dataclasses.fields(RunOptions) if f.name in options})
     return {**options, **text, **config.as_dict()}

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_treg.batch.sources import Unit
 from napari_treg.errors import OutOfMemoryError, TRegError
 from napari_treg.operators import LinearOperator
-
-from .sources import Unit
 
 _LOADED: list = []  # the priors this process has loaded, to check they load once per worker
 _RESTORERS: dict = {}  # this process's engine for the current job, keyed by model, settings and text
@@ -102,7 +101,8 @@ def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, di
 
 def worker_restorer(job: Job) -> tuple[Any, dict[str, Any]]:
     """This process's :class:`~napari_treg.engine.Restorer` for the job (texts embedded once) and run options."""
-    from napari_treg.engine import Restorer, split_settings
+    from napari_treg.engine import Restorer
+    from napari_treg.solver.schedules import split_settings
 
     text, config, options = split_settings(job.settings)
     prior = worker_prior(job)

@@ -4,12 +4,12 @@ Importing this package is cheap: diffusers and transformers are imported only wh
 model is built or loaded.
 """
 
-from .base import DiffusionPrior, NoiseSchedule
-from .devices import resolve_device, resolve_dtype
-from .hub import CLIP_IMAGE_REPO, SD15_REPO
-from .loading import clear_model_cache, download_model, load_model, release_model
-from .stable_diffusion import StableDiffusionPrior
-from .tiny import build_tiny_prior
+from napari_treg.models.base import DiffusionPrior, NoiseSchedule
+from napari_treg.models.devices import resolve_device, resolve_dtype
+from napari_treg.models.hub import CLIP_IMAGE_REPO, SD15_REPO
+from napari_treg.models.loading import clear_model_cache, download_model, load_model, release_model
+from napari_treg.models.stable_diffusion import StableDiffusionPrior
+from napari_treg.models.tiny import build_tiny_prior
 
 __all__ = [
     "CLIP_IMAGE_REPO",

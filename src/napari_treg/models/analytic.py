@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .base import DiffusionPrior, NoiseSchedule
+from napari_treg.models.base import DiffusionPrior, NoiseSchedule
 
 #: names of the classes with a template, and words of a prompt that select each
 CLASS_WORDS: dict[str, tuple[str, ...]] = {

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..memory import free_accelerator_memory, is_out_of_memory
+from napari_treg.memory import free_accelerator_memory, is_out_of_memory
 
 #: eager runs before recording: they initialise cuDNN / cuBLAS and the allocator's blocks
 WARMUP_RUNS = 2

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from ..errors import InvalidInputError
+from napari_treg.errors import InvalidInputError
 
 VALID_DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 #: the precisions offered by the CLI and the widget (None: float16 on CUDA, float32 elsewhere)

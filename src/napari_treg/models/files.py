@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelNotFoundError
-from .base import DiffusionPrior
-from .hub import CONFIG_FILES, SD15_REPO, Progress, fetch_from_hub, fetch_image_tower
+from napari_treg.errors import ModelNotFoundError
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.models.hub import CONFIG_FILES, SD15_REPO, Progress, fetch_from_hub, fetch_image_tower
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CHECKPOINT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -36,7 +36,7 @@ def load_pipeline_folder(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from .stable_diffusion import StableDiffusionPrior, schedule_from_config
+    from napari_treg.models.stable_diffusion import StableDiffusionPrior, schedule_from_config
 
     _report(progress, f"loading {name}: UNet")
     unet = _from_folder(UNet2DConditionModel, folder, "unet", weights["unet"], torch_dtype=dtype)
@@ -205,7 +205,7 @@ def load_checkpoint_file(
     _check_config_folder(config_folder)
     from diffusers import StableDiffusionPipeline
 
-    from .stable_diffusion import StableDiffusionPrior, schedule_from_config
+    from napari_treg.models.stable_diffusion import StableDiffusionPrior, schedule_from_config
 
     _report(progress, f"loading {path.name}")
     try:

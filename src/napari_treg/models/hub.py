@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import ModelNotFoundError
+from napari_treg.errors import ModelNotFoundError
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CLIP_IMAGE_REPO = "openai/clip-vit-large-patch14"

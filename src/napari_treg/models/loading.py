@@ -20,15 +20,23 @@ from __future__ import annotations
 import os
 import re
 import threading
+import warnings
 from pathlib import Path
 
 import torch
 
-from ..errors import InvalidInputError, ModelNotFoundError
-from .base import DiffusionPrior
-from .devices import resolve_device, resolve_dtype
-from .files import CHECKPOINT_SUFFIXES, load_checkpoint_file, load_pipeline_folder
-from .hub import CLIP_IMAGE_REPO, SD15_REPO, Progress, disable_telemetry, fetch_image_tower, fetch_pipeline
+from napari_treg.errors import InvalidInputError, ModelNotFoundError
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.models.devices import resolve_device, resolve_dtype
+from napari_treg.models.files import CHECKPOINT_SUFFIXES, load_checkpoint_file, load_pipeline_folder
+from napari_treg.models.hub import (
+    CLIP_IMAGE_REPO,
+    SD15_REPO,
+    Progress,
+    disable_telemetry,
+    fetch_image_tower,
+    fetch_pipeline,
+)
 
 MODEL_NAMES = ("sd15", "tiny", "analytic")
 
@@ -174,7 +182,7 @@ def _load(
     kind: str, where: str, device: torch.device, dtype: torch.dtype, progress: Progress | None, config: str | None
 ) -> DiffusionPrior:
     if kind == "tiny":
-        from .tiny import build_tiny_prior
+        from napari_treg.models.tiny import build_tiny_prior
 
         return build_tiny_prior().to(device, dtype)
     if kind == "analytic":
@@ -189,7 +197,17 @@ def _load(
 
 def _load_analytic(device: torch.device, dtype: torch.dtype) -> DiffusionPrior:
     try:
-        from .analytic import AnalyticPrior
+        from napari_treg.models.analytic import AnalyticPrior
     except ImportError as error:
         raise ModelNotFoundError(f"the analytic prior is not available in this installation ({error})") from error
     return AnalyticPrior(device=device, dtype=dtype)
+
+
+def warn_if_slow(prior: DiffusionPrior) -> None:
+    """A real model on the CPU takes hours: say so."""
+    if prior.device.type == "cpu" and not prior.is_test_model:
+        warnings.warn(
+            f"{prior.name} runs on the CPU: expect many seconds per step (minutes to hours per image); "
+            "a CUDA GPU or Apple-silicon (mps) device is strongly recommended",
+            stacklevel=3,
+        )

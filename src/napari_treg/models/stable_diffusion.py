@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidInputError
-from ..memory import free_accelerator_memory
-from ..operators.base import DeviceCopies
-from .base import DiffusionPrior, NoiseSchedule
-from .cuda_graphs import GraphCache
+from napari_treg.errors import InvalidInputError
+from napari_treg.memory import free_accelerator_memory
+from napari_treg.models.base import DiffusionPrior, NoiseSchedule
+from napari_treg.models.cuda_graphs import GraphCache
+from napari_treg.operators.base import DeviceCopies
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
     from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import NoiseSchedule
-from .stable_diffusion import StableDiffusionPrior
+from napari_treg.models.base import NoiseSchedule
+from napari_treg.models.stable_diffusion import StableDiffusionPrior
 
 TINY_NAME = "tiny (random weights, test model: produces no meaningful image)"
 WIDTH = 32  # text hidden size = image projection = UNet cross-attention width

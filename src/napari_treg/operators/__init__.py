@@ -4,11 +4,11 @@ Each operator works on torch tensors ``(B, C, H, W)`` of any size, batch and
 floating dtype. Blurs use one boundary rule: half-sample symmetric mirroring.
 """
 
-from .base import LinearOperator
-from .blur import GaussianBlur, KernelBlur, MotionBlur
-from .masking import Denoising, Inpainting
-from .registry import OPERATORS, OperatorSpec, Param, build_operator, operator_spec
-from .resample import SuperResolution
+from napari_treg.operators.base import LinearOperator
+from napari_treg.operators.blur import GaussianBlur, KernelBlur, MotionBlur
+from napari_treg.operators.masking import Denoising, Inpainting
+from napari_treg.operators.registry import OPERATORS, OperatorSpec, Param, build_operator, operator_spec
+from napari_treg.operators.resample import SuperResolution
 
 __all__ = [
     "LinearOperator",

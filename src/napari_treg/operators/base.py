@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
+from napari_treg.errors import InvalidInputError
 
 
 class LinearOperator(ABC):

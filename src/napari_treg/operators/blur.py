@@ -10,9 +10,16 @@ import math
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
-from .base import DeviceCopies, LinearOperator, as_numpy, as_positive_number, drop_leading_singletons, exact
-from .convolution import correlate_2d, correlate_2d_adjoint, correlate_axis, correlate_axis_adjoint
+from napari_treg.errors import InvalidInputError
+from napari_treg.operators.base import (
+    DeviceCopies,
+    LinearOperator,
+    as_numpy,
+    as_positive_number,
+    drop_leading_singletons,
+    exact,
+)
+from napari_treg.operators.convolution import correlate_2d, correlate_2d_adjoint, correlate_axis, correlate_axis_adjoint
 
 #: the largest blur kernel side in pixels (Gaussian sigma up to 128, motion length up to 1024): larger
 #: kernels are refused before anything is allocated

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
-from .base import DeviceCopies, LinearOperator, as_numpy, drop_leading_singletons
+from napari_treg.errors import InvalidInputError
+from napari_treg.operators.base import DeviceCopies, LinearOperator, as_numpy, drop_leading_singletons
 
 
 class Inpainting(LinearOperator):

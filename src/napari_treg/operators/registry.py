@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import InvalidInputError
-from ..settings import check_choice, check_integer, check_number
-from .base import LinearOperator
-from .blur import MAX_GAUSSIAN_SIGMA, MAX_MOTION_LENGTH, GaussianBlur, KernelBlur, MotionBlur
-from .masking import Denoising, Inpainting
-from .resample import FILTERS, MAX_FACTOR, SuperResolution
+from napari_treg.errors import InvalidInputError
+from napari_treg.operators.base import LinearOperator
+from napari_treg.operators.blur import MAX_GAUSSIAN_SIGMA, MAX_MOTION_LENGTH, GaussianBlur, KernelBlur, MotionBlur
+from napari_treg.operators.masking import Denoising, Inpainting
+from napari_treg.operators.resample import FILTERS, MAX_FACTOR, SuperResolution
+from napari_treg.settings import check_choice, check_integer, check_number
 
 
 @dataclass(frozen=True)

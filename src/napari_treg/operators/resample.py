@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from ..errors import InvalidInputError
-from .base import DeviceCopies, LinearOperator, as_positive_number
-from .convolution import correlate_axis, correlate_axis_adjoint
+from napari_treg.errors import InvalidInputError
+from napari_treg.operators.base import DeviceCopies, LinearOperator, as_positive_number
+from napari_treg.operators.convolution import correlate_axis, correlate_axis_adjoint
 
 FILTERS = ("bicubic", "box", "gaussian")
 #: the largest super-resolution factor (a factor-32 restored image already has 1024 pixels per measured one)

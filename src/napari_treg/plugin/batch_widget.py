@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
-from ..errors import Cancelled, TRegError
-from .forms import layer_combo, operator_from_form, operator_widgets, show_operator
-from .layers import restored_geometry
-from .messages import explain_error, headline
-from .worker import ActivityProgress, Relay, start_worker
+from napari_treg.errors import Cancelled, TRegError
+from napari_treg.plugin.forms import layer_combo, operator_from_form, operator_widgets, show_operator
+from napari_treg.plugin.layers import restored_geometry
+from napari_treg.plugin.messages import explain_error, headline
+from napari_treg.plugin.worker import ActivityProgress, Relay, start_worker
 
 if TYPE_CHECKING:
     import napari
@@ -153,7 +153,7 @@ class BatchWidget(Container):
 
     def run(self, *_: Any):
         """Start the run in a thread; returns the napari thread worker (None if the form is incomplete)."""
-        from ..batch import restore_many
+        from napari_treg.batch import restore_many
 
         if self.is_running:
             return None
@@ -201,7 +201,7 @@ class BatchWidget(Container):
 
     def _show_result(self, output: str, layer: Any, factor: int) -> None:
         """Add the output as a lazy layer, or re-read it so the chunks written since appear."""
-        from ..batch import open_result
+        from napari_treg.batch import open_result
 
         try:
             data, _ = open_result(output)

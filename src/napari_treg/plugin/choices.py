@@ -7,9 +7,9 @@ what an operator does to the image size is the operator's own (``LinearOperator.
 
 from __future__ import annotations
 
-from ..errors import InvalidInputError
-from ..models.devices import DTYPE_CHOICES
-from ..models.loading import MODEL_NAMES
+from napari_treg.errors import InvalidInputError
+from napari_treg.models.devices import DTYPE_CHOICES
+from napari_treg.models.loading import MODEL_NAMES
 
 # -- models, devices, precisions ------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Sequence
 
-from ..errors import TRegError
+from napari_treg.errors import TRegError
 
 SAMPLES = ("fluorescence_blur", "photograph_sr", "photograph_inpainting", "fluorescence_stack_sr")
 #: Qt platforms that need no display server (QT_QPA_PLATFORM)

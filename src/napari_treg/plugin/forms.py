@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any, Callable
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox, Widget
 from napari.layers import Image, Labels
 
-from ..errors import InvalidInputError
-from ..operators.registry import OPERATORS, Param, build_operator, operator_parameters, operator_spec
+from napari_treg.errors import InvalidInputError
+from napari_treg.operators.registry import OPERATORS, Param, build_operator, operator_parameters, operator_spec
 
 __all__ = ["operator_parameters", "operator_spec"]  # re-exported for the widgets
-from ..settings import Spec
-from .layers import is_preview, is_result
+from napari_treg.plugin.layers import is_preview, is_result
+from napari_treg.settings import Spec
 
 if TYPE_CHECKING:
     import napari
 
-    from ..operators import LinearOperator
+    from napari_treg.operators import LinearOperator
 
 #: the operator a new widget starts with
 DEFAULT_OPERATOR = "gauss"

@@ -1,4 +1,4 @@
-"""Layer bookkeeping without Qt: TReg's own layers, planes, geometry, names, contrast, provenance, metrics.
+"""Layer bookkeeping without Qt: TReg's own layers, planes, geometry, names, contrast, provenance.
 
 napari places pixel ``i`` of a layer at world ``translate + scale * i`` (pixel
 centres). A super-resolution measurement pixel ``j`` covers image pixels
@@ -9,13 +9,12 @@ so the restored layer gets ``scale / factor`` and a translate moved back by
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Container, Sequence
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from napari_treg.errors import InvalidInputError
 
 CURRENT_PLANE = "current plane"
 WHOLE_STACK = "whole stack"
@@ -261,38 +260,6 @@ def restore_metadata(
     return plain(record)
 
 
-def ground_truth_metrics(result: np.ndarray, reference: np.ndarray, rgb: bool) -> dict[str, float]:
-    """PSNR (dB) and SSIM of ``result`` against a clean ``reference`` of the same shape.
-
-    The data range is the reference's; SSIM is averaged over the planes of a stack.
-    """
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    result = np.asarray(result, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    if result.shape != reference.shape:
-        raise InvalidInputError(
-            f"the reference is {reference.shape} but the result is {result.shape}: "
-            "choose the clean image the measurement was simulated from"
-        )
-    data_range = float(reference.max() - reference.min()) or 1.0
-    identical = bool(np.array_equal(result, reference))
-    psnr = math.inf if identical else float(peak_signal_noise_ratio(reference, result, data_range=data_range))
-    shape = result.shape[-3:] if rgb else result.shape[-2:]
-    side = min(shape[:2])
-    win = min(7, side if side % 2 else side - 1)
-    ssims = []
-    for ref_plane, res_plane in zip(reference.reshape(-1, *shape), result.reshape(-1, *shape)):
-        if win < 3:
-            break
-        ssims.append(
-            structural_similarity(
-                ref_plane, res_plane, data_range=data_range, win_size=win, channel_axis=-1 if rgb else None
-            )
-        )
-    return {"psnr": psnr, "ssim": float(np.mean(ssims)) if ssims else math.nan}
-
-
 def reference_for(reference: np.ndarray, result_shape: Sequence[int], planes: Planes) -> np.ndarray:
     """The part of a reference layer to compare with a result (its plane, for a current-plane run)."""
     reference = np.asarray(reference)
@@ -301,13 +268,3 @@ def reference_for(reference: np.ndarray, result_shape: Sequence[int], planes: Pl
         if tail == tuple(result_shape):
             return reference[planes.index]
     return reference
-
-
-def format_metrics(metrics: dict) -> str:
-    """``"PSNR 27.31 dB, SSIM 0.812"``."""
-    parts = []
-    if "psnr" in metrics:
-        parts.append(f"PSNR {metrics['psnr']:.2f} dB")
-    if "ssim" in metrics and not math.isnan(metrics["ssim"]):
-        parts.append(f"SSIM {metrics['ssim']:.3f}")
-    return ", ".join(parts)

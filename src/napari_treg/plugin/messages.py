@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..failures import Failure, describe_failure, first_sentence
+from napari_treg.failures import Failure, describe_failure, first_sentence
 
 if TYPE_CHECKING:
-    from ..engine import Progress
-    from .restoration import Outcome
+    from napari_treg.engine import Progress
+    from napari_treg.plugin.restoration import Outcome
 
 CANCELLED = "Cancelled: nothing was added."
 #: how a widget starts a failure's message, by :attr:`Failure.kind`

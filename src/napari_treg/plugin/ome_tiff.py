@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import io
-from ..errors import InvalidInputError
-from .layers import plain
-from .ome_record import layer_kwargs, restored_dtype, restored_shape
+from napari_treg import io
+from napari_treg.errors import InvalidInputError
+from napari_treg.plugin.layers import plain
+from napari_treg.plugin.ome_record import layer_kwargs, restored_dtype, restored_shape
 
 #: private TIFF tag (>= 32768) holding the layer's JSON
 LAYER_TAG = 65_430

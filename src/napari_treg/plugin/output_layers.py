@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image
 
-from .layers import (
+from napari_treg.plugin.layers import (
     PREVIEW_KEY,
     display_kwargs,
     is_preview,
@@ -27,7 +27,7 @@ from .layers import (
 if TYPE_CHECKING:
     import napari
 
-    from .restoration import Outcome, RestoreRequest
+    from napari_treg.plugin.restoration import Outcome, RestoreRequest
 
 PREVIEW_NAME = "TReg preview"
 #: the ensemble's maps: (its attribute, the layer's suffix, colormap); the data share's contrast is fixed to [0, 1]

@@ -19,14 +19,17 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .. import api
-from ..engine import Progress, Restorer, RunOptions, prepare, split_settings, warn_if_slow
-from ..errors import Cancelled, InvalidInputError
-from ..models.base import DiffusionPrior
-from ..operators import LinearOperator
-from ..settings import from_values
-from ..uncertainty import Ensemble, EnsembleOptions, check_ensemble, restorer_ensemble
-from .layers import Planes, ground_truth_metrics, reference_for
+from napari_treg import api
+from napari_treg.engine import Progress, Restorer, RunOptions, prepare
+from napari_treg.errors import Cancelled, InvalidInputError
+from napari_treg.metrics import ground_truth_metrics
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.models.loading import warn_if_slow
+from napari_treg.operators import LinearOperator
+from napari_treg.plugin.layers import Planes, reference_for
+from napari_treg.settings import from_values
+from napari_treg.solver.schedules import split_settings
+from napari_treg.uncertainty import Ensemble, EnsembleOptions, check_ensemble, restorer_ensemble
 
 #: progress(event) after every sampling step; status(message, fraction) while loading
 StepProgress = Callable[[Progress], None]
@@ -64,7 +67,7 @@ class ModelHolder:
                 self.release()
 
     def _get(self, key: tuple[str, str, str | None, bool], status: Status | None) -> DiffusionPrior:
-        from ..models import load_model
+        from napari_treg.models import load_model
 
         if self.prior is not None and self.key == key:
             return self.prior
@@ -85,7 +88,7 @@ class ModelHolder:
     def _free(self) -> None:
         held, self.key, self.prior = self.prior, None, None
         if held is not None:
-            from ..models import release_model
+            from napari_treg.models import release_model
 
             release_model(held)  # other cached models (a console script's) stay loaded
 

@@ -8,8 +8,7 @@ name (``form.prompt``, ``form.sigma``) whatever section holds them.
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,13 +17,11 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from ..api import restore
-from ..errors import InvalidInputError
-from ..settings import specs
-from ..solver import TRegConfig, schedule_settings
-from ..uncertainty import EnsembleOptions
-from .choices import MODELS, PRECISIONS, available_devices, model_spec
-from .forms import (
+from napari_treg.engine import RunOptions
+from napari_treg.errors import InvalidInputError
+from napari_treg.models.options import ModelSettings
+from napari_treg.plugin.choices import MODELS, PRECISIONS, available_devices, model_spec
+from napari_treg.plugin.forms import (
     DEFAULT_OPERATOR,
     apply_operator_record,
     checkbox,
@@ -38,7 +35,7 @@ from .forms import (
     setting_widget,
     show_operator,
 )
-from .layers import (
+from napari_treg.plugin.layers import (
     CURRENT_PLANE,
     WHOLE_STACK,
     current_plane_index,
@@ -47,7 +44,10 @@ from .layers import (
     mask_for_planes,
     select_planes,
 )
-from .restoration import RestoreRequest, check_ensemble_request
+from napari_treg.plugin.restoration import RestoreRequest, check_ensemble_request
+from napari_treg.settings import specs
+from napari_treg.solver import TRegConfig, schedule_settings
+from napari_treg.uncertainty import EnsembleOptions
 
 if TYPE_CHECKING:
     import napari
@@ -64,8 +64,8 @@ RESTORE_OPTIONS = (
     "tile_overlap",
     *(spec.name for spec in specs(TRegConfig)),
 )
-#: restore's own defaults (seed, tile overlap, model, device), not repeated here
-DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(restore).parameters.items()}
+#: the settings classes' defaults (seed, tile overlap, model, device), not repeated here
+DEFAULTS = {**asdict(ModelSettings()), **asdict(RunOptions())}
 #: the text fields a new widget starts with (a sample's measurement brings its own, see sample_data)
 TEXT_DEFAULTS = {"prompt": "", "negative_prompt": "out of focus, depth of field"}
 #: the dock's width limit: it must leave room for the canvas on a 1366 px laptop screen

@@ -24,16 +24,18 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import Container
 from napari.utils.notifications import show_info
 
-from ..engine import DEFAULT_SCHEDULE, Progress
-from ..errors import Cancelled, TRegError
-from ..solver.conflict import conflict_message
-from . import restore_form
-from .layers import format_metrics, result_name
-from .messages import data_consistency_line, done_line, ensemble_step_line, explain_error, is_constant
-from .output_layers import add_outputs, remove_preview, run_outputs, show_preview, taken_names
-from .restoration import Outcome, RestoreRequest, run_request
-from .status import StatusPanel
-from .worker import ActivityProgress, CloseWatcher, Relay, RunState, shutdown, start_worker
+from napari_treg.engine import Progress
+from napari_treg.errors import Cancelled, TRegError
+from napari_treg.metrics import format_metrics
+from napari_treg.plugin import restore_form
+from napari_treg.plugin.layers import result_name
+from napari_treg.plugin.messages import data_consistency_line, done_line, ensemble_step_line, explain_error, is_constant
+from napari_treg.plugin.output_layers import add_outputs, remove_preview, run_outputs, show_preview, taken_names
+from napari_treg.plugin.restoration import Outcome, RestoreRequest, run_request
+from napari_treg.plugin.status import StatusPanel
+from napari_treg.plugin.worker import ActivityProgress, CloseWatcher, Relay, RunState, shutdown, start_worker
+from napari_treg.solver.conflict import conflict_message
+from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 
 if TYPE_CHECKING:
     import napari

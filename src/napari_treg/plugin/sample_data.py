@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..api import degrade
-from ..operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
-from .layers import measurement_geometry
+from napari_treg.api import degrade
+from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
+from napari_treg.plugin.layers import measurement_geometry
 
 LayerData = tuple[np.ndarray, dict, str]
 PIXEL_UM = 0.1  # pixel size of the synthetic fluorescence images

@@ -12,11 +12,18 @@ import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, Label, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
-from ..api import degrade
-from ..errors import TRegError
-from .forms import layer_combo, operator_from_form, operator_settings, operator_spec, operator_widgets, show_operator
-from .layers import Planes, linear_part, mask_for_planes, measurement_geometry, plain
-from .messages import explain_error
+from napari_treg.api import degrade
+from napari_treg.errors import TRegError
+from napari_treg.plugin.forms import (
+    layer_combo,
+    operator_from_form,
+    operator_settings,
+    operator_spec,
+    operator_widgets,
+    show_operator,
+)
+from napari_treg.plugin.layers import Planes, linear_part, mask_for_planes, measurement_geometry, plain
+from napari_treg.plugin.messages import explain_error
 
 if TYPE_CHECKING:
     import napari

@@ -12,8 +12,8 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QSizePolicy
 
-from ..engine import Progress
-from .messages import CANCELLED, headline, sentence_case, step_line
+from napari_treg.engine import Progress
+from napari_treg.plugin.messages import CANCELLED, headline, sentence_case, step_line
 
 READY = "Ready."
 #: what a warning line starts with in the status line

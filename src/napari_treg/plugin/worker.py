@@ -17,7 +17,7 @@ from napari.utils import cancelable_progress
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent, QObject, Signal, Slot
 
-from .restoration import ModelHolder, RestoreRequest
+from napari_treg.plugin.restoration import ModelHolder, RestoreRequest
 
 
 class Relay(QObject):

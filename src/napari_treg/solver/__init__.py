@@ -1,12 +1,12 @@
 """The TReg solver: DDIM schedule, conjugate gradient, adaptive negation and the sampler."""
 
-from .cg import conjugate_gradient, data_consistency
-from .config import TRegConfig
-from .methods import METHODS, get_method
-from .negation import AdaptiveNegation
-from .sampler import treg_sample
-from .schedule import ddim_steps
-from .schedules import SCHEDULES, schedule_settings
+from napari_treg.solver.cg import conjugate_gradient, data_consistency
+from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.methods import METHODS, get_method
+from napari_treg.solver.negation import AdaptiveNegation
+from napari_treg.solver.sampler import treg_sample
+from napari_treg.solver.schedules import SCHEDULES, schedule_settings
+from napari_treg.solver.timesteps import ddim_steps
 
 __all__ = [
     "AdaptiveNegation",

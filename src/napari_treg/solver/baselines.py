@@ -18,13 +18,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import DivergenceError, InvalidInputError
-from ..models.base import DiffusionPrior
-from ..operators import GaussianBlur, KernelBlur, LinearOperator, SuperResolution
-from .cg import conjugate_gradient
-from .config import TRegConfig
-from .sampler import Callback, guided_noise, presampled_noise
-from .schedule import ddim_steps
+from napari_treg.errors import DivergenceError, InvalidInputError
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.operators import GaussianBlur, KernelBlur, LinearOperator, SuperResolution
+from napari_treg.solver.cg import conjugate_gradient
+from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.sampler import Callback, guided_noise, presampled_noise
+from napari_treg.solver.timesteps import ddim_steps
 
 #: PSLD step sizes of the measurement and gluing terms (the PSLD paper's SD settings)
 PSLD_OMEGA = 1.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..operators import LinearOperator
+from napari_treg.operators import LinearOperator
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

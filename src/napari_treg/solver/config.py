@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..settings import setting, validate
+from napari_treg.settings import setting, validate
 
 
 @dataclass(frozen=True)

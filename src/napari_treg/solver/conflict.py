@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from ..models.base import DiffusionPrior
-from ..operators import LinearOperator
-from .sampler import tweedie
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.operators import LinearOperator
+from napari_treg.solver.sampler import tweedie
 
 #: the first this many data-consistency steps are checked (steps 0, 3, 6, 9 of the default 200):
 #: later, the latent has taken the class the guidance and the data agreed on, and both estimates show it

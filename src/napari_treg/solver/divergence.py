@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import DivergenceError
+from napari_treg.errors import DivergenceError
 
 ADVICE = "try float32 if the model runs in float16 (dtype='float32'), a larger cg_lambda or fewer CG iterations"
 #: what to do when a returned result is not finite

@@ -5,9 +5,9 @@ Each entry has the signature of :func:`~napari_treg.solver.sampler.treg_sample`.
 
 from __future__ import annotations
 
-from ..errors import InvalidInputError
-from .baselines import psld_sample, richardson_lucy_restore, tikhonov_restore
-from .sampler import treg_sample
+from napari_treg.errors import InvalidInputError
+from napari_treg.solver.baselines import psld_sample, richardson_lucy_restore, tikhonov_restore
+from napari_treg.solver.sampler import treg_sample
 
 METHODS = {
     "treg": treg_sample,

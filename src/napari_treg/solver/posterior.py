@@ -38,8 +38,8 @@ import math
 
 import torch
 
-from ..operators import LinearOperator
-from .cg import data_consistency
+from napari_treg.operators import LinearOperator
+from napari_treg.solver.cg import data_consistency
 
 #: bounds of the conjugate-gradient iterations of these solves (see :func:`cg_iterations`)
 MIN_CG_ITERATIONS, MAX_CG_ITERATIONS = 10, 300

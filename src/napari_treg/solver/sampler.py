@@ -3,6 +3,38 @@
 Reads like the method (shared/treg-method.md). It talks to the prior only
 through :class:`~napari_treg.models.base.DiffusionPrior`, so Stable Diffusion,
 the tiny test model and the analytic prior run this very code.
+
+Notation (variable -> symbol of the method notes, shared/treg-method.md, and the paper)::
+
+    z, z_t        z_t       latent at DDIM step t (SD latent, scale 0.18215)
+    step.a        abar_t    cumulative alpha of the noise schedule at t   (solver/timesteps.py)
+    step.a_prev   abar_t'   the same at the next (less noisy) grid point t'
+    text, null    c, u      prompt and null/negative text embeddings (u is optimised: negation)
+    config.guidance  w      classifier-free guidance weight
+    eps_free, eps_text  eps(z_t, u), eps(z_t, c)   the two noise predictions of one model call
+    eps           eps       guided noise  eps(z_t, u) + w (eps(z_t, c) - eps(z_t, u))
+    z0            z_0|t     Tweedie estimate of the clean latent
+    y, operator   y, A      measurement y = A x + n and the forward operator
+    x0y           x_0^y     data-consistent image: argmin ||y - A x||^2 + lambda ||x - D(z_0|t)||^2
+    z0y           z_0^y     its latent E(x_0^y) (encoder mean)
+    noise[k]      n         presampled N(0, I) noise of step k
+
+What each step computes (the equation it implements):
+
+1. ``guide``: classifier-free guidance, eps = eps(z_t, u) + w (eps(z_t, c) - eps(z_t, u))
+   (Ho & Salimans, "Classifier-Free Diffusion Guidance").
+2. ``tweedie``: z_0|t = (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), the "predicted x_0" of
+   DDIM (Song et al. 2021, arXiv 2010.02502, Eq. 12, first term).
+3. plain step (eta 0): z_t' = sqrt(abar_t') z_0|t + sqrt(1 - abar_t') eps (DDIM Eq. 12 with
+   sigma_t = 0).
+4. data-consistency step (TReg; method notes "Sampler", DC steps 1-5): x_0^y by conjugate gradient
+   on (A^T A + lambda I) x = A^T y + lambda D(z_0|t) (``solver/cg.py``); z_0^y = E(x_0^y);
+   adaptive negation moves u away from the CLIP embedding of x_0^y (``solver/negation.py``);
+   ``renoise``: zbar = abar_t' z_0^y + (1 - abar_t') z_0|t,
+   z_t' = sqrt(abar_t') zbar + (1 - abar_t') eps + sqrt(abar_t' (1 - abar_t')) n
+   (total noise variance 1 - abar_t'); or, with ``data_first``, ``renoise_data_first``:
+   z_t' = sqrt(abar_t') z_0^y + sqrt(1 - abar_t') (sqrt(1 - eta) eps + sqrt(eta) n).
+5. output: D(z_0|t) of the last step, then (``final_dc``) one more data-consistency solve.
 """
 
 from __future__ import annotations
@@ -12,13 +44,13 @@ from typing import Callable
 
 import torch
 
-from ..models.base import DiffusionPrior
-from ..operators import LinearOperator
-from .cg import data_consistency
-from .config import TRegConfig
-from .divergence import DivergenceWatch
-from .negation import AdaptiveNegation
-from .schedule import Step, ddim_steps
+from napari_treg.models.base import DiffusionPrior
+from napari_treg.operators import LinearOperator
+from napari_treg.solver.cg import data_consistency
+from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.divergence import DivergenceWatch
+from napari_treg.solver.negation import AdaptiveNegation
+from napari_treg.solver.timesteps import Step, ddim_steps
 
 Callback = Callable[[dict], None]
 

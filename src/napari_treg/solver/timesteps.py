@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.base import NoiseSchedule
+from napari_treg.models.base import NoiseSchedule
 
 
 @dataclass(frozen=True)

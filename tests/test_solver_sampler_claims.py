@@ -31,6 +31,8 @@ NOISE = 0.01  # measurement noise (the paper's, on [-1, 1])
 Z = 5.0  # tolerance in standard errors
 FAITHFUL = TRegConfig(**schedule_settings("faithful"))  # the measurement-faithful schedule
 
+pytestmark = pytest.mark.claims  # the paper's claims (was tests/test_claims.py)
+
 
 def solve(prior, y, op, hw, prompts, config, null_prompt="", seed=0):
     """Run the sampler on a batch (one prompt per sample); torch's global seed fixes the noise."""

@@ -1,0 +1,242 @@
+"""CLI failures are one line with a non-zero exit status and leave no file (napari_treg.cli).
+
+(moved from tests/test_reliability.py; markers: issue6 (reliability), issue12 (trust, round two))
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from napari_treg import api, cli, restore
+from napari_treg.errors import (
+    Cancelled,
+    DivergenceError,
+    ModelNotFoundError,
+    OutOfMemoryError,
+    TRegError,
+)
+from napari_treg.operators import Denoising
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+PYTHON_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run_python(code: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=PYTHON_ENV, timeout=timeout)
+
+
+def _single_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------ CLI: one line, non-zero exit
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+BAD_FILES = {
+    "nan.npy": np.where(np.eye(16) > 0, np.nan, 1.0),
+    "empty.npy": np.zeros((0, 5)),
+    "line.npy": np.arange(16.0),
+    "bool.npy": np.ones((16, 16), bool),
+    "complex.npy": np.ones((16, 16), complex),
+    "pixel.npy": np.ones((1, 1)),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+@pytest.mark.issue6
+def test_cli_bad_images_are_one_line_exit_2(tmp_path, capsys, name):
+    np.save(tmp_path / name, BAD_FILES[name])
+    code = cli.main(["degrade", str(tmp_path / name), "-o", str(tmp_path / "o.npy"), "--operator", "denoise", "-q"])
+    assert code == 2
+    line = _one_line(capsys)
+    assert line.startswith("napari-treg: error: ") and "image" in line
+    assert not (tmp_path / "o.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, code",
+    [
+        (["--operator", "kernel", "--kernel", "{tmp}/nan_kernel.npy"], 2),
+        (["--operator", "denoise", "--device", "tpu"], 2),
+        (["--operator", "denoise", "--model", "no-such-model"], 1),
+        (["--operator", "denoise", "--guidance", "nan"], 2),
+        (["--operator", "denoise", "--steps", "0"], 2),
+    ],
+)
+@pytest.mark.issue6
+def test_cli_bad_parameters_are_one_line(tmp_path, capsys, extra, code):
+    np.save(tmp_path / "in.npy", np.random.default_rng(0).random((16, 16)))
+    np.save(tmp_path / "nan_kernel.npy", np.full((3, 3), np.nan))
+    argv = ["restore", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "-q", "--steps", "1"]
+    argv += [arg.format(tmp=tmp_path) for arg in extra]
+    assert cli.main(argv) == code
+    _one_line(capsys)
+    assert not (tmp_path / "o.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (OutOfMemoryError("out of memory (CUDA). try a smaller batch_size"), 1),
+        (DivergenceError("the sampler diverged (NaN or inf) at step 3 of 4"), 1),
+        (Cancelled("cancelled"), 130),
+        (KeyboardInterrupt(), 130),
+    ],
+)
+@pytest.mark.issue6
+def test_cli_faults_are_one_line_and_leave_no_file(tmp_path, capsys, monkeypatch, error, code):
+    def failing_load(model, device, dtype):
+        raise error
+
+    monkeypatch.setattr(api, "_load", failing_load)
+    np.save(tmp_path / "in.npy", np.zeros((16, 16)))
+    argv = ["restore", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "denoise", "-q"]
+    assert cli.main(argv) == code
+    _one_line(capsys)
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.npy"]
+
+
+# ------------------------------------------------------------------------------ tracebacks -> one line
+
+
+@pytest.mark.issue12
+def test_importing_the_cli_does_not_load_torch():
+    run = _run_python("import sys, napari_treg.cli; print('torch' in sys.modules)", timeout=60)
+    assert run.stdout.strip() == "False", run.stderr
+
+
+@pytest.mark.issue12
+def test_ctrl_c_while_torch_imports_is_one_line_exit_130(tmp_path):
+    """Ctrl-C in the first seconds, while torch loads: a KeyboardInterrupt raised by the import itself."""
+    np.save(tmp_path / "in.npy", np.zeros((16, 16)))
+    code = f"""
+import sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+import napari_treg.cli as cli
+sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "--operator", "denoise"]))
+"""
+    run = _run_python(code, timeout=60)
+    assert run.returncode == 130
+    assert "interrupted" in _single_error_line(run.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+@pytest.mark.issue12
+def test_a_real_sigint_during_startup_is_one_line_exit_130(tmp_path):
+    import signal
+
+    np.save(tmp_path / "in.npy", np.zeros((16, 16)))
+    code = f"""
+import sys, time
+t = time.perf_counter()
+import napari_treg.cli as cli
+print("ready", flush=True)
+sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "--operator", "denoise", "-q"]))
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=PYTHON_ENV
+    )
+    assert process.stdout.readline().strip() == "ready"  # main() is about to import torch (seconds)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in _single_error_line(stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, "
+        b"'shape': (16, 16), }" + b" " * 50 + b"\n" + b"\x00" * 64,
+    ],
+)
+@pytest.mark.issue12
+def test_cli_empty_and_truncated_npy_inputs_are_one_line_exit_2(tmp_path, capsys, content):
+    (tmp_path / "in.npy").write_bytes(content)
+    argv = ["degrade", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "--operator", "denoise", "-q"]
+    assert cli.main(argv) == 2
+    assert "cannot read" in _one_line(capsys)
+
+
+@pytest.mark.issue12
+def test_a_model_path_in_a_symlink_loop_is_one_line_exit_1(tmp_path, capsys):
+    (tmp_path / "a.safetensors").symlink_to(tmp_path / "b.safetensors")
+    (tmp_path / "b.safetensors").symlink_to(tmp_path / "a.safetensors")
+    with pytest.raises(ModelNotFoundError, match="symlink loop"):
+        restore(np.zeros((16, 16)), Denoising(), model=str(tmp_path / "a.safetensors"), steps=1)
+    np.save(tmp_path / "in.npy", np.zeros((16, 16)))
+    argv = [
+        "restore",
+        str(tmp_path / "in.npy"),
+        "-o",
+        str(tmp_path / "o.npy"),
+        "--operator",
+        "denoise",
+        "--model",
+        str(tmp_path / "a.safetensors"),
+        "--steps",
+        "1",
+        "-q",
+    ]
+    assert cli.main(argv) == 1
+    assert "symlink loop" in _one_line(capsys)
+
+
+@pytest.mark.issue12
+def test_demo_without_a_display_is_one_line_exit_1(capsys, monkeypatch):
+    from napari_treg.plugin import demo
+
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(demo.sys, "platform", "linux")
+    monkeypatch.setitem(sys.modules, "napari", None)  # Qt must not even be imported
+    assert cli.main(["demo"]) == 1
+    assert "xvfb-run" in _one_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "environ, platform, refused",
+    [
+        ({}, "linux", True),
+        ({"DISPLAY": ":0"}, "linux", False),
+        ({"WAYLAND_DISPLAY": "wayland-0"}, "linux", False),
+        ({"QT_QPA_PLATFORM": "offscreen"}, "linux", False),
+        ({"QT_QPA_PLATFORM": "xcb"}, "linux", True),
+        ({}, "darwin", False),
+        ({}, "win32", False),
+    ],
+)
+@pytest.mark.issue12
+def test_check_display(environ, platform, refused):
+    from napari_treg.plugin.demo import check_display
+
+    if refused:
+        with pytest.raises(TRegError, match="no display"):
+            check_display(environ, platform)
+    else:
+        check_display(environ, platform)
