@@ -8,6 +8,7 @@ input, 3 when the given scheduler cannot be reached (nothing ran), 130 when inte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -17,11 +18,12 @@ from napari_treg.cli_options import (
     PROG,
     add_method_arguments,
     add_operator_arguments,
+    add_setting,
     operator_from_args,
     restore_kwargs,
     setting_type,
 )
-from napari_treg.settings import check_integer, check_number
+from napari_treg.settings import check_integer, check_number, specs
 
 #: exit status when the given scheduler cannot be reached: nothing ran
 EXIT_UNREACHABLE = 3
@@ -41,6 +43,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_operator_arguments(parser)
     add_method_arguments(parser)
+    add_samples_argument(parser)
     parser.add_argument(
         "--info", metavar="FILE.json", help="also write the run's report (units done, failed, time) as JSON"
     )
@@ -69,6 +72,18 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_samples_argument(parser: argparse.ArgumentParser) -> None:
+    """--samples N: an ensemble per unit, its mean the unit's output and its maps beside it (as restore's)."""
+    from napari_treg.uncertainty import EnsembleOptions
+
+    group = parser.add_argument_group(
+        "uncertainty: with --samples N, each unit's output is the mean of N restorations and its std, "
+        "data_share (and with a prompt text_influence) maps are written beside it (docs/scale-out.md)"
+    )
+    (spec,) = [spec for spec in specs(EnsembleOptions) if spec.name == "samples"]
+    add_setting(group, dataclasses.replace(spec, default=None), given_only=True)
+
+
 def run_batch(args: argparse.Namespace) -> int:
     """Restore every unit of INPUT into OUTPUT; 0 if all are done, 1 if any failed."""
     from napari_treg.batch import restore_many
@@ -85,6 +100,7 @@ def run_batch(args: argparse.Namespace) -> int:
             workers=args.workers,
             scheduler=args.scheduler,
             connect_timeout=args.connect_timeout,
+            samples=getattr(args, "samples", None),
             on_start=bar.start,
             on_unit=bar.update,
             **restore_kwargs(args),

@@ -13,6 +13,10 @@ have the same ones, or it is refused with the differing parameters named.
 - Folder: ``OUT/<input file name>`` as ``napari-treg restore`` writes it, its provenance
   (``restore``'s info) in ``OUT/<name>.treg.json`` (the record), the parameters in
   ``OUT/treg-batch.json``.
+- With an ensemble (``samples``): each map of :meth:`Job.map_names <napari_treg.batch.units.Job.map_names>`
+  (``std``, ``data_share``, ``text_influence``) beside the output as ``napari-treg restore --samples``
+  names it (``cli.companion``): ``OUT/cells.std.tif``; ``OUT.std.zarr`` beside ``OUT.zarr`` (a
+  plain array shaped like the main one). Each map's digest is in the unit's record.
 - Zarr: an array with the input's leading axes, restored planes, one chunk per unit,
   float32; for an OME-Zarr input an OME-Zarr image (level ``0``) with the input's axes and
   pixel sizes divided by the super-resolution factor. Records in ``OUT/.treg-units/``;
@@ -34,6 +38,7 @@ import numpy as np
 from napari_treg import io
 from napari_treg.batch.logs import LOG_NAME
 from napari_treg.batch.sources import SPATIAL, ArraySource, FileSource, Unit, is_zarr
+from napari_treg.cli import companion
 from napari_treg.errors import InvalidInputError
 
 MANIFEST = "treg-batch.json"
@@ -86,6 +91,12 @@ def file_digest(path: Path) -> str | None:
     return digest.hexdigest()
 
 
+def maps_held(paths: dict[str, Path], record: dict) -> bool:
+    """Whether every map file in ``paths`` (by name) has the digest the record gives it."""
+    digests = record.get("map_digests") or {}
+    return all(name in digests and file_digest(path) == digests[name] for name, path in paths.items())
+
+
 def read_record(path: Path) -> dict | None:
     """One unit record, or None when it is missing or unreadable."""
     try:
@@ -112,15 +123,17 @@ def read_records(folder: Path, suffix: str) -> dict[str, dict]:
 
 @dataclass(frozen=True)
 class FolderOutput:
-    """One output file per input file, with the same name, plus its provenance JSON."""
+    """One output file per input file, with the same name, plus its provenance JSON (and its maps)."""
 
     path: str
+    maps: tuple[str, ...] = ()  # the ensemble maps written beside each file
 
     def prepare(self, source: FileSource, params: dict[str, Any]) -> dict[str, dict]:
         """Create the folder (or check an existing one's parameters); returns the records of done units."""
         folder = Path(self.path)
         inputs = {Path(p).resolve() for p in source.paths}
-        clashes = [p.name for p in inputs if (folder / p.name).resolve() == p]
+        written = [folder / p.name for p in inputs] + [companion(folder / p.name, m) for p in inputs for m in self.maps]
+        clashes = [p.name for p in written if p.resolve() in inputs]
         if clashes:
             raise InvalidInputError(f"output folder {self.path!r} would overwrite the inputs {clashes[:3]}")
         if folder.exists() and not folder.is_dir():
@@ -149,16 +162,25 @@ class FolderOutput:
 
     def holds(self, unit: Unit, record: dict) -> bool:
         """Whether the unit's output file is there, exactly as its record says it was written."""
+        target = Path(self.path) / unit.key
         return (
             record.get("output_digest") is not None
-            and file_digest(Path(self.path) / unit.key) == record["output_digest"]
+            and file_digest(target) == record["output_digest"]
+            and maps_held({name: companion(target, name) for name in self.maps}, record)
         )
 
-    def write(self, unit: Unit, image: np.ndarray, restored: np.ndarray, info: dict, record: dict) -> dict:
-        """Write the unit's file, then its record (with the file's digest); returns the record."""
+    def write(
+        self, unit: Unit, image: np.ndarray, restored: np.ndarray, info: dict, record: dict, maps: dict | None = None
+    ) -> dict:
+        """Write the unit's file and its maps, then its record (with their digests); returns the record."""
         target = Path(self.path) / unit.key
+        paths = {name: companion(target, name) for name in self.maps}
+        for name, path in paths.items():  # the data share is in [0, 1]: not in the input's dtype
+            io.write_image(path, (maps or {})[name], like=None if name == "data_share" else image)
         io.write_image(target, restored, like=image)
         record = {**record, "output_digest": file_digest(target)}
+        if paths:
+            record["map_digests"] = {name: file_digest(path) for name, path in paths.items()}
         write_json_atomic(Path(self.path) / f"{unit.key}{RECORD_SUFFIX}", {**info, **record})
         return record
 
@@ -178,6 +200,7 @@ class ZarrOutput:
 
     path: str
     array_path: str  # "" for a plain array, "0" for OME-Zarr
+    maps: tuple[str, ...] = ()  # the ensemble maps, each a plain array in its own store beside this one
 
     def prepare(self, source: ArraySource, params: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, dict]:
         """Create the store (or check an existing one's parameters); returns the records of done units."""
@@ -192,7 +215,20 @@ class ZarrOutput:
             if not Path(self.path).resolve().parent.is_dir():
                 raise InvalidInputError(f"output's folder does not exist: {str(Path(self.path).parent)!r}")
             self.create(source, params, image_hw)
+        self.create_maps(source, image_hw)
         return self.records()
+
+    def map_path(self, name: str) -> Path:
+        """The store of the map ``name``: ``OUT.zarr`` -> ``OUT.std.zarr``."""
+        return companion(Path(self.path), name)
+
+    def create_maps(self, source: ArraySource, image_hw: tuple[int, int]) -> None:
+        """Create each map's store that is not there yet (a deleted one is made again: its units recompute)."""
+        import zarr
+
+        for name in self.maps:
+            if not self.map_path(name).exists():
+                zarr.create_array(str(self.map_path(name)), **array_options(source, image_hw))
 
     def records(self) -> dict[str, dict]:
         """The records of the units done so far, by unit key."""
@@ -204,15 +240,7 @@ class ZarrOutput:
     def create(self, source: ArraySource, params: dict[str, Any], image_hw: tuple[int, int]) -> None:
         import zarr
 
-        shape = source.layout.output_shape(image_hw)
-        leading = len(source.layout.leading)
-        options: dict[str, Any] = dict(
-            shape=shape,
-            chunks=(1,) * leading + tuple(shape[leading:]),
-            dtype="float32",
-            fill_value=0.0,
-            dimension_names=source.axis_names,
-        )
+        options = array_options(source, image_hw)
         if not self.array_path:
             zarr.create_array(self.path, **options, attributes={ATTRIBUTE: {"params": params}})
             return
@@ -225,25 +253,39 @@ class ZarrOutput:
         """The record of ``unit``, if it has one."""
         return read_record(Path(self.path) / RECORDS_DIR / f"{unit.key}.json")
 
-    def chunk_path(self, unit: Unit) -> Path:
-        """The file of the unit's chunk (one chunk per unit; zarr writes no chunk that is all fill value)."""
+    def chunk_path(self, unit: Unit, store: str | Path | None = None) -> Path:
+        """The file of the unit's chunk (one chunk per unit; zarr writes no chunk that is all fill value).
+
+        ``store``: a map's store (a plain array) instead of the main array.
+        """
         import zarr
 
-        array = zarr.open_array(os.path.join(self.path, self.array_path), mode="r")
+        array_dir = Path(self.path, self.array_path) if store is None else Path(store)
+        array = zarr.open_array(str(array_dir), mode="r")
         spatial = (0,) * (array.ndim - len(unit.index))
-        return Path(self.path, self.array_path, array.metadata.encode_chunk_key((*unit.index, *spatial)))
+        return array_dir / array.metadata.encode_chunk_key((*unit.index, *spatial))
 
     def holds(self, unit: Unit, record: dict) -> bool:
-        """Whether the unit's chunk is there, exactly as its record says it was written."""
-        return "output_digest" in record and file_digest(self.chunk_path(unit)) == record["output_digest"]
+        """Whether the unit's chunks (its plane's and its maps') are there, exactly as its record says."""
+        return (
+            "output_digest" in record
+            and file_digest(self.chunk_path(unit)) == record["output_digest"]
+            and maps_held({name: self.chunk_path(unit, self.map_path(name)) for name in self.maps}, record)
+        )
 
-    def write(self, unit: Unit, image: np.ndarray, restored: np.ndarray, info: dict, record: dict) -> dict:
-        """Write the unit's plane, then its record (with the chunk's digest); returns the record."""
+    def write(
+        self, unit: Unit, image: np.ndarray, restored: np.ndarray, info: dict, record: dict, maps: dict | None = None
+    ) -> dict:
+        """Write the unit's plane and its maps, then its record (with their chunks' digests); returns the record."""
         import zarr
 
+        for name in self.maps:
+            zarr.open_array(str(self.map_path(name)), mode="r+")[unit.index] = (maps or {})[name]
         array = zarr.open_array(os.path.join(self.path, self.array_path), mode="r+")
         array[unit.index] = restored
         record = {**record, "output_digest": file_digest(self.chunk_path(unit))}
+        if self.maps:
+            record["map_digests"] = {n: file_digest(self.chunk_path(unit, self.map_path(n))) for n in self.maps}
         folder = Path(self.path) / RECORDS_DIR
         folder.mkdir(exist_ok=True)
         write_json_atomic(folder / f"{unit.key}.json", record)
@@ -257,6 +299,19 @@ class ZarrOutput:
         entry: dict[str, Any] = dict(node.attrs.get(ATTRIBUTE) or {})  # type: ignore[arg-type]
         entry.update(complete=complete, planes={key: records[key] for key in sorted(records)})
         node.attrs[ATTRIBUTE] = entry
+
+
+def array_options(source: ArraySource, image_hw: tuple[int, int]) -> dict[str, Any]:
+    """The zarr array of a stack's restored planes: float32, one chunk per plane."""
+    shape = source.layout.output_shape(image_hw)
+    leading = len(source.layout.leading)
+    return dict(
+        shape=shape,
+        chunks=(1,) * leading + tuple(shape[leading:]),
+        dtype="float32",
+        fill_value=0.0,
+        dimension_names=source.axis_names,
+    )
 
 
 def write_ome_metadata(group, array_path: str, source: ArraySource, factor: int) -> None:
@@ -281,13 +336,13 @@ def write_ome_metadata(group, array_path: str, source: ArraySource, factor: int)
     )
 
 
-def open_output(path: str, source: FileSource | ArraySource) -> FolderOutput | ZarrOutput:
-    """The output matching the source: a folder for files, a zarr store for arrays."""
+def open_output(path: str, source: FileSource | ArraySource, maps: tuple[str, ...] = ()) -> FolderOutput | ZarrOutput:
+    """The output matching the source: a folder for files, a zarr store for arrays (``maps`` beside each unit)."""
     path = os.fspath(path)
     if isinstance(source, FileSource):
         if path.rstrip("/").endswith(".zarr"):
             raise InvalidInputError("output: image files are restored into a folder, not a .zarr store")
-        return FolderOutput(path)
+        return FolderOutput(path, maps)
     if not path.rstrip("/").endswith(".zarr"):
         raise InvalidInputError(f"output must be a .zarr path for an array or zarr source, got {path!r}")
-    return ZarrOutput(path, "0" if source.axes is not None else "")
+    return ZarrOutput(path, "0" if source.axes is not None else "", maps)

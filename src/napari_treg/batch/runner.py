@@ -27,7 +27,7 @@ from napari_treg.batch.logs import RunLog, routed_logs
 from napari_treg.batch.outputs import FolderOutput, ZarrOutput, open_output
 from napari_treg.batch.ranges import stack_intensity_range
 from napari_treg.batch.sources import ArraySource, Unit, open_source
-from napari_treg.batch.units import Job, UnitOutOfMemory, is_done, run_unit
+from napari_treg.batch.units import Job, UnitOutOfMemory, ensemble_maps, is_done, run_unit
 from napari_treg.engine import RunOptions
 from napari_treg.errors import Cancelled, InvalidInputError, cancel_checker
 from napari_treg.models.options import ModelSettings
@@ -35,6 +35,7 @@ from napari_treg.operators import LinearOperator
 from napari_treg.solver import TRegConfig
 from napari_treg.solver.schedules import split_settings
 from napari_treg.solver.text import TextSettings
+from napari_treg.uncertainty import EnsembleOptions
 
 NOT_SETTINGS = ("image", "operator", "progress", "preview_every", "cancel", "return_info")
 MODEL_SETTINGS = ("model", "device", "dtype", "seed", "intensity_range")
@@ -92,6 +93,7 @@ def restore_many(
     on_unit: Callable[[BatchReport, str, str | None], None] | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
+    samples: int | None = None,
     **settings: Any,
 ) -> BatchReport:
     """Restore every file of a folder (or glob), or every plane of a stack, on a dask cluster.
@@ -121,6 +123,11 @@ def restore_many(
         Polled while waiting; when set, the run stops (resumable) and Cancelled is raised.
     connect_timeout : float
         Seconds to wait for ``scheduler`` to answer before ClusterUnreachable is raised.
+    samples : int, optional
+        An ensemble of this many restorations per unit (:func:`napari_treg.ensemble`, streamed):
+        the unit's output is their mean, and its ``std``, ``data_share`` (and with a prompt and
+        guidance > 0 ``text_influence``) maps are written beside it (``docs/scale-out.md``).
+        Unit ``p`` (plane number, 0 for files) then uses seed ``seed + p * samples``.
     **settings
         Any keyword of :func:`napari_treg.restore` (``steps``, ``model``, ``seed``, ``tile_size``,
         ``intensity_range``, ...) except ``progress``, ``preview_every`` and ``cancel``.
@@ -155,18 +162,19 @@ def restore_many(
     """
     started = time.perf_counter()
     values = checked_settings(settings)
+    ensemble = None if samples is None else EnsembleOptions(samples=samples, keep_samples=False)
     if not isinstance(operator, LinearOperator):
         raise InvalidInputError(f"operator must be one of napari_treg.operators, got {operator!r}")
     check_cluster_choice(workers, scheduler, client)
     data = open_source(absolute(source), values["rgb"])
-    target = open_output(absolute(output), data)
+    target = open_output(absolute(output), data, ensemble_maps(values, ensemble))
     units = data.units()
     report = BatchReport(output=os.fspath(output), units=len(units))
     size = workers if workers is not None or client is not None or scheduler else min(default_workers(), len(units))
     with routed_logs() as log, connect(size, scheduler, client, connect_timeout) as (active, embedded):
         report.dashboard = getattr(active, "dashboard_link", None)
         report.workers = len(active.scheduler_info().get("workers", {}))
-        job = make_job(data, operator, values, active, threads=1 if embedded else None)
+        job = make_job(data, operator, values, active, threads=1 if embedded else None, ensemble=ensemble)
         report.intensity_range = job.intensity_range
         recorded = prepare_output(target, data, operator, job)
         log.open(target.log_path())
@@ -229,7 +237,14 @@ def checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return {**options, **text, **config.as_dict()}
 
 
-def make_job(data, operator: LinearOperator, values: dict[str, Any], client, threads: int | None) -> Job:
+def make_job(
+    data,
+    operator: LinearOperator,
+    values: dict[str, Any],
+    client,
+    threads: int | None,
+    ensemble: EnsembleOptions | None = None,
+) -> Job:
     """The per-run constants; the whole stack's intensity range computed on the cluster."""
     intensity_range = values["intensity_range"]
     if intensity_range is None and isinstance(data, ArraySource):
@@ -247,6 +262,7 @@ def make_job(data, operator: LinearOperator, values: dict[str, Any], client, thr
         seed=values["seed"],
         intensity_range=(float(intensity_range[0]), float(intensity_range[1])) if intensity_range is not None else None,
         threads=threads,
+        ensemble=ensemble,
     )
 
 
@@ -274,6 +290,7 @@ def run_parameters(data, operator: LinearOperator, job: Job) -> dict[str, Any]:
         "device": job.device,
         "dtype": job.dtype,
         "seed": job.seed,
+        "samples": job.ensemble.samples if job.ensemble is not None else None,
         "intensity_range": list(job.intensity_range) if job.intensity_range else None,
         **job.settings,
     }

@@ -10,13 +10,16 @@ import hashlib
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_treg.batch.sources import Unit
 from napari_treg.errors import OutOfMemoryError, TRegError
 from napari_treg.operators import LinearOperator
+
+if TYPE_CHECKING:
+    from napari_treg.uncertainty import EnsembleOptions
 
 _LOADED: list = []  # the priors this process has loaded, to check they load once per worker
 _RESTORERS: dict = {}  # this process's engine for the current job, keyed by model, settings and text
@@ -34,6 +37,25 @@ class Job:
     seed: int
     intensity_range: tuple[float, float] | None  # None: each unit's own (files)
     threads: int | None  # torch threads per worker; None: leave as the cluster set it
+    ensemble: EnsembleOptions | None = None  # samples per unit (streamed); None: one restoration per unit
+
+    def unit_seed(self, unit: Unit) -> int:
+        """The unit's seed: ``seed + plane``, or with an ensemble of S samples ``seed + plane * S``
+        (its sample k then uses ``seed + plane * S + k``: no two units share a seed)."""
+        return self.seed + unit.plane * (self.ensemble.samples if self.ensemble is not None else 1)
+
+    def map_names(self) -> tuple[str, ...]:
+        """The maps each unit writes beside its output (:func:`ensemble_maps`)."""
+        return ensemble_maps(self.settings, self.ensemble)
+
+
+def ensemble_maps(settings: dict[str, Any], ensemble: EnsembleOptions | None) -> tuple[str, ...]:
+    """The ensemble maps of a run with these restore settings, in ``cli.ENSEMBLE_MAPS`` order: none without
+    an ensemble; the text influence only with a prompt and guidance > 0 (as the ensemble makes it)."""
+    if ensemble is None:
+        return ()
+    text = bool(str(settings.get("prompt") or "").strip()) and settings.get("guidance") != 0
+    return ("std", "data_share", "text_influence") if text else ("std", "data_share")
 
 
 class UnitOutOfMemory(TRegError):
@@ -66,11 +88,11 @@ def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
     if previous is not None and previous.get("input_digest") == digest and output.holds(unit, previous):
         return previous
     try:
-        restored, info = restore_unit(image, job, job.seed + unit.plane)
+        restored, info, maps = restore_unit(image, job, job.unit_seed(unit))
     except OutOfMemoryError as error:  # the engine has freed the memory; another worker may have more
         message = str(error)  # raised below, outside this handler, without the original attached
     else:
-        return output.write(unit, image, restored, info, unit_record(unit, info, digest))
+        return output.write(unit, image, restored, info, unit_record(unit, info, digest), maps)
     raise UnitOutOfMemory(message, worker_address())
 
 
@@ -93,10 +115,28 @@ def is_done(source, output, unit: Unit, record: dict[str, Any]) -> bool:
         return False
 
 
-def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, dict]:
-    """The restoration of one unit by this worker's engine for the job."""
+def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, dict, dict[str, np.ndarray]]:
+    """The restoration of one unit by this worker's engine for the job, and its maps by name.
+
+    With ``job.ensemble``: the ensemble's mean, its info and its maps (:meth:`Job.map_names`).
+    """
     restorer, options = worker_restorer(job)
-    return restorer.restore(image, job.operator, seed=seed, intensity_range=job.intensity_range, **options)
+    if job.ensemble is None:
+        restored, info = restorer.restore(
+            image, job.operator, seed=seed, intensity_range=job.intensity_range, **options
+        )
+        return restored, info, {}
+    from napari_treg.uncertainty import restorer_ensemble
+
+    result = restorer_ensemble(
+        restorer, image, job.operator, options=job.ensemble, intensity_range=job.intensity_range, seed=seed, **options
+    )
+    maps = {name: getattr(result, name) for name in job.map_names()}
+    missing = [name for name, array in maps.items() if array is None]
+    if missing:
+        raise TRegError(f"the ensemble returned no {', '.join(missing)} map")
+    info = {**result.info["settings"], "ensemble": {k: v for k, v in result.info.items() if k != "settings"}}
+    return result.mean, info, maps
 
 
 def worker_restorer(job: Job) -> tuple[Any, dict[str, Any]]:
