@@ -2,8 +2,11 @@
 
 ``dask worker --nworkers N`` names its workers ``NAME-0`` ... ``NAME-(N-1)``; each nanny sets
 ``CUDA_VISIBLE_DEVICES`` of its worker process to the matching entry of the job's own
-``CUDA_VISIBLE_DEVICES`` (as SLURM sets it for ``--gres=gpu:N``), or to ``i`` when it is unset,
-before the worker process starts. :func:`napari_treg.batch.cluster.slurm_cluster` adds it to
+``CUDA_VISIBLE_DEVICES`` (as SLURM sets it for ``--gres=gpu:N``), or to ``i`` when it is unset.
+It goes into the nanny's own ``env`` (applied inside its worker process), not ``pre_spawn_env``:
+the nannies of one job share a process, and ``pre_spawn_env`` is written into that process's
+``os.environ`` before each spawn, so two workers starting together could both see the last one's GPU.
+:func:`napari_treg.batch.cluster.slurm_cluster` adds it to
 jobs with more than one GPU.
 """
 
@@ -26,4 +29,4 @@ def dask_setup(nanny: Any) -> None:
     """Called by dask in each nanny before it starts its worker process."""
     gpu = gpu_for(nanny.name, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if gpu is not None:
-        nanny.pre_spawn_env["CUDA_VISIBLE_DEVICES"] = gpu
+        nanny.env["CUDA_VISIBLE_DEVICES"] = gpu
