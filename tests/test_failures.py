@@ -12,6 +12,7 @@ from napari_treg.errors import (
     ModelNotFoundError,
     OutOfMemoryError,
     TRegError,
+    UnitOutOfMemory,
 )
 from napari_treg.failures import describe_failure, first_sentence
 from napari_treg.plugin.messages import explain_error, headline
@@ -27,6 +28,7 @@ ERRORS = [
     (OutOfMemoryError("out of accelerator memory (x). The memory was released"), "memory", 1),
     (RuntimeError(CUDA_OOM), "memory", 1),
     (MemoryError(), "memory", 1),
+    (UnitOutOfMemory("out of accelerator memory on a worker", "tcp://127.0.0.1:4000"), "memory", 1),
     (DivergenceError("NaN at step 3"), "diverged", 1),
     (TRegError("something of ours"), "failed", 1),
     (OSError("disk full"), "failed", 1),
@@ -39,6 +41,14 @@ def test_each_error_has_one_kind_and_exit_status(error, kind, status):
     failure = describe_failure(error)
     assert (failure.kind, failure.exit_status) == (kind, status)
     assert failure.message
+
+
+def test_a_units_out_of_memory_travels_from_its_worker_with_the_workers_address():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(UnitOutOfMemory("out of memory", "tcp://127.0.0.1:4000")))
+    assert isinstance(error, UnitOutOfMemory) and not isinstance(error, MemoryError)
+    assert (str(error), error.worker) == ("out of memory", "tcp://127.0.0.1:4000")
 
 
 @pytest.mark.parametrize("error", [KeyError("x"), RuntimeError("an unforeseen bug"), TypeError("bad call")])

@@ -7,6 +7,7 @@ import pytest
 
 from napari_treg.errors import Cancelled, InvalidInputError, ModelNotFoundError
 from napari_treg.metrics import ground_truth_metrics
+from napari_treg.models.options import ModelSettings
 from napari_treg.operators import GaussianBlur, Inpainting, SuperResolution
 from napari_treg.plugin.choices import model_spec
 from napari_treg.plugin.layers import (
@@ -27,6 +28,7 @@ from napari_treg.plugin.layers import (
 )
 from napari_treg.plugin.messages import explain_error
 from napari_treg.plugin.restoration import ModelHolder, RestoreRequest, residual_image, run_request
+from napari_treg.restore_settings import RestoreSettings
 
 
 def test_widget_operators_and_parameters_come_from_the_registry():
@@ -158,10 +160,11 @@ def test_errors_say_what_to_do():
     assert "Traceback" not in explain_error(KeyError("x"))
 
 
-def _request(**kwargs) -> RestoreRequest:
+def _request(residual: bool = False, reference=None, **values) -> RestoreRequest:
     image = np.random.default_rng(0).uniform(0, 1, (16, 16)).astype(np.float32)
-    options = {"steps": 2, "seed": 0, "prompt": "", "cg_iterations": 1}
-    return RestoreRequest(Planes(image, ()), GaussianBlur(1.0), False, "tiny", "cpu", None, options, **kwargs)
+    settings = RestoreSettings.from_values({"steps": 2, "seed": 0, "prompt": "", "cg_iterations": 1, **values})
+    model = ModelSettings("tiny", "cpu")
+    return RestoreRequest(Planes(image, ()), GaussianBlur(1.0), model, settings, residual=residual, reference=reference)
 
 
 def test_run_request_with_the_tiny_model_reuses_it():
@@ -188,7 +191,7 @@ def test_cancelled_job_raises_and_release_waits_for_the_run():
     job.cancel.set()
     with pytest.raises(Cancelled):
         run_request(job, holder)
-    with holder.use("tiny", "cpu", None) as prior:
+    with holder.use(ModelSettings("tiny", "cpu")) as prior:
         holder.release()  # asked during a run: deferred
         assert holder.prior is prior
     assert holder.prior is None
@@ -200,8 +203,7 @@ def test_cancelled_job_raises_and_release_waits_for_the_run():
 
 def test_run_request_collects_the_warnings_of_the_run():
     holder = ModelHolder()
-    job = _request()
-    job.options["prompt"] = "word " * 200  # longer than the text encoder's 77 tokens
+    job = _request(prompt="word " * 200)  # longer than the text encoder's 77 tokens
     outcome = run_request(job, holder)
     assert any("77 tokens" in message for message in outcome.warnings), outcome.warnings
     assert outcome.load_seconds > 0

@@ -6,21 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_treg.models.options import ModelSettings
 from napari_treg.operators import SuperResolution
 from napari_treg.plugin.layers import Planes, select_planes
 from napari_treg.plugin.output_layers import OutputLayer, add_outputs, run_outputs
 from napari_treg.plugin.restoration import Outcome, RestoreRequest
+from napari_treg.restore_settings import RestoreSettings
 
 
 def _request(source, planes: Planes, residual: bool) -> RestoreRequest:
     return RestoreRequest(
         planes=planes,
         operator=SuperResolution(2),
-        rgb=False,
-        model="tiny",
-        device="cpu",
-        dtype=None,
-        options={"prompt": "cells", "steps": 2},
+        model=ModelSettings("tiny", "cpu"),
+        settings=RestoreSettings.from_values({"prompt": "cells", "steps": 2, "rgb": False}),
         residual=residual,
         source=source,
         record={"operator": {"name": "sr", "factor": 2}, "reference": None},

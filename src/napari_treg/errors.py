@@ -33,6 +33,20 @@ class OutOfMemoryError(TRegError, MemoryError):
     """The accelerator (or host) ran out of memory; its memory was released before raising."""
 
 
+class UnitOutOfMemory(TRegError):
+    """A batch unit ran out of memory on the dask worker ``worker``: the client retries it on another worker.
+
+    Not a MemoryError subclass, so that it travels from the worker to the client intact.
+    """
+
+    def __init__(self, message: str, worker: str | None):
+        super().__init__(message)
+        self.worker = worker
+
+    def __reduce__(self):  # sent from the worker to the client with its worker address
+        return (type(self), (str(self), self.worker))
+
+
 def cancel_checker(cancel: CancelSignal) -> Callable[[], bool]:
     """A function telling whether ``cancel`` (Event, callable or None) is set."""
     if cancel is None:

@@ -12,7 +12,8 @@ KeyboardInterrupt, :class:`~napari_treg.errors.Cancelled`      cancelled   130
 :class:`~napari_treg.errors.InvalidInputError`                 input       2
 :class:`~napari_treg.errors.ModelNotFoundError`                model       1
 :class:`~napari_treg.errors.OutOfMemoryError`, any allocation  memory      1
-failure (:func:`napari_treg.memory.is_out_of_memory`)
+failure (:func:`napari_treg.memory.is_out_of_memory`), a batch
+unit's :class:`~napari_treg.errors.UnitOutOfMemory`
 :class:`~napari_treg.errors.DivergenceError`                   diverged    1
 any other :class:`~napari_treg.errors.TRegError`               failed      1
 ValueError                                                   input       2
@@ -33,6 +34,7 @@ from napari_treg.errors import (
     ModelNotFoundError,
     OutOfMemoryError,
     TRegError,
+    UnitOutOfMemory,
 )
 from napari_treg.memory import is_out_of_memory, out_of_memory_error
 
@@ -68,7 +70,7 @@ def describe_failure(error: BaseException) -> Failure | None:
         return Failure("input", text, EXIT_BAD_INPUT)
     if isinstance(error, ModelNotFoundError):
         return Failure("model", text, EXIT_FAILURE)
-    if isinstance(error, OutOfMemoryError):
+    if isinstance(error, (OutOfMemoryError, UnitOutOfMemory)):
         return Failure("memory", text, EXIT_FAILURE)
     if isinstance(error, DivergenceError):
         return Failure("diverged", text, EXIT_FAILURE)

@@ -38,10 +38,10 @@ from napari_treg.models.base import DiffusionPrior
 from napari_treg.models.loading import warn_if_slow
 from napari_treg.noise import estimate_noise
 from napari_treg.operators import LinearOperator
+from napari_treg.restore_settings import RestoreSettings
 from napari_treg.settings import check_number, from_values, setting, validate
 from napari_treg.solver.divergence import check_finite
 from napari_treg.solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map, proximal_weight
-from napari_treg.solver.schedules import split_settings
 
 #: the prior's standard deviation per pixel (model units) when neither the user nor the model gives one
 DEFAULT_PRIOR_SD = 0.5
@@ -194,9 +194,8 @@ def ensemble(
     """
     started = time.perf_counter()
     options = EnsembleOptions(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd)
-    text, config, run_values = split_settings(settings)
-    run_options = from_values(RunOptions, {**run_values, "noise": noise}, "ensemble setting")
-    run = prepare(image, operator, run_options, intensity_range)
+    typed = RestoreSettings.from_values({**settings, "noise": noise}, "ensemble setting")
+    run = prepare(image, operator, typed.run, intensity_range)
     check_ensemble(run, options)
     callback = progress_callback(progress)
     is_cancelled = cancel_checker(cancel)
@@ -204,7 +203,7 @@ def ensemble(
     prior = get_prior(model, device, dtype)
     raise_if(is_cancelled)
     warn_if_slow(prior)
-    restorer = Restorer(prior, config, **text)
+    restorer = typed.restorer(prior)
     return ensemble_prepared(restorer, run, options, callback, cancel, started)
 
 
@@ -214,19 +213,24 @@ def restorer_ensemble(
     operator: LinearOperator,
     *,
     options: EnsembleOptions | None = None,
+    run_options: RunOptions | None = None,
     intensity_range: tuple[float, float] | None = None,
     callback: ProgressCallback | None = None,
     cancel: CancelSignal = None,
-    **run_options: Any,
+    **run_values: Any,
 ) -> Ensemble:
     """:func:`ensemble` for front ends that already hold a :class:`Restorer` (its model, settings and text).
 
-    ``run_options`` are :class:`~napari_treg.engine.RunOptions` (``seed``, ``noise``, ``batch_size``, ...).
-    The restorer itself is not changed.
+    ``run_options``: a ready :class:`~napari_treg.engine.RunOptions`, or its fields as keywords
+    (``seed``, ``noise``, ``batch_size``, ...). The restorer itself is not changed.
     """
     started = time.perf_counter()
     options = options if options is not None else EnsembleOptions()
-    run = prepare(image, operator, from_values(RunOptions, run_options, "ensemble setting"), intensity_range)
+    if run_options is None:
+        run_options = from_values(RunOptions, run_values, "ensemble setting")
+    elif run_values:
+        raise InvalidInputError(f"give run_options or {', '.join(run_values)}, not both")
+    run = prepare(image, operator, run_options, intensity_range)
     return ensemble_prepared(restorer, run, options, callback, cancel, started)
 
 

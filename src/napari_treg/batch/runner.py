@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,27 +27,18 @@ from napari_treg.batch.logs import RunLog, routed_logs
 from napari_treg.batch.outputs import FolderOutput, ZarrOutput, open_output
 from napari_treg.batch.ranges import stack_intensity_range
 from napari_treg.batch.sources import ArraySource, Unit, open_source
-from napari_treg.batch.units import Job, UnitOutOfMemory, ensemble_maps, is_done, run_unit
-from napari_treg.engine import RunOptions
-from napari_treg.errors import Cancelled, InvalidInputError, cancel_checker
+from napari_treg.batch.units import Job, ensemble_maps, is_done, run_unit
+from napari_treg.errors import Cancelled, InvalidInputError, UnitOutOfMemory, cancel_checker
 from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
-from napari_treg.solver import TRegConfig
-from napari_treg.solver.schedules import split_settings
-from napari_treg.solver.text import TextSettings
+from napari_treg.restore_settings import RestoreSettings, model_settings
 from napari_treg.uncertainty import EnsembleOptions
 
-NOT_SETTINGS = ("image", "operator", "progress", "preview_every", "cancel", "return_info")
-MODEL_SETTINGS = ("model", "device", "dtype", "seed", "intensity_range")
+#: ``restore`` keywords a batch run does not take (it shows no previews; the model is loaded by each worker)
+NOT_BATCH_SETTINGS = ("preview_every", "low_memory")
+#: the run options not in a run's parameters under their own name (the seed is; previews are not made)
+NOT_PARAMETERS = ("schedule", "preview_every", "seed")
 POLL_SECONDS = 0.05
-
-
-def restore_defaults() -> dict[str, Any]:
-    """The keywords a batch run passes on to ``restore``, with their defaults (from the settings classes)."""
-    model = {k: v for k, v in asdict(ModelSettings()).items() if k != "low_memory"}  # restore has no low_memory
-    run = {k: v for k, v in asdict(RunOptions()).items() if k not in NOT_SETTINGS}
-    method = {"guidance": TRegConfig.guidance, "steps": TRegConfig.steps}
-    return {**asdict(TextSettings()), **method, **model, **run, "intensity_range": None}
 
 
 @dataclass
@@ -161,20 +152,21 @@ def restore_many(
     (2, {})
     """
     started = time.perf_counter()
-    values = checked_settings(settings)
+    model, restore_settings, intensity_range = checked_settings(settings)
     ensemble = None if samples is None else EnsembleOptions(samples=samples, keep_samples=False)
     if not isinstance(operator, LinearOperator):
         raise InvalidInputError(f"operator must be one of napari_treg.operators, got {operator!r}")
     check_cluster_choice(workers, scheduler, client)
-    data = open_source(absolute(source), values["rgb"])
-    target = open_output(absolute(output), data, ensemble_maps(values, ensemble))
+    data = open_source(absolute(source), restore_settings.run.rgb)
+    target = open_output(absolute(output), data, ensemble_maps(restore_settings, ensemble))
     units = data.units()
     report = BatchReport(output=os.fspath(output), units=len(units))
     size = workers if workers is not None or client is not None or scheduler else min(default_workers(), len(units))
     with routed_logs() as log, connect(size, scheduler, client, connect_timeout) as (active, embedded):
         report.dashboard = getattr(active, "dashboard_link", None)
         report.workers = len(active.scheduler_info().get("workers", {}))
-        job = make_job(data, operator, values, active, threads=1 if embedded else None, ensemble=ensemble)
+        job = Job(operator, model, restore_settings, None, threads=1 if embedded else None, ensemble=ensemble)
+        job = with_intensity_range(job, data, intensity_range, active)
         report.intensity_range = job.intensity_range
         recorded = prepare_output(target, data, operator, job)
         log.open(target.log_path())
@@ -218,52 +210,32 @@ def still_done(client, data, target, recorded_units: list[Unit], records: dict[s
     return {unit.key for unit, done in zip(recorded_units, answers) if done}
 
 
-def checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """restore's defaults updated with ``settings``; unknown names and bad method values refused."""
-    defaults = restore_defaults()
-    known = [*defaults, *(f.name for f in dataclasses.fields(TRegConfig))]
-    unknown = sorted(set(settings) - set(known))
-    if unknown:
-        raise InvalidInputError(f"unknown restore setting(s) {', '.join(unknown)}; valid: {', '.join(known)}")
-    values = {**defaults, **settings}
-    if not isinstance(values["model"], (str, os.PathLike)):
+def checked_settings(settings: dict[str, Any]) -> tuple[ModelSettings, RestoreSettings, Any]:
+    """``restore`` keywords -> (model, restore settings, intensity range), every settings object built
+    here, on the client: an unknown name or a bad value fails before any worker starts."""
+    values = dict(settings)
+    refused = [name for name in NOT_BATCH_SETTINGS if name in values]
+    if refused:
+        raise InvalidInputError(f"a batch run does not take {', '.join(refused)}")
+    model = {name: values.pop(name) for name in ("model", "device", "dtype") if name in values}
+    if not isinstance(model.get("model", ModelSettings.model), (str, os.PathLike)):
         raise InvalidInputError("model must be a name or path for a batch run: every worker loads it once itself")
-    # every settings object built here, on the client: a bad value fails before any worker starts
-    dtype = values["dtype"]
-    ModelSettings(str(values["model"]), values["device"], str(dtype)[6:] if isinstance(dtype, torch.dtype) else dtype)
-    TextSettings(**{f.name: values[f.name] for f in dataclasses.fields(TextSettings)})
-    text, config, options = split_settings(values)  # the named schedule resolved into the method's settings
-    RunOptions(**{f.name: options[f.name] for f in dataclasses.fields(RunOptions) if f.name in options})
-    return {**options, **text, **config.as_dict()}
+    if "model" in model:
+        model["model"] = os.fspath(model["model"])
+    intensity_range = values.pop("intensity_range", None)
+    return model_settings(model), RestoreSettings.from_values(values), intensity_range
 
 
-def make_job(
-    data,
-    operator: LinearOperator,
-    values: dict[str, Any],
-    client,
-    threads: int | None,
-    ensemble: EnsembleOptions | None = None,
-) -> Job:
-    """The per-run constants; the whole stack's intensity range computed on the cluster."""
-    intensity_range = values["intensity_range"]
+def with_intensity_range(job: Job, data, intensity_range: Any, client) -> Job:
+    """The job with its intensity range: the given one, or the whole stack's, computed on the cluster."""
     if intensity_range is None and isinstance(data, ArraySource):
         with client.as_current():
             intensity_range = stack_intensity_range(data.as_dask())
             if not np.all(np.isfinite(intensity_range)):
                 refuse_non_finite(data)
-    dtype = values["dtype"]
-    return Job(
-        operator=operator,
-        settings={k: v for k, v in values.items() if k not in MODEL_SETTINGS},
-        model=values["model"],
-        device=values["device"],
-        dtype=str(dtype).replace("torch.", "") if dtype is not None else None,
-        seed=values["seed"],
-        intensity_range=(float(intensity_range[0]), float(intensity_range[1])) if intensity_range is not None else None,
-        threads=threads,
-        ensemble=ensemble,
-    )
+    if intensity_range is None:
+        return job
+    return dataclasses.replace(job, intensity_range=(float(intensity_range[0]), float(intensity_range[1])))
 
 
 def refuse_non_finite(data: ArraySource) -> None:
@@ -286,13 +258,13 @@ def run_parameters(data, operator: LinearOperator, job: Job) -> dict[str, Any]:
     return {
         "source": data.describe(),
         "operator": operator_description(operator),
-        "model": str(job.model),
-        "device": job.device,
-        "dtype": job.dtype,
+        "model": job.model.model,
+        "device": job.model.device,
+        "dtype": job.model.dtype,
         "seed": job.seed,
         "samples": job.ensemble.samples if job.ensemble is not None else None,
         "intensity_range": list(job.intensity_range) if job.intensity_range else None,
-        **job.settings,
+        **{k: v for k, v in job.settings.as_values().items() if k not in NOT_PARAMETERS},
     }
 
 

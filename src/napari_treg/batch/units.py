@@ -9,16 +9,18 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_treg.batch.sources import Unit
-from napari_treg.errors import OutOfMemoryError, TRegError
+from napari_treg.errors import OutOfMemoryError, TRegError, UnitOutOfMemory
 from napari_treg.operators import LinearOperator
 
 if TYPE_CHECKING:
+    from napari_treg.models.options import ModelSettings
+    from napari_treg.restore_settings import RestoreSettings
     from napari_treg.uncertainty import EnsembleOptions
 
 _LOADED: list = []  # the priors this process has loaded, to check they load once per worker
@@ -30,14 +32,15 @@ class Job:
     """Everything a unit needs besides its data: the same for every unit of a run."""
 
     operator: LinearOperator
-    settings: dict[str, Any]  # restore keywords other than the ones below
-    model: str
-    device: str
-    dtype: str | None
-    seed: int
+    model: ModelSettings
+    settings: RestoreSettings  # text, method settings and run options, checked on the client
     intensity_range: tuple[float, float] | None  # None: each unit's own (files)
     threads: int | None  # torch threads per worker; None: leave as the cluster set it
     ensemble: EnsembleOptions | None = None  # samples per unit (streamed); None: one restoration per unit
+
+    @property
+    def seed(self) -> int:
+        return self.settings.run.seed
 
     def unit_seed(self, unit: Unit) -> int:
         """The unit's seed: ``seed + plane``, or with an ensemble of S samples ``seed + plane * S``
@@ -49,27 +52,12 @@ class Job:
         return ensemble_maps(self.settings, self.ensemble)
 
 
-def ensemble_maps(settings: dict[str, Any], ensemble: EnsembleOptions | None) -> tuple[str, ...]:
+def ensemble_maps(settings: RestoreSettings, ensemble: EnsembleOptions | None) -> tuple[str, ...]:
     """The ensemble maps of a run with these restore settings, in ``cli.ENSEMBLE_MAPS`` order: none without
     an ensemble; the text influence only with a prompt and guidance > 0 (as the ensemble makes it)."""
     if ensemble is None:
         return ()
-    text = bool(str(settings.get("prompt") or "").strip()) and settings.get("guidance") != 0
-    return ("std", "data_share", "text_influence") if text else ("std", "data_share")
-
-
-class UnitOutOfMemory(TRegError):
-    """A unit ran out of memory on ``worker``: the client retries it on another worker.
-
-    Not a MemoryError subclass, so that it travels from the worker to the client intact.
-    """
-
-    def __init__(self, message: str, worker: str | None):
-        super().__init__(message)
-        self.worker = worker
-
-    def __reduce__(self):  # sent from the worker to the client with its worker address
-        return (type(self), (str(self), self.worker))
+    return ("std", "data_share", "text_influence") if settings.uses_text else ("std", "data_share")
 
 
 def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
@@ -120,16 +108,15 @@ def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, di
 
     With ``job.ensemble``: the ensemble's mean, its info and its maps (:meth:`Job.map_names`).
     """
-    restorer, options = worker_restorer(job)
+    restorer = worker_restorer(job)
+    run = replace(job.settings.run, seed=seed)
     if job.ensemble is None:
-        restored, info = restorer.restore(
-            image, job.operator, seed=seed, intensity_range=job.intensity_range, **options
-        )
+        restored, info = restorer.restore(image, job.operator, options=run, intensity_range=job.intensity_range)
         return restored, info, {}
     from napari_treg.uncertainty import restorer_ensemble
 
     result = restorer_ensemble(
-        restorer, image, job.operator, options=job.ensemble, intensity_range=job.intensity_range, seed=seed, **options
+        restorer, image, job.operator, options=job.ensemble, run_options=run, intensity_range=job.intensity_range
     )
     maps = {name: getattr(result, name) for name in job.map_names()}
     missing = [name for name, array in maps.items() if array is None]
@@ -139,18 +126,14 @@ def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, di
     return result.mean, info, maps
 
 
-def worker_restorer(job: Job) -> tuple[Any, dict[str, Any]]:
-    """This process's :class:`~napari_treg.engine.Restorer` for the job (texts embedded once) and run options."""
-    from napari_treg.engine import Restorer
-    from napari_treg.solver.schedules import split_settings
-
-    text, config, options = split_settings(job.settings)
+def worker_restorer(job: Job) -> Any:
+    """This process's :class:`~napari_treg.engine.Restorer` for the job (its texts embedded once)."""
     prior = worker_prior(job)
-    key = (id(prior), config, tuple(sorted(text.items())))
+    key = (id(prior), job.settings.config, job.settings.text)
     if key not in _RESTORERS:
         _RESTORERS.clear()  # one job at a time per worker: keep only the current engine
-        _RESTORERS[key] = Restorer(prior, config, **text)
-    return _RESTORERS[key], options
+        _RESTORERS[key] = job.settings.restorer(prior)
+    return _RESTORERS[key]
 
 
 def worker_address() -> str | None:
@@ -167,7 +150,8 @@ def worker_prior(job: Job):
     """The job's model, from this process's model cache (loaded by the first unit only)."""
     from napari_treg.models import load_model
 
-    prior = load_model(job.model, device=job.device, dtype=job.dtype)
+    model = job.model
+    prior = load_model(model.model, device=model.device, dtype=model.dtype)
     if not any(prior is seen for seen in _LOADED):
         _LOADED.append(prior)
     return prior

@@ -7,7 +7,7 @@ over the input layer and adds it. More maps of a run are more entries, not more 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -114,11 +114,8 @@ def result_record(request: RestoreRequest, outcome: Outcome) -> dict:
         input_name=request.source.name,
         operator=request.record["operator"],
         settings={
-            **request.options,
-            "model": request.model,
-            "device": request.device,
-            "dtype": request.dtype,
-            "preview_every": request.preview_every,
+            **request.settings.as_values(),
+            **asdict(request.model),
             "reference": request.record["reference"],
             "samples": request.samples,
         },

@@ -20,15 +20,15 @@ import numpy as np
 import torch
 
 from napari_treg import api
-from napari_treg.engine import Progress, Restorer, RunOptions, prepare
+from napari_treg.engine import Progress, Restorer, prepare
 from napari_treg.errors import Cancelled, InvalidInputError
 from napari_treg.metrics import ground_truth_metrics
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.models.loading import warn_if_slow
+from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
 from napari_treg.plugin.layers import Planes, reference_for
-from napari_treg.settings import from_values
-from napari_treg.solver.schedules import split_settings
+from napari_treg.restore_settings import RestoreSettings
 from napari_treg.uncertainty import Ensemble, EnsembleOptions, check_ensemble, restorer_ensemble
 
 #: progress(event) after every sampling step; status(message, fraction) while loading
@@ -45,20 +45,18 @@ class ModelHolder:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.key: tuple[str, str, str | None, bool] | None = None
+        self.key: ModelSettings | None = None
         self.prior: DiffusionPrior | None = None
         self._busy = False
         self._release_pending = False
 
     @contextmanager
-    def use(
-        self, spec: str, device: str, dtype: str | None, status: Status | None = None, low_memory: bool = False
-    ) -> Iterator[DiffusionPrior]:
-        """The loaded model for ``(spec, device, dtype, low_memory)``, loading it (and dropping another) if needed."""
+    def use(self, model: ModelSettings, status: Status | None = None) -> Iterator[DiffusionPrior]:
+        """The loaded model for ``model``, loading it (and dropping another) if needed."""
         with self._lock:
             self._busy = True
         try:
-            yield self._get((spec, device, dtype, low_memory), status)
+            yield self._get(model, status)
         finally:
             with self._lock:
                 self._busy = False
@@ -66,14 +64,13 @@ class ModelHolder:
             if pending:
                 self.release()
 
-    def _get(self, key: tuple[str, str, str | None, bool], status: Status | None) -> DiffusionPrior:
+    def _get(self, key: ModelSettings, status: Status | None) -> DiffusionPrior:
         from napari_treg.models import load_model
 
         if self.prior is not None and self.key == key:
             return self.prior
         self._free()
-        spec, device, dtype, low_memory = key
-        prior = load_model(spec, device=device, dtype=dtype, progress=status, low_memory=low_memory)
+        prior = load_model(key.model, device=key.device, dtype=key.dtype, progress=status, low_memory=key.low_memory)
         self.key, self.prior = key, prior
         return prior
 
@@ -95,17 +92,13 @@ class ModelHolder:
 
 @dataclass
 class RestoreRequest:
-    """Everything one run needs, read from the widget on the main thread."""
+    """Everything one run needs, read from the widget on the main thread (every setting already checked)."""
 
     planes: Planes
     operator: LinearOperator
-    rgb: bool
-    model: str
-    device: str
-    dtype: str | None
-    options: dict[str, Any]  # prompt, negative_prompt, TRegConfig fields and RunOptions fields
-    low_memory: bool = False
-    preview_every: int = 0
+    model: ModelSettings
+    #: text, method settings and run options (``settings.run.rgb`` says whether the planes are colour)
+    settings: RestoreSettings
     residual: bool = False
     reference: np.ndarray | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -115,6 +108,11 @@ class RestoreRequest:
     record: dict = field(default_factory=dict)
     #: restorations of the measurement: 1 = one restore; more = an ensemble (:mod:`napari_treg.uncertainty`)
     samples: int = 1
+
+    @property
+    def rgb(self) -> bool:
+        """Whether the planes' last axis is colour."""
+        return bool(self.settings.run.rgb)
 
 
 @dataclass
@@ -155,27 +153,19 @@ def _restore(
     if request.cancel.is_set():
         raise Cancelled("cancelled before the start")
     if status is not None:
-        status(f"loading model {request.model}", None)
-    text, config, settings = split_settings(request.options)
+        status(f"loading model {request.model.model}", None)
     started = time.perf_counter()
-    with holder.use(request.model, request.device, request.dtype, status, request.low_memory) as prior:
+    with holder.use(request.model, status) as prior:
         load_seconds = time.perf_counter() - started
         if status is not None:
             status("restoring", 0.0)
         warn_if_slow(prior)
-        restorer = Restorer(prior, config, **text)
+        restorer = request.settings.restorer(prior)
         if request.samples > 1:
-            outcome = ensemble_outcome(restorer, request, settings, progress)
+            outcome = ensemble_outcome(restorer, request, progress)
         else:
-            result, info = restorer.restore(
-                request.planes.data,
-                request.operator,
-                **settings,
-                rgb=request.rgb,
-                preview_every=request.preview_every,
-                callback=progress,
-                cancel=request.cancel,
-            )
+            data, operator, options = request.planes.data, request.operator, request.settings.run
+            result, info = restorer.restore(data, operator, options=options, callback=progress, cancel=request.cancel)
             outcome = Outcome(result, info)
     outcome.load_seconds = load_seconds
     result = outcome.result
@@ -196,21 +186,12 @@ def ensemble_options(request: RestoreRequest) -> EnsembleOptions:
     return EnsembleOptions(samples=request.samples, keep_samples=False)
 
 
-def ensemble_run_options(settings: dict[str, Any], rgb: bool) -> dict[str, Any]:
-    """The run options of an ensemble: the widget's noise 0 ("unknown") is estimated from the image."""
-    return {**settings, "noise": settings.get("noise") or None, "rgb": rgb}
-
-
 def check_ensemble_request(request: RestoreRequest) -> None:
     """Refuse, on the main thread, an ensemble the engine would refuse (samples, seeds, noise level)."""
-    _, _, settings = split_settings(request.options)
-    options = from_values(RunOptions, ensemble_run_options(settings, request.rgb), "ensemble setting")
-    check_ensemble(prepare(request.planes.data, request.operator, options), ensemble_options(request))
+    check_ensemble(prepare(request.planes.data, request.operator, request.settings.run), ensemble_options(request))
 
 
-def ensemble_outcome(
-    restorer: Restorer, request: RestoreRequest, settings: dict[str, Any], progress: StepProgress | None
-) -> Outcome:
+def ensemble_outcome(restorer: Restorer, request: RestoreRequest, progress: StepProgress | None) -> Outcome:
     """The ensemble of the request through the widget's restorer; the outcome's result is its mean.
 
     ``info`` is the mean's provenance (as a single restore's) with the ensemble's own under ``"ensemble"``.
@@ -220,9 +201,9 @@ def ensemble_outcome(
         request.planes.data,
         request.operator,
         options=ensemble_options(request),
+        run_options=request.settings.run,
         callback=progress,
         cancel=request.cancel,
-        **ensemble_run_options(settings, request.rgb),
     )
     own = {key: value for key, value in maps.info.items() if key != "settings"}
     return Outcome(maps.mean, {**maps.info["settings"], "ensemble": own}, ensemble=maps)

@@ -45,6 +45,7 @@ from napari_treg.plugin.layers import (
     select_planes,
 )
 from napari_treg.plugin.restoration import RestoreRequest, check_ensemble_request
+from napari_treg.restore_settings import RestoreSettings
 from napari_treg.settings import specs
 from napari_treg.solver import TRegConfig, schedule_settings
 from napari_treg.uncertainty import EnsembleOptions
@@ -394,6 +395,21 @@ def plane_index(viewer: napari.Viewer, layer: Any) -> tuple[int, ...]:
     return current_plane_index(position, np.shape(layer.data), layer.rgb)
 
 
+def read_model(form: Any) -> ModelSettings:
+    """The model section as :class:`ModelSettings` (checked)."""
+    model = model_spec(form.model.value, str(form.model_path.value))
+    return ModelSettings(model, form.device.value, form.dtype.value, form.low_memory.value)
+
+
+def read_settings(form: Any, rgb: bool) -> RestoreSettings:
+    """The text, method and run fields as :class:`RestoreSettings` (checked; every method setting is a field)."""
+    values = {name: getattr(form, name).value for name in RESTORE_OPTIONS}
+    values["tile_size"] = int(values["tile_size"]) or None  # off = one piece
+    values["noise"] = values["noise"] or None  # 0 = unknown
+    values["preview_every"] = preview_interval(values["steps"]) if form.preview.value else 0
+    return RestoreSettings.from_values({**values, "rgb": rgb})
+
+
 def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:
     """The form as a :class:`RestoreRequest` (main thread; raises InvalidInputError on bad input)."""
     layer = form.image.value
@@ -408,19 +424,12 @@ def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:
     operator = operator_from_form(form.inputs, mask=mask)
     plane_hw = np.shape(planes.data)[-3:-1] if layer.rgb else np.shape(planes.data)[-2:]
     operator.check_image_hw(operator.image_hw(tuple(plane_hw)))  # e.g. a mask of another size
-    options = {name: getattr(form, name).value for name in RESTORE_OPTIONS}
-    options["tile_size"] = int(options["tile_size"]) or None  # off = one piece
     reference = form.reference.value
     request = RestoreRequest(
         planes=planes,
         operator=operator,
-        rgb=bool(layer.rgb),
-        model=model_spec(form.model.value, str(form.model_path.value)),
-        device=form.device.value,
-        dtype=form.dtype.value,
-        options=options,
-        low_memory=form.low_memory.value,
-        preview_every=preview_interval(options["steps"]) if form.preview.value else 0,
+        model=read_model(form),
+        settings=read_settings(form, bool(layer.rgb)),
         residual=form.residual_layer.value,
         reference=None if reference is None else np.asarray(reference.data),
         source=layer,

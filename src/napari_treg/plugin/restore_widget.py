@@ -139,7 +139,7 @@ class RestoreWidget(Container):
         self._state.request = request
         self._set_running(True)
         self.activity = ActivityProgress("TReg: loading model", cancel=self.cancel)
-        self._on_status(f"loading model {request.model}", None)
+        self._on_status(f"loading model {request.model.model}", None)
         work = functools.partial(
             run_request,
             request,

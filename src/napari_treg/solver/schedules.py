@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from napari_treg.errors import InvalidInputError
-from napari_treg.settings import from_values, specs
+from napari_treg.settings import from_values
 from napari_treg.solver.config import TRegConfig
 
 #: the named data-consistency schedule used when none is given
@@ -44,20 +44,6 @@ def schedule_settings(name: str) -> dict:
     if name not in SCHEDULES:
         raise InvalidInputError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
     return dict(SCHEDULES[name])
-
-
-def split_settings(values: dict[str, Any]) -> tuple[dict[str, Any], TRegConfig, dict[str, Any]]:
-    """``restore``-style keyword values -> (Restorer keywords, TRegConfig, Restorer.restore keywords).
-
-    For front ends that carry all settings in one dict (the widget's job, the batch runner).
-    """
-    values = dict(values)
-    text: dict[str, Any] = {
-        name: values.pop(name) for name in ("method", "prompt", "negative_prompt") if name in values
-    }
-    config_names = {spec.name for spec in specs(TRegConfig)}
-    given = {k: values.pop(k) for k in list(values) if k in config_names}
-    return text, method_config(values.pop("schedule", DEFAULT_SCHEDULE), given), values
 
 
 def method_config(schedule: str, values: dict[str, Any]) -> TRegConfig:
