@@ -53,6 +53,7 @@ ROWS: dict[str, dict] = {
     "dc_until 0.95, final_dc": {"dc_until": 0.95, "final_dc": True},
     "dc_until 1, final_dc": {"dc_until": 1.0, "final_dc": True},
     "dc_until 1, final_dc, CG 20": {"dc_until": 1.0, "final_dc": True, "cg_iterations": 20},
+    "data_first, final_dc": {"data_first": True, "final_dc": True},
 }
 
 
@@ -202,8 +203,8 @@ def inpainting_note(results: dict[str, dict[str, float]]) -> list[str]:
     return [
         "Inpainting: with the schedule 'faithful' the measured pixels come back as measured, RMS residual over",
         f"the measured pixels {named['faithful']:.2f} noise units (the paper's schedule: {named['paper']:.2f}).",
-        "`tests/test_claims.py::test_faithful_inpainting_returns_the_measured_pixels_as_measured` checks it (RMS",
-        "below 1 and no measured pixel more than 5 σ off, 12 seeds).",
+        "`tests/test_solver_dc_claims.py::test_faithful_inpainting_returns_the_measured_pixels_as_measured` checks it",
+        "(RMS below 1 and no measured pixel more than 5 σ off, 12 seeds).",
     ]
 
 
