@@ -273,8 +273,10 @@ def run_ensemble(args: argparse.Namespace) -> int:
     outputs.write_together(writers)
     _say(
         args,
-        lambda: f"wrote the mean of {args.samples} restorations to {args.output} and {', '.join(names)} next to it"
-        + _conflict_note(result.info),
+        lambda: (
+            f"wrote the mean of {args.samples} restorations to {args.output} and {', '.join(names)} next to it"
+            + _conflict_note(result.info)
+        ),
     )
     return 0
 
