@@ -147,3 +147,17 @@ def test_cli_batch_samples_writes_the_maps(client, tmp_path):
     args += ["--model", "analytic", "--device", "cpu", "--steps", "4", "--seed", "5", "--samples", "2"]
     assert main([*args, "--scheduler", client.scheduler.address, "-q"]) == 0
     assert all(companion(out / "img0.tif", name).is_file() for name in ("std", "data_share"))
+
+
+def test_a_unit_whose_prompt_the_data_rule_out_is_counted_as_a_text_conflict(client, tmp_path):
+    from napari_treg import degrade
+    from napari_treg.models.analytic import template
+
+    (tmp_path / "in").mkdir()
+    blur = GaussianBlur(1.5)  # decides disk against square at 32x32 (tests/test_data_first.py)
+    io.write_image(tmp_path / "in" / "disk.tif", degrade(template("disk", (32, 32)), blur, noise=0.01, seed=0))
+    settings = {**SETTINGS, "steps": 30, "noise": 0.01, "prompt": "a square"}
+    report = restore_many(str(tmp_path / "in"), str(tmp_path / "out"), blur, client=client, samples=SAMPLES, **settings)
+    assert report.ok and report.text_conflicts == 1
+    conflict = report.records[0]["text_conflict"]
+    assert conflict["flag"] and conflict["units"] == SAMPLES

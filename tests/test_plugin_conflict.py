@@ -15,13 +15,14 @@ def _blurred_disk(viewer):
     return viewer.add_image(np.asarray(y, np.float32), name="y", colormap="gray")
 
 
-def _run(widget, run_to_end, prompt):
+def _run(widget, run_to_end, prompt, samples=1, steps=60):
     _blurred_disk(widget.viewer)
     widget.model.value = "analytic"
     widget.operator.value = "gauss"
     widget.sigma.value = 1.5
     widget.noise.value = 0.01
-    widget.steps.value = 60
+    widget.steps.value = steps
+    widget.samples.value = samples
     widget.prompt.value = prompt
     run_to_end(widget)
 
@@ -41,6 +42,22 @@ def test_a_prompt_the_data_rule_out_is_warned_in_the_status_and_a_notification(r
 def test_a_prompt_that_matches_the_data_is_not_warned(restore_widget, run_to_end):
     _run(restore_widget, run_to_end, "a disk")
     record = restore_widget.viewer.layers["y TReg"].metadata["treg"]
+    assert record["text_conflict"]["checked"] and not record["text_conflict"]["flag"]
+    assert "Text conflict" not in restore_widget.status.value
+    assert _warnings() == []
+
+
+def test_an_ensemble_with_a_prompt_the_data_rule_out_is_warned_as_a_single_run(restore_widget, run_to_end):
+    _run(restore_widget, run_to_end, "a square", samples=2, steps=30)
+    record = restore_widget.viewer.layers["y TReg mean"].metadata["treg"]
+    assert record["text_conflict"]["flag"] and record["text_conflict"]["samples"] == 2
+    assert "Text conflict in 2 of 2 planes/tiles over the 2 samples" in restore_widget.status.value
+    assert len(_warnings()) == 1
+
+
+def test_an_ensemble_with_a_matching_prompt_is_not_warned(restore_widget, run_to_end):
+    _run(restore_widget, run_to_end, "a disk", samples=2, steps=30)
+    record = restore_widget.viewer.layers["y TReg mean"].metadata["treg"]
     assert record["text_conflict"]["checked"] and not record["text_conflict"]["flag"]
     assert "Text conflict" not in restore_widget.status.value
     assert _warnings() == []

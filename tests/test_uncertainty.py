@@ -296,3 +296,85 @@ def test_the_text_free_pass_reuses_the_seeds():
     assert neutral.text_influence.max() < 1e-5
     prompted = ensemble(image, SuperResolution(2), prompt="a square", **settings)
     assert prompted.text_influence.max() > 0.05
+
+
+# -- the text-conflict check (solver/conflict.py), on the ensemble's prompted pass ---------------------
+
+CONFLICT_NOISE = 0.01
+#: blur sigma 1.5 px at 32x32 decides disk against square (tests/test_data_first.py); at 30 steps the
+#: first data-consistency steps already show it (measured: 6662 nats for "a square", -551 for "a disk")
+CONFLICT_STEPS = 30
+
+
+def blurred_disk() -> np.ndarray:
+    from napari_treg import degrade
+    from napari_treg.models.analytic import template
+
+    return degrade(template("disk", (32, 32)), GaussianBlur(1.5), noise=CONFLICT_NOISE, seed=0)
+
+
+def disk_ensemble(prompt: str, prior=None, **settings):
+    settings = dict(samples=2, steps=CONFLICT_STEPS, noise=CONFLICT_NOISE, intensity_range=(0, 1)) | settings
+    return ensemble(blurred_disk(), GaussianBlur(1.5), model=prior or AnalyticPrior(), prompt=prompt, **settings)
+
+
+def test_an_ensemble_with_a_prompt_the_data_rule_out_is_flagged_without_an_extra_model_call(monkeypatch):
+    from napari_treg.solver.conflict import FLAG_NATS, conflict_message
+
+    prior = AnalyticPrior()
+    calls = []
+    predict = prior.predict_noise
+    monkeypatch.setattr(prior, "predict_noise", lambda *args: calls.append(1) or predict(*args))
+    flagged = disk_ensemble("a square", prior)
+    conflict = flagged.info["text_conflict"]
+    assert conflict["flag"] and conflict["checked"] and conflict["deficit_nats"] > FLAG_NATS
+    # every sample of the prompted pass once: not the text-free pass, not the calibrated copy again
+    assert conflict["units"] == conflict["samples"] == 2 and conflict["units_flagged"] == 2
+    assert conflict["noise"] == CONFLICT_NOISE and conflict["noise_source"] == "given"
+    assert "over the 2 samples" in conflict_message(flagged.info)
+    checked_calls = len(calls)
+    calls.clear()
+    monkeypatch.setattr(Restorer, "conflict_log", lambda *args: None)  # the same ensemble, unchecked
+    unchecked = disk_ensemble("a square", prior)
+    assert len(calls) == checked_calls and flagged.info["model_calls"] == unchecked.info["model_calls"]
+    np.testing.assert_array_equal(flagged.mean, unchecked.mean)
+
+
+def test_an_ensemble_with_a_matching_prompt_is_checked_and_not_flagged():
+    conflict = disk_ensemble("a disk").info["text_conflict"]
+    assert conflict["checked"] and not conflict["flag"] and conflict["deficit_nats"] < 0
+
+
+def test_a_streamed_ensemble_checks_every_sample_with_its_estimated_noise():
+    """Streamed one sample per call, with the noise estimated: the same evidence as the kept ensemble's."""
+    kept = disk_ensemble("a square", samples=3, noise=None)
+    streamed = disk_ensemble("a square", samples=3, noise=None, keep_samples=False, batch_size=1)
+    for result in (kept, streamed):
+        conflict = result.info["text_conflict"]
+        assert conflict["flag"] and conflict["units"] == 3
+        assert conflict["noise"] == result.info["noise"] and conflict["noise_source"] == result.info["noise_source"]
+    assert streamed.info["text_conflict"]["deficit_nats"] == pytest.approx(kept.info["text_conflict"]["deficit_nats"])
+
+
+def test_an_ensemble_without_a_used_prompt_says_why_it_was_not_checked():
+    assert disk_ensemble("", steps=4).info["text_conflict"] == {"flag": False, "checked": False, "reason": "no prompt"}
+    conflict = disk_ensemble("a square", steps=4, guidance=0.0).info["text_conflict"]
+    assert conflict == {"flag": False, "checked": False, "reason": "guidance 0: the prompt is not used"}
+
+
+def test_cli_restore_with_samples_says_text_conflict(tmp_path, capsys):
+    import json
+
+    from napari_treg import io
+    from napari_treg.cli import main
+
+    source = io.write_image(tmp_path / "blurred.tif", blurred_disk())
+    argv = ["restore", str(source), "--operator", "gauss", "--sigma", "1.5", "--model", "analytic"]
+    argv += ["--device", "cpu", "--noise", str(CONFLICT_NOISE), "--steps", str(CONFLICT_STEPS), "--samples", "2"]
+    assert main([*argv, "-o", str(tmp_path / "a.tif"), "--prompt", "a square", "--info", str(tmp_path / "a.json")]) == 0
+    line = capsys.readouterr().err
+    assert "wrote the mean of 2 restorations" in line and "TEXT CONFLICT" in line
+    assert json.loads((tmp_path / "a.json").read_text())["text_conflict"]["flag"]
+    assert main([*argv, "-o", str(tmp_path / "b.tif"), "--prompt", "a disk"]) == 0
+    line = capsys.readouterr().err
+    assert "wrote the mean of 2 restorations" in line and "TEXT CONFLICT" not in line

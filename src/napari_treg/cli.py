@@ -173,10 +173,15 @@ def _restore_summary(output: str, info: dict[str, Any]) -> str:
         summary += f"; relative residual {info['residual']:.3g}"
     if info.get("residual_over_noise") is not None:
         summary += f" ({info['residual_over_noise']:.2g} x the noise level)"
+    return summary + _conflict_note(info)
+
+
+def _conflict_note(info: dict[str, Any]) -> str:
+    """The result line's text-conflict note ("" unless the prompt was flagged)."""
     conflict = info.get("text_conflict") or {}
-    if conflict.get("flag"):
-        summary += f"; TEXT CONFLICT: the prompt contradicts the measurement ({conflict['deficit_nats']:.0f} nats)"
-    return summary
+    if not conflict.get("flag"):
+        return ""
+    return f"; TEXT CONFLICT: the prompt contradicts the measurement ({conflict['deficit_nats']:.0f} nats)"
 
 
 def run_restore(args: argparse.Namespace) -> int:
@@ -268,7 +273,10 @@ def run_ensemble(args: argparse.Namespace) -> int:
     outputs.write_together(writers)
     _say(
         args,
-        lambda: f"wrote the mean of {args.samples} restorations to {args.output} and {', '.join(names)} next to it",
+        lambda: (
+            f"wrote the mean of {args.samples} restorations to {args.output} and {', '.join(names)} next to it"
+            + _conflict_note(result.info)
+        ),
     )
     return 0
 

@@ -285,10 +285,15 @@ class Restorer:
             return f"method {self.method!r} is not checked"
         return "no prompt" if not self.prompt else "guidance 0: the prompt is not used"
 
-    def conflict_log(self, run: Run) -> ConflictLog | None:
-        """Where the prompt is used, a log for its conflict evidence, with the noise level given or estimated."""
+    def conflict_log(self, run: Run, noise: tuple[float, str] | None = None) -> ConflictLog | None:
+        """Where the prompt is used, a log for its conflict evidence, with the noise level given or estimated.
+
+        ``noise``: the level and where it came from, when the caller already has them (an ensemble's).
+        """
         if self.method != "treg" or not self.prompt or self.config.guidance == 0:
             return None
+        if noise is not None:
+            return ConflictLog(*noise)
         if run.options.noise:
             return ConflictLog(run.options.noise, "given")
         try:

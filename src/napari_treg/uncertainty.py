@@ -8,7 +8,8 @@
 - ``data_share``: ``1 - posterior variance / prior variance`` per pixel, from the data step's
   linear system (:func:`napari_treg.solver.posterior.data_share`): 1 = measured, 0 = not seen;
 - ``text_influence``: ``|mean with the prompt - mean without text|`` over the same seeds;
-- ``interval(level)`` and ``info`` (seeds, noise and where it came from, settings, model calls).
+- ``interval(level)`` and ``info`` (seeds, noise and where it came from, settings, model calls,
+  and ``text_conflict``: the text-conflict check of :mod:`napari_treg.solver.conflict` on every sample).
 
 The samples are calibrated, not just a loop over seeds: each one's last step is the noise-aware
 data step of :mod:`napari_treg.solver.posterior` (perturb-and-MAP with the measurement's noise
@@ -40,6 +41,7 @@ from napari_treg.noise import estimate_noise
 from napari_treg.operators import LinearOperator
 from napari_treg.restore_settings import RestoreSettings
 from napari_treg.settings import check_number, from_values, setting, validate
+from napari_treg.solver.conflict import ConflictLog, unchecked
 from napari_treg.solver.divergence import check_finite
 from napari_treg.solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map, proximal_weight
 
@@ -255,7 +257,10 @@ def ensemble_prepared(
     passes = [main] if free is None else [main, calibrated(free, noise, prior_sd)]
     relay = Relay(callback, sum(pass_steps(r, run, chunks, batch_size) for r in passes))
     work = functools.partial(run_pass, run=run, chunks=chunks, batch_size=batch_size, relay=relay)
-    moments, kept = guard_memory(lambda: work(main, keep=options.keep_samples, is_cancelled=is_cancelled))
+    conflicts = restorer.conflict_log(run, (noise, noise_source))  # the prompted pass only, every sample
+    moments, kept = guard_memory(
+        lambda: work(main, keep=options.keep_samples, is_cancelled=is_cancelled, conflicts=conflicts)
+    )
     free_mean = None
     if free is not None:
         free_moments, _ = guard_memory(lambda: work(passes[1], keep=False, is_cancelled=is_cancelled))
@@ -269,6 +274,7 @@ def ensemble_prepared(
         "noise": noise,
         "prior_sd": prior_sd,
         "text_influence": free is not None,
+        "text_conflict": text_conflict(restorer, conflicts, options.samples),
         "model_calls": relay.total if restorer.method in MODEL_METHODS else 0,
         "seconds": seconds,
         "seconds_per_sample": seconds / options.samples,
@@ -299,6 +305,17 @@ def sampling_info(run: Run, options: EnsembleOptions, noise_source: str, prior_s
         "with data-first re-noising the data steps use cg_lambda = noise^2 / prior_sd^2 (uncertainty.calibrated)",
         "data_share_probes": DATA_SHARE_PROBES,
     }
+
+
+def text_conflict(restorer: Restorer, conflicts: ConflictLog | None, samples: int) -> dict:
+    """``info["text_conflict"]``: as a single restore's, over the planes/tiles of every sample of the prompted pass.
+
+    Each sample's evidence comes from its own first data-consistency steps, so the result does
+    not depend on how the samples were batched (``batch_size``, ``keep_samples``).
+    """
+    if conflicts is None:
+        return unchecked(restorer.unchecked_reason())
+    return {**conflicts.summary(), "samples": samples}
 
 
 def influence(with_text: np.ndarray, without_text: np.ndarray) -> np.ndarray:
@@ -464,14 +481,18 @@ def run_pass(
     relay: Relay,
     keep: bool,
     is_cancelled,
+    conflicts: ConflictLog | None = None,
 ) -> tuple[Moments, np.ndarray | None]:
-    """All samples of one restorer: their moments, and the samples ``(n, N, C, H, W)`` when kept."""
+    """All samples of one restorer: their moments, and the samples ``(n, N, C, H, W)`` when kept.
+
+    ``conflicts`` collects every sample's text-conflict evidence (no extra model call).
+    """
     moments = Moments()
     kept = []
     for first, count in chunks:
         part = replicate(run, first, count)
         reporter = Reporter(part, batch_size, restorer.config.steps, relay.for_call(), is_cancelled, restorer.preview)
-        planes = restorer.solve_run(part, batch_size, reporter)
+        planes = restorer.solve_run(part, batch_size, reporter, conflicts)
         raise_if(is_cancelled)
         check_finite(planes, "an ensemble sample")
         stack = planes.reshape(count, len(run.measured), *planes.shape[1:])

@@ -122,7 +122,8 @@ def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, di
     missing = [name for name, array in maps.items() if array is None]
     if missing:
         raise TRegError(f"the ensemble returned no {', '.join(missing)} map")
-    info = {**result.info["settings"], "ensemble": {k: v for k, v in result.info.items() if k != "settings"}}
+    own = {k: v for k, v in result.info.items() if k != "settings"}
+    info = {**result.info["settings"], "text_conflict": result.info["text_conflict"], "ensemble": own}
     return result.mean, info, maps
 
 

@@ -206,7 +206,8 @@ def ensemble_outcome(restorer: Restorer, request: RestoreRequest, progress: Step
         cancel=request.cancel,
     )
     own = {key: value for key, value in maps.info.items() if key != "settings"}
-    return Outcome(maps.mean, {**maps.info["settings"], "ensemble": own}, ensemble=maps)
+    info = {**maps.info["settings"], "text_conflict": maps.info["text_conflict"], "ensemble": own}
+    return Outcome(maps.mean, info, ensemble=maps)
 
 
 def residual_image(measured: np.ndarray, measurement: np.ndarray, operator: LinearOperator, rgb: bool) -> np.ndarray:

@@ -115,7 +115,8 @@ def conflict_message(info: dict) -> str | None:
     if not conflict.get("flag"):
         return None
     units = conflict["units"]
-    where = "" if units == 1 else f" in {conflict['units_flagged']} of {units} planes/tiles"
+    over = f" over the {conflict['samples']} samples" if "samples" in conflict else ""  # an ensemble's
+    where = "" if units == 1 else f" in {conflict['units_flagged']} of {units} planes/tiles{over}"
     return (
         f"Text conflict{where}: the prompt pulled the restoration {conflict['deficit_nats']:.0f} nats away from "
         f"the measurement (noise sigma {conflict['noise']:.3g}, {conflict['noise_source']}); the text-free "
