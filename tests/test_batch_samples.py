@@ -16,7 +16,8 @@ zarr = pytest.importorskip("zarr")
 
 from napari_treg import InvalidInputError, io  # noqa: E402
 from napari_treg.batch import open_result, restore_many  # noqa: E402
-from napari_treg.cli import companion, main  # noqa: E402
+from napari_treg.cli import main  # noqa: E402
+from napari_treg.io import companion  # noqa: E402
 from napari_treg.operators import GaussianBlur  # noqa: E402
 from napari_treg.uncertainty import ensemble  # noqa: E402
 

@@ -294,12 +294,8 @@ def test_cli_defaults_are_the_api_defaults():
 
 
 def test_a_named_schedule_reaches_restore_and_explicit_options_override_it(monkeypatch, tmp_path):
-    from napari_treg.restore_settings import RestoreSettings
-
     def config(*extra):
-        kwargs = cli.restore_kwargs(parse("restore", "in", "-o", "o", "--operator", "denoise", *extra))
-        model = ("model", "device", "dtype", "intensity_range")
-        return RestoreSettings.from_values({k: v for k, v in kwargs.items() if k not in model}).config
+        return cli.restore_settings(parse("restore", "in", "-o", "o", "--operator", "denoise", *extra)).config
 
     assert config().final_dc is True and config().data_first is True  # the default schedule, 'data-first'
     assert config("--schedule", "paper").final_dc is False and config("--schedule", "paper").data_first is False

@@ -94,3 +94,7 @@ def test_restorer_takes_a_ready_run_options():
     assert info["seed"] == 4
     with pytest.raises(InvalidInputError, match="RunOptions"):
         restorer.restore(image, GaussianBlur(1.0), options={"seed": 4})
+    with pytest.raises(InvalidInputError, match="not both"):
+        restorer.restore(image, GaussianBlur(1.0), options=RunOptions(seed=4), seed=5)
+    with pytest.raises(InvalidInputError, match="unknown run option sed"):
+        restorer.restore(image, GaussianBlur(1.0), sed=4)

@@ -262,6 +262,10 @@ def test_cli_restore_with_samples_writes_the_mean_and_the_maps(tmp_path):
     assert main([*common, "-o", str(tmp_path / "bad.tif"), "--samples", "1", "-q"]) == 2
     assert main([*common, "-o", str(tmp_path / "bad.tif"), "--keep-samples", "-q"]) == 2
     assert not (tmp_path / "bad.tif").exists()
+    # a prompt at guidance 0 guides nothing: no text influence is made, so none is planned or written
+    unguided = tmp_path / "unguided.tif"
+    assert main([*common, "-o", str(unguided), "--samples", "2", "--prompt", "a disk", "--guidance", "0", "-q"]) == 0
+    assert (tmp_path / "unguided.std.tif").is_file() and not (tmp_path / "unguided.text_influence.tif").exists()
 
 
 def test_a_tiled_streamed_ensemble_counts_its_progress_over_all_samples():

@@ -38,6 +38,7 @@ from napari_treg.cli_options import (
     add_setting,
     operator_from_args,
     restore_kwargs,
+    restore_settings,
     setting_type,
 )
 from napari_treg.errors import TRegError
@@ -213,9 +214,6 @@ def run_restore(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- restore --samples
 
-#: the maps an ensemble writes next to -o, as ``<stem>.<name><suffix>`` (docs/cli.md)
-ENSEMBLE_MAPS = ("std", "data_share", "text_influence")
-
 
 def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
     """--samples (an ensemble instead of one restoration), --prior-sd and --keep-samples."""
@@ -223,7 +221,7 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group(
         "uncertainty: with --samples N, OUT is the mean of N restorations and the maps "
-        f"{', '.join(ENSEMBLE_MAPS)} are written next to it as <stem>.<map><suffix> (docs/uncertainty.md)"
+        f"{', '.join(io.ENSEMBLE_MAPS)} are written next to it as <stem>.<map><suffix> (docs/uncertainty.md)"
     )
     for spec in specs(EnsembleOptions):
         if spec.name != "keep_samples":  # no --samples: one restoration, so no default is shown
@@ -231,12 +229,6 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--keep-samples", action="store_true", help="with --samples: also write the samples as <stem>.samples<suffix>"
     )
-
-
-def companion(output: str | Path, name: str) -> Path:
-    """The file next to ``output`` that holds the map ``name``: ``cells.tif`` -> ``cells.std.tif``."""
-    path = Path(output)
-    return path.with_name(f"{path.stem}.{name}{path.suffix}")
 
 
 def run_ensemble(args: argparse.Namespace) -> int:
@@ -247,11 +239,11 @@ def run_ensemble(args: argparse.Namespace) -> int:
     image = io.read_image(args.input)
     operator = operator_from_args(args)
     shape = outputs.result_shape(image, args.rgb, operator.image_hw)
-    names = [name for name in ENSEMBLE_MAPS if name != "text_influence" or args.prompt.strip()]
+    names = io.ensemble_map_names(restore_settings(args).uses_text)  # checks the settings before any work
     planned = [outputs.Output("-o", Path(args.output), shape)]
-    planned += [outputs.Output(f"--samples ({name})", companion(args.output, name), shape) for name in names]
+    planned += [outputs.Output(f"--samples ({name})", io.companion(args.output, name), shape) for name in names]
     if args.keep_samples:
-        planned.append(outputs.Output("--keep-samples", companion(args.output, "samples"), (args.samples, *shape)))
+        planned.append(outputs.Output("--keep-samples", io.companion(args.output, "samples"), (args.samples, *shape)))
     if args.info is not None:
         planned.append(outputs.Output("--info", Path(args.info)))
     outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
@@ -261,9 +253,9 @@ def run_ensemble(args: argparse.Namespace) -> int:
             image, operator, keep_samples=args.keep_samples, **options, **restore_kwargs(args), progress=bar
         )
     arrays = {args.output: result.mean}
-    arrays |= {companion(args.output, name): getattr(result, name) for name in names}
+    arrays |= {io.companion(args.output, name): getattr(result, name) for name in names}
     if args.keep_samples and result.samples is not None:
-        arrays[companion(args.output, "samples")] = result.samples
+        arrays[io.companion(args.output, "samples")] = result.samples
     writers: dict[str | os.PathLike, Callable[[Path], object]] = {
         path: functools.partial(io.write_image, array=array, like=None if array is result.data_share else image)
         for path, array in arrays.items()

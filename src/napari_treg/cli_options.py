@@ -19,10 +19,13 @@ from napari_treg.settings import Spec, specs
 
 if TYPE_CHECKING:
     from napari_treg.operators import LinearOperator
+    from napari_treg.restore_settings import RestoreSettings
 
 PROG = "napari-treg"
 #: restore keywords that are neither a method setting (TRegConfig) nor a run option (RunOptions)
 RESTORE_CHOICES = ("prompt", "negative_prompt", "model", "device", "dtype", "method", "schedule")
+#: the choices that pick the model, not how it restores
+MODEL_CHOICES = ("model", "device", "dtype")
 #: run options the command line does not offer (a terminal shows no previews)
 NOT_ON_THE_COMMAND_LINE = ("preview_every",)
 
@@ -212,3 +215,11 @@ def restore_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
     names = [*RESTORE_CHOICES, *(s.name for s in specs(TRegConfig)), *(s.name for s in specs(RunOptions))]
     return {name: getattr(args, name) for name in names if name not in NOT_ON_THE_COMMAND_LINE and name in args}
+
+
+def restore_settings(args: argparse.Namespace) -> RestoreSettings:
+    """The text, method and run settings given on the command line, checked (the model's are apart)."""
+    from napari_treg.restore_settings import RestoreSettings
+
+    values = restore_kwargs(args)
+    return RestoreSettings.from_values({name: value for name, value in values.items() if name not in MODEL_CHOICES})

@@ -30,7 +30,7 @@ from napari_treg.models.base import DiffusionPrior
 from napari_treg.noise import estimate_noise
 from napari_treg.operators import LinearOperator
 from napari_treg.outputs import package_versions
-from napari_treg.settings import check_text, setting, validate
+from napari_treg.settings import check_text, from_values, setting, validate
 from napari_treg.solver import TRegConfig, get_method
 from napari_treg.solver.conflict import ConflictLog, unchecked
 from napari_treg.solver.divergence import check_finite
@@ -91,6 +91,17 @@ class RunOptions:
             raise InvalidInputError(
                 f"tile_overlap must be smaller than tile_size ({self.tile_size}), got {self.tile_overlap}"
             )
+
+
+def run_options_from(options: RunOptions | None, values: dict[str, Any]) -> RunOptions:
+    """``options`` if given (then ``values`` must be empty), else the :class:`RunOptions` of ``values``."""
+    if options is None:
+        return from_values(RunOptions, values, "run option")
+    if not isinstance(options, RunOptions):
+        raise InvalidInputError(f"options must be a RunOptions, got {type(options).__name__}")
+    if values:
+        raise InvalidInputError(f"give options or {', '.join(values)}, not both")
+    return options
 
 
 @dataclass(frozen=True)
@@ -202,22 +213,17 @@ class Restorer:
         image: Any,
         operator: LinearOperator,
         *,
-        seed: int = RunOptions.seed,
-        rgb: bool | None = RunOptions.rgb,
-        batch_size: int | str = RunOptions.batch_size,
-        tile_size: int | None = RunOptions.tile_size,
-        tile_overlap: int = RunOptions.tile_overlap,
-        noise: float | None = RunOptions.noise,
-        preview_every: int = RunOptions.preview_every,
+        options: RunOptions | None = None,
         intensity_range: tuple[float, float] | None = None,
         callback: ProgressCallback | None = None,
         cancel: CancelSignal = None,
-        options: RunOptions | None = None,
+        **run_values: Any,
     ) -> Restoration:
         """Restore ``image`` (a measurement ``y = A x + n`` by ``operator``); see :func:`napari_treg.restore`.
 
-        ``options``: a ready :class:`RunOptions` (built and checked by a front end), used instead
-        of the keywords ``seed`` .. ``preview_every``. Returns a :class:`Restoration` ``(image, info)``.
+        ``options``: a ready :class:`RunOptions` (built and checked by a front end), or its fields
+        as keywords (``seed``, ``rgb``, ``batch_size``, ``tile_size``, ``tile_overlap``, ``noise``,
+        ``preview_every``). Returns a :class:`Restoration` ``(image, info)``.
 
         Raises
         ------
@@ -242,17 +248,7 @@ class Restorer:
         ((3, 16, 16), 7)
         """
         started = time.perf_counter()
-        if options is not None and not isinstance(options, RunOptions):
-            raise InvalidInputError(f"options must be a RunOptions, got {type(options).__name__}")
-        options = options or RunOptions(
-            seed=seed,
-            rgb=rgb,
-            batch_size=batch_size,
-            tile_size=tile_size,
-            tile_overlap=tile_overlap,
-            noise=noise,
-            preview_every=preview_every,
-        )
+        options = run_options_from(options, run_values)
         run = prepare(image, operator, options, intensity_range)
         return self.restore_prepared(run, callback, cancel, started)
 

@@ -32,7 +32,16 @@ import torch
 
 from napari_treg import imaging
 from napari_treg.api import get_prior, progress_callback
-from napari_treg.engine import MAX_SEED, ProgressCallback, Reporter, Restorer, Run, RunOptions, prepare
+from napari_treg.engine import (
+    MAX_SEED,
+    ProgressCallback,
+    Reporter,
+    Restorer,
+    Run,
+    RunOptions,
+    prepare,
+    run_options_from,
+)
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.memory import guard_memory
 from napari_treg.models.base import DiffusionPrior
@@ -40,7 +49,7 @@ from napari_treg.models.loading import warn_if_slow
 from napari_treg.noise import estimate_noise
 from napari_treg.operators import LinearOperator
 from napari_treg.restore_settings import RestoreSettings
-from napari_treg.settings import check_number, from_values, setting, validate
+from napari_treg.settings import check_number, setting, validate
 from napari_treg.solver.conflict import ConflictLog, unchecked
 from napari_treg.solver.divergence import check_finite
 from napari_treg.solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map, proximal_weight
@@ -112,6 +121,12 @@ class Ensemble:
         count = int(self.info["samples"])
         half = float(t.ppf((1.0 + level) / 2.0, count - 1)) * math.sqrt(1.0 + 1.0 / count) * self.std
         return self.mean - half, self.mean + half
+
+    def restoration_info(self) -> dict:
+        """The mean's info as a single restore's (its text-conflict check on top), the ensemble's own under
+        ``"ensemble"``: what the widget and the batch runner record for an ensemble's result."""
+        own = {key: value for key, value in self.info.items() if key != "settings"}
+        return {**self.info["settings"], "text_conflict": self.info["text_conflict"], "ensemble": own}
 
 
 class Moments:
@@ -228,11 +243,7 @@ def restorer_ensemble(
     """
     started = time.perf_counter()
     options = options if options is not None else EnsembleOptions()
-    if run_options is None:
-        run_options = from_values(RunOptions, run_values, "ensemble setting")
-    elif run_values:
-        raise InvalidInputError(f"give run_options or {', '.join(run_values)}, not both")
-    run = prepare(image, operator, run_options, intensity_range)
+    run = prepare(image, operator, run_options_from(run_options, run_values), intensity_range)
     return ensemble_prepared(restorer, run, options, callback, cancel, started)
 
 

@@ -15,7 +15,7 @@ have the same ones, or it is refused with the differing parameters named.
   ``OUT/treg-batch.json``.
 - With an ensemble (``samples``): each map of :meth:`Job.map_names <napari_treg.batch.units.Job.map_names>`
   (``std``, ``data_share``, ``text_influence``) beside the output as ``napari-treg restore --samples``
-  names it (``cli.companion``): ``OUT/cells.std.tif``; ``OUT.std.zarr`` beside ``OUT.zarr`` (a
+  names it (``io.companion``): ``OUT/cells.std.tif``; ``OUT.std.zarr`` beside ``OUT.zarr`` (a
   plain array shaped like the main one). Each map's digest is in the unit's record.
 - Zarr: an array with the input's leading axes, restored planes, one chunk per unit,
   float32; for an OME-Zarr input an OME-Zarr image (level ``0``) with the input's axes and
@@ -38,8 +38,8 @@ import numpy as np
 from napari_treg import io
 from napari_treg.batch.logs import LOG_NAME
 from napari_treg.batch.sources import SPATIAL, ArraySource, FileSource, Unit, is_zarr
-from napari_treg.cli import companion
 from napari_treg.errors import InvalidInputError
+from napari_treg.io import companion
 
 MANIFEST = "treg-batch.json"
 RECORD_SUFFIX = ".treg.json"

@@ -16,6 +16,7 @@ import numpy as np
 
 from napari_treg.batch.sources import Unit
 from napari_treg.errors import OutOfMemoryError, TRegError, UnitOutOfMemory
+from napari_treg.io import ensemble_map_names
 from napari_treg.operators import LinearOperator
 
 if TYPE_CHECKING:
@@ -53,11 +54,9 @@ class Job:
 
 
 def ensemble_maps(settings: RestoreSettings, ensemble: EnsembleOptions | None) -> tuple[str, ...]:
-    """The ensemble maps of a run with these restore settings, in ``cli.ENSEMBLE_MAPS`` order: none without
-    an ensemble; the text influence only with a prompt and guidance > 0 (as the ensemble makes it)."""
-    if ensemble is None:
-        return ()
-    return ("std", "data_share", "text_influence") if settings.uses_text else ("std", "data_share")
+    """The ensemble maps of a run with these restore settings (:func:`napari_treg.io.ensemble_map_names`);
+    none without an ensemble."""
+    return () if ensemble is None else ensemble_map_names(settings.uses_text)
 
 
 def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
@@ -122,9 +121,7 @@ def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, di
     missing = [name for name, array in maps.items() if array is None]
     if missing:
         raise TRegError(f"the ensemble returned no {', '.join(missing)} map")
-    own = {k: v for k, v in result.info.items() if k != "settings"}
-    info = {**result.info["settings"], "text_conflict": result.info["text_conflict"], "ensemble": own}
-    return result.mean, info, maps
+    return result.mean, result.restoration_info(), maps
 
 
 def worker_restorer(job: Job) -> Any:

@@ -194,7 +194,7 @@ def check_ensemble_request(request: RestoreRequest) -> None:
 def ensemble_outcome(restorer: Restorer, request: RestoreRequest, progress: StepProgress | None) -> Outcome:
     """The ensemble of the request through the widget's restorer; the outcome's result is its mean.
 
-    ``info`` is the mean's provenance (as a single restore's) with the ensemble's own under ``"ensemble"``.
+    ``info`` is :meth:`~napari_treg.uncertainty.Ensemble.restoration_info`.
     """
     maps = restorer_ensemble(
         restorer,
@@ -205,9 +205,7 @@ def ensemble_outcome(restorer: Restorer, request: RestoreRequest, progress: Step
         callback=progress,
         cancel=request.cancel,
     )
-    own = {key: value for key, value in maps.info.items() if key != "settings"}
-    info = {**maps.info["settings"], "text_conflict": maps.info["text_conflict"], "ensemble": own}
-    return Outcome(maps.mean, info, ensemble=maps)
+    return Outcome(maps.mean, maps.restoration_info(), ensemble=maps)
 
 
 def residual_image(measured: np.ndarray, measurement: np.ndarray, operator: LinearOperator, rgb: bool) -> np.ndarray:
