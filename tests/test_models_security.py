@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 
+import models_helpers
 import numpy as np
 import pytest
 import torch
@@ -17,15 +18,12 @@ from napari_treg.errors import (
     InvalidInputError,
     ModelNotFoundError,
 )
-from napari_treg.models.tiny import build_tiny_prior
 from napari_treg.operators import Denoising
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_prior(seed=0)
+tiny = models_helpers.tiny  # the shared tiny prior (tests/models_helpers.py)
 
 
 # ------------------------------------------------------------------------------ security
