@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -11,8 +10,6 @@ import torch
 
 from napari_treg.models.analytic import AnalyticPrior, prompt_classes, template
 from napari_treg.models.base import DiffusionPrior
-from napari_treg.operators import SuperResolution
-from napari_treg.solver import TRegConfig, treg_sample
 
 
 @pytest.fixture(scope="module")
@@ -139,18 +136,3 @@ def test_half_precision_emulation_returns_the_model_dtype():
         assert prior.predict_noise(z, 500, text).dtype == dtype
         assert prior.decode(z).dtype == dtype and prior.embed_image(z).dtype == dtype
         assert torch.isfinite(prior.predict_noise(z, 1, text)).all()
-
-
-def test_full_solve_of_64x64_is_fast():
-    prior = AnalyticPrior()
-    op = SuperResolution(4)
-    x, _ = prior.sample(1, 0, (64, 64), torch.Generator().manual_seed(0))
-    y = op(x)
-    text, null = prior.embed_text(["a disk"]), prior.embed_text([""])
-    run = lambda: treg_sample(prior, y, op, (64, 64), text=text, null=null, config=TRegConfig())  # noqa: E731
-    run()  # warm-up
-    started = time.process_time()  # CPU time of this process: other jobs on shared cores do not count
-    out = run()
-    elapsed = time.process_time() - started
-    assert out.shape == (1, 3, 64, 64)
-    assert elapsed < 1.0, f"a 200-step 64x64 solve took {elapsed:.2f} s of CPU"  # ~0.35 s measured, one thread
