@@ -21,6 +21,14 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny random-weight Stable Diffusion prior (seed 0), built once per test module."""
+    from napari_treg.models.tiny import build_tiny_prior
+
+    return build_tiny_prior(seed=0)
+
+
 @pytest.fixture(autouse=True)
 def fresh_notifications():
     """Each test sees only its own napari notifications (the manager's record list is process-wide)."""

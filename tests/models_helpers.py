@@ -1,4 +1,4 @@
-"""What the model tests share (``tests/test_models_*.py``): the tiny prior, an empty temporary
+"""What the model tests share (``tests/test_models_*.py``): an empty temporary
 Hugging Face cache, a fresh model cache per test, and writing the tiny model as a diffusers folder.
 
 Nothing here touches the real Hugging Face hub or cache: ``hf_home`` points HF_HOME into tmp_path,
@@ -20,13 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_treg.models import StableDiffusionPrior, build_tiny_prior, clear_model_cache
-
-
-@pytest.fixture(scope="module")
-def tiny() -> StableDiffusionPrior:
-    """The tiny random-weight prior (seed 0), built once per test module."""
-    return build_tiny_prior()
+from napari_treg.models import StableDiffusionPrior, clear_model_cache
 
 
 @pytest.fixture(autouse=True)

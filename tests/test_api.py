@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from napari_treg import Cancelled, InvalidInputError, degrade, restore
-from napari_treg.models.tiny import build_tiny_prior
 from napari_treg.operators import (
     Denoising,
     GaussianBlur,
@@ -18,11 +17,6 @@ from napari_treg.operators import (
 )
 
 FAST = dict(steps=3, dc_every=1, dc_until=1.0)  # every step runs decode, CG, encode, negation
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_prior(seed=0)
 
 
 def _mask(h, w):

@@ -15,15 +15,9 @@ from napari_treg import api, cli, restore
 from napari_treg.errors import (
     Cancelled,
 )
-from napari_treg.models.tiny import build_tiny_prior
 from napari_treg.operators import Denoising
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_prior(seed=0)
 
 
 def _one_line(capsys) -> str:

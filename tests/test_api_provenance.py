@@ -14,18 +14,12 @@ import torch
 
 from napari_treg import operators as ops
 from napari_treg import restore
-from napari_treg.models.tiny import build_tiny_prior
 from napari_treg.operators import Denoising, GaussianBlur, MotionBlur, SuperResolution
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 QUICK = dict(steps=2, dc_every=1, dc_until=1.0, negation_steps=1)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_prior(seed=0)
 
 
 # ------------------------------------------------------------------------------ provenance

@@ -18,7 +18,6 @@ from hypothesis.extra import numpy as hnp
 from napari_treg import degrade, restore
 from napari_treg.errors import InvalidInputError
 from napari_treg.imaging import IntensityScale
-from napari_treg.models.tiny import build_tiny_prior
 from napari_treg.operators import (
     Denoising,
     GaussianBlur,
@@ -172,11 +171,6 @@ def any_images(draw, plausible: bool | None = None) -> np.ndarray:
 
 def _planes_ok(image: np.ndarray) -> bool:
     return image.size < 600
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_prior(seed=0)
 
 
 def _analytic():

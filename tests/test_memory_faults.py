@@ -20,18 +20,12 @@ from napari_treg.errors import (
     OutOfMemoryError,
     TRegError,
 )
-from napari_treg.models.tiny import build_tiny_prior
 from napari_treg.operators import Denoising
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 QUICK = dict(steps=2, dc_every=1, dc_until=1.0, negation_steps=1)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_prior(seed=0)
 
 
 def _run_python(code: str, timeout: float = 240) -> subprocess.CompletedProcess:

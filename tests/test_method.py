@@ -23,14 +23,6 @@ from napari_treg.solver import SCHEDULES, TRegConfig, data_consistency, ddim_ste
 from napari_treg.solver.sampler import guided_noise
 from napari_treg.solver.schedules import SCHEDULE_FIELDS
 
-
-@pytest.fixture(scope="module")
-def tiny():
-    from napari_treg.models.tiny import build_tiny_prior
-
-    return build_tiny_prior()
-
-
 # -- alphas: diffusers' DDIM indexing, abar[t] for the timestep t the UNet sees ------------------------
 
 

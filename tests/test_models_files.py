@@ -20,7 +20,6 @@ from napari_treg.models import CLIP_IMAGE_REPO, SD15_REPO, StableDiffusionPrior,
 SD_KEY = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 
 # shared fixtures (tests/models_helpers.py): binding one here registers it for this module
-tiny = models_helpers.tiny
 hf_home = models_helpers.hf_home
 fresh_model_cache = models_helpers.fresh_model_cache
 

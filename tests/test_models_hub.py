@@ -20,7 +20,6 @@ from napari_treg.models import CLIP_IMAGE_REPO, SD15_REPO, StableDiffusionPrior,
 FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
 
 # shared fixtures (tests/models_helpers.py): binding one here registers it for this module
-tiny = models_helpers.tiny
 hf_home = models_helpers.hf_home
 fresh_model_cache = models_helpers.fresh_model_cache
 

@@ -12,7 +12,6 @@ from napari_treg.errors import InvalidInputError, ModelNotFoundError
 from napari_treg.models import StableDiffusionPrior, clear_model_cache, download_model, load_model
 
 # shared fixtures (tests/models_helpers.py): binding one here registers it for this module
-tiny = models_helpers.tiny
 fresh_model_cache = models_helpers.fresh_model_cache
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 
-import models_helpers
 import numpy as np
 import pytest
 import torch
@@ -21,9 +20,6 @@ from napari_treg.errors import (
 from napari_treg.operators import Denoising
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-tiny = models_helpers.tiny  # the shared tiny prior (tests/models_helpers.py)
 
 
 # ------------------------------------------------------------------------------ security

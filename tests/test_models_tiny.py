@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import warnings
 
-import models_helpers
 import pytest
 import torch
 from models_helpers import same_weights
@@ -16,7 +15,6 @@ from napari_treg.models import NoiseSchedule, StableDiffusionPrior, build_tiny_p
 from napari_treg.models.stable_diffusion import schedule_from_config
 
 # shared fixtures (tests/models_helpers.py): binding one here registers it for this module
-tiny = models_helpers.tiny
 
 
 def test_tiny_shapes_and_dtypes(tiny):
