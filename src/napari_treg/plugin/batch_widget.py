@@ -6,27 +6,90 @@ and refreshed as units complete; a folder output is reported when done. Cancel s
 the run; the output stays resumable (run again with the same settings). The run reports its
 start and each unit through the plugin's one worker -> GUI relay (:class:`.worker.Relay`), and
 shows napari's progress, as the restore widget does.
+
+Every field's default and range come from the settings classes (:func:`napari_treg.settings.specs`),
+and the form is checked on the main thread as ``restore_many`` checks it, before any cluster
+starts. With ``samples`` > 1 each unit is an ensemble: a zarr output's maps (std, data share,
+text influence) are added as layers when the run ends, named and coloured as the restore
+widget's.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox, Widget
 from napari.utils.notifications import show_error, show_info
 
+from napari_treg.engine import RunOptions
 from napari_treg.errors import Cancelled, TRegError
-from napari_treg.plugin.forms import layer_combo, operator_from_form, operator_widgets, show_operator
+from napari_treg.io import companion, ensemble_map_names
+from napari_treg.models.options import ModelSettings
+from napari_treg.plugin.forms import (
+    layer_combo,
+    operator_from_form,
+    operator_widgets,
+    sentence,
+    setting_widget,
+    show_operator,
+)
 from napari_treg.plugin.layers import restored_geometry
 from napari_treg.plugin.messages import explain_error, headline
+from napari_treg.plugin.output_layers import ENSEMBLE_MAPS, MAP_KEY
+from napari_treg.plugin.restore_form import samples_widget
 from napari_treg.plugin.worker import ActivityProgress, Relay, start_worker
+from napari_treg.settings import Spec, specs
+from napari_treg.solver import TRegConfig
+from napari_treg.solver.text import TextSettings
 
 if TYPE_CHECKING:
     import napari
 
+    from napari_treg.operators import LinearOperator
+
 SOURCES = ("layer", "folder")
+#: ``restore`` keywords read straight from the form's fields of the same name
+FORM_SETTINGS = ("prompt", "guidance", "steps", "seed", "tile_overlap")
+SAMPLES_HELP = (
+    "1: one restoration per unit. 2 or more: an ensemble per unit (its mean is the output); its "
+    "std, data share and, with a prompt and guidance > 0, text influence are written beside the "
+    "output (a .zarr output's are added as layers at the end); that many times as long"
+)
+
+
+def spec_named(settings_class: type, name: str) -> Spec:
+    """The :class:`Spec` of the field ``name`` of a settings class."""
+    (spec,) = (spec for spec in specs(settings_class) if spec.name == name)
+    return spec
+
+
+def settings_widgets() -> list[Widget]:
+    """The model, text, method and run fields, each with its settings class's default, range and help."""
+    model, prompt = spec_named(ModelSettings, "model"), spec_named(TextSettings, "prompt")
+    tile, overlap = spec_named(RunOptions, "tile_size"), spec_named(RunOptions, "tile_overlap")
+    tile_size = SpinBox(
+        name=tile.name,
+        label=tile.label,
+        value=0,
+        min=0,
+        max=int(tile.maximum or 0),
+        step=64,
+        tooltip=sentence(tile.help),
+    )
+    tile_size.native.setSpecialValueText("off")  # 0: one piece
+    return [
+        LineEdit(name="model", label=model.label, value=model.default, tooltip=sentence(model.help)),
+        LineEdit(name="prompt", label=prompt.label, value=prompt.default, tooltip=sentence(prompt.help)),
+        setting_widget(spec_named(TRegConfig, "guidance")),
+        setting_widget(spec_named(TRegConfig, "steps")),
+        setting_widget(spec_named(RunOptions, "seed")),
+        samples_widget(SAMPLES_HELP),
+        tile_size,
+        setting_widget(overlap),
+    ]
 
 
 def layer_array(layer: Any) -> Any:
@@ -34,14 +97,14 @@ def layer_array(layer: Any) -> Any:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
-def batch_settings(model: str, steps: int, seed: int, prompt: str, tile_size: int, rgb: bool | None) -> dict:
-    """``restore`` keywords from the form (tile size 0: one piece)."""
+def batch_settings(values: dict[str, Any], rgb: bool | None) -> dict:
+    """``restore`` keywords from the form's values (blank model: the default one; tile size 0: one piece)."""
+    settings = {name: values[name] for name in FORM_SETTINGS}
+    model = str(values["model"]).strip()
     return {
-        "model": model.strip() or "sd15",
-        "steps": int(steps),
-        "seed": int(seed),
-        "prompt": prompt,
-        "tile_size": int(tile_size) or None,
+        **settings,
+        "model": model or spec_named(ModelSettings, "model").default,
+        "tile_size": int(values["tile_size"]) or None,
         "rgb": rgb,
     }
 
@@ -49,6 +112,23 @@ def batch_settings(model: str, steps: int, seed: int, prompt: str, tile_size: in
 def cluster_options(scheduler: str, workers: int) -> dict:
     """``scheduler`` (blank: a local cluster) and ``workers`` (0: automatic) for ``restore_many``."""
     return {"scheduler": scheduler.strip() or None, "workers": int(workers) or None}
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """A checked run of the form: ``restore_many(source, output, operator, **keywords)``."""
+
+    source: Any
+    output: str
+    operator: LinearOperator
+    #: restore keywords, cluster options and ``samples`` (only when > 1)
+    keywords: dict
+    #: the ensemble maps written beside each unit (none without an ensemble)
+    maps: tuple[str, ...] = ()
+
+    @property
+    def is_zarr(self) -> bool:
+        return self.output.rstrip("/").endswith(".zarr")
 
 
 class BatchWidget(Container):
@@ -67,19 +147,7 @@ class BatchWidget(Container):
                 layer_combo(viewer, "Image", "image", "image", "The measurement stack", True, measurements_last=False),
                 FileEdit(name="folder", label="folder", mode="d", tooltip="a folder of .tif/.png/.npy files"),
                 *operator_widgets(viewer, operator="super_resolution"),
-                LineEdit(name="model", label="model", value="sd15", tooltip="sd15, analytic, tiny, a hub id or a path"),
-                LineEdit(name="prompt", label="prompt", value="", tooltip="what the images show"),
-                SpinBox(name="steps", label="steps", value=200, min=1, max=1000),
-                SpinBox(name="seed", label="seed", value=0, min=0, max=2**31 - 1, tooltip="plane k uses seed + k"),
-                SpinBox(
-                    name="tile_size",
-                    label="tile size",
-                    value=0,
-                    min=0,
-                    max=8192,
-                    step=64,
-                    tooltip="restore planes larger than this in seam-free tiles; 0: one piece",
-                ),
+                *settings_widgets(),
                 FileEdit(
                     name="output",
                     label="output",
@@ -112,29 +180,35 @@ class BatchWidget(Container):
         self.worker: Any = None
         self.report: Any = None
         self.result_layer = None
+        self.map_layers: dict[str, Any] = {}  # an ensemble's map layers, by map name
         self._cancel = threading.Event()
         self.activity: ActivityProgress | None = None  # the run's bar in napari's activity dock
-        self._target: tuple[str, Any, int] = ("", None, 1)  # output, input layer, upscale of the running job
+        self._target: tuple[BatchRequest | None, Any] = (None, None)  # the running request, its input layer
         self.relay = Relay(self.native, started=self._started, unit=self._unit_done)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.operator.changed.connect(lambda *_: show_operator(self))
-        self.source.changed.connect(self._show_source)
+        self.source.changed.connect(self._show_fields)
+        self.tile_size.changed.connect(self._show_fields)
         for event in ("inserted", "removed", "reordered"):
             getattr(viewer.layers.events, event).connect(self.reset_choices)
         show_operator(self)
-        self._show_source()
+        self._show_fields()
 
     @property
     def is_running(self) -> bool:
         return self.worker is not None
 
-    def _show_source(self, *_: Any) -> None:
+    def _show_fields(self, *_: Any) -> None:
         self.image.visible = self.source.value == "layer"
         self.folder.visible = self.source.value == "folder"
+        self.tile_overlap.visible = bool(self.tile_size.value)
 
-    def request(self) -> tuple[Any, str, Any, dict]:
-        """``(source, output, operator, keywords)`` for ``restore_many`` from the form."""
+    def request(self) -> BatchRequest:
+        """The form as a :class:`BatchRequest`, checked as ``restore_many`` checks it (main thread; raises
+        :class:`~napari_treg.errors.InvalidInputError` naming a bad value, before any cluster starts)."""
+        from napari_treg.batch.runner import checked_settings
+
         layer = self.image.value
         if self.source.value == "layer":
             if layer is None:
@@ -146,10 +220,17 @@ class BatchWidget(Container):
         if output in ("", "."):
             raise TRegError("choose the output: a .zarr path (layer) or a folder (folder)")
         operator = operator_from_form(self)
-        keywords = batch_settings(
-            self.model.value, self.steps.value, self.seed.value, self.prompt.value, self.tile_size.value, rgb
+        keywords = batch_settings({name: self[name].value for name in ("model", "tile_size", *FORM_SETTINGS)}, rgb)
+        _, settings, _ = checked_settings(keywords)
+        samples = int(self.samples.value)
+        ensemble = {"samples": samples} if samples > 1 else {}
+        return BatchRequest(
+            source,
+            output,
+            operator,
+            {**keywords, **ensemble, **cluster_options(self.scheduler.value, self.workers.value)},
+            ensemble_map_names(settings.uses_text) if ensemble else (),
         )
-        return source, output, operator, {**keywords, **cluster_options(self.scheduler.value, self.workers.value)}
 
     def run(self, *_: Any):
         """Start the run in a thread; returns the napari thread worker (None if the form is incomplete)."""
@@ -158,19 +239,27 @@ class BatchWidget(Container):
         if self.is_running:
             return None
         try:
-            source, output, operator, keywords = self.request()
+            request = self.request()
         except (TRegError, ValueError) as error:
-            show_error(explain_error(error))
+            message = explain_error(error)
+            show_error(message)
+            self.status.value = headline(message)
             return None
         self._cancel.clear()
         self.report = None  # the live BatchReport, from the run's start on
-        self._target = (output, self.image.value if self.source.value == "layer" else None, operator.upscale)
+        self._target = (request, self.image.value if self.source.value == "layer" else None)
         self.activity = ActivityProgress("TReg batch", cancel=self.cancel)
         started, unit = self.relay.sender("started"), self.relay.sender("unit")
 
         def work() -> Any:
             return restore_many(
-                source, output, operator, cancel=self._cancel, on_start=started, on_unit=unit, **keywords
+                request.source,
+                request.output,
+                request.operator,
+                cancel=self._cancel,
+                on_start=started,
+                on_unit=unit,
+                **request.keywords,
             )
 
         self.run_button.enabled, self.cancel_button.enabled = False, True
@@ -195,26 +284,60 @@ class BatchWidget(Container):
             self.status.value = f"{report.done} of {report.units} units done on {report.workers} workers..."
             # last: napari's progress handles pending events (maybe the run's end) while it updates
             self.activity.update(report.done + len(report.failed), report.units, "TReg batch")
-        output, layer, factor = self._target
-        if output.rstrip("/").endswith(".zarr") and os.path.exists(os.path.join(output, "zarr.json")):
-            self._show_result(output, layer, factor)
+        request, layer = self._target
+        if request is not None and request.is_zarr and os.path.exists(os.path.join(request.output, "zarr.json")):
+            self._show_result(request, layer)
 
-    def _show_result(self, output: str, layer: Any, factor: int) -> None:
+    def _geometry(self, request: BatchRequest, layer: Any) -> dict:
+        """Scale and translate of the restored planes over the input layer (none for a folder)."""
+        if layer is None:
+            return {}
+        scale, translate = restored_geometry(layer.scale, layer.translate, request.operator.upscale)
+        return {"scale": scale, "translate": translate}
+
+    def _show_result(self, request: BatchRequest, layer: Any) -> None:
         """Add the output as a lazy layer, or re-read it so the chunks written since appear."""
         from napari_treg.batch import open_result
 
         try:
-            data, _ = open_result(output)
+            data, _ = open_result(request.output)
         except (OSError, ValueError, KeyError):
             return  # still being created
         if self.result_layer is None or self.result_layer not in self.viewer.layers:
-            geometry: dict = {}
-            if layer is not None:
-                scale, translate = restored_geometry(layer.scale, layer.translate, factor)
-                geometry = {"scale": scale, "translate": translate, "rgb": layer.rgb}
-            self.result_layer = self.viewer.add_image(data, name=f"{os.path.basename(output)} (batch)", **geometry)
+            rgb = {} if layer is None else {"rgb": layer.rgb}
+            name = f"{os.path.basename(request.output.rstrip('/'))} (batch)"
+            self.result_layer = self.viewer.add_image(data, name=name, **self._geometry(request, layer), **rgb)
         else:
             self.result_layer.data = data
+
+    def _show_maps(self, request: BatchRequest, layer: Any) -> None:
+        """Add (or re-read) the ensemble's map stores beside a zarr output as lazy layers, placed as the
+        result and named and coloured as the restore widget's (colour channels averaged)."""
+        from napari_treg.batch import open_result
+
+        if self.result_layer is None:
+            return
+        for attribute, suffix, colormap in ENSEMBLE_MAPS:
+            if attribute not in request.maps:
+                continue
+            try:
+                data, _ = open_result(companion(request.output.rstrip("/"), attribute))
+            except (OSError, ValueError, KeyError):
+                continue  # not made: the run stopped before creating it
+            data = data.mean(axis=-1) if layer is not None and layer.rgb else data
+            known = self.map_layers.get(attribute)
+            if known is not None and known in self.viewer.layers:
+                known.data = data
+                continue
+            limits = {"contrast_limits": [0.0, 1.0]} if attribute == "data_share" else {}
+            self.map_layers[attribute] = self.viewer.add_image(
+                data,
+                name=f"{self.result_layer.name}{suffix}",
+                colormap=colormap,
+                metadata={MAP_KEY: attribute},
+                **self._geometry(request, layer),
+                **limits,
+            )
 
     def cancel(self, *_: Any) -> None:
         """Stop after the units in progress; the output stays resumable."""
@@ -228,8 +351,21 @@ class BatchWidget(Container):
                 f"(details in {report.log})"
             )
         else:
-            show_info(f"Restored {report.computed} units ({report.skipped} already done) into {report.output}")
-        self.status.value = f"Done: {report.done} of {report.units} units in {report.seconds:.1f} s."
+            show_info(
+                f"Restored {report.computed} units ({report.skipped} already done) into {report.output}"
+                + self._maps_note()
+            )
+        self.status.value = (
+            f"Done: {report.done} of {report.units} units in {report.seconds:.1f} s." + self._maps_note()
+        )
+
+    def _maps_note(self) -> str:
+        """Where a folder output's ensemble maps are (a zarr output's are added as layers)."""
+        request = self._target[0]
+        if request is None or not request.maps or request.is_zarr:
+            return ""
+        files = ", ".join(f"<stem>.{name}<suffix>" for name in request.maps)
+        return f" The ensemble maps are next to each output file in {request.output}: {files}."
 
     def _failed(self, error: Exception) -> None:
         if isinstance(error, Cancelled):
@@ -245,5 +381,8 @@ class BatchWidget(Container):
             self.activity.close()
             self.activity = None
         self._refresh()  # the last units' chunks (the status already says how the run ended)
+        request, layer = self._target
+        if request is not None and request.maps and request.is_zarr and self.report is not None:
+            self._show_maps(request, layer)
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False

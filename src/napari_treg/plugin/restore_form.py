@@ -162,19 +162,18 @@ def text_section(main_settings: list) -> Container:
     return Container(name="text", widgets=[prompt, negative, *main_settings, seed, samples_widget()])
 
 
-def samples_widget() -> SpinBox:
+#: the restore widget's help for its samples field
+SAMPLES_HELP = (
+    "1: one restoration. 2 or more: an ensemble (seeds seed, seed + 1, ...) added as layers "
+    "'mean', 'std' (spread), 'data share' (1 = measured, 0 = invented) and, with a prompt, "
+    "'text influence'; it takes that many times as long (docs/uncertainty.md)"
+)
+
+
+def samples_widget(tooltip: str = SAMPLES_HELP) -> SpinBox:
     """1 = one restoration; more = an ensemble, up to the ensemble's own limit (:class:`EnsembleOptions`)."""
     (spec,) = (spec for spec in specs(EnsembleOptions) if spec.name == "samples")
-    return SpinBox(
-        name="samples",
-        label="samples",
-        value=1,
-        min=1,
-        max=int(spec.maximum or 1),
-        tooltip="1: one restoration. 2 or more: an ensemble (seeds seed, seed + 1, ...) added as layers "
-        "'mean', 'std' (spread), 'data share' (1 = measured, 0 = invented) and, with a prompt, "
-        "'text influence'; it takes that many times as long (docs/uncertainty.md)",
-    )
+    return SpinBox(name="samples", label="samples", value=1, min=1, max=int(spec.maximum or 1), tooltip=tooltip)
 
 
 def output_section(viewer: napari.Viewer) -> Container:
