@@ -89,6 +89,12 @@ def specs(settings_class: type) -> tuple[Spec, ...]:
     return tuple(result)
 
 
+def spec_named(settings_class: type, name: str) -> Spec:
+    """The :class:`Spec` of the field ``name`` of a settings class."""
+    (spec,) = (spec for spec in specs(settings_class) if spec.name == name)
+    return spec
+
+
 def validate(settings: Any) -> None:
     """Check and normalise every field of a frozen settings dataclass in place (``__post_init__``)."""
     for spec in specs(type(settings)):

@@ -41,7 +41,7 @@ from napari_treg.plugin.messages import explain_error, headline
 from napari_treg.plugin.output_layers import ENSEMBLE_MAPS, MAP_KEY
 from napari_treg.plugin.restore_form import samples_widget
 from napari_treg.plugin.worker import ActivityProgress, Relay, start_worker
-from napari_treg.settings import Spec, specs
+from napari_treg.settings import spec_named
 from napari_treg.solver import TRegConfig
 from napari_treg.solver.text import TextSettings
 
@@ -58,12 +58,6 @@ SAMPLES_HELP = (
     "std, data share and, with a prompt and guidance > 0, text influence are written beside the "
     "output (a .zarr output's are added as layers at the end); that many times as long"
 )
-
-
-def spec_named(settings_class: type, name: str) -> Spec:
-    """The :class:`Spec` of the field ``name`` of a settings class."""
-    (spec,) = (spec for spec in specs(settings_class) if spec.name == name)
-    return spec
 
 
 def settings_widgets() -> list[Widget]:

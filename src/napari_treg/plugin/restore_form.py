@@ -46,7 +46,7 @@ from napari_treg.plugin.layers import (
 )
 from napari_treg.plugin.restoration import RestoreRequest, check_ensemble_request
 from napari_treg.restore_settings import RestoreSettings
-from napari_treg.settings import specs
+from napari_treg.settings import spec_named, specs
 from napari_treg.solver import TRegConfig, schedule_settings
 from napari_treg.uncertainty import EnsembleOptions
 
@@ -151,14 +151,7 @@ def text_section(main_settings: list) -> Container:
         value=TEXT_DEFAULTS["negative_prompt"],
         tooltip="Negative prompt: what the result should not look like",
     )
-    seed = SpinBox(
-        name="seed",
-        label="seed",
-        value=DEFAULTS["seed"],
-        min=0,
-        max=2**31 - 1,
-        tooltip="Seed of the sampler (plane k of a stack uses seed + k)",
-    )
+    seed = setting_widget(spec_named(RunOptions, "seed"))  # the whole seed range, as the API and batch take
     return Container(name="text", widgets=[prompt, negative, *main_settings, seed, samples_widget()])
 
 
