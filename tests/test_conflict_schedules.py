@@ -114,3 +114,11 @@ def test_only_high_noise_steps_and_at_most_four_are_read():
     for index in (6, 9, 12, 15, 18):
         check(_state(index, 0.05, eps, pulled, z))
     assert len(check.deficits) == 4 and check.noisy_dc_steps == 6
+
+
+def test_a_run_without_a_noise_level_says_why_it_was_not_checked():
+    log = ConflictLog(None, "not estimated: the measurement is too small")
+    log.add(log.check(AnalyticPrior(), Denoising(), torch.zeros(1, 3, 4, 4)))
+    summary = log.summary()
+    assert not summary["checked"] and not summary["flag"]
+    assert summary["reason"] == "no noise level (not estimated: the measurement is too small)"

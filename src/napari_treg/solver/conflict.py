@@ -129,6 +129,7 @@ class ConflictLog:
         return ConflictCheck(prior, operator, y, self.noise)
 
     def add(self, check: ConflictCheck | None) -> None:
+        """Log the evidence of one sampler call's check (None: no noise level, nothing checked)."""
         if check is None:
             self.note(f"no noise level ({self.noise_source})")
             return
@@ -141,6 +142,7 @@ class ConflictLog:
             self.note(check.unchecked_reason())
 
     def note(self, reason: str) -> None:
+        """Remember why units were not checked (each reason once)."""
         if reason not in self.reasons:
             self.reasons.append(reason)
 
