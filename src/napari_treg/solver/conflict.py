@@ -11,20 +11,41 @@ is the evidence. Where the prompt names what the data show, both estimates agree
 negative); where the data leave the prompt's choice open, both fit the data equally; where the
 prompt names something the data rule out, the prompted estimate misses the measurement by many
 nats. No extra model call is made: :class:`ConflictCheck` is a sampler callback that decodes the
-two estimates at the first few data-consistency steps.
+two estimates at the noisiest data-consistency steps.
+
+The evidence exists only while the class is still open in the latent. Once the sampler has
+committed it (the data-first schedule: to what the data show), the prompt no longer changes the
+estimate, both estimates are the same and the deficit is 0 whatever the prompt: no evidence, not
+agreement. So only data-consistency steps at high noise are read (the first step, whose latent
+is the initial noise whatever its t, and those at ``abar_t <= CHECK_MAX_ABAR``), steps where the
+prompt left the estimate unchanged are skipped, and the median is taken over the first
+``CHECK_STEPS`` steps that remain. (Reading "the first 4 data-consistency steps" instead let the
+committed steps outvote the first one: on the analytic prior a prompt the data rule out read
+0 nats at 8 and 12 steps, where its first step alone read 18 557 and 18 336, and 0 at 200 steps
+on a 128x128 image; docs/method.md.)
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
 from napari_treg.solver.sampler import tweedie
+from napari_treg.solver.timesteps import Step
 
-#: the first this many data-consistency steps are checked (steps 0, 3, 6, 9 of the default 200):
-#: later, the latent has taken the class the guidance and the data agreed on, and both estimates show it
+#: the median is taken over (at most) this many checked data-consistency steps, the noisiest first
+#: (steps 0, 3, 6, 9 of the default 200)
 CHECK_STEPS = 4
+#: besides the first step (its latent is the initial noise), only data-consistency steps whose latent
+#: is still mostly noise, ``abar_t`` at most this, are read (signal share sqrt(abar_t) <= 0.25): from 43
+#: steps on all of the first 4 data-consistency steps, as before; 3 at 29-39 steps, 2 at 16-28, 1 at 1-15
+CHECK_MAX_ABAR = 0.06
+#: a step at which the prompt moved no pixel of the clean estimate by more than this ([-1, 1] image
+#: units) carries no evidence: the latent has committed, and it is skipped
+SAME_ESTIMATE = 1e-5
 #: a prompted estimate this many nats less consistent with the measurement than the text-free one
 #: (median over the checked steps) raises the flag. On the analytic prior (benchmarks/data_first.py)
 #: a prompt the data rule out costs thousands of nats, one the data leave open under 2.
@@ -39,20 +60,29 @@ class ConflictCheck:
         self.operator = operator
         self.y = operator.measured(y.to(prior.device, torch.float32))
         self.noise = float(noise)
+        #: per read step, per sample: the deficit (nats), NaN where that step gave the sample no evidence
         self.deficits: list[torch.Tensor] = []
-        self.dc_seen = 0
+        self.counted: torch.Tensor | None = None  # per sample: steps with evidence so far
+        self.noisy_dc_steps = 0  # data-consistency steps with the prompt used, at high noise (noisy)
+        self.total_steps = 0
 
     def __call__(self, state: dict) -> None:
         step = state["step"]
-        if not step.data_consistency or state.get("eps_text") is None:
+        self.total_steps = state["total"]
+        if not step.data_consistency or state.get("eps_text") is None or not noisy(step):
             return
-        self.dc_seen += 1
-        if self.dc_seen > CHECK_STEPS:
+        self.noisy_dc_steps += 1
+        if self.counted is not None and bool((self.counted >= CHECK_STEPS).all()):
             return
         z_t, a = state["z_t"], step.a
         x_free = self.prior.decode(tweedie(z_t, state["eps_free"], a)).float()
         x_text = self.prior.decode(tweedie(z_t, state["eps_text"], a)).float()
-        self.deficits.append((self.misfit(x_text) - self.misfit(x_free)).cpu())
+        changed = (x_text - x_free).abs().flatten(1).amax(dim=1).cpu() > SAME_ESTIMATE
+        counted = torch.zeros_like(changed, dtype=torch.long) if self.counted is None else self.counted
+        wanted = changed & (counted < CHECK_STEPS)
+        self.counted = counted + wanted.long()
+        deficit = (self.misfit(x_text) - self.misfit(x_free)).cpu()
+        self.deficits.append(torch.where(wanted, deficit, torch.full_like(deficit, math.nan)))
 
     def misfit(self, x: torch.Tensor) -> torch.Tensor:
         """``||A x - y||^2 / (2 sigma^2)`` per sample (nats, up to a constant)."""
@@ -60,10 +90,26 @@ class ConflictCheck:
         return error / (2 * self.noise**2)
 
     def evidence(self) -> torch.Tensor | None:
-        """Per sample: the median deficit over the checked steps (nats), or None if none was checked."""
+        """Per sample: the median deficit over its checked steps (nats; NaN for a sample no step gave
+        evidence), or None if no step was read."""
         if not self.deficits:
             return None
-        return torch.stack(self.deficits).median(dim=0).values
+        return torch.stack(self.deficits).nanmedian(dim=0).values
+
+    def unchecked_reason(self) -> str:
+        """Why a sample has no evidence."""
+        if self.noisy_dc_steps == 0:
+            return (
+                f"no data-consistency step at high noise (the first step, or abar_t <= {CHECK_MAX_ABAR}) "
+                f"in {self.total_steps} steps"
+            )
+        steps = f"{self.noisy_dc_steps} data-consistency step{'' if self.noisy_dc_steps == 1 else 's'}"
+        return f"no evidence: the prompt did not change the estimate at the {steps} at high noise"
+
+
+def noisy(step: Step) -> bool:
+    """Whether the step's latent is still mostly noise: the first step, or ``abar_t <= CHECK_MAX_ABAR``."""
+    return step.index == 0 or step.a <= CHECK_MAX_ABAR
 
 
 class ConflictLog:
@@ -73,6 +119,8 @@ class ConflictLog:
         self.noise = noise
         self.noise_source = noise_source
         self.deficits: list[float] = []
+        self.unchecked_units = 0
+        self.reasons: list[str] = []  # why units were not checked (each reason once)
 
     def check(self, prior: DiffusionPrior, operator: LinearOperator, y: torch.Tensor) -> ConflictCheck | None:
         """A callback for one sampler call on measurements ``y`` (None without a usable noise level)."""
@@ -81,27 +129,45 @@ class ConflictLog:
         return ConflictCheck(prior, operator, y, self.noise)
 
     def add(self, check: ConflictCheck | None) -> None:
-        evidence = None if check is None else check.evidence()
-        if evidence is not None:
-            self.deficits.extend(float(d) for d in evidence)
+        """Log the evidence of one sampler call's check (None: no noise level, nothing checked)."""
+        if check is None:
+            self.note(f"no noise level ({self.noise_source})")
+            return
+        evidence = check.evidence()
+        units = [float(d) for d in evidence] if evidence is not None else [math.nan] * len(check.y)
+        self.deficits.extend(d for d in units if not math.isnan(d))
+        unchecked = sum(math.isnan(d) for d in units)
+        if unchecked:
+            self.unchecked_units += unchecked
+            self.note(check.unchecked_reason())
+
+    def note(self, reason: str) -> None:
+        """Remember why units were not checked (each reason once)."""
+        if reason not in self.reasons:
+            self.reasons.append(reason)
 
     def summary(self) -> dict:
         """``info["text_conflict"]``: the flag and the evidence behind it (plain JSON).
 
         ``deficit_nats``: the largest over planes/tiles of the median nats by which the prompted
-        estimate fit the measurement worse than the text-free one.
+        estimate fit the measurement worse than the text-free one; ``units_unchecked``: planes/tiles
+        without evidence, and ``reason`` why (also when none was checked).
         """
         flagged = [d for d in self.deficits if d > FLAG_NATS]
-        return {
+        summary = {
             "flag": bool(flagged),
             "checked": bool(self.deficits),
             "deficit_nats": max(self.deficits) if self.deficits else None,
             "units_flagged": len(flagged),
             "units": len(self.deficits),
+            "units_unchecked": self.unchecked_units,
             "threshold_nats": FLAG_NATS,
             "noise": self.noise,
             "noise_source": self.noise_source,
         }
+        if self.reasons:
+            summary["reason"] = "; ".join(self.reasons)
+        return summary
 
 
 def unchecked(reason: str) -> dict:
