@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -142,28 +141,68 @@ sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
 
+def _degrade_code(tmp_path, hook: str) -> str:
+    """A child running ``degrade`` with ``hook`` (a meta_path finder class ``Hook``) installed first."""
+    return f"""
+import signal, sys, weakref
+{hook}
+sys.meta_path.insert(0, Hook())
+import napari_treg.cli as cli
+sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "--operator", "denoise", "-q"]))
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
 @pytest.mark.issue12
 def test_a_real_sigint_during_startup_is_one_line_exit_130(tmp_path):
+    """A real SIGINT while main() imports torch: the child waits there (on stdin) until the signal has been sent."""
     import signal
 
     np.save(tmp_path / "in.npy", np.zeros((16, 16)))
-    code = f"""
-import sys, time
-t = time.perf_counter()
-import napari_treg.cli as cli
-print("ready", flush=True)
-sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "--operator", "denoise", "-q"]))
+    hook = """
+class Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            print("importing torch", flush=True)
+            sys.stdin.readline()  # returns when the parent closes stdin, after the SIGINT
 """
     process = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=PYTHON_ENV
+        [sys.executable, "-c", _degrade_code(tmp_path, hook)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=PYTHON_ENV,
     )
-    assert process.stdout.readline().strip() == "ready"  # main() is about to import torch (seconds)
-    time.sleep(0.2)
+    assert process.stdout.readline().strip() == "importing torch"
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=120)  # closes stdin: a swallowed SIGINT lets the run finish
     assert process.returncode == 130, stderr
     assert "interrupted" in _single_error_line(stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+@pytest.mark.issue12
+def test_a_sigint_that_cpython_drops_in_a_weakref_callback_still_exits_130(tmp_path):
+    """Ctrl-C landing in a weakref callback (importlib's module-lock one, while torch imports, did under load):
+    CPython only prints the KeyboardInterrupt; the run went on and wrote o.npy with exit 0."""
+    np.save(tmp_path / "in.npy", np.zeros((16, 16)))
+    hook = """
+class Box:
+    pass
+class Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            box = Box()
+            ref = weakref.ref(box, lambda _: signal.raise_signal(signal.SIGINT))
+            del box  # the callback runs now, and the KeyboardInterrupt is raised inside it
+"""
+    run = _run_python(_degrade_code(tmp_path, hook), timeout=120)
+    assert run.returncode == 130, run.stderr
+    assert "interrupted" in _single_error_line(run.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
 

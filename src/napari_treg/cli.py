@@ -105,7 +105,7 @@ def run_degrade(args: argparse.Namespace) -> int:
     shape = outputs.result_shape(image, args.rgb, operator.measurement_hw)
     outputs.check_outputs([outputs.Output("-o", Path(args.output), shape)], [args.input, args.mask, args.kernel])
     result = degrade(image, operator, noise=args.noise, seed=args.seed, rgb=args.rgb)
-    outputs.write_together({args.output: lambda path: io.write_image(path, result, like=image)})
+    outputs.write_together({args.output: lambda path: io.write_image(path, result, like=image)}, cancel=_interrupted)
     _say(args, lambda: f"wrote {args.output} ({_describe(args.output)}) with {operator!r}")
     return 0
 
@@ -201,13 +201,15 @@ def run_restore(args: argparse.Namespace) -> int:
         planned.append(outputs.Output("--info", Path(args.info)))
     outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
     with ProgressBar(enabled=not args.quiet) as bar:
-        result, info = restore(image, operator, **restore_kwargs(args), progress=bar, return_info=True)
+        result, info = restore(
+            image, operator, **restore_kwargs(args), progress=bar, cancel=_interrupted, return_info=True
+        )
     writers: dict[str | os.PathLike, Callable[[Path], object]] = {
         args.output: lambda path: io.write_image(path, result, like=image)
     }
     if args.info is not None:
         writers[args.info] = lambda path: _write_info(path, info)
-    outputs.write_together(writers)
+    outputs.write_together(writers, cancel=_interrupted)
     _say(args, lambda: _restore_summary(args.output, info))
     return 0
 
@@ -250,7 +252,13 @@ def run_ensemble(args: argparse.Namespace) -> int:
     options = {name: getattr(args, name) for name in ("samples", "prior_sd") if name in args}
     with ProgressBar(enabled=not args.quiet, desc=f"restore x{args.samples}") as bar:
         result = ensemble(
-            image, operator, keep_samples=args.keep_samples, **options, **restore_kwargs(args), progress=bar
+            image,
+            operator,
+            keep_samples=args.keep_samples,
+            **options,
+            **restore_kwargs(args),
+            progress=bar,
+            cancel=_interrupted,
         )
     arrays = {args.output: result.mean}
     arrays |= {io.companion(args.output, name): getattr(result, name) for name in names}
@@ -262,7 +270,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
     }
     if args.info is not None:
         writers[args.info] = lambda path: _write_info(path, result.info)
-    outputs.write_together(writers)
+    outputs.write_together(writers, cancel=_interrupted)
     _say(
         args,
         lambda: (
@@ -359,27 +367,53 @@ def _fail(message: str) -> None:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+# Set by Ctrl-C or SIGTERM during main(). CPython drops a KeyboardInterrupt raised while a weakref callback
+# or __del__ runs (importlib's module-lock callback while torch imports, for one): the run then carried on and
+# wrote its output. The commands also check this event (before each step and before renaming outputs into place).
+_interrupted = threading.Event()
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    _interrupted.set()
     raise KeyboardInterrupt
 
 
+def _note_dropped_interrupts(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """An unraisable hook that keeps a dropped KeyboardInterrupt in ``_interrupted`` instead of printing it."""
+
+    def hook(unraisable: Any) -> None:
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _interrupted.set()
+        else:
+            previous(unraisable)
+
+    return hook
+
+
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that the same cleanup runs (main thread only)."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """Ctrl-C (unless ignored) and SIGTERM set ``_interrupted`` and raise KeyboardInterrupt (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    _interrupted.clear()
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signals.append(signal.SIGINT)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in signals}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _note_dropped_interrupts(sys.unraisablehook)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 failure, 2 bad input, 130 Ctrl-C or SIGTERM)."""
     try:
-        with _sigterm_as_interrupt():
+        with _signals_as_interrupt():
             args = build_parser().parse_args(argv)
             return args.run(args)
     except SystemExit as exc:  # --help, --version

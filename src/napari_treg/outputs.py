@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_treg import imaging, io
-from napari_treg.errors import InvalidInputError
+from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 
 PathLike = str | os.PathLike
 
@@ -111,17 +111,20 @@ def same_file(a: PathLike, b: PathLike) -> bool:
         return False
 
 
-def write_together(writers: Mapping[PathLike, Callable[[Path], object]]) -> None:
+def write_together(writers: Mapping[PathLike, Callable[[Path], object]], cancel: CancelSignal = None) -> None:
     """Write every output (``writer(temporary_path)``), then rename all into place; all or none.
 
     Each writer writes its file to the temporary path it is given (same folder and extension as
     the target). On any failure, including Ctrl-C, the temporaries are removed and the outputs
-    already renamed are restored to what they were before.
+    already renamed are restored to what they were before. ``cancel``, when set by the time the
+    temporaries are written, raises :class:`~napari_treg.errors.Cancelled` and renames nothing.
     """
+    is_cancelled = cancel_checker(cancel)
     plan = {Path(target): (write, _temporary(Path(target))) for target, write in writers.items()}
     try:
         for write, temp in plan.values():
             write(temp)
+        raise_if(is_cancelled)
         _commit({target: temp for target, (_, temp) in plan.items()})
     finally:
         for _, temp in plan.values():
