@@ -122,3 +122,26 @@ def test_a_run_without_a_noise_level_says_why_it_was_not_checked():
     summary = log.summary()
     assert not summary["checked"] and not summary["flag"]
     assert summary["reason"] == "no noise level (not estimated: the measurement is too small)"
+
+
+def test_the_cli_and_the_widget_say_why_a_run_was_not_checked():
+    from napari_treg.solver.conflict import unchecked_message
+
+    found = conflict(BLUR, "a square", 1)
+    assert unchecked_message({"text_conflict": found}).startswith("The text-conflict check was not made: no evidence")
+    assert unchecked_message({"text_conflict": conflict(BLUR, "a disk", 12)}) is None  # checked
+    assert unchecked_message({"text_conflict": {"flag": False, "checked": False, "reason": "no prompt"}}) is None
+    partly = {"units": 3, "units_unchecked": 1, "reason": "no evidence: ...", "flag": False}
+    assert "for 1 of 4 planes/tiles" in unchecked_message({"text_conflict": partly})
+
+
+def test_the_cli_result_line_says_why_a_run_was_not_checked(tmp_path, capsys):
+    import numpy as np
+
+    from napari_treg.cli import main
+
+    y = napari_treg.degrade(template("disk", HW), BLUR, noise=NOISE, seed=0)
+    np.save(tmp_path / "y.npy", np.asarray(y, np.float32))
+    common = ["restore", str(tmp_path / "y.npy"), "--operator", "gauss", "--sigma", "1.5", "--model", "analytic"]
+    assert main([*common, "-o", str(tmp_path / "x.npy"), "--prompt", "a square", "--steps", "1"]) == 0
+    assert "the text-conflict check was not made: no evidence" in capsys.readouterr().err  # the result line

@@ -61,3 +61,16 @@ def test_an_ensemble_with_a_matching_prompt_is_not_warned(restore_widget, run_to
     assert record["text_conflict"]["checked"] and not record["text_conflict"]["flag"]
     assert "Text conflict" not in restore_widget.status.value
     assert _warnings() == []
+
+
+def test_a_run_the_check_could_not_read_says_so_in_the_status(restore_widget, run_to_end):
+    _run(restore_widget, run_to_end, "a square", steps=1)  # one step: no evidence (tests/test_conflict_schedules.py)
+    record = restore_widget.viewer.layers["y TReg"].metadata["treg"]
+    assert not record["text_conflict"]["checked"]
+    assert "The text-conflict check was not made: no evidence" in restore_widget.status.value
+    assert _warnings() == []
+
+
+def test_a_checked_run_says_nothing_about_the_check(restore_widget, run_to_end):
+    _run(restore_widget, run_to_end, "a disk", steps=8)
+    assert "check was not made" not in restore_widget.status.value

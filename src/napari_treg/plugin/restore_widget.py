@@ -34,7 +34,7 @@ from napari_treg.plugin.output_layers import add_outputs, remove_preview, run_ou
 from napari_treg.plugin.restoration import Outcome, RestoreRequest, run_request
 from napari_treg.plugin.status import StatusPanel
 from napari_treg.plugin.worker import ActivityProgress, CloseWatcher, Relay, RunState, shutdown, start_worker
-from napari_treg.solver.conflict import conflict_message
+from napari_treg.solver.conflict import conflict_message, unchecked_message
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 
 if TYPE_CHECKING:
@@ -213,6 +213,9 @@ class RestoreWidget(Container):
             lines.append(f"Against '{request.record['reference']}': {format_metrics(outcome.metrics)}.")
         if outcome.info.get("test_model"):
             lines.append(f"Test model: {outcome.info.get('model')}.")
+        unchecked = unchecked_message(outcome.info)
+        if unchecked is not None:
+            lines.append(unchecked)
         self.status_panel.say("\n".join(lines))
 
     def _show_side_by_side(self, samples: int) -> str:

@@ -189,3 +189,17 @@ def conflict_message(info: dict) -> str | None:
         "estimate fits the data far better. The data decide here, so the prompt's content may not be what "
         "was measured: check the prompt, or compare with a run without text."
     )
+
+
+def unchecked_message(info: dict) -> str | None:
+    """The line a front end shows when the prompt guided the run but the check lacked evidence, else None.
+
+    None where every plane/tile was checked, and for runs the check does not apply to (no prompt,
+    guidance 0, a baseline method): ``info["text_conflict"]["reason"]`` says why for those.
+    """
+    conflict = info.get("text_conflict") or {}
+    if "units" not in conflict or "reason" not in conflict:
+        return None
+    missing, checked = conflict.get("units_unchecked") or 0, conflict["units"]
+    where = f" for {missing} of {missing + checked} planes/tiles" if missing and checked else ""
+    return f"The text-conflict check was not made{where}: {conflict['reason']}."
