@@ -206,6 +206,37 @@ class Hook:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
 
+def test_a_sigint_that_cpython_drops_stops_a_batch_run_too(tmp_path):
+    """The same dropped Ctrl-C during ``batch``: it stops (exit 130, resumable) instead of restoring every unit."""
+    (tmp_path / "in").mkdir()
+    for k in range(3):
+        np.save(tmp_path / "in" / f"img{k}.npy", np.zeros((16, 16), np.float32))
+    hook = """
+class Box:
+    pass
+class Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            box = Box()
+            ref = weakref.ref(box, lambda _: signal.raise_signal(signal.SIGINT))
+            del box
+"""
+    argv = ["batch", f"{tmp_path}/in", "-o", f"{tmp_path}/out", "--operator", "denoise", "--model", "analytic"]
+    code = f"""
+import signal, sys, weakref
+{hook}
+sys.meta_path.insert(0, Hook())
+import napari_treg.cli as cli
+sys.exit(cli.main({argv + ["--steps", "2", "--workers", "1", "-q"]!r}))
+"""
+    run = _run_python(code, timeout=180)
+    assert run.returncode == 130, run.stderr
+    assert "interrupted" in run.stderr and "rerun the same command to resume" in run.stderr
+    restored = list((tmp_path / "out").glob("img*.npy")) if (tmp_path / "out").exists() else []
+    assert len(restored) < 3  # stopped, not run to the end
+
+
 @pytest.mark.parametrize(
     "content",
     [

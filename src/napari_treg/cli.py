@@ -322,7 +322,7 @@ def run_batch(args: argparse.Namespace) -> int:
     """Restore a folder of images or a zarr stack on a dask cluster (napari_treg.batch)."""
     from napari_treg.batch.cli import run_batch as run
 
-    return run(args)
+    return run(args, cancel=_interrupted)  # a Ctrl-C that CPython dropped stops the run too
 
 
 # --------------------------------------------------------------------------- dispatch

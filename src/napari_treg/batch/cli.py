@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 from napari_treg.cli_options import (
@@ -84,10 +85,12 @@ def add_samples_argument(parser: argparse.ArgumentParser) -> None:
     add_setting(group, dataclasses.replace(spec, default=None), given_only=True)
 
 
-def run_batch(args: argparse.Namespace) -> int:
-    """Restore every unit of INPUT into OUTPUT; 0 if all are done, 1 if any failed."""
+def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -> int:
+    """Restore every unit of INPUT into OUTPUT; 0 if all are done, 1 if any failed, 130 when interrupted
+    (Ctrl-C, SIGTERM, or ``cancel`` set: the units done so far stay and a rerun resumes)."""
     from napari_treg.batch import restore_many
     from napari_treg.batch.cluster import ClusterUnreachable
+    from napari_treg.errors import Cancelled
 
     check_output_arguments(args)
     operator = operator_from_args(args)
@@ -103,13 +106,14 @@ def run_batch(args: argparse.Namespace) -> int:
             samples=getattr(args, "samples", None),
             on_start=bar.start,
             on_unit=bar.update,
+            cancel=cancel,
             **restore_kwargs(args),
         )
     except ClusterUnreachable as error:
         bar.close()
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Cancelled):
         bar.close()
         print(
             f"{PROG}: interrupted; {args.output} keeps the units done so far: rerun the same command to resume",
