@@ -141,14 +141,33 @@ sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
 
-def _degrade_code(tmp_path, hook: str) -> str:
-    """A child running ``degrade`` with ``hook`` (a meta_path finder class ``Hook``) installed first."""
+def _cli_code(argv: list[str], hook: str) -> str:
+    """A child running ``napari-treg argv`` with ``hook`` (a meta_path finder class ``Hook``) installed first."""
     return f"""
 import signal, sys, weakref
 {hook}
 sys.meta_path.insert(0, Hook())
 import napari_treg.cli as cli
-sys.exit(cli.main(["degrade", r"{tmp_path}/in.npy", "-o", r"{tmp_path}/o.npy", "--operator", "denoise", "-q"]))
+sys.exit(cli.main({argv!r}))
+"""
+
+
+def _degrade_code(tmp_path, hook: str) -> str:
+    """A child running ``degrade`` of tmp_path/in.npy with ``hook`` installed first."""
+    return _cli_code(["degrade", f"{tmp_path}/in.npy", "-o", f"{tmp_path}/o.npy", "--operator", "denoise", "-q"], hook)
+
+
+#: a hook raising SIGINT inside a weakref callback when torch is first imported: CPython drops that KeyboardInterrupt
+DROPPED_SIGINT_HOOK = """
+class Box:
+    pass
+class Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            box = Box()
+            ref = weakref.ref(box, lambda _: signal.raise_signal(signal.SIGINT))
+            del box  # the callback runs now, and the KeyboardInterrupt is raised inside it
 """
 
 
@@ -189,47 +208,20 @@ def test_a_sigint_that_cpython_drops_in_a_weakref_callback_still_exits_130(tmp_p
     """Ctrl-C landing in a weakref callback (importlib's module-lock one, while torch imports, did under load):
     CPython only prints the KeyboardInterrupt; the run went on and wrote o.npy with exit 0."""
     np.save(tmp_path / "in.npy", np.zeros((16, 16)))
-    hook = """
-class Box:
-    pass
-class Hook:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch":
-            sys.meta_path.remove(self)
-            box = Box()
-            ref = weakref.ref(box, lambda _: signal.raise_signal(signal.SIGINT))
-            del box  # the callback runs now, and the KeyboardInterrupt is raised inside it
-"""
-    run = _run_python(_degrade_code(tmp_path, hook), timeout=120)
+    run = _run_python(_degrade_code(tmp_path, DROPPED_SIGINT_HOOK), timeout=120)
     assert run.returncode == 130, run.stderr
     assert "interrupted" in _single_error_line(run.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
 def test_a_sigint_that_cpython_drops_stops_a_batch_run_too(tmp_path):
     """The same dropped Ctrl-C during ``batch``: it stops (exit 130, resumable) instead of restoring every unit."""
     (tmp_path / "in").mkdir()
     for k in range(3):
         np.save(tmp_path / "in" / f"img{k}.npy", np.zeros((16, 16), np.float32))
-    hook = """
-class Box:
-    pass
-class Hook:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch":
-            sys.meta_path.remove(self)
-            box = Box()
-            ref = weakref.ref(box, lambda _: signal.raise_signal(signal.SIGINT))
-            del box
-"""
     argv = ["batch", f"{tmp_path}/in", "-o", f"{tmp_path}/out", "--operator", "denoise", "--model", "analytic"]
-    code = f"""
-import signal, sys, weakref
-{hook}
-sys.meta_path.insert(0, Hook())
-import napari_treg.cli as cli
-sys.exit(cli.main({argv + ["--steps", "2", "--workers", "1", "-q"]!r}))
-"""
+    code = _cli_code([*argv, "--steps", "2", "--workers", "1", "-q"], DROPPED_SIGINT_HOOK)
     run = _run_python(code, timeout=180)
     assert run.returncode == 130, run.stderr
     assert "interrupted" in run.stderr and "rerun the same command to resume" in run.stderr
