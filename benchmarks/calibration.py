@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from napari_treg import restore
+from napari_treg.api import ensemble
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE
-from napari_treg.uncertainty import ensemble
 
 NOISE = 0.05
 SIZE = 32

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from napari_treg.errors import InvalidInputError
+from napari_treg.imaging.noise import estimate_noise
 from napari_treg.models.analytic import AnalyticPrior
-from napari_treg.noise import estimate_noise
 from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, MotionBlur, SuperResolution
 from napari_treg.solver import TRegConfig, schedule_settings, treg_sample
 from napari_treg.solver.conflict import FLAG_NATS, ConflictCheck

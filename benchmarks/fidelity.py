@@ -203,7 +203,7 @@ def inpainting_note(results: dict[str, dict[str, float]]) -> list[str]:
     return [
         "Inpainting: with the schedule 'faithful' the measured pixels come back as measured, RMS residual over",
         f"the measured pixels {named['faithful']:.2f} noise units (the paper's schedule: {named['paper']:.2f}).",
-        "`tests/test_solver_dc_claims.py::test_faithful_inpainting_returns_the_measured_pixels_as_measured` checks it",
+        "`tests/solver/test_solver_dc_claims.py::test_faithful_inpainting_returns_the_measured_pixels_as_measured` checks it",
         "(RMS below 1 and no measured pixel more than 5 σ off, 12 seeds).",
     ]
 

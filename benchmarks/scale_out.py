@@ -45,7 +45,7 @@ def main() -> None:
     from napari_treg import restore
     from napari_treg.batch import restore_many
     from napari_treg.batch.cluster import local_cluster
-    from napari_treg.imaging import IntensityScale
+    from napari_treg.imaging.layout import IntensityScale
     from napari_treg.operators import GaussianBlur
 
     torch.set_num_threads(1)

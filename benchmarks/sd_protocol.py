@@ -69,7 +69,7 @@ def load_images(folder: Path | None, size: int, limit: int | None) -> list[tuple
 
         items = [(name, getattr(skimage.data, name)(), prompt) for name, prompt in BUILTIN.items()]
     else:
-        from napari_treg.io import read_image
+        from napari_treg.io.files import read_image
 
         prompts = {}
         listing = folder / "prompts.txt"

@@ -39,8 +39,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from napari_treg import restore
+    from napari_treg.engine.tiling import Tiling
     from napari_treg.operators import Denoising
-    from napari_treg.tiling import Tiling
 
     if args.tiny:
         from napari_treg.models import load_model

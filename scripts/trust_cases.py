@@ -442,7 +442,7 @@ def model_symlink_loop():
 @case
 def cli_import_does_not_load_torch():  # Ctrl-C while torch loads is then inside main's handler
     run = subprocess.run(
-        [sys.executable, "-c", "import sys, napari_treg.cli; print('torch' in sys.modules)"],
+        [sys.executable, "-c", "import sys, napari_treg.cli.commands; print('torch' in sys.modules)"],
         capture_output=True,
         text=True,
     )

@@ -240,7 +240,7 @@ def test_a_real_model_on_the_cpu_warns_that_it_is_slow(tiny, monkeypatch):
 
 
 def test_residual_counts_only_measured_values_and_is_reported_against_the_noise():
-    from napari_treg.metrics import residual_summary, residual_sums
+    from napari_treg.imaging.metrics import residual_summary, residual_sums
 
     mask = np.zeros((8, 8), bool)
     mask[:4] = True  # top half missing

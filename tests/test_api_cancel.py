@@ -11,7 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from napari_treg import api, cli, restore
+from napari_treg import api, restore
+from napari_treg.cli import commands as cli
 from napari_treg.errors import (
     Cancelled,
 )

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_treg import cli, degrade, restore
+from napari_treg import degrade, restore
+from napari_treg.cli import commands as cli
 from napari_treg.errors import (
     InvalidInputError,
     ModelNotFoundError,

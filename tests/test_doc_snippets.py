@@ -30,7 +30,8 @@ def offline_and_quick(monkeypatch):
     """ "sd15" loads the tiny test model, and every restoration runs at most 2 steps (the widget's too)."""
     import napari_treg.models
     import napari_treg.plugin.restoration
-    from napari_treg import api, engine
+    from napari_treg import api
+    from napari_treg.engine import restorer as engine
 
     load_model = napari_treg.models.load_model
 

@@ -10,8 +10,8 @@ import pytest
 #: the modules whose docstring examples are checked: the entry points a user calls first
 MODULES = [
     "napari_treg.api",
-    "napari_treg.engine",
-    "napari_treg.uncertainty",
+    "napari_treg.engine.restorer",
+    "napari_treg.engine.ensemble",
     "napari_treg.batch.runner",
 ]
 

@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 from napari_treg import degrade, restore
 from napari_treg.errors import InvalidInputError
-from napari_treg.imaging import IntensityScale
+from napari_treg.imaging.layout import IntensityScale
 from napari_treg.operators import (
     Denoising,
     GaussianBlur,

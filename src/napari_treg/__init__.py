@@ -16,23 +16,23 @@ from napari_treg.errors import (
 )
 
 if TYPE_CHECKING:
-    from napari_treg.api import degrade, restore
-    from napari_treg.uncertainty import Ensemble, ensemble
+    from napari_treg.api import degrade, ensemble, restore
+    from napari_treg.engine.ensemble import Ensemble
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``degrade`` and ``restore`` are imported on first use: importing the package (and its
+    """``degrade``, ``restore`` and ``ensemble`` are imported on first use: importing the package (and its
     command line) does not load torch, so Ctrl-C while torch loads is handled by the CLI."""
-    if name in ("degrade", "restore"):
+    if name in ("degrade", "ensemble", "restore"):
         from napari_treg import api
 
         return getattr(api, name)
-    if name in ("ensemble", "Ensemble"):
-        from napari_treg import uncertainty
+    if name == "Ensemble":
+        from napari_treg.engine.ensemble import Ensemble
 
-        return getattr(uncertainty, name)
+        return Ensemble
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,21 +1,32 @@
-"""The public API: ``degrade`` simulates a measurement, ``restore`` runs TReg on one.
+"""The public API: ``degrade`` simulates a measurement, ``restore`` runs TReg on one, ``ensemble`` many times.
 
 NumPy in, NumPy out; inputs are never modified. See ``docs/api.md``. Both are thin:
-``restore`` builds a :class:`~napari_treg.engine.Restorer` and calls it.
+``restore`` builds a :class:`~napari_treg.engine.restorer.Restorer` and calls it.
 """
 
 from __future__ import annotations
 
 import inspect
+import time
 import warnings
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from napari_treg import imaging
-from napari_treg.engine import MAX_SEED, Progress, Restoration, Restorer, RunOptions, prepare
+from napari_treg.engine.ensemble import Ensemble, EnsembleOptions, check_ensemble, ensemble_prepared
+from napari_treg.engine.restore_settings import RestoreSettings
+from napari_treg.engine.restorer import (
+    MAX_SEED,
+    Progress,
+    ProgressCallback,
+    Restoration,
+    Restorer,
+    RunOptions,
+    prepare,
+)
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
+from napari_treg.imaging import layout as imaging
 from napari_treg.memory import guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.models.loading import warn_if_slow
@@ -150,7 +161,7 @@ def restore(
         free memory, at most 4; elsewhere 1.
     tile_size, tile_overlap : int
         Restore images larger than ``tile_size`` (restored pixels; 512 suits SD 1.5) in
-        overlapping tiles blended without seams (:mod:`napari_treg.tiling`); None: one piece.
+        overlapping tiles blended without seams (:mod:`napari_treg.engine.tiling`); None: one piece.
     noise : float, optional
         The measurement's noise sigma in model units (as in :func:`degrade`). Only reported:
         ``info["residual_over_noise"]`` is the RMS residual over it (about 1 = consistent with
@@ -159,13 +170,13 @@ def restore(
         The input intensities mapped to the model's -1 and 1; default the 0.1 and 99.9
         percentiles of the whole input.
     progress : callable, optional
-        ``progress(event)`` after every step with a :class:`~napari_treg.engine.Progress`
+        ``progress(event)`` after every step with a :class:`~napari_treg.engine.restorer.Progress`
         (``step``, ``total``, ``plane``, ``planes``, ``tile``, ``tiles``, ``preview``); the
         preview is the current estimate every ``preview_every`` steps.
     cancel : threading.Event or callable, optional
         Checked every step; when set, :class:`~napari_treg.errors.Cancelled` is raised.
     return_info : bool
-        Return a :class:`~napari_treg.engine.Restoration` ``(image, info)``: the parameters
+        Return a :class:`~napari_treg.engine.restorer.Restoration` ``(image, info)``: the parameters
         (enough to replay the run), model, versions, run time and the data-consistency
         residual ``||A x - y|| / ||y||`` over the measured values.
     schedule : str
@@ -236,6 +247,69 @@ def restore(
     return restoration if return_info else restoration.image
 
 
+def ensemble(
+    image: np.ndarray,
+    operator: LinearOperator,
+    *,
+    samples: int = EnsembleOptions.samples,
+    noise: float | None = None,
+    keep_samples: bool = EnsembleOptions.keep_samples,
+    prior_sd: float | None = EnsembleOptions.prior_sd,
+    model: str | DiffusionPrior = "sd15",
+    device: str = "auto",
+    dtype: str | torch.dtype | None = None,
+    intensity_range: tuple[float, float] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelSignal = None,
+    **settings: Any,
+) -> Ensemble:
+    """Restore ``image`` ``samples`` times and return their mean, spread, data share and text influence.
+
+    Takes :func:`napari_treg.restore`'s keywords (``prompt``, ``guidance``, ``steps``, ``seed``,
+    ``schedule``, ``batch_size``, ...; sample ``k`` of plane ``i`` uses ``seed + k * planes + i``).
+    ``noise`` is the measurement's noise sigma in model units (as in :func:`napari_treg.degrade`);
+    None estimates it from the image (``info["noise_source"]`` says which). ``prior_sd``: see
+    :class:`EnsembleOptions`. Everything is checked before any work; ``cancel`` returns nothing.
+
+    Raises
+    ------
+    InvalidInputError
+        The image, the operator or a setting cannot be used (the message names it), or
+        ``seed + samples * planes`` leaves the seed range.
+    ModelNotFoundError
+        ``model`` names weights that are missing, unreachable or not a model.
+    OutOfMemoryError
+        The samples, or the device, do not fit in memory.
+    DivergenceError
+        A sample holds NaN or inf values.
+    Cancelled
+        ``cancel`` was set; nothing is returned.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_treg import ensemble
+    >>> from napari_treg.operators import GaussianBlur
+    >>> measurement = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    >>> result = ensemble(measurement, GaussianBlur(sigma=1.0), samples=2, noise=0.05, model="tiny", steps=4)
+    >>> result.mean.shape
+    (32, 32)
+    """
+    started = time.perf_counter()
+    options = EnsembleOptions(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd)
+    typed = RestoreSettings.from_values({**settings, "noise": noise}, "ensemble setting")
+    run = prepare(image, operator, typed.run, intensity_range)
+    check_ensemble(run, options)
+    callback = progress_callback(progress)
+    is_cancelled = cancel_checker(cancel)
+    raise_if(is_cancelled)
+    prior = get_prior(model, device, dtype)
+    raise_if(is_cancelled)
+    warn_if_slow(prior)
+    restorer = typed.restorer(prior)
+    return ensemble_prepared(restorer, run, options, callback, cancel, started)
+
+
 def get_prior(
     model: str | DiffusionPrior, device: str = "auto", dtype: str | torch.dtype | None = None
 ) -> DiffusionPrior:
@@ -264,7 +338,7 @@ def progress_callback(progress: Callable | None) -> Callable[[Progress], None] |
     if _required_positional(progress) < 2:
         return progress
     warnings.warn(
-        "progress(step, total, preview) is deprecated: progress now receives one napari_treg.engine.Progress "
+        "progress(step, total, preview) is deprecated: progress now receives one napari_treg.engine.restorer.Progress "
         "event (event.step, event.total, event.plane, event.preview, ...)",
         DeprecationWarning,
         stacklevel=3,

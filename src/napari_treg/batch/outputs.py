@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_treg import io
 from napari_treg.batch.logs import LOG_NAME
 from napari_treg.batch.sources import SPATIAL, ArraySource, FileSource, Unit, is_zarr
 from napari_treg.errors import InvalidInputError
-from napari_treg.io import companion
+from napari_treg.io import files as io
+from napari_treg.io.files import companion
 
 MANIFEST = "treg-batch.json"
 RECORD_SUFFIX = ".treg.json"

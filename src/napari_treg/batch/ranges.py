@@ -1,7 +1,7 @@
 """The intensity range of a whole stack, exactly as local ``restore`` computes it, without loading it.
 
 Local :func:`napari_treg.restore` maps the 0.1 and 99.9 percentiles of all planes (as float32)
-to the model's -1 and 1 (:meth:`napari_treg.imaging.IntensityScale.from_data`). A batch run
+to the model's -1 and 1 (:meth:`napari_treg.imaging.layout.IntensityScale.from_data`). A batch run
 restores the planes one by one, so it computes that range once over the whole input and
 passes it to every unit. The percentiles are found exactly with dask, chunk by chunk: a
 histogram narrows each needed order statistic down to one bin, then the few values in that
@@ -15,7 +15,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from napari_treg import imaging
+from napari_treg.imaging import layout as imaging
 
 PERCENTILES = (0.1, 99.9)  # as IntensityScale.from_data
 BINS = 1024

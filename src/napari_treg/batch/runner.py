@@ -28,11 +28,11 @@ from napari_treg.batch.outputs import FolderOutput, ZarrOutput, open_output
 from napari_treg.batch.ranges import stack_intensity_range
 from napari_treg.batch.sources import ArraySource, Unit, open_source
 from napari_treg.batch.units import Job, ensemble_maps, is_done, run_unit
+from napari_treg.engine.ensemble import EnsembleOptions
+from napari_treg.engine.restore_settings import RestoreSettings, model_settings
 from napari_treg.errors import Cancelled, InvalidInputError, UnitOutOfMemory, cancel_checker
 from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
-from napari_treg.restore_settings import RestoreSettings, model_settings
-from napari_treg.uncertainty import EnsembleOptions
 
 #: ``restore`` keywords a batch run does not take (it shows no previews; the model is loaded by each worker)
 NOT_BATCH_SETTINGS = ("preview_every", "low_memory")

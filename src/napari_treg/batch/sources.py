@@ -1,6 +1,6 @@
 """What a batch run restores: a folder (or glob) of image files, or the planes of an array.
 
-A :class:`FileSource` has one unit per file, read with :func:`napari_treg.io.read_image`
+A :class:`FileSource` has one unit per file, read with :func:`napari_treg.io.files.read_image`
 and restored like ``napari-treg restore`` restores that file (its own intensity range,
 seed ``seed``). An :class:`ArraySource` (a zarr array, an OME-Zarr image, a dask or NumPy
 array, e.g. a napari layer's data) has one unit per plane of its leading axes; plane ``k``
@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_treg import imaging, io
 from napari_treg.errors import InvalidInputError
+from napari_treg.imaging import layout as imaging
+from napari_treg.io import files as io
 
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 SPATIAL = ("y", "x")

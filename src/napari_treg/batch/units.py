@@ -16,13 +16,13 @@ import numpy as np
 
 from napari_treg.batch.sources import Unit
 from napari_treg.errors import OutOfMemoryError, TRegError, UnitOutOfMemory
-from napari_treg.io import ensemble_map_names
+from napari_treg.io.files import ensemble_map_names
 from napari_treg.operators import LinearOperator
 
 if TYPE_CHECKING:
+    from napari_treg.engine.ensemble import EnsembleOptions
+    from napari_treg.engine.restore_settings import RestoreSettings
     from napari_treg.models.options import ModelSettings
-    from napari_treg.restore_settings import RestoreSettings
-    from napari_treg.uncertainty import EnsembleOptions
 
 _LOADED: list = []  # the priors this process has loaded, to check they load once per worker
 _RESTORERS: dict = {}  # this process's engine for the current job, keyed by model, settings and text
@@ -54,7 +54,7 @@ class Job:
 
 
 def ensemble_maps(settings: RestoreSettings, ensemble: EnsembleOptions | None) -> tuple[str, ...]:
-    """The ensemble maps of a run with these restore settings (:func:`napari_treg.io.ensemble_map_names`);
+    """The ensemble maps of a run with these restore settings (:func:`napari_treg.io.files.ensemble_map_names`);
     none without an ensemble."""
     return () if ensemble is None else ensemble_map_names(settings.uses_text)
 
@@ -112,7 +112,7 @@ def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, di
     if job.ensemble is None:
         restored, info = restorer.restore(image, job.operator, options=run, intensity_range=job.intensity_range)
         return restored, info, {}
-    from napari_treg.uncertainty import restorer_ensemble
+    from napari_treg.engine.ensemble import restorer_ensemble
 
     result = restorer_ensemble(
         restorer, image, job.operator, options=job.ensemble, run_options=run, intensity_range=job.intensity_range
@@ -125,7 +125,7 @@ def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, di
 
 
 def worker_restorer(job: Job) -> Any:
-    """This process's :class:`~napari_treg.engine.Restorer` for the job (its texts embedded once)."""
+    """This process's :class:`~napari_treg.engine.restorer.Restorer` for the job (its texts embedded once)."""
     prior = worker_prior(job)
     key = (id(prior), job.settings.config, job.settings.text)
     if key not in _RESTORERS:

@@ -1,7 +1,7 @@
 """Linear forward operators A and their adjoints, on ``(B, C, H, W)`` tensors.
 
 Every operator maps an image ``x`` to a measurement ``y = A x`` and back with
-the exact adjoint ``A^T``; ``tests/test_operators.py`` proves
+the exact adjoint ``A^T``; ``tests/operators/test_operators.py`` proves
 ``<A x, y> = <x, A^T y>`` for each of them.
 """
 

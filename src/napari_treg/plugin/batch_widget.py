@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox, Widget
 from napari.utils.notifications import show_error, show_info
 
-from napari_treg.engine import RunOptions
+from napari_treg.engine.restorer import RunOptions
 from napari_treg.errors import Cancelled, TRegError
-from napari_treg.io import companion, ensemble_map_names
+from napari_treg.io.files import companion, ensemble_map_names
 from napari_treg.models.options import ModelSettings
 from napari_treg.plugin.forms import (
     layer_combo,

@@ -13,7 +13,7 @@ import numpy as np
 from napari_treg.failures import Failure, describe_failure, first_sentence
 
 if TYPE_CHECKING:
-    from napari_treg.engine import Progress
+    from napari_treg.engine.restorer import Progress
     from napari_treg.plugin.restoration import Outcome
 
 CANCELLED = "Cancelled: nothing was added."

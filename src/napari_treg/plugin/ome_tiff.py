@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from napari_treg import io
 from napari_treg.errors import InvalidInputError
+from napari_treg.io import files as io
 from napari_treg.plugin.layers import plain
 from napari_treg.plugin.ome_record import layer_kwargs, restored_dtype, restored_shape
 

@@ -20,16 +20,16 @@ import numpy as np
 import torch
 
 from napari_treg import api
-from napari_treg.engine import Progress, Restorer, prepare
+from napari_treg.engine.ensemble import Ensemble, EnsembleOptions, check_ensemble, restorer_ensemble
+from napari_treg.engine.restore_settings import RestoreSettings
+from napari_treg.engine.restorer import Progress, Restorer, prepare
 from napari_treg.errors import Cancelled, InvalidInputError
-from napari_treg.metrics import ground_truth_metrics
+from napari_treg.imaging.metrics import ground_truth_metrics
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.models.loading import warn_if_slow
 from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
 from napari_treg.plugin.layers import Planes, reference_for
-from napari_treg.restore_settings import RestoreSettings
-from napari_treg.uncertainty import Ensemble, EnsembleOptions, check_ensemble, restorer_ensemble
 
 #: progress(event) after every sampling step; status(message, fraction) while loading
 StepProgress = Callable[[Progress], None]
@@ -106,7 +106,7 @@ class RestoreRequest:
     source: Any = None
     #: provenance that restore does not see (operator choice, layer names)
     record: dict = field(default_factory=dict)
-    #: restorations of the measurement: 1 = one restore; more = an ensemble (:mod:`napari_treg.uncertainty`)
+    #: restorations of the measurement: 1 = one restore; more = an ensemble (:mod:`napari_treg.engine.ensemble`)
     samples: int = 1
 
     @property
@@ -194,7 +194,7 @@ def check_ensemble_request(request: RestoreRequest) -> None:
 def ensemble_outcome(restorer: Restorer, request: RestoreRequest, progress: StepProgress | None) -> Outcome:
     """The ensemble of the request through the widget's restorer; the outcome's result is its mean.
 
-    ``info`` is :meth:`~napari_treg.uncertainty.Ensemble.restoration_info`.
+    ``info`` is :meth:`~napari_treg.engine.ensemble.Ensemble.restoration_info`.
     """
     maps = restorer_ensemble(
         restorer,

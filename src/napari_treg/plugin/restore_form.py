@@ -17,7 +17,9 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from napari_treg.engine import RunOptions
+from napari_treg.engine.ensemble import EnsembleOptions
+from napari_treg.engine.restore_settings import RestoreSettings
+from napari_treg.engine.restorer import RunOptions
 from napari_treg.errors import InvalidInputError
 from napari_treg.models.options import ModelSettings
 from napari_treg.plugin.choices import MODELS, PRECISIONS, available_devices, model_spec
@@ -45,10 +47,8 @@ from napari_treg.plugin.layers import (
     select_planes,
 )
 from napari_treg.plugin.restoration import RestoreRequest, check_ensemble_request
-from napari_treg.restore_settings import RestoreSettings
 from napari_treg.settings import spec_named, specs
 from napari_treg.solver import TRegConfig, schedule_settings
-from napari_treg.uncertainty import EnsembleOptions
 
 if TYPE_CHECKING:
     import napari

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import Container
 from napari.utils.notifications import show_info
 
-from napari_treg.engine import Progress
+from napari_treg.engine.restorer import Progress
 from napari_treg.errors import Cancelled, TRegError
-from napari_treg.metrics import format_metrics
+from napari_treg.imaging.metrics import format_metrics
 from napari_treg.plugin import restore_form
 from napari_treg.plugin.layers import result_name
 from napari_treg.plugin.messages import data_consistency_line, done_line, ensemble_step_line, explain_error, is_constant

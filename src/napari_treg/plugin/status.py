@@ -12,7 +12,7 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QSizePolicy
 
-from napari_treg.engine import Progress
+from napari_treg.engine.restorer import Progress
 from napari_treg.plugin.messages import CANCELLED, headline, sentence_case, step_line
 
 READY = "Ready."

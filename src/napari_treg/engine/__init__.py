@@ -1,0 +1,47 @@
+"""The engine: a :class:`Restorer` built once from a prior and settings, called on data; tiling,
+the restore settings and the ensemble.
+
+Rooms: ``restorer`` (Restorer, RunOptions, Progress, Restoration, prepare), ``tiling`` (geometry and
+blending), ``restore_settings`` (RestoreSettings), ``ensemble`` (Ensemble, EnsembleOptions),
+``run_info`` (provenance). Nothing here imports ``napari_treg.io`` or a front end.
+
+Importing this package is cheap: its modules load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from napari_treg.engine.ensemble import Ensemble, EnsembleOptions
+    from napari_treg.engine.restore_settings import RestoreSettings
+    from napari_treg.engine.restorer import Progress, Restoration, Restorer, RunOptions, prepare
+
+_HOMES = {
+    "Ensemble": "ensemble",
+    "EnsembleOptions": "ensemble",
+    "Progress": "restorer",
+    "Restoration": "restorer",
+    "RestoreSettings": "restore_settings",
+    "Restorer": "restorer",
+    "RunOptions": "restorer",
+    "prepare": "restorer",
+}
+
+__all__ = [
+    "Ensemble",
+    "EnsembleOptions",
+    "Progress",
+    "Restoration",
+    "RestoreSettings",
+    "Restorer",
+    "RunOptions",
+    "prepare",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"napari_treg.engine.{_HOMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

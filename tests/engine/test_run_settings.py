@@ -1,0 +1,100 @@
+"""The model and text settings classes: one place for their defaults, checked before any work."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from napari_treg import InvalidInputError, restore
+from napari_treg.batch.runner import checked_settings
+from napari_treg.engine.restore_settings import RestoreSettings
+from napari_treg.engine.restorer import Restorer, RunOptions
+from napari_treg.models import load_model
+from napari_treg.models.options import ModelSettings
+from napari_treg.operators import GaussianBlur
+from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
+from napari_treg.solver.text import TextSettings
+
+
+def test_restore_takes_its_defaults_from_the_settings_classes():
+    parameters = inspect.signature(restore).parameters
+    for settings in (ModelSettings(), TextSettings()):
+        for name, value in vars(settings).items():
+            if name in parameters:
+                assert parameters[name].default == value, name
+
+
+def test_a_batch_run_takes_restores_keywords_with_restores_defaults():
+    skip = {"image", "operator", "progress", "preview_every", "cancel", "return_info", "settings"}
+    defaults = {n: p.default for n, p in inspect.signature(restore).parameters.items() if n not in skip}
+    model, settings, intensity_range = checked_settings(defaults)  # every keyword accepted
+    assert (model, settings, intensity_range) == checked_settings({})  # and restore's defaults are the batch's
+    values = {**asdict(model), **settings.as_values(), "intensity_range": intensity_range}
+    for name, value in defaults.items():
+        assert values[name] == value, name
+
+
+def test_a_batch_run_refuses_what_it_cannot_use():
+    with pytest.raises(InvalidInputError, match="preview_every"):
+        checked_settings({"preview_every": 5})
+    with pytest.raises(InvalidInputError, match="unknown restore setting dc_evry"):
+        checked_settings({"dc_evry": 2})
+    with pytest.raises(InvalidInputError, match="name or path"):
+        checked_settings({"model": load_model("analytic")})
+
+
+def test_restore_settings_resolve_the_named_schedule_under_the_given_values():
+    paper = RestoreSettings.from_values({"schedule": "paper", "final_dc": True, "steps": 7})
+    assert paper.config == method_config("paper", {"final_dc": True, "steps": 7})
+    assert paper.text.schedule == "paper" and not paper.config.data_first
+    assert RestoreSettings().config == method_config(DEFAULT_SCHEDULE, {})
+    assert RestoreSettings.from_values({"seed": 3}).with_run(seed=9).run == RunOptions(seed=9)
+    with pytest.raises(InvalidInputError, match="seed"):
+        RestoreSettings().with_run(seed=-1)  # a changed run option is checked again
+    with pytest.raises(InvalidInputError, match="config must be a TRegConfig"):
+        RestoreSettings(config={"steps": 3})
+
+
+def test_restore_settings_make_the_same_restoration_as_restore():
+    values = {"prompt": "a disk", "steps": 3, "seed": 2, "schedule": "paper", "negative_prompt": "a square"}
+    image = np.random.default_rng(3).random((16, 16)).astype(np.float32)
+    settings = RestoreSettings.from_values(values)
+    restored, info = settings.restorer(load_model("analytic")).restore(image, GaussianBlur(1.0), options=settings.run)
+    np.testing.assert_array_equal(restored, restore(image, GaussianBlur(1.0), model="analytic", **values))
+    assert info["params"]["negative_prompt"] == "a square" and info["params"]["dc_every"] == 3
+
+
+@pytest.mark.parametrize(
+    "bad, named",
+    [({"method": "magic"}, "method"), ({"schedule": "fast"}, "schedule"), ({"prompt": b"caf\xe9"}, "prompt")],
+)
+def test_bad_text_settings_fail_on_the_client_before_any_worker(bad, named):
+    with pytest.raises(InvalidInputError, match=named):
+        checked_settings({"model": "analytic", **bad})
+
+
+def test_bad_model_settings_fail_on_the_client():
+    with pytest.raises(InvalidInputError, match="dtype"):
+        checked_settings({"model": "analytic", "dtype": 16})
+
+
+def test_text_settings_decode_utf8_prompts():
+    assert TextSettings(prompt="café".encode()).prompt == "café"
+
+
+def test_restorer_takes_a_ready_run_options():
+    restorer = Restorer(load_model("analytic"), method_config("data-first", {"steps": 3}))
+    image = np.random.default_rng(1).random((2, 16, 16)).astype(np.float32)
+    by_keywords, _ = restorer.restore(image, GaussianBlur(1.0), seed=4, batch_size=1)
+    by_options, info = restorer.restore(image, GaussianBlur(1.0), options=RunOptions(seed=4, batch_size=1))
+    np.testing.assert_array_equal(by_options, by_keywords)
+    assert info["seed"] == 4
+    with pytest.raises(InvalidInputError, match="RunOptions"):
+        restorer.restore(image, GaussianBlur(1.0), options={"seed": 4})
+    with pytest.raises(InvalidInputError, match="not both"):
+        restorer.restore(image, GaussianBlur(1.0), options=RunOptions(seed=4), seed=5)
+    with pytest.raises(InvalidInputError, match="unknown run option sed"):
+        restorer.restore(image, GaussianBlur(1.0), sed=4)
