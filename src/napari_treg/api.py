@@ -18,15 +18,18 @@ from napari_treg.engine.ensemble import Ensemble, EnsembleOptions, check_ensembl
 from napari_treg.engine.restore_settings import RestoreSettings
 from napari_treg.engine.restorer import (
     MAX_SEED,
+    PHOTON_PARAMETERS,
     Progress,
     ProgressCallback,
     Restoration,
     Restorer,
     RunOptions,
+    noise_model_values,
     prepare,
 )
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
+from napari_treg.imaging.noise import PoissonGaussian
 from napari_treg.memory import guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.models.loading import warn_if_slow
@@ -49,6 +52,7 @@ def degrade(
     noise: float = DEGRADE_DEFAULTS["noise"],
     seed: int | None = DEGRADE_DEFAULTS["seed"],
     rgb: bool | None = None,
+    noise_model: PoissonGaussian | None = None,
 ) -> np.ndarray:
     """Simulate a measurement ``y = A x + n`` of a clean image.
 
@@ -65,6 +69,10 @@ def degrade(
         Seed of the noise (None: a random one).
     rgb : bool, optional
         Whether the last axis is colour; default: a last axis of 3 or 4.
+    noise_model : PoissonGaussian, optional
+        Photon noise in the image's own units (ADU or photons): the measurement is
+        ``gain * Poisson((A x - offset) / gain) + offset + N(0, read_sd^2)``, seeded by ``seed``,
+        in place of the Gaussian ``noise`` (which is then not added).
 
     Returns
     -------
@@ -89,6 +97,10 @@ def degrade(
     noise = check_number(noise, "noise", minimum=0.0, maximum=imaging.MAX_NOISE_SIGMA)
     if seed is not None:
         seed = check_integer(seed, "seed", minimum=0, maximum=MAX_SEED)
+    if noise_model is not None and not isinstance(noise_model, PoissonGaussian):
+        raise InvalidInputError(
+            f"noise_model must be a napari_treg.noise.PoissonGaussian, got {type(noise_model).__name__}"
+        )
     array = imaging.check_image(image)
     layout = imaging.layout_of(array, rgb)
     operator.check_image_hw(layout.hw)
@@ -96,6 +108,13 @@ def degrade(
     scale = imaging.IntensityScale.from_data(planes)
     x = torch.from_numpy(scale.to_model(planes)).double()
     y = operator.forward(x)
+    if noise_model is not None:
+        clean = scale.from_model(y.numpy()).astype(np.float64)  # A x in the input's units
+        result = imaging.from_planes(
+            noise_model.simulate(clean, np.random.default_rng(seed)).astype(np.float32), layout
+        )
+        check_finite(result, "the simulated measurement", advice="check the noise model's gain and offset")
+        return result
     if noise > 0:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         y = y + noise * torch.randn(y.shape, generator=generator, dtype=torch.float64)
@@ -122,6 +141,7 @@ def restore(
     tile_size: int | None = RunOptions.tile_size,
     tile_overlap: int = RunOptions.tile_overlap,
     noise: float | None = RunOptions.noise,
+    noise_model: str | PoissonGaussian | None = None,
     intensity_range: tuple[float, float] | None = None,
     progress: Callable[[Progress], None] | None = None,
     preview_every: int = RunOptions.preview_every,
@@ -166,6 +186,12 @@ def restore(
         The measurement's noise sigma in model units (as in :func:`degrade`). Only reported:
         ``info["residual_over_noise"]`` is the RMS residual over it (about 1 = consistent with
         the measurement at its noise level). TReg's data-consistency step does not use it.
+    noise_model : "gaussian", "poisson-gaussian" or PoissonGaussian, optional
+        Photon noise (:class:`napari_treg.noise.PoissonGaussian`, in the input's units): every data
+        step then weighs each measured value by ``1 / var`` at the current estimate, and the residual
+        is reported in noise units per value. ``"poisson-gaussian"``: its parameters estimated from
+        the image (:func:`napari_treg.noise.estimate_poisson_gaussian`). ``info["noise_model"]``
+        records it in the input's units and in model units. Default: one Gaussian level.
     intensity_range : (float, float), optional
         The input intensities mapped to the model's -1 and 1; default the 0.1 and 99.9
         percentiles of the whole input.
@@ -185,8 +211,9 @@ def restore(
         the result agrees with it to the noise level; docs/validation.md). Settings given
         explicitly below override the schedule's.
     **settings
-        The method's other settings (:class:`~napari_treg.solver.TRegConfig`): ``dc_every``,
-        ``dc_until``, ``cg_iterations``, ``cg_lambda``, ``adaptive_negation``, ``negation_lr``,
+        ``gain``, ``read_sd``, ``offset``: the Poisson-Gaussian model's parameters one by one (as the
+        command line gives them), and the method's other settings (:class:`~napari_treg.solver.TRegConfig`):
+        ``dc_every``, ``dc_until``, ``cg_iterations``, ``cg_lambda``, ``adaptive_negation``, ``negation_lr``,
         ``negation_steps``, ``final_dc``.
 
     Returns
@@ -225,6 +252,7 @@ def restore(
     >>> info["seed"], info["residual"] < 1
     (0, True)
     """
+    photon = {name: settings.pop(name) for name in PHOTON_PARAMETERS if name in settings}  # gain=, read_sd=, offset=
     config = method_config(schedule, {"guidance": guidance, "steps": steps, **settings})
     options = RunOptions(
         seed=seed,
@@ -234,6 +262,8 @@ def restore(
         tile_overlap=tile_overlap,
         noise=noise,
         preview_every=preview_every,
+        **noise_model_values(noise_model),
+        **photon,
     )
     run = prepare(image, operator, options, intensity_range)
     callback = progress_callback(progress)
@@ -253,6 +283,7 @@ def ensemble(
     *,
     samples: int = EnsembleOptions.samples,
     noise: float | None = None,
+    noise_model: str | PoissonGaussian | None = None,
     keep_samples: bool = EnsembleOptions.keep_samples,
     prior_sd: float | None = EnsembleOptions.prior_sd,
     model: str | DiffusionPrior = "sd15",
@@ -268,7 +299,9 @@ def ensemble(
     Takes :func:`napari_treg.restore`'s keywords (``prompt``, ``guidance``, ``steps``, ``seed``,
     ``schedule``, ``batch_size``, ...; sample ``k`` of plane ``i`` uses ``seed + k * planes + i``).
     ``noise`` is the measurement's noise sigma in model units (as in :func:`napari_treg.degrade`);
-    None estimates it from the image (``info["noise_source"]`` says which). ``prior_sd``: see
+    None estimates it from the image (``info["noise_source"]`` says which). ``noise_model``: photon
+    noise as in :func:`napari_treg.restore` (each sample's last step then perturbs every value by its
+    own ``sqrt(var)``, and the data share comes from the same weighted system). ``prior_sd``: see
     :class:`EnsembleOptions`. Everything is checked before any work; ``cancel`` returns nothing.
 
     Raises
@@ -297,7 +330,8 @@ def ensemble(
     """
     started = time.perf_counter()
     options = EnsembleOptions(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd)
-    typed = RestoreSettings.from_values({**settings, "noise": noise}, "ensemble setting")
+    values = {**settings, "noise": noise, **noise_model_values(noise_model)}
+    typed = RestoreSettings.from_values(values, "ensemble setting")
     run = prepare(image, operator, typed.run, intensity_range)
     check_ensemble(run, options)
     callback = progress_callback(progress)

@@ -79,6 +79,13 @@ def setting(
     return dataclasses.field(default=default, metadata={"spec": meta})
 
 
+def optional_like(settings_class: type, name: str, help: str) -> Any:
+    """A field like ``settings_class``'s field ``name`` (its kind and range), but optional with default None."""
+    (field,) = (field for field in dataclasses.fields(settings_class) if field.name == name)
+    meta = {**field.metadata["spec"], "help": help, "optional": True}
+    return dataclasses.field(default=None, metadata={"spec": meta})
+
+
 def specs(settings_class: type) -> tuple[Spec, ...]:
     """The :class:`Spec` of every field of a settings class, in declaration order."""
     result = []

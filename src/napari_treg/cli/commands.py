@@ -91,8 +91,32 @@ def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEGRADE_DEFAULTS["seed"],
         help="noise seed (default: %(default)s)",
     )
+    add_photon_noise_arguments(group)
     add_rgb_argument(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no status line")
+
+
+def add_photon_noise_arguments(group: Any) -> None:
+    """--noise-model, --gain, --read-sd and --offset of ``degrade`` (the run options' specs)."""
+    from napari_treg.engine.restorer import PHOTON_PARAMETERS, RunOptions
+
+    for spec in specs(RunOptions):
+        if spec.name in ("noise_model", *PHOTON_PARAMETERS):
+            add_setting(group, spec)
+
+
+def photon_noise_from_args(args: argparse.Namespace) -> Any:
+    """The PoissonGaussian of ``degrade --noise-model poisson-gaussian --gain G --read-sd R [--offset O]``, or None."""
+    from napari_treg.engine.restorer import RunOptions
+
+    options = RunOptions(noise_model=args.noise_model, gain=args.gain, read_sd=args.read_sd, offset=args.offset)
+    model = options.photon_noise()
+    if options.noise_model == "poisson-gaussian" and model is None:
+        raise UsageError(
+            "degrade --noise-model poisson-gaussian needs --gain and --read-sd (a simulation has nothing to "
+            "estimate them from)"
+        )
+    return model
 
 
 def run_degrade(args: argparse.Namespace) -> int:
@@ -104,7 +128,8 @@ def run_degrade(args: argparse.Namespace) -> int:
     operator = operator_from_args(args)
     shape = outputs.result_shape(image, args.rgb, operator.measurement_hw)
     outputs.check_outputs([outputs.Output("-o", Path(args.output), shape)], [args.input, args.mask, args.kernel])
-    result = degrade(image, operator, noise=args.noise, seed=args.seed, rgb=args.rgb)
+    model = photon_noise_from_args(args)
+    result = degrade(image, operator, noise=args.noise, seed=args.seed, rgb=args.rgb, noise_model=model)
     outputs.write_together({args.output: lambda path: io.write_image(path, result, like=image)}, cancel=_interrupted)
     _say(args, lambda: f"wrote {args.output} ({_describe(args.output)}) with {operator!r}")
     return 0

@@ -49,6 +49,7 @@ from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_number, setting, validate
 from napari_treg.solver.conflict import ConflictLog, unchecked
 from napari_treg.solver.divergence import check_finite
+from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map, proximal_weight
 
 #: the prior's standard deviation per pixel (model units) when neither the user nor the model gives one
@@ -191,15 +192,16 @@ def ensemble_prepared(
 ) -> Ensemble:
     """The ensemble of a :class:`~napari_treg.engine.restorer.Run` made by :func:`prepare`."""
     started = time.perf_counter() if started is None else started
+    restorer.check_noise_model(run)
     noise, noise_source = check_ensemble(run, options)
     is_cancelled = cancel_checker(cancel)
     raise_if(is_cancelled)
     prior_sd, prior_sd_source = prior_sd_of(restorer.prior, options, run.layout.channels)
     batch_size = restorer.batch_size(replicate(run, 0, options.samples))
     chunks = sample_chunks(options, batch_size, len(run.measured))
-    main = calibrated(restorer, noise, prior_sd)
+    main = calibrated(restorer, noise, prior_sd, run.variance)
     free = text_free(restorer)
-    passes = [main] if free is None else [main, calibrated(free, noise, prior_sd)]
+    passes = [main] if free is None else [main, calibrated(free, noise, prior_sd, run.variance)]
     relay = Relay(callback, sum(pass_steps(r, run, chunks, batch_size) for r in passes))
     work = functools.partial(run_pass, run=run, chunks=chunks, batch_size=batch_size, relay=relay)
     conflicts = restorer.conflict_log(run, (noise, noise_source))  # the prompted pass only, every sample
@@ -211,8 +213,8 @@ def ensemble_prepared(
         free_moments, _ = guard_memory(lambda: work(passes[1], keep=False, is_cancelled=is_cancelled))
         free_mean = free_moments.mean
     raise_if(is_cancelled)
-    share = data_share_planes(restorer.prior, run, noise, prior_sd)
     mean, std = statistics(moments, kept)
+    share = data_share_planes(restorer.prior, run, noise, prior_sd, mean)
     seconds = time.perf_counter() - started
     info = {
         **sampling_info(run, options, noise_source, prior_sd_source),
@@ -315,6 +317,8 @@ def measurement_noise(run: Run) -> tuple[float, str]:
     """The noise sigma in model units, and where it came from (given, or estimated from the image)."""
     if run.options.noise is not None:
         return float(run.options.noise), "given"
+    if run.variance is not None:
+        return run.variance.floor_sd, f"Poisson-Gaussian model per value ({run.noise_model_source}); noise: its floor"
     sigma = estimate_noise(run.planes, run.operator)
     if not sigma > 0:
         raise InvalidInputError(
@@ -340,7 +344,7 @@ def prior_sd_of(prior: DiffusionPrior, options: EnsembleOptions, channels: int) 
 # -- running the samples ----------------------------------------------------------------------------
 
 
-def calibrated(restorer: Restorer, noise: float, prior_sd: float) -> Restorer:
+def calibrated(restorer: Restorer, noise: float, prior_sd: float, variance: NoiseVariance | None = None) -> Restorer:
     """A copy of ``restorer`` whose samples end with the noise-aware data step, and use the data once.
 
     - No final projection (``final_dc``): it would pull every sample onto the data before the
@@ -353,13 +357,17 @@ def calibrated(restorer: Restorer, noise: float, prior_sd: float) -> Restorer:
       with both, 0.31 sd and 86 % without them (docs/uncertainty.md).
 
     ``restore``'s single images are not changed by this (it changes only the ensemble's copy).
+    With photon noise (``variance``), ``noise`` is the floor's sd, and the last step perturbs and
+    weighs each value by its own variance.
     """
     config = replace(restorer.config, final_dc=False)
     if config.data_first:
         config = replace(config, cg_lambda=proximal_weight(noise, prior_sd))
     result = copy.copy(restorer)
     result.config = config
-    result.finish = functools.partial(noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device)
+    result.finish = functools.partial(
+        noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device, variance=variance
+    )
     return result
 
 
@@ -372,14 +380,24 @@ def text_free(restorer: Restorer) -> Restorer | None:
 
 
 def noise_aware_step(
-    x: torch.Tensor, y: torch.Tensor, operator: LinearOperator, seed: int, *, noise: float, prior_sd: float, device
+    x: torch.Tensor,
+    y: torch.Tensor,
+    operator: LinearOperator,
+    seed: int,
+    *,
+    noise: float,
+    prior_sd: float,
+    device,
+    variance: NoiseVariance | None = None,
 ) -> torch.Tensor:
     """The engine's finish hook: perturb-and-MAP on a batch; plane ``k`` draws its noise from seed ``seed + k``."""
     perturbation = np.stack(
         [np.random.default_rng([seed + k, NOISE_STREAM]).standard_normal(y.shape[1:]) for k in range(len(y))]
     )
     e = torch.from_numpy(perturbation.astype(np.float32)).to(device)
-    return perturb_and_map(operator, y.to(device), x.to(device), noise, prior_sd, e).cpu()
+    if variance is None:
+        return perturb_and_map(operator, y.to(device), x.to(device), noise, prior_sd, e).cpu()
+    return perturb_and_map(operator, y.to(device), x.to(device), noise, prior_sd, e, variance=variance).cpu()
 
 
 def replicate(run: Run, first: int, count: int) -> Run:
@@ -456,16 +474,47 @@ def statistics(moments: Moments, kept: np.ndarray | None) -> tuple[np.ndarray, n
     return moments.mean, moments.std()
 
 
-def data_share_planes(prior: DiffusionPrior, run: Run, noise: float, prior_sd: float) -> np.ndarray:
-    """The data share of every plane ``(N, C, H, W)`` (float32; one operator, so the same for all planes)."""
+def data_share_planes(
+    prior: DiffusionPrior, run: Run, noise: float, prior_sd: float, mean: np.ndarray | None = None
+) -> np.ndarray:
+    """The data share of every plane ``(N, C, H, W)`` (float32; one operator, so the same for all planes).
+
+    With photon noise each plane has its own: the weights are taken at its ``mean`` (input units).
+    """
     channels = run.layout.channels
     image_shape = (channels, *run.operator.image_hw(run.layout.hw))
+    variance = run.variance
+    if variance is not None and mean is not None:
+        estimates = torch.from_numpy(run.scale.to_model(mean))
+        weights = variance.weights(run.operator.forward(estimates))
+        return np.stack([share_map(prior, run, noise, prior_sd, image_shape, w) for w in weights]).astype(np.float32)
+    share = share_map(prior, run, noise, prior_sd, image_shape)
+    return np.broadcast_to(share, (len(run.measured), *image_shape)).astype(np.float32)
+
+
+def share_map(
+    prior: DiffusionPrior,
+    run: Run,
+    noise: float,
+    prior_sd: float,
+    image_shape: tuple[int, ...],
+    weights: torch.Tensor | None = None,
+) -> np.ndarray:
+    """One data-share map (the probes seeded with :data:`PROBE_SEED`), checked finite."""
     generator = torch.Generator().manual_seed(PROBE_SEED)
+    measurement_shape = (run.layout.channels, *run.layout.hw)
     share = data_share(
-        run.operator, (channels, *run.layout.hw), image_shape, noise, prior_sd, generator=generator, device=prior.device
+        run.operator,
+        measurement_shape,
+        image_shape,
+        noise,
+        prior_sd,
+        generator=generator,
+        device=prior.device,
+        **({} if weights is None else {"weights": weights}),
     )
     check_finite(share, "the data share")
-    return np.broadcast_to(share.cpu().numpy(), (len(run.measured), *image_shape)).astype(np.float32)
+    return share.cpu().numpy()
 
 
 __all__ = ["Ensemble", "EnsembleOptions", "ensemble_prepared", "restorer_ensemble"]

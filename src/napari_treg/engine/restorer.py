@@ -26,15 +26,16 @@ from napari_treg.engine import tiling
 from napari_treg.engine.run_info import package_versions
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
-from napari_treg.imaging.metrics import residual_summary, residual_sums
-from napari_treg.imaging.noise import estimate_noise
+from napari_treg.imaging.metrics import residual_summary, residual_sums, weighted_residual
+from napari_treg.imaging.noise import PoissonGaussian, check_above_offset, estimate_noise, fit_variance_line
 from napari_treg.memory import auto_batch_size, free_bytes, guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
-from napari_treg.settings import check_text, from_values, setting, validate
+from napari_treg.settings import check_text, from_values, optional_like, setting, validate
 from napari_treg.solver import TRegConfig, get_method
 from napari_treg.solver.conflict import ConflictLog, unchecked
 from napari_treg.solver.divergence import check_finite
+from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
 #: ``hook(first, count, state)`` after every sampler step of planes ``first .. first + count - 1``
@@ -47,6 +48,10 @@ PlacePreview = Callable[[np.ndarray, int], "np.ndarray | None"]
 
 #: the largest seed: plane ``k`` of a stack uses ``seed + k``, and torch takes seeds below 2**64
 MAX_SEED = 2**63 - 1
+#: the noise models a run can use: one Gaussian level (the default), or photon noise
+NOISE_MODELS = ("gaussian", "poisson-gaussian")
+#: the Poisson-Gaussian model's parameters, as run options
+PHOTON_PARAMETERS = ("gain", "read_sd", "offset")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,23 @@ class RunOptions:
         0, "a preview of the current estimate every this many steps (0: none)", minimum=0, maximum=100_000
     )
     rgb: Any = setting(None, "whether the last axis is colour (None: a last axis of 3 or 4)", kind=bool, optional=True)
+    noise_model: str = setting(
+        "gaussian",
+        "gaussian: one noise level for every value; poisson-gaussian: photon noise, var = gain (I - offset) "
+        "+ read_sd^2 in the input's units, every data step weighing each value by 1 / var (gain and read_sd "
+        "estimated from the image when not given)",
+        choices=NOISE_MODELS,
+        label="noise model",
+    )
+    gain: Any = optional_like(
+        PoissonGaussian, "gain", "poisson-gaussian: the intensity of one photon in the input's units (ADU per photon)"
+    )
+    read_sd: Any = optional_like(
+        PoissonGaussian, "read_sd", "poisson-gaussian: the read-noise standard deviation in the input's units"
+    )
+    offset: Any = optional_like(
+        PoissonGaussian, "offset", "poisson-gaussian: the input's value at zero photons (default 0, or estimated)"
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -92,6 +114,49 @@ class RunOptions:
             raise InvalidInputError(
                 f"tile_overlap must be smaller than tile_size ({self.tile_size}), got {self.tile_overlap}"
             )
+        check_noise_model_options(self)
+
+    def photon_noise(self) -> PoissonGaussian | None:
+        """The Poisson-Gaussian model given in full (gain and read_sd), else None."""
+        if self.noise_model != "poisson-gaussian" or self.gain is None:
+            return None
+        return PoissonGaussian(self.gain, self.read_sd, 0.0 if self.offset is None else self.offset)
+
+
+def check_noise_model_options(options: RunOptions) -> None:
+    """Refuse photon-noise parameters without that model, a Gaussian level beside it, or half a model."""
+    given = [name for name in PHOTON_PARAMETERS if getattr(options, name) is not None]
+    if options.noise_model == "gaussian":
+        if given:
+            raise InvalidInputError(
+                f"{', '.join(given)} describe the Poisson-Gaussian noise model: give noise_model='poisson-gaussian' too"
+            )
+        return
+    if options.noise is not None:
+        raise InvalidInputError(
+            "give noise (one Gaussian level) or noise_model='poisson-gaussian', not both: the model gives every "
+            "value its own level"
+        )
+    if (options.gain is None) != (options.read_sd is None):
+        raise InvalidInputError(
+            "give both gain and read_sd of the Poisson-Gaussian model, or neither (then both are estimated "
+            "from the image)"
+        )
+    options.photon_noise()  # checks the model's own ranges
+
+
+def noise_model_values(noise_model: Any) -> dict[str, Any]:
+    """``noise_model`` of the API (None, a name, or a :class:`PoissonGaussian`) as run-option values."""
+    if noise_model is None:
+        return {}
+    if isinstance(noise_model, PoissonGaussian):
+        return {"noise_model": "poisson-gaussian", **noise_model.as_dict()}
+    if isinstance(noise_model, str):
+        return {"noise_model": noise_model}
+    raise InvalidInputError(
+        "noise_model must be 'gaussian', 'poisson-gaussian' (estimated from the image) or a "
+        f"napari_treg.noise.PoissonGaussian, got {type(noise_model).__name__}"
+    )
 
 
 def run_options_from(options: RunOptions | None, values: dict[str, Any]) -> RunOptions:
@@ -145,6 +210,25 @@ class Run:
     scale: imaging.IntensityScale
     options: RunOptions
     plan: tiling.Tiling | None
+    noise_model: PoissonGaussian | None = None  # photon noise (input units), given or estimated
+    noise_model_source: str = ""
+
+    @property
+    def variance(self) -> NoiseVariance | None:
+        """The photon noise in model units (None: one Gaussian level)."""
+        if self.noise_model is None:
+            return None
+        return self.noise_model.in_model_units(self.scale.low, self.scale.high)
+
+    def noise_model_info(self) -> dict:
+        """``info["noise_model"]``: the model in the input's units and in model units, and where it came from."""
+        assert self.noise_model is not None and self.variance is not None
+        return {
+            "kind": "poisson-gaussian",
+            "input_units": self.noise_model.as_dict(),
+            "model_units": self.variance.as_dict(),
+            "source": self.noise_model_source,
+        }
 
     @property
     def planes(self) -> np.ndarray:
@@ -179,7 +263,30 @@ def prepare(image: Any, operator: LinearOperator, options: RunOptions, intensity
     plan = None
     if options.tile_size is not None and max(image_hw) > options.tile_size:
         plan = tiling.Tiling.plan(operator, layout.hw, options.tile_size, options.tile_overlap)
-    return Run(operator, layout, measured, scale, options, plan)
+    noise_model, source = photon_noise_of(options, measured, operator)
+    return Run(operator, layout, measured, scale, options, plan, noise_model, source)
+
+
+def photon_noise_of(
+    options: RunOptions, measured: np.ndarray, operator: LinearOperator
+) -> tuple[PoissonGaussian | None, str]:
+    """The run's Poisson-Gaussian model (given, or estimated from the measurement) and its source; the
+    measurement must be mostly at or above its offset."""
+    if options.noise_model != "poisson-gaussian":
+        return None, ""
+    model = options.photon_noise()
+    source = "given"
+    if model is None:
+        fit = fit_variance_line(measured, operator)
+        model = fit.model(options.offset)
+        offset = "offset given" if options.offset is not None else "offset 0 or where the fitted line meets 0"
+        source = (
+            f"estimated from the measurement (var = {fit.slope:.4g} I + {fit.intercept:.4g} over {fit.bins} "
+            f"intensity bins of {fit.blocks} 2x2 blocks, finest Haar diagonal detail; {offset}; "
+            "napari_treg.noise.estimate_poisson_gaussian)"
+        )
+    check_above_offset(measured, model.offset, "the measurement")
+    return model, source
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -262,6 +369,7 @@ class Restorer:
     ) -> Restoration:
         """Solve a :class:`Run` made by :func:`prepare`; the result is checked finite."""
         started = time.perf_counter() if started is None else started
+        self.check_noise_model(run)
         is_cancelled = cancel_checker(cancel)
         raise_if(is_cancelled)
         batch_size = self.batch_size(run)
@@ -274,6 +382,14 @@ class Restorer:
         info = self.provenance(run, batch_size, restored, time.perf_counter() - started)
         info["text_conflict"] = conflicts.summary() if conflicts is not None else unchecked(self.unchecked_reason())
         return Restoration(image, info)
+
+    def check_noise_model(self, run: Run) -> None:
+        """Refuse photon noise for a method whose data steps do not weigh values (all but TReg)."""
+        if run.noise_model is not None and self.method != "treg":
+            raise InvalidInputError(
+                f"the Poisson-Gaussian noise model is used by method 'treg' only, not {self.method!r}: "
+                "use noise_model='gaussian' with this method"
+            )
 
     # -- the text-conflict check (solver/conflict.py) ---------------------------------------
 
@@ -290,7 +406,9 @@ class Restorer:
         if self.method != "treg" or not self.prompt or self.config.guidance == 0:
             return None
         if noise is not None:
-            return ConflictLog(*noise)
+            return ConflictLog(*noise, run.variance)
+        if run.variance is not None:
+            return ConflictLog(run.variance.floor_sd, "Poisson-Gaussian model, weighted per value", run.variance)
         if run.options.noise:
             return ConflictLog(run.options.noise, "given")
         try:
@@ -317,6 +435,7 @@ class Restorer:
                 to_output=run.to_output,
                 hook=hook,
                 conflicts=conflicts,
+                variance=run.variance,
             )
 
         if run.plan is None:
@@ -333,17 +452,18 @@ class Restorer:
         to_output: Callable[[torch.Tensor], np.ndarray],
         hook: StepHook | None = None,
         conflicts: ConflictLog | None = None,
+        variance: NoiseVariance | None = None,
     ) -> np.ndarray:
         """Solve measurement planes ``(N, C, h, w)`` (model units) in batches; plane ``k`` uses ``seed + k``.
 
         Returns ``to_output`` of the restored planes ``(N, C, H, W)``; ``conflicts`` collects the
-        text-conflict evidence of every batch.
+        text-conflict evidence of every batch; ``variance``: photon noise (None: one Gaussian level).
         """
         results = []
         for first in range(0, len(planes), batch_size):
             y = torch.from_numpy(np.ascontiguousarray(planes[first : first + batch_size]))
             callback = None if hook is None else functools.partial(hook, first, len(y))
-            results.append(to_output(self.solve_batch(y, operator, seed + first, callback, conflicts)))
+            results.append(to_output(self.solve_batch(y, operator, seed + first, callback, conflicts, variance)))
         return np.concatenate(results)
 
     def solve_batch(
@@ -353,6 +473,7 @@ class Restorer:
         seed: int,
         callback: Callable[[dict], None] | None,
         conflicts: ConflictLog | None = None,
+        variance: NoiseVariance | None = None,
     ) -> torch.Tensor:
         """One batch ``(B, C, h, w)``: pad to the model's size multiple, sample, crop back (model units)."""
         measurement_hw = (int(y.shape[-2]), int(y.shape[-1]))
@@ -374,6 +495,7 @@ class Restorer:
             config=self.config,
             generators=generators,
             callback=both(callback, check),
+            **({} if variance is None else {"variance": variance}),
         )
         if conflicts is not None:
             conflicts.add(check)
@@ -429,6 +551,9 @@ class Restorer:
             "seconds": seconds,
             "versions": package_versions(),
         }
+        if run.variance is not None:
+            info["residual_over_noise"] = weighted_residual(run.operator, x, y, run.variance)
+            info["noise_model"] = run.noise_model_info()
         if run.plan is not None:
             info["tiling"] = run.plan.describe(options.tile_size, options.tile_overlap, len(run.unit_sizes()))
         return info

@@ -13,6 +13,7 @@ import torch
 
 from napari_treg.errors import InvalidInputError
 from napari_treg.operators import LinearOperator
+from napari_treg.solver.noise_weights import NoiseVariance
 
 
 def residual_sums(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
@@ -25,6 +26,15 @@ def residual_sums(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor) ->
     error = float(((operator.forward(x.double()) - y) ** 2).sum())
     count = int(torch.count_nonzero(operator.measured(torch.ones_like(y))))
     return np.array([error, float((y**2).sum()), count])
+
+
+def weighted_residual(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor, variance: NoiseVariance) -> float:
+    """The RMS residual in noise units per value, ``sqrt(mean((A x - y)^2 / var(A x)))`` over the measured
+    values (about 1 for a result consistent with a measurement of per-value noise ``variance``)."""
+    ax = operator.forward(x.double())
+    mask = operator.measured(torch.ones_like(y.double())) != 0
+    ratio = (ax - y.double()) ** 2 / variance.of(ax)
+    return float(ratio[mask].mean()) ** 0.5 if bool(mask.any()) else 0.0
 
 
 def residual_summary(sums: np.ndarray, noise: float | None) -> dict:

@@ -1,4 +1,9 @@
-"""Data consistency: a batched conjugate gradient for ``(A^T A + lam I) x = A^T y + lam x0``."""
+"""Data consistency: a batched conjugate gradient for ``(A^T W A + lam I) x = A^T W y + lam x0``.
+
+``W`` is the identity for one Gaussian noise level; for per-value noise it is the diagonal of data
+weights ``floor / var(A x0)`` of :class:`~napari_treg.solver.noise_weights.NoiseVariance`, taken at
+the current estimate ``x0``.
+"""
 
 from __future__ import annotations
 
@@ -35,8 +40,19 @@ def conjugate_gradient(apply: callable, rhs: torch.Tensor, x: torch.Tensor, iter
 
 
 def data_consistency(
-    operator: LinearOperator, y: torch.Tensor, x0: torch.Tensor, lam: float, iterations: int
+    operator: LinearOperator,
+    y: torch.Tensor,
+    x0: torch.Tensor,
+    lam: float,
+    iterations: int,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``argmin_x ||y - A x||^2 + lam ||x - x0||^2`` by CG started at ``x0``."""
-    rhs = operator.adjoint(y) + lam * x0
-    return conjugate_gradient(lambda v: operator.normal(v) + lam * v, rhs, x0, iterations)
+    """``argmin_x ||y - A x||_W^2 + lam ||x - x0||^2`` by CG started at ``x0``.
+
+    ``weights``: ``W`` per measured value, shaped like ``y`` (None: ``W = I``, the plain solve).
+    """
+    if weights is None:
+        rhs = operator.adjoint(y) + lam * x0
+        return conjugate_gradient(lambda v: operator.normal(v) + lam * v, rhs, x0, iterations)
+    rhs = operator.adjoint(weights * y) + lam * x0
+    return conjugate_gradient(lambda v: operator.adjoint(weights * operator.forward(v)) + lam * v, rhs, x0, iterations)

@@ -10,7 +10,9 @@ consistent with the measurement the prompted one is, in nats at the noise level 
 is the evidence. Where the prompt names what the data show, both estimates agree (deficit ~0 or
 negative); where the data leave the prompt's choice open, both fit the data equally; where the
 prompt names something the data rule out, the prompted estimate misses the measurement by many
-nats. No extra model call is made: :class:`ConflictCheck` is a sampler callback that decodes the
+nats. With per-value noise (photon noise) the sum is weighted,
+``sum_i ((A x_c - y)_i^2 - (A x_u - y)_i^2) / (2 var_i)``, with ``var_i`` taken at the text-free
+estimate ``A x_u`` for both. No extra model call is made: :class:`ConflictCheck` is a sampler callback that decodes the
 two estimates at the noisiest data-consistency steps.
 
 The evidence exists only while the class is still open in the latent. Once the sampler has
@@ -33,6 +35,7 @@ import torch
 
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
+from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.sampler import tweedie
 from napari_treg.solver.timesteps import Step
 
@@ -55,11 +58,19 @@ FLAG_NATS = 50.0
 class ConflictCheck:
     """A sampler callback collecting, per sample, how much the prompt costs in measurement fit."""
 
-    def __init__(self, prior: DiffusionPrior, operator: LinearOperator, y: torch.Tensor, noise: float):
+    def __init__(
+        self,
+        prior: DiffusionPrior,
+        operator: LinearOperator,
+        y: torch.Tensor,
+        noise: float,
+        variance: NoiseVariance | None = None,
+    ):
         self.prior = prior
         self.operator = operator
         self.y = operator.measured(y.to(prior.device, torch.float32))
         self.noise = float(noise)
+        self.variance = variance
         #: per read step, per sample: the deficit (nats), NaN where that step gave the sample no evidence
         self.deficits: list[torch.Tensor] = []
         self.counted: torch.Tensor | None = None  # per sample: steps with evidence so far
@@ -81,11 +92,15 @@ class ConflictCheck:
         counted = torch.zeros_like(changed, dtype=torch.long) if self.counted is None else self.counted
         wanted = changed & (counted < CHECK_STEPS)
         self.counted = counted + wanted.long()
-        deficit = (self.misfit(x_text) - self.misfit(x_free)).cpu()
+        var = None if self.variance is None else self.variance.of(self.operator.forward(x_free)).double()
+        deficit = (self.misfit(x_text, var) - self.misfit(x_free, var)).cpu()
         self.deficits.append(torch.where(wanted, deficit, torch.full_like(deficit, math.nan)))
 
-    def misfit(self, x: torch.Tensor) -> torch.Tensor:
-        """``||A x - y||^2 / (2 sigma^2)`` per sample (nats, up to a constant)."""
+    def misfit(self, x: torch.Tensor, var: torch.Tensor | None = None) -> torch.Tensor:
+        """``||A x - y||^2 / (2 sigma^2)`` per sample (nats, up to a constant); with ``var`` per value,
+        ``sum (A x - y)^2 / (2 var)``."""
+        if var is not None:
+            return ((self.operator.forward(x) - self.y).double().square() / (2 * var)).flatten(1).sum(dim=1)
         error = (self.operator.forward(x) - self.y).double().square().flatten(1).sum(dim=1)
         return error / (2 * self.noise**2)
 
@@ -115,9 +130,10 @@ def noisy(step: Step) -> bool:
 class ConflictLog:
     """The evidence of one restoration: the noise level used and every plane's (or tile's) deficit."""
 
-    def __init__(self, noise: float | None, noise_source: str):
+    def __init__(self, noise: float | None, noise_source: str, variance: NoiseVariance | None = None):
         self.noise = noise
         self.noise_source = noise_source
+        self.variance = variance  # per-value noise (the deficit is then a weighted sum)
         self.deficits: list[float] = []
         self.unchecked_units = 0
         self.reasons: list[str] = []  # why units were not checked (each reason once)
@@ -126,7 +142,7 @@ class ConflictLog:
         """A callback for one sampler call on measurements ``y`` (None without a usable noise level)."""
         if not self.noise:
             return None
-        return ConflictCheck(prior, operator, y, self.noise)
+        return ConflictCheck(prior, operator, y, self.noise, self.variance)
 
     def add(self, check: ConflictCheck | None) -> None:
         """Log the evidence of one sampler call's check (None: no noise level, nothing checked)."""

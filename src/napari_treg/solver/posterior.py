@@ -30,6 +30,16 @@ removes (1: measured, 0: not seen at all). ``C / tau^2 = lam (A^T A + lam I)^-1`
 is estimated without forming the matrix (Hutchinson): for Rademacher probes ``r`` (entries +-1),
 ``E[r * lam (A^T A + lam I)^-1 r] = diag``; each probe is one solve of the same system with
 ``y = 0``. For inpainting the operator is diagonal and one probe is exact.
+
+Per-value noise (photon noise, :class:`~napari_treg.solver.noise_weights.NoiseVariance`):
+``n_i ~ N(0, var_i)``, ``var_i`` taken at the sample's ``A x_hat`` and clipped at the floor. With
+``W = floor / var`` (in (0, 1]) the same algebra, multiplied by ``floor`` instead of ``sigma^2``, gives
+
+    (A^T W A + lam I) x = A^T W (y + sqrt(var) e) + lam x_p,      lam = floor / tau^2,
+
+whose draws have covariance ``C = (I / tau^2 + A^T diag(1 / var) A)^-1`` exactly, and the data
+share is ``1 - diag(lam (A^T W A + lam I)^-1)``. ``||W^(1/2) A|| <= 1``, so :func:`cg_iterations`
+still bounds the solves.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import torch
 
 from napari_treg.operators import LinearOperator
 from napari_treg.solver.cg import data_consistency
+from napari_treg.solver.noise_weights import NoiseVariance
 
 #: bounds of the conjugate-gradient iterations of these solves (see :func:`cg_iterations`)
 MIN_CG_ITERATIONS, MAX_CG_ITERATIONS = 10, 300
@@ -73,15 +84,23 @@ def perturb_and_map(
     prior_sd: float,
     perturbation: torch.Tensor,
     iterations: int | None = None,
+    variance: NoiseVariance | None = None,
 ) -> torch.Tensor:
     """One posterior draw per sample: the data step against ``y + noise * perturbation`` around ``x_sample``.
 
     ``y`` ``(B, C, h, w)`` measurements, ``x_sample`` ``(B, C, H, W)`` the sampler's samples,
     ``perturbation`` standard normal noise shaped like ``y``; all in the same (model) units.
+    ``variance``: per-value noise; each value is then perturbed by ``sqrt(var(A x_sample))`` and
+    weighted by ``floor / var`` (``noise`` is not used).
     """
-    target = operator.measured(y + noise * perturbation)
-    lam = proximal_weight(noise, prior_sd)
-    return data_consistency(operator, target, x_sample, lam, iterations or cg_iterations(lam))
+    if variance is None:
+        target = operator.measured(y + noise * perturbation)
+        lam = proximal_weight(noise, prior_sd)
+        return data_consistency(operator, target, x_sample, lam, iterations or cg_iterations(lam))
+    var = variance.of(operator.forward(x_sample))
+    target = operator.measured(y + var.sqrt() * perturbation)
+    lam = proximal_weight(variance.floor_sd, prior_sd)
+    return data_consistency(operator, target, x_sample, lam, iterations or cg_iterations(lam), variance.floor / var)
 
 
 def data_share(
@@ -95,10 +114,12 @@ def data_share(
     generator: torch.Generator | None = None,
     iterations: int | None = None,
     device: torch.device | str = "cpu",
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per pixel ``1 - C_ii / tau^2`` for one image ``image_shape`` ``(C, H, W)``, clipped to [0, 1].
 
-    ``measurement_shape`` ``(C, h, w)`` is the shape of ``A x``.
+    ``measurement_shape`` ``(C, h, w)`` is the shape of ``A x``. ``weights``: per-value data weights
+    ``floor / var`` shaped like it (``noise`` is then the floor's sd), from the same weighted system.
     """
     lam = proximal_weight(noise, prior_sd)
     total = torch.zeros(image_shape, device=device)
@@ -106,6 +127,7 @@ def data_share(
         count = min(PROBES_PER_SOLVE, probes - first)
         signs = torch.randint(0, 2, (count, *image_shape), generator=generator).to(device, torch.float32) * 2 - 1
         zeros = torch.zeros((count, *measurement_shape), device=device)
-        solved = data_consistency(operator, zeros, signs, lam, iterations or cg_iterations(lam))  # lam (A^TA+lam)^-1 r
+        weight = None if weights is None else weights.to(device, torch.float32).expand(count, *measurement_shape)
+        solved = data_consistency(operator, zeros, signs, lam, iterations or cg_iterations(lam), weight)  # lam (.)^-1 r
         total += (signs * solved).sum(dim=0)
     return (1.0 - total / probes).clamp(0.0, 1.0)

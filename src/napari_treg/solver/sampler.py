@@ -50,6 +50,7 @@ from napari_treg.solver.cg import data_consistency
 from napari_treg.solver.config import TRegConfig
 from napari_treg.solver.divergence import DivergenceWatch
 from napari_treg.solver.negation import AdaptiveNegation
+from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.timesteps import Step, ddim_steps
 
 Callback = Callable[[dict], None]
@@ -67,6 +68,7 @@ def treg_sample(
     config: TRegConfig = TRegConfig(),
     generators: list[torch.Generator] | None = None,
     callback: Callback | None = None,
+    variance: NoiseVariance | None = None,
 ) -> torch.Tensor:
     """Restore images ``(B, 3, H, W)`` in [-1, 1] from measurements ``y = A x + n``.
 
@@ -75,6 +77,8 @@ def treg_sample(
     ``callback`` receives ``{"i", "total", "z0", "step"}`` after every step, and the step's noisy
     latent ``"z_t"`` with the text-free and prompted noise predictions ``"eps_free"``, ``"eps_text"``
     (None at guidance 0) of its one model call; it may raise to stop the run (this is how cancelling works).
+    ``variance``: per-value noise (photon noise); every data step then weighs each measured value by
+    ``1 / var(A x0)`` at its current estimate ``x0`` (None: one Gaussian level, ``W = I``).
     """
     steps = ddim_steps(prior.schedule, config.steps, config.dc_every, config.dc_until)
     batch = y.shape[0]
@@ -92,7 +96,8 @@ def treg_sample(
         eps = guide(eps_free, eps_text, config.guidance)
         z0 = tweedie(z_t, eps, step.a)
         if step.data_consistency:
-            x0y = data_consistency(operator, y, prior.decode(z0).float(), config.cg_lambda, config.cg_iterations)
+            x0 = prior.decode(z0).float()
+            x0y = data_step(operator, y, x0, config, variance)
             z0y = prior.encode(x0y).float()
             if config.adaptive_negation:
                 null = negation.update(prior.embed_image(x0y))
@@ -109,8 +114,19 @@ def treg_sample(
     watch.check()
     x = prior.decode(z0).float()
     if config.final_dc:
-        x = data_consistency(operator, y, x, config.cg_lambda, config.cg_iterations)
+        x = data_step(operator, y, x, config, variance)
     return x
+
+
+def data_step(
+    operator: LinearOperator, y: torch.Tensor, x0: torch.Tensor, config: TRegConfig, variance: NoiseVariance | None
+) -> torch.Tensor:
+    """x_0^y: the data-consistency solve around ``x0``; with per-value noise weighted by
+    ``W = floor / var(A x0)`` (the variance at the current estimate, not at ``y``)."""
+    if variance is None:
+        return data_consistency(operator, y, x0, config.cg_lambda, config.cg_iterations)
+    weights = variance.weights(operator.forward(x0))
+    return data_consistency(operator, y, x0, config.cg_lambda, config.cg_iterations, weights)
 
 
 def guided_noise(
