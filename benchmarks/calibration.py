@@ -21,6 +21,15 @@ of copies: what an ensemble was before the noise-aware last step).
     python benchmarks/calibration.py                 # the default schedule's table
     python benchmarks/calibration.py --schedules data-first paper --write   # both, into docs/uncertainty.md
     python benchmarks/calibration.py --samples 16    # faster, rougher
+    python benchmarks/calibration.py --photon --write   # the photon-noise rows (docs/uncertainty.md)
+
+Photon rows (``--photon``): the one-class prior mapped to photons (model -1 -> BACKGROUND, 1 -> PEAK
+photons), measured with the Poisson-Gaussian variance of a camera of gain 1, read sd 2, offset 0, in
+its heteroscedastic Gaussian form, ``y = A x + sqrt(var(A x)) n`` (var clipped at the read-noise floor),
+whose exact posterior is ``C = (I / s^2 + A^T diag(1 / var) A)^-1``. (Poisson counts themselves are
+not drawn here: the prior's spread, 40 photons, puts half the background below zero photons.) Rows for the dark and the bright half of the pixels (split at the truth's median), for
+the ensemble with the model given, with it estimated from the image, and, to compare, with one
+Gaussian level given (the RMS of the true per-value sd).
 """
 
 from __future__ import annotations
@@ -38,13 +47,18 @@ import torch
 from napari_treg import restore
 from napari_treg.api import ensemble
 from napari_treg.models.analytic import AnalyticPrior
-from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
+from napari_treg.noise import PoissonGaussian
+from napari_treg.operators import Denoising, GaussianBlur, Inpainting, LinearOperator, SuperResolution
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 
 NOISE = 0.05
 SIZE = 32
 LEVEL = 0.9
 BLOCK = ("<!-- calibration:start -->", "<!-- calibration:end -->")
+PHOTON_BLOCK = ("<!-- photon-calibration:start -->", "<!-- photon-calibration:end -->")
+#: photons of the model's -1 and 1 in the photon rows, and the camera
+BACKGROUND, PEAK = 2.0, 400.0
+CAMERA = PoissonGaussian(gain=1.0, read_sd=2.0, offset=0.0)
 
 
 def dense(op: LinearOperator, hw: tuple[int, int]) -> np.ndarray:
@@ -181,11 +195,103 @@ def table(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def write(lines: list[str], command: str) -> None:
+# -- photon noise ---------------------------------------------------------------------------------
+
+
+def to_photons(model_values: np.ndarray) -> np.ndarray:
+    return BACKGROUND + (np.asarray(model_values, np.float64) + 1.0) / 2.0 * (PEAK - BACKGROUND)
+
+
+def to_model(photons: np.ndarray) -> np.ndarray:
+    return (np.asarray(photons, np.float64) - BACKGROUND) * 2.0 / (PEAK - BACKGROUND) - 1.0
+
+
+def photon_posterior(prior: AnalyticPrior, op: LinearOperator, y: np.ndarray, var: np.ndarray) -> dict:
+    """The heteroscedastic Gaussian posterior per channel: ``var`` ``(3, h, w)`` per measured value (model units)."""
+    a = dense(op, (SIZE, SIZE))
+    s2 = prior.latent_std**2
+    means = prior.means((SIZE, SIZE)).double().numpy().reshape(prior.num_classes, 3, -1)[0]
+    post_mean, post_var = [], []
+    for c in range(3):
+        w = 1.0 / var[c].ravel()
+        cov = np.linalg.inv(np.eye(a.shape[1]) / s2 + (a.T * w) @ a)
+        post_mean.append(cov @ (means[c] / s2 + a.T @ (w * y[c].ravel())))
+        post_var.append(np.diag(cov))
+    shape = (3, SIZE, SIZE)
+    return {
+        "mean": np.reshape(post_mean, shape),
+        "var": np.reshape(post_var, shape),
+        "prior_var": np.full(shape, s2),
+    }
+
+
+def photon_case(prior: AnalyticPrior, op: LinearOperator, args: argparse.Namespace) -> list[tuple[str, str, dict]]:
+    """``(noise given as, pixels, row)`` for one operator: the model given, estimated, and one Gaussian level."""
+    hw = (SIZE, SIZE)
+    truth, _ = prior.sample(1, 0, hw, torch.Generator().manual_seed(args.seed))
+    ax = op.forward(truth.double())[0].numpy()
+    variance = CAMERA.in_model_units(BACKGROUND, PEAK)
+    var_true = variance.of(torch.from_numpy(ax)).numpy()
+    noise = np.random.default_rng(args.seed + 1).standard_normal(ax.shape)
+    measured = to_photons(ax + np.sqrt(var_true) * noise)  # photons (3, h, w)
+    post = photon_posterior(prior, op, to_model(measured), var_true)
+    image = np.moveaxis(measured.astype(np.float32), 0, -1)
+    common = dict(
+        model=prior,
+        prompt="a disk",
+        steps=args.steps,
+        batch_size=args.samples,
+        intensity_range=(BACKGROUND, PEAK),
+        schedule=args.schedule,
+        samples=args.samples,
+    )
+    truth_np = truth[0].numpy()
+    dark = truth_np <= np.median(truth_np)
+    runs = {
+        "model given": dict(noise_model=CAMERA),
+        "model estimated": dict(noise_model="poisson-gaussian", offset=0.0),
+        "one Gaussian level (RMS)": dict(noise=float(np.sqrt(var_true.mean()))),
+    }
+    rows = []
+    for label, extra in runs.items():
+        started = time.perf_counter()
+        ens = ensemble(image, op, **common, **extra)
+        to_chw = lambda a: np.moveaxis(a, -1, -3)  # noqa: E731
+        low, high = (to_model(to_chw(b)) for b in ens.interval(LEVEL))
+        mean, var = to_model(to_chw(ens.mean)), (to_chw(ens.std) * 2.0 / (PEAK - BACKGROUND)) ** 2
+        share = to_chw(ens.data_share)
+        used = ens.info["settings"].get("noise_model", {}).get("input_units")
+        print(f"  {label}: {time.perf_counter() - started:.1f} s; model {used}")
+        for part, pixels in (("dark half", dark), ("bright half", ~dark)):
+            rows.append((label, part, summary(mean, var, low, high, truth_np, post, share, pixels), used))
+    return rows
+
+
+def photon_table(args: argparse.Namespace) -> list[str]:
+    header = (
+        "| schedule | task | noise given as | pixels | variance ratio | 90 % coverage | mean error (sd) "
+        "| data share error mean / max | model used (input units) |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    prior = AnalyticPrior(classes=("disk",))
+    for schedule in args.schedules:
+        args.schedule = schedule
+        for task, op in (("denoising", Denoising()), ("Gaussian blur 1", GaussianBlur(1.0))):
+            print(f"{schedule}, photons, {task}")
+            for label, part, row, used in photon_case(prior, op, args):
+                model = "-" if used is None else ", ".join(f"{k} {v:.3g}" for k, v in used.items())
+                lines.append(
+                    f"| {schedule} | {task} | {label} | {part} | {row['var ratio']:.2f} | {row['coverage']:.1%} "
+                    f"| {row['mean err']:.2f} | {row['share err']:.3f} / {row['share max']:.2f} | {model} |"
+                )
+    return lines
+
+
+def write(lines: list[str], command: str, block: tuple[str, str] = BLOCK) -> None:
     """Replace the table between the markers of docs/uncertainty.md."""
     path = Path(__file__).resolve().parent.parent / "docs" / "uncertainty.md"
     text = path.read_text()
-    start, end = text.index(BLOCK[0]) + len(BLOCK[0]), text.index(BLOCK[1])
+    start, end = text.index(block[0]) + len(block[0]), text.index(block[1])
     body = "\n".join(["", f"`{command}` ({platform.machine()}, {time.strftime('%Y-%m-%d')}):", "", *lines, ""])
     path.write_text(text[:start] + body + text[end:])
 
@@ -199,13 +305,22 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the truth and the measurement noise")
     parser.add_argument("--write", action="store_true", help="put the table into docs/uncertainty.md")
+    parser.add_argument("--photon", action="store_true", help="the photon-noise rows (Poisson-Gaussian) instead")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    command = "python benchmarks/calibration.py " + shlex.join(sys.argv[1:])
+    if args.photon:
+        print(f"photons {BACKGROUND:g}-{PEAK:g}, {CAMERA}, {SIZE}x{SIZE} RGB, {args.samples} samples, {args.steps} steps")
+        lines = photon_table(args)
+        print("\n".join(lines))
+        if args.write:
+            write(lines, command, PHOTON_BLOCK)
+        return
     print(f"noise {NOISE}, {SIZE}x{SIZE} RGB, {args.samples} samples, {args.steps} steps")
     lines = table(args)
     print("\n".join(lines))
     if args.write:
-        write(lines, "python benchmarks/calibration.py " + shlex.join(sys.argv[1:]))
+        write(lines, command)
 
 
 if __name__ == "__main__":
