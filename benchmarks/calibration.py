@@ -59,6 +59,7 @@ PHOTON_BLOCK = ("<!-- photon-calibration:start -->", "<!-- photon-calibration:en
 #: photons of the model's -1 and 1 in the photon rows, and the camera
 BACKGROUND, PEAK = 2.0, 400.0
 CAMERA = PoissonGaussian(gain=1.0, read_sd=2.0, offset=0.0)
+TASKS = (("denoising", Denoising()), ("Gaussian blur 1", GaussianBlur(1.0)))
 
 
 def dense(op: LinearOperator, hw: tuple[int, int]) -> np.ndarray:
@@ -276,7 +277,7 @@ def photon_table(args: argparse.Namespace) -> list[str]:
     prior = AnalyticPrior(classes=("disk",))
     for schedule in args.schedules:
         args.schedule = schedule
-        for task, op in (("denoising", Denoising()), ("Gaussian blur 1", GaussianBlur(1.0))):
+        for task, op in TASKS[: args.tasks]:
             print(f"{schedule}, photons, {task}")
             for label, part, row, used in photon_case(prior, op, args):
                 model = "-" if used is None else ", ".join(f"{k} {v:.3g}" for k, v in used.items())
@@ -306,11 +307,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7, help="seed of the truth and the measurement noise")
     parser.add_argument("--write", action="store_true", help="put the table into docs/uncertainty.md")
     parser.add_argument("--photon", action="store_true", help="the photon-noise rows (Poisson-Gaussian) instead")
+    parser.add_argument("--tasks", type=int, default=len(TASKS), help="photon rows: the first this many tasks")
     args = parser.parse_args()
     torch.set_num_threads(1)
     command = "python benchmarks/calibration.py " + shlex.join(sys.argv[1:])
     if args.photon:
-        print(f"photons {BACKGROUND:g}-{PEAK:g}, {CAMERA}, {SIZE}x{SIZE} RGB, {args.samples} samples, {args.steps} steps")
+        print(
+            f"photons {BACKGROUND:g}-{PEAK:g}, {CAMERA}, {SIZE}x{SIZE} RGB, {args.samples} samples, {args.steps} steps"
+        )
         lines = photon_table(args)
         print("\n".join(lines))
         if args.write:

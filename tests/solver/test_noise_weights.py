@@ -65,13 +65,15 @@ def test_a_constant_variance_is_the_single_gaussian_level():
 
 
 def test_perturb_and_map_draws_each_value_with_its_own_variance():
-    """Denoising: the posterior is per value, x = (x_p / tau^2 + (y + sd e) / var) / (1 / tau^2 + 1 / var)."""
+    """Denoising: the posterior is per value, x = (x_p / tau^2 + (y + sd e) / var) / (1 / tau^2 + 1 / var), with
+    var taken at the data-consistent estimate (the same solve without the perturbation)."""
     tau = 0.3
     x_p = torch.tensor([[[[-1.0, 0.0, 0.5, 1.0]]]])
     y = torch.tensor([[[[-0.9, 0.1, 0.4, 1.2]]]])
     e = torch.tensor([[[[0.3, -1.0, 2.0, 0.5]]]])
     drawn = perturb_and_map(Denoising(), y, x_p, 0.0, tau, e, iterations=30, variance=VARIANCE)
-    var = VARIANCE.of(x_p)
+    first = VARIANCE.of(x_p)
+    var = VARIANCE.of((x_p / tau**2 + y / first) / (1 / tau**2 + 1 / first))
     expected = (x_p / tau**2 + (y + var.sqrt() * e) / var) / (1 / tau**2 + 1 / var)
     np.testing.assert_allclose(drawn.numpy(), expected.numpy(), rtol=1e-5)
 

@@ -68,12 +68,12 @@ def blocks_measured(operator: LinearOperator | None, y: np.ndarray) -> np.ndarra
 
 # -- photon noise: the Poisson-Gaussian model -----------------------------------------------------
 
-#: blocks per intensity bin of the variance-versus-intensity fit
-BLOCKS_PER_BIN = 64
-#: the fewest intensity bins (level sets) the fit needs
-MIN_BINS = 8
-#: the most intensity bins
-MAX_BINS = 64
+#: the fewest measured 2x2 blocks the fit needs (about a 48x48 image)
+MIN_FIT_BLOCKS = 512
+#: intensity bins (level sets, of equal width between the 0.5 and 99.5 percentiles of the local means)
+LEVEL_BINS = 32
+#: a bin with fewer blocks is left out (its variance is too uncertain)
+MIN_BIN_BLOCKS = 24
 #: a bin whose variance lies this many of its standard errors off the line is left out of the fit
 OUTLIER_ERRORS = 4.0
 #: the share of values below the offset beyond which an image is refused ("mostly below the offset")
@@ -179,7 +179,7 @@ def estimate_poisson_gaussian(
     (after Foi et al. 2008, "Practical Poissonian-Gaussian noise modeling and fitting for single-image
     raw-data"): the finest diagonal Haar detail of each 2x2 block, ``(y00 - y01 - y10 + y11) / 2``, is
     pure noise on locally planar content and has the block's variance; blocks are grouped into level
-    sets by their local mean (6x6 pixels), each set's variance is estimated robustly (MAD), and the
+    sets by their local mean (6x6 pixels, equal-width bins), each set's variance is estimated robustly (MAD), and the
     line ``var = gain I + b`` is fitted by weighted least squares with outlying sets left out.
 
     Raises InvalidInputError when the image is flat, has too few measured blocks, or its variance
@@ -209,17 +209,16 @@ def fit_variance_line(image: np.ndarray, operator: LinearOperator | None = None)
     if not np.all(np.isfinite(y)):
         raise InvalidInputError("the image holds NaN or infinite values: the noise cannot be estimated from it")
     means, details = local_blocks(y, operator)
-    bins = min(MAX_BINS, means.size // BLOCKS_PER_BIN)
-    if bins < MIN_BINS:
+    if means.size < MIN_FIT_BLOCKS:
         raise InvalidInputError(
-            f"too few homogeneous 2x2 blocks to fit the noise ({means.size}; at least {MIN_BINS * BLOCKS_PER_BIN}, "
+            f"too few homogeneous 2x2 blocks to fit the noise ({means.size}; at least {MIN_FIT_BLOCKS}, "
             "about a 48x48 image): give gain and read_sd instead"
         )
-    level, variance, error = level_sets(means, details, bins)
-    if not level[-1] - level[0] > 3 * math.sqrt(max(variance.max(), 0.0)):
+    level, variance, error = level_sets(means, details)
+    if len(level) < 2 or not level[-1] - level[0] > 3 * math.sqrt(max(variance.max(), 0.0)):
         raise InvalidInputError(
             "the image is too flat to fit the noise against intensity (its local means span "
-            f"{level[0]:.4g} to {level[-1]:.4g}): give gain and read_sd instead, or use a Gaussian noise level"
+            f"{means.min():.4g} to {means.max():.4g}): give gain and read_sd instead, or use a Gaussian noise level"
         )
     slope, intercept, used = robust_line(level, variance, error)
     if not slope > 0:
@@ -247,16 +246,23 @@ def local_blocks(y: np.ndarray, operator: LinearOperator | None) -> tuple[np.nda
     return local[keep], detail[keep]
 
 
-def level_sets(means: np.ndarray, details: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per bin of equal count (sorted by local mean): its mean intensity, its robust variance, and that
-    variance's standard error (MAD of a normal sample: about ``1.65 var / sqrt(n)``)."""
-    order = np.argsort(means, kind="stable")
+def level_sets(means: np.ndarray, details: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per intensity bin (:data:`LEVEL_BINS` of equal width; bins of fewer than :data:`MIN_BIN_BLOCKS` blocks
+    left out): its mean intensity, its robust variance, and that variance's standard error (MAD of a
+    normal sample: about ``1.65 var / sqrt(n)``)."""
+    low, high = np.percentile(means, (0.5, 99.5))
+    edges = np.linspace(low, high, LEVEL_BINS + 1)
+    index = np.clip(np.searchsorted(edges, means, side="right") - 1, 0, LEVEL_BINS - 1)
     level, variance, error = [], [], []
-    for part in np.array_split(order, bins):
+    for k in range(LEVEL_BINS):
+        part = index == k
+        count = int(part.sum())
+        if count < MIN_BIN_BLOCKS:
+            continue
         sd = float(np.median(np.abs(details[part])) / MAD_TO_SIGMA)
         level.append(float(means[part].mean()))
         variance.append(sd**2)
-        error.append(1.65 * sd**2 / math.sqrt(len(part)))
+        error.append(1.65 * sd**2 / math.sqrt(count))
     return np.array(level), np.array(variance), np.array(error)
 
 
@@ -273,7 +279,7 @@ def robust_line(level: np.ndarray, variance: np.ndarray, error: np.ndarray) -> t
         predicted = np.maximum(slope * level + intercept, variance.max() * 1e-6)
         sigma = error * predicted / np.maximum(variance, 1e-300)  # the standard error at the line's variance
         inliers = np.abs(variance - predicted) <= OUTLIER_ERRORS * sigma
-        if inliers.sum() < MIN_BINS // 2 or np.array_equal(inliers, used):
+        if inliers.sum() < 2 or np.array_equal(inliers, used):
             break
         used = inliers
     return float(slope), float(intercept), used
