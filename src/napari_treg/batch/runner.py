@@ -30,6 +30,7 @@ from napari_treg.batch.sources import ArraySource, Unit, open_source
 from napari_treg.batch.units import Job, ensemble_maps, is_done, run_unit
 from napari_treg.engine.ensemble import EnsembleOptions
 from napari_treg.engine.restore_settings import RestoreSettings, model_settings
+from napari_treg.engine.restorer import noise_model_values
 from napari_treg.errors import Cancelled, InvalidInputError, UnitOutOfMemory, cancel_checker
 from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
@@ -223,6 +224,7 @@ def checked_settings(settings: dict[str, Any]) -> tuple[ModelSettings, RestoreSe
     if "model" in model:
         model["model"] = os.fspath(model["model"])
     intensity_range = values.pop("intensity_range", None)
+    values.update(noise_model_values(values.pop("noise_model", None)))  # a PoissonGaussian -> its run options
     return model_settings(model), RestoreSettings.from_values(values), intensity_range
 
 
