@@ -18,7 +18,6 @@ from napari_treg.engine.ensemble import Ensemble, EnsembleOptions, check_ensembl
 from napari_treg.engine.restore_settings import RestoreSettings
 from napari_treg.engine.restorer import (
     MAX_SEED,
-    PHOTON_PARAMETERS,
     Progress,
     ProgressCallback,
     Restoration,
@@ -52,7 +51,7 @@ def degrade(
     noise: float = DEGRADE_DEFAULTS["noise"],
     seed: int | None = DEGRADE_DEFAULTS["seed"],
     rgb: bool | None = None,
-    noise_model: PoissonGaussian | None = None,
+    noise_model: PoissonGaussian | str = RunOptions.noise_model,
 ) -> np.ndarray:
     """Simulate a measurement ``y = A x + n`` of a clean image.
 
@@ -69,8 +68,9 @@ def degrade(
         Seed of the noise (None: a random one).
     rgb : bool, optional
         Whether the last axis is colour; default: a last axis of 3 or 4.
-    noise_model : PoissonGaussian, optional
-        Photon noise in the image's own units (ADU or photons): the measurement is
+    noise_model : PoissonGaussian or "gaussian"
+        ``"gaussian"`` (default): the Gaussian ``noise``. A PoissonGaussian: photon noise in the
+        image's own units (ADU or photons); the measurement is
         ``gain * Poisson((A x - offset) / gain) + offset + N(0, read_sd^2)``, seeded by ``seed``,
         in place of the Gaussian ``noise`` (which is then not added).
 
@@ -97,9 +97,12 @@ def degrade(
     noise = check_number(noise, "noise", minimum=0.0, maximum=imaging.MAX_NOISE_SIGMA)
     if seed is not None:
         seed = check_integer(seed, "seed", minimum=0, maximum=MAX_SEED)
-    if noise_model is not None and not isinstance(noise_model, PoissonGaussian):
+    if noise_model is None or noise_model == "gaussian":
+        noise_model = None
+    elif not isinstance(noise_model, PoissonGaussian):
         raise InvalidInputError(
-            f"noise_model must be a napari_treg.noise.PoissonGaussian, got {type(noise_model).__name__}"
+            "noise_model must be 'gaussian' or a napari_treg.noise.PoissonGaussian(gain, read_sd, offset) "
+            f"(a simulation has nothing to estimate it from), got {noise_model!r}"
         )
     array = imaging.check_image(image)
     layout = imaging.layout_of(array, rgb)
@@ -141,7 +144,10 @@ def restore(
     tile_size: int | None = RunOptions.tile_size,
     tile_overlap: int = RunOptions.tile_overlap,
     noise: float | None = RunOptions.noise,
-    noise_model: str | PoissonGaussian | None = None,
+    noise_model: str | PoissonGaussian = RunOptions.noise_model,
+    gain: float | None = RunOptions.gain,
+    read_sd: float | None = RunOptions.read_sd,
+    offset: float | None = RunOptions.offset,
     intensity_range: tuple[float, float] | None = None,
     progress: Callable[[Progress], None] | None = None,
     preview_every: int = RunOptions.preview_every,
@@ -192,6 +198,9 @@ def restore(
         is reported in noise units per value. ``"poisson-gaussian"``: its parameters estimated from
         the image (:func:`napari_treg.noise.estimate_poisson_gaussian`). ``info["noise_model"]``
         records it in the input's units and in model units. Default: one Gaussian level.
+    gain, read_sd, offset : float, optional
+        The Poisson-Gaussian model's parameters one by one (as the command line gives them), with
+        ``noise_model="poisson-gaussian"``; gain and read_sd both or neither (then estimated).
     intensity_range : (float, float), optional
         The input intensities mapped to the model's -1 and 1; default the 0.1 and 99.9
         percentiles of the whole input.
@@ -211,9 +220,8 @@ def restore(
         the result agrees with it to the noise level; docs/validation.md). Settings given
         explicitly below override the schedule's.
     **settings
-        ``gain``, ``read_sd``, ``offset``: the Poisson-Gaussian model's parameters one by one (as the
-        command line gives them), and the method's other settings (:class:`~napari_treg.solver.TRegConfig`):
-        ``dc_every``, ``dc_until``, ``cg_iterations``, ``cg_lambda``, ``adaptive_negation``, ``negation_lr``,
+        The method's other settings (:class:`~napari_treg.solver.TRegConfig`): ``dc_every``,
+        ``dc_until``, ``cg_iterations``, ``cg_lambda``, ``adaptive_negation``, ``negation_lr``,
         ``negation_steps``, ``final_dc``.
 
     Returns
@@ -252,7 +260,6 @@ def restore(
     >>> info["seed"], info["residual"] < 1
     (0, True)
     """
-    photon = {name: settings.pop(name) for name in PHOTON_PARAMETERS if name in settings}  # gain=, read_sd=, offset=
     config = method_config(schedule, {"guidance": guidance, "steps": steps, **settings})
     options = RunOptions(
         seed=seed,
@@ -262,8 +269,7 @@ def restore(
         tile_overlap=tile_overlap,
         noise=noise,
         preview_every=preview_every,
-        **noise_model_values(noise_model),
-        **photon,
+        **{"gain": gain, "read_sd": read_sd, "offset": offset, **noise_model_values(noise_model)},
     )
     run = prepare(image, operator, options, intensity_range)
     callback = progress_callback(progress)
@@ -283,7 +289,7 @@ def ensemble(
     *,
     samples: int = EnsembleOptions.samples,
     noise: float | None = None,
-    noise_model: str | PoissonGaussian | None = None,
+    noise_model: str | PoissonGaussian = RunOptions.noise_model,
     keep_samples: bool = EnsembleOptions.keep_samples,
     prior_sd: float | None = EnsembleOptions.prior_sd,
     model: str | DiffusionPrior = "sd15",

@@ -254,6 +254,10 @@ def test_restore_options_reach_restore(tmp_path):
         "noise": 0.02,
         "tile_size": 256,
         "tile_overlap": 32,
+        "noise_model": "gaussian",
+        "gain": None,
+        "read_sd": None,
+        "offset": None,
     }
 
 

@@ -77,7 +77,9 @@ def test_degrade_simulates_the_model_after_the_operator():
 def test_degrade_refuses_an_image_mostly_below_the_offset_and_a_wrong_model():
     with pytest.raises(InvalidInputError, match="below the offset 100"):
         degrade(np.full((32, 32), 50.0, np.float32), GaussianBlur(1.0), noise_model=TRUTH)
-    with pytest.raises(InvalidInputError, match="noise_model must be a napari_treg.noise.PoissonGaussian"):
+    with pytest.raises(
+        InvalidInputError, match="noise_model must be .gaussian. or a napari_treg.noise.PoissonGaussian"
+    ):
         degrade(np.ones((32, 32), np.float32), GaussianBlur(1.0), noise_model="poisson")
 
 

@@ -46,6 +46,13 @@ from napari_treg.plugin.layers import (
     mask_for_planes,
     select_planes,
 )
+from napari_treg.plugin.noise_fields import (
+    photon_values,
+    photon_widgets,
+    prefill_photon_fields,
+    show_photon_fields,
+    uses_photon_noise,
+)
 from napari_treg.plugin.restoration import RestoreRequest, check_ensemble_request
 from napari_treg.settings import spec_named, specs
 from napari_treg.solver import TRegConfig, schedule_settings
@@ -120,7 +127,7 @@ def inputs_section(viewer: napari.Viewer) -> Container:
         "(an ensemble then estimates it from the image).",
     )
     image = layer_combo(viewer, "Image", "image", "image", "The measured (degraded) image to restore", False)
-    return Container(name="inputs", widgets=[image, planes, *operator_widgets(viewer), noise])
+    return Container(name="inputs", widgets=[image, planes, *operator_widgets(viewer), noise, *photon_widgets()])
 
 
 def model_section() -> Container:
@@ -298,6 +305,7 @@ def update_visibility(form: Any) -> None:
     choice = form.model.value
     form.model_path.visible = choice in ("folder", "checkpoint")
     form.model_path.mode = "d" if choice == "folder" else "r"
+    show_photon_fields(form)
 
 
 # -- settings that follow the chosen layer --------------------------------------------------
@@ -338,6 +346,7 @@ def follow_layer(form: Any, viewer: napari.Viewer, memory: SetFromLayer) -> None
                 form.inputs[name].value = None
     follow_text(form, record, memory)
     form.noise.value = float(record.get("noise") or 0.0)
+    prefill_photon_fields(form, layer)
     source = record.get("source_layer")
     form.reference.reset_choices()
     form.reference.value = layers[source] if source in layers else None
@@ -399,7 +408,9 @@ def read_settings(form: Any, rgb: bool) -> RestoreSettings:
     values["tile_size"] = int(values["tile_size"]) or None  # off = one piece
     values["noise"] = values["noise"] or None  # 0 = unknown
     values["preview_every"] = preview_interval(values["steps"]) if form.preview.value else 0
-    return RestoreSettings.from_values({**values, "rgb": rgb})
+    if uses_photon_noise(form):
+        values["noise"] = None  # the model gives every value its own level
+    return RestoreSettings.from_values({**values, **photon_values(form), "rgb": rgb})
 
 
 def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:

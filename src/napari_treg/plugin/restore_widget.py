@@ -30,6 +30,7 @@ from napari_treg.imaging.metrics import format_metrics
 from napari_treg.plugin import restore_form
 from napari_treg.plugin.layers import result_name
 from napari_treg.plugin.messages import data_consistency_line, done_line, ensemble_step_line, explain_error, is_constant
+from napari_treg.plugin.noise_fields import prefill_photon_fields
 from napari_treg.plugin.output_layers import add_outputs, remove_preview, run_outputs, show_preview, taken_names
 from napari_treg.plugin.restoration import Outcome, RestoreRequest, run_request
 from napari_treg.plugin.status import StatusPanel
@@ -66,6 +67,7 @@ class RestoreWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.operator.changed.connect(self._update_visibility)
         self.image.changed.connect(self._image_changed)
+        self.noise_model.changed.connect(self._noise_model_changed)
         for widget in (self.model, self.model_path, self.device, self.dtype, self.low_memory):
             widget.changed.connect(self._model_changed)
         viewer.layers.events.inserted.connect(self._layer_inserted)
@@ -115,6 +117,11 @@ class RestoreWidget(Container):
 
     def _image_changed(self, *_: Any) -> None:
         restore_form.follow_layer(self, self.viewer, self._memory)
+
+    def _noise_model_changed(self, *_: Any) -> None:
+        """The Poisson-Gaussian fields, pre-filled from the estimate on the chosen layer."""
+        prefill_photon_fields(self, self.image.value)
+        self._update_visibility()
 
     def _model_changed(self, *_: Any) -> None:
         self._update_visibility()

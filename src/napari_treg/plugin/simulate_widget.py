@@ -24,17 +24,23 @@ from napari_treg.plugin.forms import (
 )
 from napari_treg.plugin.layers import Planes, linear_part, mask_for_planes, measurement_geometry, plain
 from napari_treg.plugin.messages import explain_error
+from napari_treg.plugin.noise_fields import photon_model, photon_widgets, show_photon_fields
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image
 
+    from napari_treg.noise import PoissonGaussian
 
-def measurement_name(source: str, operator_key: str, settings: dict, noise: float) -> str:
-    """E.g. ``"cells (Deblur: Gaussian sigma=2, noise 0.01)"``."""
+
+def measurement_name(
+    source: str, operator_key: str, settings: dict, noise: float, model: PoissonGaussian | None = None
+) -> str:
+    """E.g. ``"cells (Deblur: Gaussian sigma=2, noise 0.01)"``, or ``"..., photon noise gain 2 read sd 3)"``."""
     label = operator_spec(operator_key).label
     values = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
-    return f"{source} ({label}{' ' + values if values else ''}, noise {noise:g})"
+    noise_text = f"noise {noise:g}" if model is None else f"photon noise gain {model.gain:g} read sd {model.read_sd:g}"
+    return f"{source} ({label}{' ' + values if values else ''}, {noise_text})"
 
 
 class SimulateWidget(Container):
@@ -64,8 +70,10 @@ class SimulateWidget(Container):
                     "so 0.01 is 0.5 % of the range",
                 ),
                 SpinBox(name="seed", label="seed", value=0, min=0, max=2**31 - 1, tooltip="Seed of the noise"),
+                *photon_widgets(),
             ]
         )
+        self.noise_estimate.visible = False  # a simulation is given its model, nothing is estimated
         self.simulate_button = PushButton(text="Simulate", tooltip="Add the simulated measurement as a layer")
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
@@ -74,6 +82,7 @@ class SimulateWidget(Container):
         self.native.layout().addWidget(self._actions.native)
         self.viewer = viewer
         self.operator.changed.connect(self._update_visibility)
+        self.noise_model.changed.connect(self._update_visibility)
         self.simulate_button.changed.connect(self.simulate)
         for event in ("inserted", "removed", "reordered"):
             getattr(viewer.layers.events, event).connect(self.reset_choices)
@@ -81,6 +90,8 @@ class SimulateWidget(Container):
 
     def _update_visibility(self, *_: Any) -> None:
         show_operator(self)
+        show_photon_fields(self)
+        self.noise_estimate.visible = False
 
     def simulate(self, *_: Any) -> Image | None:
         """Add ``degrade(image, operator, noise, seed)`` as a new layer; returns it (None on error)."""
@@ -95,21 +106,26 @@ class SimulateWidget(Container):
             else:
                 mask = None
             operator = operator_from_form(self, mask=mask)
-            measurement = degrade(data, operator, noise=self.noise.value, seed=self.seed.value, rgb=layer.rgb)
+            model = photon_model(self)
+            measurement = degrade(
+                data, operator, noise=self.noise.value, seed=self.seed.value, rgb=layer.rgb, noise_model=model
+            )
         except (TRegError, ValueError) as error:
             show_error(explain_error(error).replace("Cannot restore", "Cannot simulate"))
             return None
         settings = operator_settings(self)
         linear = linear_part(layer.rotate, layer.shear, layer.ndim)
         scale, translate = measurement_geometry(layer.scale, layer.translate, operator.upscale, linear)
-        name = measurement_name(layer.name, self.operator.value, settings, self.noise.value)
+        name = measurement_name(layer.name, self.operator.value, settings, self.noise.value, model)
         record = {
             "source_layer": layer.name,
             "operator": {"name": self.operator.value, **settings},
             "operator_repr": repr(operator),
-            "noise": self.noise.value,
+            "noise": None if model is not None else self.noise.value,
             "seed": self.seed.value,
         }
+        if model is not None:
+            record["noise_model"] = model.as_dict()
         added = self.viewer.add_image(
             measurement,
             name=name,
