@@ -11,7 +11,13 @@ import napari_treg
 from napari_treg.plugin import sample_data
 
 MANIFEST = Path(napari_treg.__file__).parent / "napari.yaml"
-SAMPLES = ("photograph_sr", "photograph_inpainting", "fluorescence_blur", "fluorescence_stack_sr")
+SAMPLES = (
+    "photograph_sr",
+    "photograph_inpainting",
+    "fluorescence_blur",
+    "fluorescence_stack_sr",
+    "fluorescence_photons",
+)
 
 
 def test_manifest_validates_and_its_commands_import():

@@ -56,3 +56,16 @@ def test_a_layer_the_model_cannot_be_estimated_on_says_why(restore_widget):
         "Not estimated" in restore_widget.noise_estimate.value
         and "give gain and read_sd" in restore_widget.noise_estimate.value
     )
+
+
+def test_the_photon_limited_sample_is_measured_with_its_camera_and_the_estimate_finds_it():
+    from napari_treg.noise import estimate_poisson_gaussian
+    from napari_treg.plugin.sample_data import SAMPLE_CAMERA, fluorescence_photons
+
+    (clean, _, _), (measured, kwargs, _) = fluorescence_photons()
+    record = kwargs["metadata"]["treg_simulation"]
+    assert record["noise_model"] == SAMPLE_CAMERA.as_dict() and record["noise"] is None
+    assert record["prompt"] and record["operator"] == {"name": "gauss", "sigma": 1.0}
+    estimate = estimate_poisson_gaussian(measured, offset=SAMPLE_CAMERA.offset)
+    assert estimate.gain == pytest.approx(SAMPLE_CAMERA.gain, rel=0.3)
+    assert estimate.variance(200.0) == pytest.approx(SAMPLE_CAMERA.variance(200.0), rel=0.3)

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_treg.api import degrade
+from napari_treg.noise import PoissonGaussian
 from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
 from napari_treg.plugin.layers import measurement_geometry
 
@@ -24,6 +25,10 @@ TEXT_PRESETS = {
     "fluorescence_blur": (
         "fluorescence microscopy image of cell nuclei and thin filaments, sharp, high detail",
         "blurry, out of focus, noisy, low contrast",
+    ),
+    "fluorescence_photons": (
+        "fluorescence microscopy image of cell nuclei and thin filaments, sharp, high detail",
+        "blurry, out of focus, noisy, grainy, low contrast",
     ),
     "photograph_sr": (
         "a sharp high-resolution portrait photograph of an astronaut in a white spacesuit",
@@ -119,9 +124,11 @@ def _pair(
     units: str | None = None,
     colormap: str = "gray",
     sample: str | None = None,
+    noise_model: PoissonGaussian | None = None,
 ) -> list[LayerData]:
-    """The clean layer (hidden) and its measurement, overlaid; the measurement records ``sample``'s text preset."""
-    measured = degrade(clean, operator, noise=noise, seed=0, rgb=rgb)
+    """The clean layer (hidden) and its measurement, overlaid; the measurement records ``sample``'s text preset
+    (and its photon noise, ``noise_model``, in place of the Gaussian ``noise``)."""
+    measured = degrade(clean, operator, noise=noise, seed=0, rgb=rgb, noise_model=noise_model)
     factor = operator.factor if isinstance(operator, SuperResolution) else 1
     m_scale, m_translate = measurement_geometry(scale, [0.0] * len(scale), factor)
     common = {"units": units} if units else {}
@@ -149,8 +156,9 @@ def _pair(
                 "source_layer": f"{name} (clean)",
                 "operator": settings,
                 "operator_repr": repr(operator),
-                "noise": noise,
+                "noise": None if noise_model is not None else noise,
                 "seed": 0,
+                **({} if noise_model is None else {"noise_model": noise_model.as_dict()}),
                 **text_preset(sample),
             }
         },
@@ -240,4 +248,33 @@ def fluorescence_stack_sr() -> list[LayerData]:
         units="um",
         colormap="magenta",
         sample="fluorescence_stack_sr",
+    )
+
+
+#: the camera of the photon-limited sample (ADU): 2 ADU per photon, read noise 3 ADU, offset 100 ADU
+SAMPLE_CAMERA = PoissonGaussian(gain=2.0, read_sd=3.0, offset=100.0)
+#: photons of the photon-limited sample's background and brightest pixel
+SAMPLE_PHOTONS = (2.0, 60.0)
+
+
+def fluorescence_photons() -> list[LayerData]:
+    """Photon-limited fluorescence (256 x 256, ADU): 2-60 photons, Gaussian blur 1 px, Poisson-Gaussian noise
+    of :data:`SAMPLE_CAMERA` (restore it with ``noise_model="poisson-gaussian"``)."""
+    nuclei = synthetic_nuclei(seed=11).astype(np.float64)
+    low, high = SAMPLE_PHOTONS
+    photons = low + (high - low) * (nuclei - nuclei.min()) / (nuclei.max() - nuclei.min())
+    clean = (SAMPLE_CAMERA.offset + SAMPLE_CAMERA.gain * photons).astype(np.float32)
+    return _pair(
+        clean,
+        GaussianBlur(1.0),
+        {"name": "gauss", "sigma": 1.0},
+        "dim nuclei",
+        "photon-limited",
+        rgb=False,
+        noise=0.0,
+        scale=(PIXEL_UM, PIXEL_UM),
+        units="um",
+        colormap="green",
+        sample="fluorescence_photons",
+        noise_model=SAMPLE_CAMERA,
     )
