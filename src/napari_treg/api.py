@@ -97,9 +97,8 @@ def degrade(
     noise = check_number(noise, "noise", minimum=0.0, maximum=imaging.MAX_NOISE_SIGMA)
     if seed is not None:
         seed = check_integer(seed, "seed", minimum=0, maximum=MAX_SEED)
-    if noise_model is None or noise_model == "gaussian":
-        noise_model = None
-    elif not isinstance(noise_model, PoissonGaussian):
+    photon = noise_model if isinstance(noise_model, PoissonGaussian) else None
+    if photon is None and noise_model not in (None, "gaussian"):
         raise InvalidInputError(
             "noise_model must be 'gaussian' or a napari_treg.noise.PoissonGaussian(gain, read_sd, offset) "
             f"(a simulation has nothing to estimate it from), got {noise_model!r}"
@@ -111,10 +110,10 @@ def degrade(
     scale = imaging.IntensityScale.from_data(planes)
     x = torch.from_numpy(scale.to_model(planes)).double()
     y = operator.forward(x)
-    if noise_model is not None:
+    if photon is not None:
         clean = scale.from_model(y.numpy()).astype(np.float64)  # A x in the input's units
         result = imaging.from_planes(
-            noise_model.simulate(clean, np.random.default_rng(seed)).astype(np.float32), layout
+            photon.simulate(clean, np.random.default_rng(seed)).astype(np.float32), layout
         )
         check_finite(result, "the simulated measurement", advice="check the noise model's gain and offset")
         return result

@@ -511,7 +511,7 @@ def share_map(
         prior_sd,
         generator=generator,
         device=prior.device,
-        **({} if weights is None else {"weights": weights}),
+        weights=weights,
     )
     check_finite(share, "the data share")
     return share.cpu().numpy()
