@@ -70,10 +70,10 @@ def blocks_measured(operator: LinearOperator | None, y: np.ndarray) -> np.ndarra
 
 #: the fewest measured 2x2 blocks the fit needs (about a 48x48 image)
 MIN_FIT_BLOCKS = 512
-#: intensity bins (level sets, of equal width between the 0.5 and 99.5 percentiles of the local means)
-LEVEL_BINS = 32
-#: a bin with fewer blocks is left out (its variance is too uncertain)
-MIN_BIN_BLOCKS = 24
+#: blocks per intensity bin (level set) of the fit
+BLOCKS_PER_BIN = 64
+#: the most intensity bins
+MAX_BINS = 64
 #: a bin whose variance lies this many of its standard errors off the line is left out of the fit
 OUTLIER_ERRORS = 4.0
 #: the share of values below the offset beyond which an image is refused ("mostly below the offset")
@@ -179,7 +179,7 @@ def estimate_poisson_gaussian(
     (after Foi et al. 2008, "Practical Poissonian-Gaussian noise modeling and fitting for single-image
     raw-data"): the finest diagonal Haar detail of each 2x2 block, ``(y00 - y01 - y10 + y11) / 2``, is
     pure noise on locally planar content and has the block's variance; blocks are grouped into level
-    sets by their local mean (6x6 pixels, equal-width bins), each set's variance is estimated robustly (MAD), and the
+    sets by their local mean (6x6 pixels; bins of equal count), each set's variance is estimated robustly (MAD), and the
     line ``var = gain I + b`` is fitted by weighted least squares with outlying sets left out.
 
     Raises InvalidInputError when the image is flat, has too few measured blocks, or its variance
@@ -247,22 +247,16 @@ def local_blocks(y: np.ndarray, operator: LinearOperator | None) -> tuple[np.nda
 
 
 def level_sets(means: np.ndarray, details: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per intensity bin (:data:`LEVEL_BINS` of equal width; bins of fewer than :data:`MIN_BIN_BLOCKS` blocks
-    left out): its mean intensity, its robust variance, and that variance's standard error (MAD of a
-    normal sample: about ``1.65 var / sqrt(n)``)."""
-    low, high = np.percentile(means, (0.5, 99.5))
-    edges = np.linspace(low, high, LEVEL_BINS + 1)
-    index = np.clip(np.searchsorted(edges, means, side="right") - 1, 0, LEVEL_BINS - 1)
+    """Per intensity bin (blocks sorted by local mean, :data:`BLOCKS_PER_BIN` or more each, at most
+    :data:`MAX_BINS` bins): its mean intensity, its robust variance, and that variance's standard error
+    (MAD of a normal sample: about ``1.65 var / sqrt(n)``)."""
+    order = np.argsort(means, kind="stable")
     level, variance, error = [], [], []
-    for k in range(LEVEL_BINS):
-        part = index == k
-        count = int(part.sum())
-        if count < MIN_BIN_BLOCKS:
-            continue
+    for part in np.array_split(order, max(1, min(MAX_BINS, means.size // BLOCKS_PER_BIN))):
         sd = float(np.median(np.abs(details[part])) / MAD_TO_SIGMA)
         level.append(float(means[part].mean()))
         variance.append(sd**2)
-        error.append(1.65 * sd**2 / math.sqrt(count))
+        error.append(1.65 * sd**2 / math.sqrt(len(part)))
     return np.array(level), np.array(variance), np.array(error)
 
 
