@@ -102,6 +102,7 @@ def test_ensemble_weighs_each_value_by_its_variance():
     assert share[bright].mean() < share[dark].mean() - 0.005
     assert "Poisson-Gaussian" in result.info["noise_source"]
     assert result.info["settings"]["noise_model"]["input_units"]["gain"] == 2.0
+    assert result.info["noise_model"] == result.info["settings"]["noise_model"]
     spread = result.std
     assert spread[bright].mean() > 2 * spread[dark].mean()  # the posterior spread follows the photon noise
     level = ensemble(image, Denoising(), model="analytic", steps=6, samples=4, noise=0.02)

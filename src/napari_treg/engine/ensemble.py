@@ -227,6 +227,8 @@ def ensemble_prepared(
         "seconds_per_sample": seconds / options.samples,
         "settings": restorer.provenance(run, batch_size, mean, seconds),
     }
+    if run.noise_model is not None:
+        info["noise_model"] = run.noise_model_info()
     layout = run.layout
     return Ensemble(
         mean=imaging.from_planes(mean.astype(np.float32), layout),
