@@ -112,9 +112,7 @@ def degrade(
     y = operator.forward(x)
     if photon is not None:
         clean = scale.from_model(y.numpy()).astype(np.float64)  # A x in the input's units
-        result = imaging.from_planes(
-            photon.simulate(clean, np.random.default_rng(seed)).astype(np.float32), layout
-        )
+        result = imaging.from_planes(photon.simulate(clean, np.random.default_rng(seed)).astype(np.float32), layout)
         check_finite(result, "the simulated measurement", advice="check the noise model's gain and offset")
         return result
     if noise > 0:

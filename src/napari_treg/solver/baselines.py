@@ -23,6 +23,7 @@ from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import GaussianBlur, KernelBlur, LinearOperator, SuperResolution
 from napari_treg.solver.cg import conjugate_gradient
 from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.sampler import Callback, guided_noise, presampled_noise
 from napari_treg.solver.timesteps import ddim_steps
 
@@ -64,6 +65,7 @@ def psld_sample(
     config: TRegConfig = TRegConfig(),
     generators: list[torch.Generator] | None = None,
     callback: Callback | None = None,
+    variance: NoiseVariance | None = None,
     omega: float = PSLD_OMEGA,
     gamma: float = PSLD_GAMMA,
 ) -> torch.Tensor:
@@ -73,6 +75,7 @@ def psld_sample(
     ``omega ||y - A D(z0)|| + gamma ||z0 - E(A^T y + (I - A^T A) D(z0))||`` (per sample).
     The prior's ``predict_noise``, ``decode`` and ``encode`` must be differentiable.
     """
+    refuse_photon_noise(variance, "psld")
     steps = ddim_steps(prior.schedule, config.steps, 0, 0.0)
     z = presampled_noise(prior, y.shape[0], image_hw, 1, generators)[0]
     y = y.to(prior.device, torch.float32)
@@ -126,9 +129,11 @@ def tikhonov_restore(
     config: TRegConfig = TRegConfig(),
     generators: list[torch.Generator] | None = None,
     callback: Callback | None = None,
+    variance: NoiseVariance | None = None,
     smoothness: float = TIKHONOV_SMOOTHNESS,
 ) -> torch.Tensor:
     """``argmin ||A x - y||^2 + smoothness ||grad x||^2 + ridge ||x||^2`` by CG (``config.steps`` iterations)."""
+    refuse_photon_noise(variance, "tikhonov")
     y = y.to(prior.device, torch.float32)
     rhs = operator.adjoint(y)
     x = torch.zeros((y.shape[0], y.shape[1], *image_hw), device=y.device)
@@ -156,11 +161,13 @@ def richardson_lucy_restore(
     config: TRegConfig = TRegConfig(),
     generators: list[torch.Generator] | None = None,
     callback: Callback | None = None,
+    variance: NoiseVariance | None = None,
 ) -> torch.Tensor:
     """Richardson-Lucy deconvolution, ``config.steps`` iterations, on intensities ``(x + 1) / 2``.
 
     Needs a non-negative operator: a blur, or super-resolution with the box or Gaussian filter.
     """
+    refuse_photon_noise(variance, "richardson_lucy")
     if not is_non_negative(operator):
         raise InvalidInputError(
             f"Richardson-Lucy needs a blur (GaussianBlur, MotionBlur, KernelBlur) or SuperResolution "
@@ -190,3 +197,9 @@ def _check_finite(z: torch.Tensor, index: int, total: int) -> None:
     if index % 10 == 9 or index == total - 1:
         if not bool(torch.isfinite(z).all()):
             raise DivergenceError(f"PSLD diverged (NaN or inf) at step {index + 1} of {total}: try smaller step sizes")
+
+
+def refuse_photon_noise(variance: NoiseVariance | None, method: str) -> None:
+    """The baselines weigh every value alike (the sampler signature's ``variance`` must be None)."""
+    if variance is not None:
+        raise InvalidInputError(f"{method} does not weigh values by their noise: use method 'treg' for photon noise")
