@@ -19,10 +19,8 @@ what the maps mean and the calibration on the exact analytic prior (benchmarks/c
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -38,12 +36,13 @@ from napari_treg.engine.restorer import (
     Run,
     RunOptions,
     prepare,
+    residual_map,
     run_options_from,
 )
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
 from napari_treg.imaging.noise import estimate_noise
-from napari_treg.memory import guard_memory
+from napari_treg.memory import available_host_bytes, guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_number, setting, validate
@@ -103,6 +102,7 @@ class Ensemble:
     data_share: np.ndarray  # in [0, 1]
     text_influence: np.ndarray | None  # None without a prompt or with guidance 0
     info: dict
+    residual: np.ndarray | None = None  # |A mean - y| per measured value (as Restoration.residual)
 
     def interval(self, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """``(low, high)``: the predictive interval ``mean +- t sqrt(1 + 1/n) std`` holding ``level`` of the values.
@@ -200,7 +200,7 @@ def ensemble_prepared(
     main = calibrated(restorer, noise, prior_sd)
     free = text_free(restorer)
     passes = [main] if free is None else [main, calibrated(free, noise, prior_sd)]
-    relay = Relay(callback, sum(pass_steps(r, run, chunks, batch_size) for r in passes))
+    relay = StepOffset(callback, sum(pass_steps(r, run, chunks, batch_size) for r in passes))
     work = functools.partial(run_pass, run=run, chunks=chunks, batch_size=batch_size, relay=relay)
     conflicts = restorer.conflict_log(run, (noise, noise_source))  # the prompted pass only, every sample
     moments, kept = guard_memory(
@@ -233,6 +233,7 @@ def ensemble_prepared(
         data_share=imaging.from_planes(share, layout),
         text_influence=None if free_mean is None else imaging.from_planes(influence(mean, free_mean), layout),
         info=info,
+        residual=residual_map(run, mean.astype(np.float32)),
     )
 
 
@@ -297,20 +298,6 @@ def check_ensemble(run: Run, options: EnsembleOptions) -> tuple[float, str]:
     return noise
 
 
-def available_host_bytes() -> int | None:
-    """Memory the host can still give (None where the system does not say)."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def measurement_noise(run: Run) -> tuple[float, str]:
     """The noise sigma in model units, and where it came from (given, or estimated from the image)."""
     if run.options.noise is not None:
@@ -341,7 +328,7 @@ def prior_sd_of(prior: DiffusionPrior, options: EnsembleOptions, channels: int) 
 
 
 def calibrated(restorer: Restorer, noise: float, prior_sd: float) -> Restorer:
-    """A copy of ``restorer`` whose samples end with the noise-aware data step, and use the data once.
+    """``restorer``'s ensemble variant: its samples end with the noise-aware data step, and use the data once.
 
     - No final projection (``final_dc``): it would pull every sample onto the data before the
       noise-aware step, which is itself the last data step.
@@ -352,15 +339,13 @@ def calibrated(restorer: Restorer, noise: float, prior_sd: float) -> Restorer:
       sigma 1.5) the data-first ensemble's mean error is 0.58 posterior sd and its coverage 83 %
       with both, 0.31 sd and 86 % without them (docs/uncertainty.md).
 
-    ``restore``'s single images are not changed by this (it changes only the ensemble's copy).
+    ``restore``'s single images are not changed by this (``restorer`` itself is not changed).
     """
     config = replace(restorer.config, final_dc=False)
     if config.data_first:
         config = replace(config, cg_lambda=proximal_weight(noise, prior_sd))
-    result = copy.copy(restorer)
-    result.config = config
-    result.finish = functools.partial(noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device)
-    return result
+    finish = functools.partial(noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device)
+    return restorer.variant(config, finish)
 
 
 def text_free(restorer: Restorer) -> Restorer | None:
@@ -402,7 +387,7 @@ def pass_steps(restorer: Restorer, run: Run, chunks: list[tuple[int, int]], batc
     return sum(restorer.config.steps * sum(math.ceil(s / batch_size) for s in r.unit_sizes()) for r in replicated)
 
 
-class Relay:
+class StepOffset:
     """Turns each call's :class:`Progress` into progress over the whole ensemble."""
 
     def __init__(self, callback: ProgressCallback | None, total: int):
@@ -423,7 +408,7 @@ def run_pass(
     run: Run,
     chunks: list[tuple[int, int]],
     batch_size: int,
-    relay: Relay,
+    relay: StepOffset,
     keep: bool,
     is_cancelled,
     conflicts: ConflictLog | None = None,

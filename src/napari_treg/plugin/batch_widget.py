@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox, Widget
 from napari.utils.notifications import show_error, show_info
 
+from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_map_names
 from napari_treg.engine.restorer import RunOptions
 from napari_treg.errors import Cancelled, TRegError
-from napari_treg.io.files import companion, ensemble_map_names
+from napari_treg.io.files import companion
 from napari_treg.models.options import ModelSettings
 from napari_treg.plugin.forms import (
     layer_combo,
@@ -38,7 +39,7 @@ from napari_treg.plugin.forms import (
 )
 from napari_treg.plugin.layers import restored_geometry
 from napari_treg.plugin.messages import explain_error, headline
-from napari_treg.plugin.output_layers import ENSEMBLE_MAPS, MAP_KEY
+from napari_treg.plugin.output_layers import MAP_KEY
 from napari_treg.plugin.restore_form import samples_widget
 from napari_treg.plugin.worker import ActivityProgress, Relay, start_worker
 from napari_treg.settings import spec_named
@@ -311,7 +312,8 @@ class BatchWidget(Container):
 
         if self.result_layer is None:
             return
-        for attribute, suffix, colormap in ENSEMBLE_MAPS:
+        for kind in ENSEMBLE_MAPS:
+            attribute, suffix, colormap = kind.name, kind.layer_suffix, kind.colormap
             if attribute not in request.maps:
                 continue
             try:
