@@ -78,12 +78,10 @@ class EnsembleOptions:
     keep_samples: bool = setting(
         True, "keep every sample (memory grows with the number); otherwise mean and std are streamed"
     )
-    prior_sd: Any = setting(
+    prior_sd: float | None = setting(
         None,
         "the prior's standard deviation per pixel in model units, used by the noise-aware last step and "
         f"the data share; None: the model's own (the analytic prior's), else {DEFAULT_PRIOR_SD}",
-        kind=float,
-        optional=True,
         positive=True,
         maximum=10.0,
     )

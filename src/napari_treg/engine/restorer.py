@@ -54,37 +54,32 @@ class RunOptions:
     """How one image is run (not the method): seeds, batches, tiles, noise, previews."""
 
     seed: int = setting(0, "seed of the sampler; plane k of a stack uses seed + k", minimum=0, maximum=MAX_SEED)
-    batch_size: Any = setting(
+    batch_size: int | str = setting(
         "auto",
         "planes of a stack solved together; auto: as many as fit on a CUDA GPU (at most 4), else 1",
-        kind=int,
         minimum=1,
         maximum=64,
         auto=True,
     )
-    tile_size: Any = setting(
+    tile_size: int | None = setting(
         None,
         "restore images larger than this (restored pixels; 512 suits SD 1.5) in overlapping, "
         "seam-free tiles; None: in one piece",
-        kind=int,
         minimum=tiling.MIN_TILE,
         maximum=16384,
-        optional=True,
     )
     tile_overlap: int = setting(64, "overlap of neighbouring tiles, in restored pixels", minimum=0, maximum=4096)
-    noise: Any = setting(
+    noise: float | None = setting(
         None,
         "the measurement's noise sigma in model units (as for degrade); the residual is then also "
         "reported in units of it (about 1 = consistent with the measurement)",
-        kind=float,
         minimum=0.0,
         maximum=1e6,
-        optional=True,
     )
     preview_every: int = setting(
         0, "a preview of the current estimate every this many steps (0: none)", minimum=0, maximum=100_000
     )
-    rgb: Any = setting(None, "whether the last axis is colour (None: a last axis of 3 or 4)", kind=bool, optional=True)
+    rgb: bool | None = setting(None, "whether the last axis is colour (None: a last axis of 3 or 4)")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -415,7 +410,7 @@ class Restorer:
 
     def batch_size(self, run: Run) -> int:
         """The run's batch size as a number: ``"auto"`` asks the device how many planes fit."""
-        if run.options.batch_size != "auto":
+        if isinstance(run.options.batch_size, int):
             return run.options.batch_size
         if run.plan is None:
             hw = run.operator.image_hw(run.layout.hw)
@@ -454,7 +449,7 @@ class Restorer:
             "seconds": seconds,
             "versions": package_versions(),
         }
-        if run.plan is not None:
+        if run.plan is not None and options.tile_size is not None:
             info["tiling"] = run.plan.describe(options.tile_size, options.tile_overlap, len(run.unit_sizes()))
         return info
 

@@ -34,6 +34,7 @@ from napari_treg.plugin.forms import (
     operator_from_form,
     operator_widgets,
     sentence,
+    setting_value,
     setting_widget,
     show_operator,
 )
@@ -65,19 +66,10 @@ def settings_widgets() -> list[Widget]:
     """The model, text, method and run fields, each with its settings class's default, range and help."""
     model, prompt = spec_named(ModelSettings, "model"), spec_named(TextSettings, "prompt")
     tile, overlap = spec_named(RunOptions, "tile_size"), spec_named(RunOptions, "tile_overlap")
-    tile_size = SpinBox(
-        name=tile.name,
-        label=tile.label,
-        value=0,
-        min=0,
-        max=int(tile.maximum or 0),
-        step=64,
-        tooltip=sentence(tile.help),
-    )
-    tile_size.native.setSpecialValueText("off")  # 0: one piece
+    tile_size = setting_widget(tile, step=64)
     return [
         LineEdit(name="model", label=model.label, value=model.default, tooltip=sentence(model.help)),
-        LineEdit(name="prompt", label=prompt.label, value=prompt.default, tooltip=sentence(prompt.help)),
+        setting_widget(prompt),
         setting_widget(spec_named(TRegConfig, "guidance")),
         setting_widget(spec_named(TRegConfig, "steps")),
         setting_widget(spec_named(RunOptions, "seed")),
@@ -99,7 +91,7 @@ def batch_settings(values: dict[str, Any], rgb: bool | None) -> dict:
     return {
         **settings,
         "model": model or spec_named(ModelSettings, "model").default,
-        "tile_size": int(values["tile_size"]) or None,
+        "tile_size": setting_value(spec_named(RunOptions, "tile_size"), values["tile_size"]),
         "rgb": rgb,
     }
 
