@@ -180,11 +180,11 @@ def _restore_summary(output: str, info: dict[str, Any]) -> str:
 
 def _conflict_note(info: dict[str, Any]) -> str:
     """The result line's text-conflict note: the flag, or why the check was not made ("" otherwise)."""
-    from napari_treg.solver.conflict import unchecked_message
+    from napari_treg.solver.conflict import TextConflict, unchecked_message
 
-    conflict = info.get("text_conflict") or {}
-    if conflict.get("flag"):
-        return f"; TEXT CONFLICT: the prompt contradicts the measurement ({conflict['deficit_nats']:.0f} nats)"
+    conflict = TextConflict.of(info)
+    if conflict.flag:
+        return f"; TEXT CONFLICT: the prompt contradicts the measurement ({conflict.deficit_nats:.0f} nats)"
     unchecked = unchecked_message(info)
     return "" if unchecked is None else "; " + unchecked[0].lower() + unchecked[1:].rstrip(".")
 
