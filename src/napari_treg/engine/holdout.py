@@ -13,6 +13,9 @@ low-resolution pixels under a pixel-independent prior), its predictive variance 
 prior scales exactly by ``c^2``; :func:`fit_factor` picks the ``c`` whose standardised residuals
 ``(y_j - m_j) / sqrt(c^2 v_j (1 + 1/n) + sigma^2)`` have mean square 1. Where the other values
 see it too (blurs), ``v_j`` is mostly measured and ``c`` is poorly determined (docs/uncertainty.md).
+The factor is applied only where the held-out values reject the model's spread: where the mean
+square at ``c = 1`` is more than :data:`SIGNIFICANCE` standard errors from 1 (a few dozen values
+estimate a variance only to tens of per cent, and a right model should not be made worse).
 
 The correction acts on the prior's share only. The noise-aware last step is perturb-and-MAP
 (:mod:`napari_treg.solver.posterior`): ``x_k = M (lam x_p,k + A^T (y + sigma e_k))`` with
@@ -55,6 +58,8 @@ MIN_SAMPLES = 4
 FACTOR_RANGE = (0.05, 20.0)
 #: the level of the held-out coverage
 LEVEL = 0.9
+#: the factor is applied when the mean square standardised residual at c = 1 is this many standard errors from 1
+SIGNIFICANCE = 2.0
 #: ``step(x, y, operator, seed, prior_sd=...)``: the noise-aware last step of an ensemble's samples
 Step = Callable[..., torch.Tensor]
 
@@ -120,11 +125,19 @@ def coverage(residual: np.ndarray, variance: np.ndarray, noise: float, factor: f
     return float(np.mean(np.abs(residual) <= half))
 
 
-def verdict(before: float, factor: float) -> str:
+def rejects(residual: np.ndarray, variance: np.ndarray, noise: float) -> bool:
+    """Whether the held-out values reject the model's spread (``c = 1``) at :data:`SIGNIFICANCE` standard errors."""
+    z2 = np.square(residual) / (variance + noise**2)
+    error = float(np.std(z2, ddof=1)) / math.sqrt(z2.size)
+    return abs(float(np.mean(z2)) - 1.0) > SIGNIFICANCE * error
+
+
+def verdict(before: float, factor: float, applied: bool) -> str:
     """The line the front ends show: how the held-out values were covered, and what was done."""
-    line = (
-        f"held-out check: {before:.0%} of {LEVEL:.0%} covered; the spread of invented pixels was scaled by {factor:.2g}"
-    )
+    line = f"held-out check: {before:.0%} of {LEVEL:.0%} covered; "
+    if not applied:
+        return line + f"consistent with the model's spread (fitted factor {factor:.2g}), not corrected"
+    line += f"the spread of invented pixels was scaled by {factor:.2g}"
     if factor in FACTOR_RANGE:
         line += " (the bound of the search: the spread is far off)"
     return line
@@ -174,7 +187,9 @@ class HoldoutCheck:
         observed = self.run.planes[..., self.hidden].astype(np.float64)  # (N, C, held out)
         residual = (observed - stack.mean(axis=0)).ravel()
         variance = (stack.var(axis=0, ddof=1) * (1.0 + 1.0 / n)).ravel()
-        self.factor = fit_factor(residual, variance, self.noise)
+        fitted = fit_factor(residual, variance, self.noise)
+        applied = rejects(residual, variance, self.noise)
+        self.factor = fitted if applied else 1.0
         before = coverage(residual, variance, self.noise, 1.0, n)
         self.summary = {
             "fraction": self.fraction,
@@ -182,6 +197,8 @@ class HoldoutCheck:
             "coverage_before": before,
             "coverage_after": coverage(residual, variance, self.noise, self.factor, n),
             "level": LEVEL,
+            "fitted_factor": fitted,
+            "corrected": applied,
             "factor": self.factor,
             "prior_sd": self.factor * self.prior_sd,
             "seed_rule": f"held-out pixels: numpy.random.default_rng([seed, {HOLDOUT_STREAM}])",
@@ -189,7 +206,7 @@ class HoldoutCheck:
             "the sampler's deviations scaled by factor (napari_treg.engine.holdout)",
             "model_calls": model_calls,
             "seconds": seconds,
-            "verdict": verdict(before, self.factor),
+            "verdict": verdict(before, fitted, applied),
         }
 
     def correction(self, restorer: Restorer, step: Step) -> Correction:
