@@ -66,8 +66,17 @@ def test_only_a_spread_the_held_out_values_reject_is_corrected():
     rng = np.random.default_rng(1)
     variance = np.full(2000, 0.01)
     right = rng.standard_normal(variance.size) * np.sqrt(variance + NOISE**2)
-    assert not holdout.rejects(right, variance, NOISE)
-    assert holdout.rejects(1.2 * right, variance, NOISE) and holdout.rejects(right / 1.2, variance, NOISE)
+
+    def rejected(residual):
+        covered = holdout.coverage(residual, variance, NOISE, 1.0, samples=1000)
+        return holdout.rejects(residual, variance, NOISE, covered)
+
+    assert not rejected(right)
+    assert rejected(1.2 * right) and rejected(right / 1.2)
+    # a variance off with the coverage right (heavy tails) is not corrected
+    tails = right * np.where(np.arange(right.size) % 10 == 0, 2.5, 0.85)  # mean square 1.27
+    assert holdout.coverage(tails, variance, NOISE, 1.0, samples=1000) == pytest.approx(0.9, abs=0.01)
+    assert not rejected(tails)
 
 
 def test_the_held_out_pixels_are_a_seeded_share_of_the_measured_ones():

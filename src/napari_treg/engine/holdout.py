@@ -13,9 +13,10 @@ low-resolution pixels under a pixel-independent prior), its predictive variance 
 prior scales exactly by ``c^2``; :func:`fit_factor` picks the ``c`` whose standardised residuals
 ``(y_j - m_j) / sqrt(c^2 v_j (1 + 1/n) + sigma^2)`` have mean square 1. Where the other values
 see it too (blurs), ``v_j`` is mostly measured and ``c`` is poorly determined (docs/uncertainty.md).
-The factor is applied only where the held-out values reject the model's spread: where the mean
-square at ``c = 1`` is more than :data:`SIGNIFICANCE` standard errors from 1 (a few dozen values
-estimate a variance only to tens of per cent, and a right model should not be made worse).
+The factor is applied only where the held-out values reject the model's spread: where both the
+mean square at ``c = 1`` is more than :data:`SIGNIFICANCE` standard errors from 1 and the held-out
+coverage is more than :data:`SIGNIFICANCE` binomial standard errors from :data:`LEVEL` (a hundred
+values estimate a variance only to about 15 %, and a right model should not be made worse).
 
 The correction acts on the prior's share only. The noise-aware last step is perturb-and-MAP
 (:mod:`napari_treg.solver.posterior`): ``x_k = M (lam x_p,k + A^T (y + sigma e_k))`` with
@@ -58,7 +59,8 @@ MIN_SAMPLES = 4
 FACTOR_RANGE = (0.05, 20.0)
 #: the level of the held-out coverage
 LEVEL = 0.9
-#: the factor is applied when the mean square standardised residual at c = 1 is this many standard errors from 1
+#: the factor is applied when the mean square standardised residual at c = 1, and the held-out coverage, are this
+#: many standard errors from 1 and from LEVEL
 SIGNIFICANCE = 2.0
 #: ``step(x, y, operator, seed, prior_sd=...)``: the noise-aware last step of an ensemble's samples
 Step = Callable[..., torch.Tensor]
@@ -125,11 +127,14 @@ def coverage(residual: np.ndarray, variance: np.ndarray, noise: float, factor: f
     return float(np.mean(np.abs(residual) <= half))
 
 
-def rejects(residual: np.ndarray, variance: np.ndarray, noise: float) -> bool:
-    """Whether the held-out values reject the model's spread (``c = 1``) at :data:`SIGNIFICANCE` standard errors."""
+def rejects(residual: np.ndarray, variance: np.ndarray, noise: float, covered: float) -> bool:
+    """Whether the held-out values reject the model's spread (``c = 1``): both their mean square standardised
+    residual and their coverage ``covered`` are off by more than :data:`SIGNIFICANCE` standard errors."""
     z2 = np.square(residual) / (variance + noise**2)
     error = float(np.std(z2, ddof=1)) / math.sqrt(z2.size)
-    return abs(float(np.mean(z2)) - 1.0) > SIGNIFICANCE * error
+    coverage_error = math.sqrt(LEVEL * (1.0 - LEVEL) / z2.size)
+    variance_off = abs(float(np.mean(z2)) - 1.0) > SIGNIFICANCE * error
+    return variance_off and abs(covered - LEVEL) > SIGNIFICANCE * coverage_error
 
 
 def verdict(before: float, factor: float, applied: bool) -> str:
@@ -188,9 +193,9 @@ class HoldoutCheck:
         residual = (observed - stack.mean(axis=0)).ravel()
         variance = (stack.var(axis=0, ddof=1) * (1.0 + 1.0 / n)).ravel()
         fitted = fit_factor(residual, variance, self.noise)
-        applied = rejects(residual, variance, self.noise)
-        self.factor = fitted if applied else 1.0
         before = coverage(residual, variance, self.noise, 1.0, n)
+        applied = rejects(residual, variance, self.noise, before)
+        self.factor = fitted if applied else 1.0
         self.summary = {
             "fraction": self.fraction,
             "values": int(residual.size),
