@@ -237,7 +237,8 @@ def holdout_case(op, parts, model_sigma: float, args) -> list[str]:
         ]
         rows.append(
             f"| {name} | {model_sigma:g} | {covered[0]:.1%} | {covered[1]:.1%} "
-            f"| {check['coverage_before']:.1%} -> {check['coverage_after']:.1%} | {check['factor']:.2f} "
+            f"| {check['coverage_before']:.1%} -> {check['coverage_after']:.1%} "
+            f"| {check['fitted_factor']:.2f}{'' if check['corrected'] else ' (not applied)'} "
             f"| {check['values']} | {check['model_calls']} calls, {check['seconds']:.1f} s (ensemble {plain_seconds:.1f} s) |"
         )
     return rows
@@ -246,7 +247,7 @@ def holdout_case(op, parts, model_sigma: float, args) -> list[str]:
 def holdout_table(args: argparse.Namespace) -> list[str]:
     lines = [
         "| task | pixels | model sigma | coverage of the truth without the check | with the check "
-        "| held-out coverage before -> after | factor | held-out values | cost of the check |",
+        "| held-out coverage before -> after | fitted factor | held-out values | cost of the check |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for task, (op, parts) in holdout_cases(SIZE).items():
