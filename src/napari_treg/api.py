@@ -236,12 +236,7 @@ def restore(
         preview_every=preview_every,
     )
     run = prepare(image, operator, options, intensity_range)
-    callback = progress_callback(progress)
-    is_cancelled = cancel_checker(cancel)
-    raise_if(is_cancelled)
-    prior = get_prior(model, device, dtype)
-    raise_if(is_cancelled)
-    warn_if_slow(prior)
+    callback, prior = front_door(model, device, dtype, progress, cancel)
     restorer = Restorer(prior, config, method=method, prompt=prompt, negative_prompt=negative_prompt)
     restoration = restorer.restore_prepared(run, callback, cancel)
     return restoration if return_info else restoration.image
@@ -305,14 +300,27 @@ def ensemble(
     typed = RestoreSettings.from_values({**settings, "noise": noise}, "ensemble setting")
     run = prepare(image, operator, typed.run, intensity_range)
     check_ensemble(run, options)
+    callback, prior = front_door(model, device, dtype, progress, cancel)
+    restorer = typed.restorer(prior)
+    return ensemble_prepared(restorer, run, options, callback, cancel, started)
+
+
+def front_door(
+    model: str | DiffusionPrior,
+    device: str,
+    dtype: str | torch.dtype | None,
+    progress: Callable | None,
+    cancel: CancelSignal,
+) -> tuple[Callable[[Progress], None] | None, DiffusionPrior]:
+    """What ``restore`` and ``ensemble`` do once their input is checked: the progress callback, and the prior
+    (loaded unless cancelled before or while it loads; a slow device is warned about)."""
     callback = progress_callback(progress)
     is_cancelled = cancel_checker(cancel)
     raise_if(is_cancelled)
     prior = get_prior(model, device, dtype)
     raise_if(is_cancelled)
     warn_if_slow(prior)
-    restorer = typed.restorer(prior)
-    return ensemble_prepared(restorer, run, options, callback, cancel, started)
+    return callback, prior
 
 
 def get_prior(

@@ -33,6 +33,7 @@ from napari_treg.engine.restore_settings import RestoreSettings, model_settings
 from napari_treg.errors import Cancelled, InvalidInputError, UnitOutOfMemory, cancel_checker
 from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
+from napari_treg.solver.conflict import TextConflict
 
 #: ``restore`` keywords a batch run does not take (it shows no previews; the model is loaded by each worker)
 NOT_BATCH_SETTINGS = ("preview_every", "low_memory")
@@ -64,7 +65,7 @@ class BatchReport:
     @property
     def text_conflicts(self) -> int:
         """Units of this run whose prompt contradicted their measurement (``info["text_conflict"]``)."""
-        return sum(bool((record.get("text_conflict") or {}).get("flag")) for record in self.records)
+        return sum(TextConflict.of(record).flag for record in self.records)
 
     @property
     def holdout_verdicts(self) -> dict[str, str]:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_treg.batch.sources import Unit
+from napari_treg.engine.maps import ensemble_map_names
 from napari_treg.errors import OutOfMemoryError, TRegError, UnitOutOfMemory
-from napari_treg.io.files import ensemble_map_names
 from napari_treg.operators import LinearOperator
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Job:
 
 
 def ensemble_maps(settings: RestoreSettings, ensemble: EnsembleOptions | None) -> tuple[str, ...]:
-    """The ensemble maps of a run with these restore settings (:func:`napari_treg.io.files.ensemble_map_names`);
+    """The ensemble maps of a run with these restore settings (:func:`napari_treg.engine.maps.ensemble_map_names`);
     none without an ensemble."""
     return () if ensemble is None else ensemble_map_names(settings.uses_text)
 

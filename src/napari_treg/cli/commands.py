@@ -40,6 +40,7 @@ from napari_treg.cli.options import (
     restore_settings,
     setting_type,
 )
+from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_map_names
 from napari_treg.errors import TRegError
 from napari_treg.failures import EXIT_INTERRUPTED, describe_failure
 from napari_treg.io import files as io
@@ -179,11 +180,11 @@ def _restore_summary(output: str, info: dict[str, Any]) -> str:
 
 def _conflict_note(info: dict[str, Any]) -> str:
     """The result line's text-conflict note: the flag, or why the check was not made ("" otherwise)."""
-    from napari_treg.solver.conflict import unchecked_message
+    from napari_treg.solver.conflict import TextConflict, unchecked_message
 
-    conflict = info.get("text_conflict") or {}
-    if conflict.get("flag"):
-        return f"; TEXT CONFLICT: the prompt contradicts the measurement ({conflict['deficit_nats']:.0f} nats)"
+    conflict = TextConflict.of(info)
+    if conflict.flag:
+        return f"; TEXT CONFLICT: the prompt contradicts the measurement ({conflict.deficit_nats:.0f} nats)"
     unchecked = unchecked_message(info)
     return "" if unchecked is None else "; " + unchecked[0].lower() + unchecked[1:].rstrip(".")
 
@@ -226,7 +227,8 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group(
         "uncertainty: with --samples N, OUT is the mean of N restorations and the maps "
-        f"{', '.join(io.ENSEMBLE_MAPS)} are written next to it as <stem>.<map><suffix> (docs/uncertainty.md)"
+        f"{', '.join(m.name for m in ENSEMBLE_MAPS)} are written next to it as <stem>.<map><suffix> "
+        "(docs/uncertainty.md)"
     )
     for spec in specs(EnsembleOptions):
         if spec.name != "keep_samples":  # no --samples: one restoration, so no default is shown
@@ -244,7 +246,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
     image = io.read_image(args.input)
     operator = operator_from_args(args)
     shape = outputs.result_shape(image, args.rgb, operator.image_hw)
-    names = io.ensemble_map_names(restore_settings(args).uses_text)  # checks the settings before any work
+    names = ensemble_map_names(restore_settings(args).uses_text)  # checks the settings before any work
     planned = [outputs.Output("-o", Path(args.output), shape)]
     planned += [outputs.Output(f"--samples ({name})", io.companion(args.output, name), shape) for name in names]
     if args.keep_samples:

@@ -19,10 +19,8 @@ what the maps mean and the calibration on the exact analytic prior (benchmarks/c
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,12 +37,13 @@ from napari_treg.engine.restorer import (
     Run,
     RunOptions,
     prepare,
+    residual_map,
     run_options_from,
 )
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
 from napari_treg.imaging.noise import estimate_noise
-from napari_treg.memory import guard_memory
+from napari_treg.memory import available_host_bytes, guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_number, setting, validate
@@ -80,21 +79,17 @@ class EnsembleOptions:
     keep_samples: bool = setting(
         True, "keep every sample (memory grows with the number); otherwise mean and std are streamed"
     )
-    prior_sd: Any = setting(
+    prior_sd: float | None = setting(
         None,
         "the prior's standard deviation per pixel in model units, used by the noise-aware last step and "
         f"the data share; None: the model's own (the analytic prior's), else {DEFAULT_PRIOR_SD}",
-        kind=float,
-        optional=True,
         positive=True,
         maximum=10.0,
     )
-    holdout: Any = setting(
+    holdout: float | None = setting(
         None,
         "check the spread first on this fraction of the measured values, held out of an extra ensemble, and "
         "scale the spread of invented pixels by what it finds (docs/uncertainty.md); below 0.5, at least 4 samples",
-        kind=float,
-        optional=True,
         positive=True,
         maximum=0.5,
     )
@@ -115,6 +110,7 @@ class Ensemble:
     data_share: np.ndarray  # in [0, 1]
     text_influence: np.ndarray | None  # None without a prompt or with guidance 0
     info: dict
+    residual: np.ndarray | None = None  # |A mean - y| per measured value (as Restoration.residual)
     uncorrected_std: np.ndarray | None = None  # with the held-out check: the std before its correction
 
     def interval(self, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
@@ -219,7 +215,7 @@ def ensemble_prepared(
         else holdout.HoldoutCheck.plan(run, options.holdout, noise, prior_sd, options.samples)
     )
     extra = 0 if check is None else pass_steps(main, run, chunks, batch_size)  # the check's own pass
-    relay = Relay(callback, extra + sum(pass_steps(r, run, chunks, batch_size) for r in passes))
+    relay = StepOffset(callback, extra + sum(pass_steps(r, run, chunks, batch_size) for r in passes))
     work = functools.partial(run_pass, run=run, chunks=chunks, batch_size=batch_size, relay=relay)
     corrections = None if check is None else holdout_pass(check, passes, work, is_cancelled, relay, restorer)
     if corrections is not None:
@@ -260,22 +256,22 @@ def ensemble_prepared(
         data_share=imaging.from_planes(share, layout),
         text_influence=None if free_mean is None else imaging.from_planes(influence(mean, free_mean), layout),
         info=info,
+        residual=residual_map(run, mean.astype(np.float32)),
         uncorrected_std=None if corrections is None else imaging.from_planes(corrections[0].uncorrected_std(), layout),
     )
 
 
 def holdout_pass(
-    check: holdout.HoldoutCheck, passes: list[Restorer], work, is_cancelled, relay: Relay, restorer: Restorer
+    check: holdout.HoldoutCheck, passes: list[Restorer], work, is_cancelled, relay: StepOffset, restorer: Restorer
 ) -> list[holdout.Correction]:
     """The held-out check's own ensemble (without the held-out values) and the fit of its factor; returns the
     corrected last steps of ``passes`` (:mod:`napari_treg.engine.holdout`)."""
     started, first = time.perf_counter(), relay.done
-    guard_memory(
-        lambda: work(check.predicting(passes[0]), run=check.held_out_run(), keep=False, is_cancelled=is_cancelled)
-    )
+    step = functools.partial(noise_aware_step, noise=check.noise, device=restorer.prior.device)
+    predicting = check.predicting(passes[0], step)
+    guard_memory(lambda: work(predicting, run=check.held_out_run(), keep=False, is_cancelled=is_cancelled))
     raise_if(is_cancelled)
     check.fit(time.perf_counter() - started, relay.done - first if restorer.method in MODEL_METHODS else 0)
-    step = functools.partial(noise_aware_step, noise=check.noise, device=restorer.prior.device)
     return [check.correction(p, step) for p in passes]
 
 
@@ -352,20 +348,6 @@ def check_ensemble(run: Run, options: EnsembleOptions) -> tuple[float, str]:
     return noise
 
 
-def available_host_bytes() -> int | None:
-    """Memory the host can still give (None where the system does not say)."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def measurement_noise(run: Run) -> tuple[float, str]:
     """The noise sigma in model units, and where it came from (given, or estimated from the image)."""
     if run.options.noise is not None:
@@ -396,7 +378,7 @@ def prior_sd_of(prior: DiffusionPrior, options: EnsembleOptions, channels: int) 
 
 
 def calibrated(restorer: Restorer, noise: float, prior_sd: float) -> Restorer:
-    """A copy of ``restorer`` whose samples end with the noise-aware data step, and use the data once.
+    """``restorer``'s ensemble variant: its samples end with the noise-aware data step, and use the data once.
 
     - No final projection (``final_dc``): it would pull every sample onto the data before the
       noise-aware step, which is itself the last data step.
@@ -407,15 +389,13 @@ def calibrated(restorer: Restorer, noise: float, prior_sd: float) -> Restorer:
       sigma 1.5) the data-first ensemble's mean error is 0.58 posterior sd and its coverage 83 %
       with both, 0.31 sd and 86 % without them (docs/uncertainty.md).
 
-    ``restore``'s single images are not changed by this (it changes only the ensemble's copy).
+    ``restore``'s single images are not changed by this (``restorer`` itself is not changed).
     """
     config = replace(restorer.config, final_dc=False)
     if config.data_first:
         config = replace(config, cg_lambda=proximal_weight(noise, prior_sd))
-    result = copy.copy(restorer)
-    result.config = config
-    result.finish = functools.partial(noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device)
-    return result
+    finish = functools.partial(noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device)
+    return restorer.variant(config, finish)
 
 
 def text_free(restorer: Restorer) -> Restorer | None:
@@ -457,7 +437,7 @@ def pass_steps(restorer: Restorer, run: Run, chunks: list[tuple[int, int]], batc
     return sum(restorer.config.steps * sum(math.ceil(s / batch_size) for s in r.unit_sizes()) for r in replicated)
 
 
-class Relay:
+class StepOffset:
     """Turns each call's :class:`Progress` into progress over the whole ensemble."""
 
     def __init__(self, callback: ProgressCallback | None, total: int):
@@ -478,7 +458,7 @@ def run_pass(
     run: Run,
     chunks: list[tuple[int, int]],
     batch_size: int,
-    relay: Relay,
+    relay: StepOffset,
     keep: bool,
     is_cancelled,
     conflicts: ConflictLog | None = None,

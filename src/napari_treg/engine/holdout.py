@@ -34,7 +34,6 @@ model call): their std is kept as ``Ensemble.uncorrected_std``.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -170,20 +169,19 @@ class HoldoutCheck:
         """The run without the held-out values."""
         return replace(self.run, operator=HeldOut(self.run.operator, self.hidden))
 
-    def predicting(self, restorer: Restorer) -> Restorer:
-        """A copy of an ensemble's restorer whose samples also record their prediction of the held-out values."""
-        finish = restorer.finish
-        assert finish is not None
+    def predicting(self, restorer: Restorer, step: Step) -> Restorer:
+        """A variant of an ensemble's restorer whose last step ``step`` (with the model's spread) also records
+        each sample's prediction of the held-out values."""
         first_seed = self.run.options.seed
 
         def record(x: torch.Tensor, y: torch.Tensor, operator: LinearOperator, seed: int) -> torch.Tensor:
-            out = finish(x, y, operator, seed)
+            out = step(x, y, operator, seed, prior_sd=self.prior_sd)
             predicted = self.run.operator.forward(out.double()).numpy()[..., self.hidden]  # (B, C, held out)
             for b, values in enumerate(predicted):
                 self.predictions[seed - first_seed + b] = values
             return out
 
-        return with_finish(restorer, record)
+        return restorer.variant(restorer.config, record)
 
     def fit(self, seconds: float, model_calls: int) -> None:
         """Fit the factor on the recorded predictions; fills :attr:`summary`."""
@@ -225,17 +223,15 @@ class Correction:
     def __init__(self, check: HoldoutCheck, restorer: Restorer, step: Step):
         self.check = check
         self.step = step
-        self.base = restorer.finish
         planes = len(check.run.measured)
         self.prior_sums: list[Any] = [0.0] * planes  # sum of the sampler's samples per plane (model units)
         self.plain: list[list[np.ndarray]] = [[] for _ in range(planes)]  # uncorrected sums and squares
         self.count = [0] * planes
-        self.restorer = with_finish(restorer, self.finish)
+        self.restorer = restorer.variant(restorer.config, self.finish)
 
     def finish(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator, seed: int) -> torch.Tensor:
-        assert self.base is not None
         check = self.check
-        plain = self.base(x, y, operator, seed).double().numpy()
+        plain = self.step(x, y, operator, seed, prior_sd=check.prior_sd).double().numpy()
         planes = len(self.prior_sums)
         for b in range(len(x)):
             i = (seed - check.run.options.seed + b) % planes
@@ -267,10 +263,3 @@ class Correction:
 def output_per_model_unit(run: Run) -> float:
     """How many output intensity units one model unit is (the intensity scale is affine)."""
     return (run.scale.high - run.scale.low) / 2.0
-
-
-def with_finish(restorer: Restorer, finish: Callable) -> Restorer:
-    """A copy of ``restorer`` with another last step (the restorer itself is not changed)."""
-    result = copy.copy(restorer)
-    result.finish = finish
-    return result

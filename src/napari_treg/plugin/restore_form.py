@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
@@ -34,6 +34,7 @@ from napari_treg.plugin.forms import (
     operator_settings,
     operator_widgets,
     reset_operator,
+    setting_value,
     setting_widget,
     show_operator,
 )
@@ -49,6 +50,7 @@ from napari_treg.plugin.layers import (
 from napari_treg.plugin.restoration import RestoreRequest, check_ensemble_request
 from napari_treg.settings import spec_named, specs
 from napari_treg.solver import TRegConfig, schedule_settings
+from napari_treg.solver.text import TextSettings
 
 if TYPE_CHECKING:
     import napari
@@ -68,7 +70,7 @@ RESTORE_OPTIONS = (
 #: the settings classes' defaults (seed, tile overlap, model, device), not repeated here
 DEFAULTS = {**asdict(ModelSettings()), **asdict(RunOptions())}
 #: the text fields a new widget starts with (a sample's measurement brings its own, see sample_data)
-TEXT_DEFAULTS = {"prompt": "", "negative_prompt": "out of focus, depth of field"}
+TEXT_DEFAULTS = {name: spec_named(TextSettings, name).default for name in ("prompt", "negative_prompt")}
 #: the dock's width limit: it must leave room for the canvas on a 1366 px laptop screen
 DOCK_WIDTH = 400
 SECTION_TITLES = {
@@ -107,18 +109,7 @@ def inputs_section(viewer: napari.Viewer) -> Container:
         choices=[CURRENT_PLANE, WHOLE_STACK],
         tooltip="For stacks: restore only the displayed plane, or every plane",
     )
-    noise = FloatSpinBox(
-        name="noise",
-        label="noise σ",
-        value=0.0,
-        min=0.0,
-        max=1.0,
-        step=0.005,
-        tooltip="The measurement's noise level, as a fraction of half the intensity range "
-        "(as in Simulate degradation; taken from the layer when it records it). "
-        "Used to judge the result: the residual is reported in units of it. 0 = unknown "
-        "(an ensemble then estimates it from the image).",
-    )
+    noise = setting_widget(spec_named(RunOptions, "noise"), label="noise σ", off="unknown", step=0.005)
     image = layer_combo(viewer, "Image", "image", "image", "The measured (degraded) image to restore", False)
     return Container(name="inputs", widgets=[image, planes, *operator_widgets(viewer), noise])
 
@@ -139,18 +130,8 @@ def model_section() -> Container:
 
 
 def text_section(main_settings: list) -> Container:
-    prompt = LineEdit(
-        name="prompt",
-        label="prompt",
-        value=TEXT_DEFAULTS["prompt"],
-        tooltip="What the image shows, e.g. 'fluorescent cell nuclei, sharp'",
-    )
-    negative = LineEdit(
-        name="negative_prompt",
-        label="negative",
-        value=TEXT_DEFAULTS["negative_prompt"],
-        tooltip="Negative prompt: what the result should not look like",
-    )
+    prompt = setting_widget(spec_named(TextSettings, "prompt"))
+    negative = setting_widget(spec_named(TextSettings, "negative_prompt"), label="negative")
     seed = setting_widget(spec_named(RunOptions, "seed"))  # the whole seed range, as the API and batch take
     widgets = [prompt, negative, *main_settings, seed, samples_widget(), holdout_widget()]
     return Container(name="text", widgets=widgets)
@@ -232,28 +213,8 @@ def advanced_section(method_settings: list) -> Container:
         False,
         "VAE tiling, text encoder on the CPU: for GPUs with little memory (use tiles for large images)",
     )
-    tile_size = FloatSpinBox(
-        name="tile_size",
-        label="tile size",
-        value=0,
-        min=0,
-        max=16384,
-        step=64,
-        tooltip="Restore images larger than this (restored pixels; 512 suits Stable "
-        "Diffusion 1.5) in overlapping tiles blended without seams; "
-        "off = in one piece",
-    )
-    tile_size.native.setDecimals(0)
-    tile_size.native.setSpecialValueText("off")
-    tile_overlap = SpinBox(
-        name="tile_overlap",
-        label="tile overlap",
-        value=DEFAULTS["tile_overlap"],
-        min=0,
-        max=1024,
-        step=16,
-        tooltip="Overlap of neighbouring tiles, in restored pixels",
-    )
+    tile_size = setting_widget(spec_named(RunOptions, "tile_size"), step=64)
+    tile_overlap = setting_widget(spec_named(RunOptions, "tile_overlap"), step=16)
     for combo in (device, dtype):
         narrow(combo)
     return Container(name="advanced", widgets=[*method_settings, device, dtype, low_memory, tile_size, tile_overlap])
@@ -413,8 +374,8 @@ def read_model(form: Any) -> ModelSettings:
 def read_settings(form: Any, rgb: bool) -> RestoreSettings:
     """The text, method and run fields as :class:`RestoreSettings` (checked; every method setting is a field)."""
     values = {name: getattr(form, name).value for name in RESTORE_OPTIONS}
-    values["tile_size"] = int(values["tile_size"]) or None  # off = one piece
-    values["noise"] = values["noise"] or None  # 0 = unknown
+    for name in ("tile_size", "noise"):  # off / unknown: None
+        values[name] = setting_value(spec_named(RunOptions, name), values[name])
     values["preview_every"] = preview_interval(values["steps"]) if form.preview.value else 0
     return RestoreSettings.from_values({**values, "rgb": rgb})
 
