@@ -250,6 +250,7 @@ def ensemble(
     noise: float | None = None,
     keep_samples: bool = EnsembleOptions.keep_samples,
     prior_sd: float | None = EnsembleOptions.prior_sd,
+    holdout: float | None = EnsembleOptions.holdout,
     model: str | DiffusionPrior = "sd15",
     device: str = "auto",
     dtype: str | torch.dtype | None = None,
@@ -264,7 +265,11 @@ def ensemble(
     ``schedule``, ``batch_size``, ...; sample ``k`` of plane ``i`` uses ``seed + k * planes + i``).
     ``noise`` is the measurement's noise sigma in model units (as in :func:`napari_treg.degrade`);
     None estimates it from the image (``info["noise_source"]`` says which). ``prior_sd``: see
-    :class:`EnsembleOptions`. Everything is checked before any work; ``cancel`` returns nothing.
+    :class:`EnsembleOptions`. ``holdout`` (a fraction below 0.5, e.g. 0.1; at least 4 samples): first restore
+    without that share of the measured values, check how the spread predicts them, and scale the spread of
+    invented pixels by the fitted factor (``info["holdout"]``: coverage before and after, factor, values, cost,
+    verdict line; ``uncorrected_std`` keeps the std before; docs/uncertainty.md). Everything is checked
+    before any work; ``cancel`` returns nothing.
 
     Raises
     ------
@@ -291,7 +296,7 @@ def ensemble(
     (32, 32)
     """
     started = time.perf_counter()
-    options = EnsembleOptions(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd)
+    options = EnsembleOptions(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd, holdout=holdout)
     typed = RestoreSettings.from_values({**settings, "noise": noise}, "ensemble setting")
     run = prepare(image, operator, typed.run, intensity_range)
     check_ensemble(run, options)

@@ -68,6 +68,11 @@ class BatchReport:
         return sum(TextConflict.of(record).flag for record in self.records)
 
     @property
+    def holdout_verdicts(self) -> dict[str, str]:
+        """The held-out check's verdict line of each unit of this run that made one, by name."""
+        return {record["name"]: record["holdout"]["verdict"] for record in self.records if record.get("holdout")}
+
+    @property
     def ok(self) -> bool:
         """Every unit is done (by this run or an earlier one) and none failed."""
         return not self.failed and self.done == self.units
@@ -86,6 +91,7 @@ def restore_many(
     cancel: threading.Event | Callable[[], bool] | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
     samples: int | None = None,
+    holdout: float | None = None,
     **settings: Any,
 ) -> BatchReport:
     """Restore every file of a folder (or glob), or every plane of a stack, on a dask cluster.
@@ -120,6 +126,10 @@ def restore_many(
         the unit's output is their mean, and its ``std``, ``data_share`` (and with a prompt and
         guidance > 0 ``text_influence``) maps are written beside it (``docs/scale-out.md``).
         Unit ``p`` (plane number, 0 for files) then uses seed ``seed + p * samples``.
+    holdout : float, optional
+        With ``samples``: each unit's ensemble first checks its spread on this share of its measured
+        values and corrects it (:func:`napari_treg.ensemble`'s ``holdout``); each unit's record holds
+        the check (``record["holdout"]``, with its verdict line).
     **settings
         Any keyword of :func:`napari_treg.restore` (``steps``, ``model``, ``seed``, ``tile_size``,
         ``intensity_range``, ...) except ``progress``, ``preview_every`` and ``cancel``.
@@ -154,7 +164,9 @@ def restore_many(
     """
     started = time.perf_counter()
     model, restore_settings, intensity_range = checked_settings(settings)
-    ensemble = None if samples is None else EnsembleOptions(samples=samples, keep_samples=False)
+    if holdout is not None and samples is None:
+        raise InvalidInputError("holdout needs samples (the held-out check is made on an ensemble)")
+    ensemble = None if samples is None else EnsembleOptions(samples=samples, keep_samples=False, holdout=holdout)
     if not isinstance(operator, LinearOperator):
         raise InvalidInputError(f"operator must be one of napari_treg.operators, got {operator!r}")
     check_cluster_choice(workers, scheduler, client)
@@ -264,6 +276,7 @@ def run_parameters(data, operator: LinearOperator, job: Job) -> dict[str, Any]:
         "dtype": job.model.dtype,
         "seed": job.seed,
         "samples": job.ensemble.samples if job.ensemble is not None else None,
+        **({"holdout": job.ensemble.holdout} if job.ensemble is not None and job.ensemble.holdout else {}),
         "intensity_range": list(job.intensity_range) if job.intensity_range else None,
         **{k: v for k, v in job.settings.as_values().items() if k not in NOT_PARAMETERS},
     }

@@ -162,8 +162,9 @@ def torch_threads() -> int:
 
 
 def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str, Any]:
-    """The per-unit provenance kept with the output: which unit and input, seed, residual, time, where."""
-    return {
+    """The per-unit provenance kept with the output: which unit and input, seed, residual, time, where
+    (and an ensemble's held-out check, where it made one)."""
+    record = {
         "key": unit.key,
         "input_digest": input_digest,
         "name": unit.name,
@@ -178,3 +179,7 @@ def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str
         "torch_threads": torch_threads(),  # bit-identity with local restore needs the same count
         "models_loaded": len(_LOADED),
     }
+    held_out = (info.get("ensemble") or {}).get("holdout")
+    if held_out:
+        record["holdout"] = held_out
+    return record

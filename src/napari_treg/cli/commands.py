@@ -196,8 +196,8 @@ def run_restore(args: argparse.Namespace) -> int:
 
     if "samples" in args:
         return run_ensemble(args)
-    if args.keep_samples or "prior_sd" in args:
-        raise UsageError("--keep-samples and --prior-sd need --samples N (an ensemble)")
+    if args.keep_samples or "prior_sd" in args or "holdout" in args:
+        raise UsageError("--keep-samples, --prior-sd and --holdout need --samples N (an ensemble)")
     image = io.read_image(args.input)
     operator = operator_from_args(args)
     planned = [outputs.Output("-o", Path(args.output), outputs.result_shape(image, args.rgb, operator.image_hw))]
@@ -251,10 +251,12 @@ def run_ensemble(args: argparse.Namespace) -> int:
     planned += [outputs.Output(f"--samples ({name})", io.companion(args.output, name), shape) for name in names]
     if args.keep_samples:
         planned.append(outputs.Output("--keep-samples", io.companion(args.output, "samples"), (args.samples, *shape)))
+    if "holdout" in args:
+        planned.append(outputs.Output("--holdout", io.companion(args.output, "uncorrected_std"), shape))
     if args.info is not None:
         planned.append(outputs.Output("--info", Path(args.info)))
     outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
-    options = {name: getattr(args, name) for name in ("samples", "prior_sd") if name in args}
+    options = {name: getattr(args, name) for name in ("samples", "prior_sd", "holdout") if name in args}
     with ProgressBar(enabled=not args.quiet, desc=f"restore x{args.samples}") as bar:
         result = ensemble(
             image,
@@ -269,6 +271,8 @@ def run_ensemble(args: argparse.Namespace) -> int:
     arrays |= {io.companion(args.output, name): getattr(result, name) for name in names}
     if args.keep_samples and result.samples is not None:
         arrays[io.companion(args.output, "samples")] = result.samples
+    if result.uncorrected_std is not None:
+        arrays[io.companion(args.output, "uncorrected_std")] = result.uncorrected_std
     writers: dict[str | os.PathLike, Callable[[Path], object]] = {
         path: functools.partial(io.write_image, array=array, like=None if array is result.data_share else image)
         for path, array in arrays.items()
@@ -283,6 +287,8 @@ def run_ensemble(args: argparse.Namespace) -> int:
             + _conflict_note(result.info)
         ),
     )
+    if "holdout" in result.info:
+        _say(args, lambda: result.info["holdout"]["verdict"])
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_treg.engine import holdout
 from napari_treg.engine.restorer import (
     MAX_SEED,
     ProgressCallback,
@@ -85,9 +86,18 @@ class EnsembleOptions:
         positive=True,
         maximum=10.0,
     )
+    holdout: float | None = setting(
+        None,
+        "check the spread first on this fraction of the measured values, held out of an extra ensemble, and "
+        "scale the spread of invented pixels by what it finds (docs/uncertainty.md); below 0.5, at least 4 samples",
+        positive=True,
+        maximum=0.5,
+    )
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.holdout is not None:
+            holdout.check_options(self.holdout, self.samples)
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class Ensemble:
     text_influence: np.ndarray | None  # None without a prompt or with guidance 0
     info: dict
     residual: np.ndarray | None = None  # |A mean - y| per measured value (as Restoration.residual)
+    uncorrected_std: np.ndarray | None = None  # with the held-out check: the std before its correction
 
     def interval(self, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """``(low, high)``: the predictive interval ``mean +- t sqrt(1 + 1/n) std`` holding ``level`` of the values.
@@ -198,8 +209,18 @@ def ensemble_prepared(
     main = calibrated(restorer, noise, prior_sd)
     free = text_free(restorer)
     passes = [main] if free is None else [main, calibrated(free, noise, prior_sd)]
-    relay = StepOffset(callback, sum(pass_steps(r, run, chunks, batch_size) for r in passes))
+    check = (
+        None
+        if options.holdout is None
+        else holdout.HoldoutCheck.plan(run, options.holdout, noise, prior_sd, options.samples)
+    )
+    extra = 0 if check is None else pass_steps(main, run, chunks, batch_size)  # the check's own pass
+    relay = StepOffset(callback, extra + sum(pass_steps(r, run, chunks, batch_size) for r in passes))
     work = functools.partial(run_pass, run=run, chunks=chunks, batch_size=batch_size, relay=relay)
+    corrections = None if check is None else holdout_pass(check, passes, work, is_cancelled, relay, restorer)
+    if corrections is not None:
+        passes = [correction.restorer for correction in corrections]
+        main = passes[0]
     conflicts = restorer.conflict_log(run, (noise, noise_source))  # the prompted pass only, every sample
     moments, kept = guard_memory(
         lambda: work(main, keep=options.keep_samples, is_cancelled=is_cancelled, conflicts=conflicts)
@@ -209,8 +230,10 @@ def ensemble_prepared(
         free_moments, _ = guard_memory(lambda: work(passes[1], keep=False, is_cancelled=is_cancelled))
         free_mean = free_moments.mean
     raise_if(is_cancelled)
-    share = data_share_planes(restorer.prior, run, noise, prior_sd)
+    share = data_share_planes(restorer.prior, run, noise, prior_sd if check is None else check.factor * prior_sd)
     mean, std = statistics(moments, kept)
+    if corrections is not None:
+        mean, kept, free_mean = corrected(corrections, mean, kept, free_mean)
     seconds = time.perf_counter() - started
     info = {
         **sampling_info(run, options, noise_source, prior_sd_source),
@@ -223,6 +246,8 @@ def ensemble_prepared(
         "seconds_per_sample": seconds / options.samples,
         "settings": restorer.provenance(run, batch_size, mean, seconds),
     }
+    if check is not None:
+        info["holdout"] = check.summary
     layout = run.layout
     return Ensemble(
         mean=imaging.from_planes(mean.astype(np.float32), layout),
@@ -232,7 +257,32 @@ def ensemble_prepared(
         text_influence=None if free_mean is None else imaging.from_planes(influence(mean, free_mean), layout),
         info=info,
         residual=residual_map(run, mean.astype(np.float32)),
+        uncorrected_std=None if corrections is None else imaging.from_planes(corrections[0].uncorrected_std(), layout),
     )
+
+
+def holdout_pass(
+    check: holdout.HoldoutCheck, passes: list[Restorer], work, is_cancelled, relay: StepOffset, restorer: Restorer
+) -> list[holdout.Correction]:
+    """The held-out check's own ensemble (without the held-out values) and the fit of its factor; returns the
+    corrected last steps of ``passes`` (:mod:`napari_treg.engine.holdout`)."""
+    started, first = time.perf_counter(), relay.done
+    step = functools.partial(noise_aware_step, noise=check.noise, device=restorer.prior.device)
+    predicting = check.predicting(passes[0], step)
+    guard_memory(lambda: work(predicting, run=check.held_out_run(), keep=False, is_cancelled=is_cancelled))
+    raise_if(is_cancelled)
+    check.fit(time.perf_counter() - started, relay.done - first if restorer.method in MODEL_METHODS else 0)
+    return [check.correction(p, step) for p in passes]
+
+
+def corrected(
+    corrections: list[holdout.Correction], mean: np.ndarray, kept: np.ndarray | None, free_mean: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Mean, kept samples and text-free mean with each pass's shared shift added."""
+    shift = corrections[0].shift()
+    kept = None if kept is None else (kept + shift[None]).astype(np.float32)
+    free_mean = None if free_mean is None else free_mean + corrections[1].shift()
+    return mean + shift, kept, free_mean
 
 
 def sampling_info(run: Run, options: EnsembleOptions, noise_source: str, prior_sd_source: str) -> dict:
@@ -281,6 +331,8 @@ def check_ensemble(run: Run, options: EnsembleOptions) -> tuple[float, str]:
             f"noise must be > 0 for an ensemble (the measurement's noise sigma in model units), got {run.options.noise}"
         )
     noise = measurement_noise(run)
+    if options.holdout is not None:
+        holdout.hidden_map(run, options.holdout)  # refuses a run with too few values to hold out
     if not options.keep_samples:
         return noise
     hw = run.operator.image_hw(run.layout.hw)

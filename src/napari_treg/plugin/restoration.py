@@ -106,6 +106,8 @@ class RestoreRequest:
     record: dict = field(default_factory=dict)
     #: restorations of the measurement: 1 = one restore; more = an ensemble (:mod:`napari_treg.engine.ensemble`)
     samples: int = 1
+    #: the share of measured values the ensemble's held-out check hides (None: no check)
+    holdout: float | None = None
 
     @property
     def rgb(self) -> bool:
@@ -180,7 +182,7 @@ def _restore(
 
 def ensemble_options(request: RestoreRequest) -> EnsembleOptions:
     """The request's ensemble settings: its samples (range checked by :class:`EnsembleOptions`), streamed."""
-    return EnsembleOptions(samples=request.samples, keep_samples=False)
+    return EnsembleOptions(samples=request.samples, keep_samples=False, holdout=request.holdout)
 
 
 def check_ensemble_request(request: RestoreRequest) -> None:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
@@ -133,7 +133,8 @@ def text_section(main_settings: list) -> Container:
     prompt = setting_widget(spec_named(TextSettings, "prompt"))
     negative = setting_widget(spec_named(TextSettings, "negative_prompt"), label="negative")
     seed = setting_widget(spec_named(RunOptions, "seed"))  # the whole seed range, as the API and batch take
-    return Container(name="text", widgets=[prompt, negative, *main_settings, seed, samples_widget()])
+    widgets = [prompt, negative, *main_settings, seed, samples_widget(), holdout_widget()]
+    return Container(name="text", widgets=widgets)
 
 
 #: the restore widget's help for its samples field
@@ -148,6 +149,22 @@ def samples_widget(tooltip: str = SAMPLES_HELP) -> SpinBox:
     """1 = one restoration; more = an ensemble, up to the ensemble's own limit (:class:`EnsembleOptions`)."""
     (spec,) = (spec for spec in specs(EnsembleOptions) if spec.name == "samples")
     return SpinBox(name="samples", label="samples", value=1, min=1, max=int(spec.maximum or 1), tooltip=tooltip)
+
+
+#: the share of the measured values the widget's held-out check hides (the API and CLI take any below 0.5)
+WIDGET_HOLDOUT = 0.1
+
+
+def holdout_widget() -> CheckBox:
+    """The held-out check of an ensemble (:mod:`napari_treg.engine.holdout`), with 10 % of the values."""
+    return CheckBox(
+        name="holdout",
+        label="check the spread on held-out measurements",
+        value=False,
+        tooltip=f"With 4 or more samples: first restore without {WIDGET_HOLDOUT:.0%} of the measured values, see "
+        "whether the spread predicts them, and scale the spread of invented pixels by what it finds; one extra "
+        "ensemble of time (docs/uncertainty.md)",
+    )
 
 
 def output_section(viewer: napari.Viewer) -> Container:
@@ -391,7 +408,10 @@ def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:
             "reference": getattr(reference, "name", None),
         },
         samples=form.samples.value,
+        holdout=WIDGET_HOLDOUT if form.holdout.value else None,
     )
+    if request.holdout is not None and request.samples == 1:
+        raise InvalidInputError("the held-out check tests an ensemble's spread: set samples to 4 or more")
     if request.samples > 1:
         check_ensemble_request(request)
     return request
