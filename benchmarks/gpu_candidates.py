@@ -519,10 +519,10 @@ def apply_combined(kept: list[str], prior, args, problem: Problem) -> tuple[Call
 
 
 def graph_floor() -> dict:
-    """The shared baseline graph_floor.py, in a subprocess (benchmarks/baselines/, see run_gpu_checks.sh)."""
+    """The baseline benchmarks/baselines/graph_floor.py, in a subprocess."""
     path = HERE / "baselines" / "graph_floor.py"
     if not path.is_file():
-        return {"error": f"{path} missing: copy ../shared/bench/graph_floor.py and treg_floor.py there"}
+        return {"error": f"{path} missing (it is part of the repository: restore it with git checkout)"}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
     if done.returncode != 0:

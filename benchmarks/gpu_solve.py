@@ -11,8 +11,8 @@ negation on. Measures, in one process:
 - the same solve with CUDA graphs off (eager), and how far its result is from the graphed one;
 - each model call eager and graphed, at the solve's shapes.
 
-With --baselines (default) it then runs ../shared/bench/graph_floor.py and treg_floor.py
-(copied to benchmarks/baselines/) in the same run and reports the issue's ratios:
+With --baselines (default) it then runs benchmarks/baselines/graph_floor.py and treg_floor.py
+in the same run and reports the issue's ratios:
 
     restore / graphed-calls floor   (target <= 1.1)
     eager reference loop / restore  (target >= 2.5)

@@ -2,12 +2,11 @@
 # The GPU checks in one run, within one device call, under a time budget (issue 15; issue 5's with PARTS).
 #
 # From a session whose task has a device (the `run` tool), from the repository root:
-#     run(command="bash benchmarks/run_gpu_checks.sh", carry=["build/wheels", "benchmarks/baselines"],
-#         timeout_s=560)
-# Before that, on the session's own machine (the device has no network and no ../shared; both
-# folders are git-ignored, the shared baselines are not part of this repository):
+#     run(command="bash benchmarks/run_gpu_checks.sh", carry=["build/wheels"], timeout_s=560)
+# Before that, on the session's own machine (the device has no network; build/ is git-ignored):
 #     .venv/bin/pip download diffusers==0.42.1 pytest pluggy iniconfig pygments --no-deps -d build/wheels
-#     mkdir -p benchmarks/baselines && cp ../shared/bench/treg_floor.py ../shared/bench/graph_floor.py benchmarks/baselines/
+# The GPU cost baselines (graph_floor.py, treg_floor.py: random full-size SD 1.5, eager and CUDA-graphed
+# model calls) are part of the repository, in benchmarks/baselines/.
 # (GPU images carry torch and transformers but not diffusers or pytest.)
 #
 # Parts, in this order (PARTS=a,b,... runs a subset, still in this order), each with its own time
@@ -45,9 +44,6 @@ else
     BUDGET=${BUDGET_S:-480}
     DEFAULT_PARTS=candidates,compile_warm,memory,batching,compile_true,compile_check,gpu_tests
     export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/treg_inductor_cache}
-    if [ -d ../shared/bench ]; then
-        mkdir -p benchmarks/baselines && cp ../shared/bench/treg_floor.py ../shared/bench/graph_floor.py benchmarks/baselines/
-    fi
     for pair in diffusers:diffusers pytest:pytest pluggy:pluggy iniconfig:iniconfig pygments:pygments; do
         module=${pair%%:*} wheel=${pair##*:}
         if ! $PY -c "import $module" 2>/dev/null; then

@@ -6,7 +6,7 @@ Every claim is a statistical test with fixed seeds and a tolerance derived from 
 mathematics on purpose and shows the claim then fails.
 
 :func:`method_moments` is an independent scalar model of the method (re-derived from
-shared/treg-method.md): for a single Gaussian prior and an operator with ``A^T A`` diagonal
+docs/method.md): for a single Gaussian prior and an operator with ``A^T A`` diagonal
 (inpainting), every step of the method is affine per pixel, so the mean and variance of its
 output over seeds are known exactly.
 

@@ -27,25 +27,31 @@ def test_the_docs_have_python_snippets():
 
 @pytest.fixture
 def offline_and_quick(monkeypatch):
-    """ "sd15" loads the tiny test model, and every restoration runs at most 2 steps (the widget's too)."""
+    """ "sd15" loads the tiny test model, and every restoration runs at most 2 steps (the widget's too).
+
+    The steps are cut where every front end builds its engine, ``Restorer.__init__`` (the API, the
+    widget through ``RestoreSettings.restorer``, an ensemble's variant); the fixture yields the steps of
+    every Restorer made, so a test can check that the cut took hold.
+    """
     import napari_treg.models
-    import napari_treg.plugin.restoration
-    from napari_treg import api
-    from napari_treg.engine import restorer as engine
+    from napari_treg.engine.restorer import Restorer
 
     load_model = napari_treg.models.load_model
 
     def tiny_load_model(spec="sd15", **kwargs):
         return load_model("tiny" if spec == "sd15" else spec, **{**kwargs, "device": "cpu"})
 
-    class QuickRestorer(engine.Restorer):
-        def __init__(self, prior, config=None, **kwargs):
-            config = config or engine.TRegConfig()
-            super().__init__(prior, dataclasses.replace(config, steps=min(config.steps, 2)), **kwargs)
+    made: list[int] = []
+    init = Restorer.__init__
+
+    def quick_init(self, prior, config=None, **kwargs):
+        init(self, prior, config, **kwargs)
+        self.config = dataclasses.replace(self.config, steps=min(self.config.steps, 2))
+        made.append(self.config.steps)
 
     monkeypatch.setattr(napari_treg.models, "load_model", tiny_load_model)
-    monkeypatch.setattr(api, "Restorer", QuickRestorer)
-    monkeypatch.setattr(napari_treg.plugin.restoration, "Restorer", QuickRestorer)
+    monkeypatch.setattr(Restorer, "__init__", quick_init)
+    return made
 
 
 @pytest.mark.parametrize("doc", DOCS)
@@ -65,3 +71,4 @@ def test_every_python_snippet_runs(doc, make_napari_viewer, qtbot, offline_and_q
             qtbot.wait(100)
         assert len(viewer.layers) > layers, f"{doc} snippet {number} added no layer"
     assert "Traceback" not in capsys.readouterr().err
+    assert offline_and_quick and max(offline_and_quick) <= 2  # every engine ran the quick steps

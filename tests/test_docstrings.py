@@ -11,7 +11,6 @@ import pytest
 MODULES = [
     "napari_treg.api",
     "napari_treg.engine.restorer",
-    "napari_treg.engine.ensemble",
     "napari_treg.batch.runner",
 ]
 

@@ -269,12 +269,7 @@ def restore(
         **{"gain": gain, "read_sd": read_sd, "offset": offset, **noise_model_values(noise_model)},
     )
     run = prepare(image, operator, options, intensity_range)
-    callback = progress_callback(progress)
-    is_cancelled = cancel_checker(cancel)
-    raise_if(is_cancelled)
-    prior = get_prior(model, device, dtype)
-    raise_if(is_cancelled)
-    warn_if_slow(prior)
+    callback, prior = front_door(model, device, dtype, progress, cancel)
     restorer = Restorer(prior, config, method=method, prompt=prompt, negative_prompt=negative_prompt)
     restoration = restorer.restore_prepared(run, callback, cancel)
     return restoration if return_info else restoration.image
@@ -289,6 +284,7 @@ def ensemble(
     noise_model: str | PoissonGaussian = RunOptions.noise_model,
     keep_samples: bool = EnsembleOptions.keep_samples,
     prior_sd: float | None = EnsembleOptions.prior_sd,
+    holdout: float | None = EnsembleOptions.holdout,
     model: str | DiffusionPrior = "sd15",
     device: str = "auto",
     dtype: str | torch.dtype | None = None,
@@ -305,7 +301,11 @@ def ensemble(
     None estimates it from the image (``info["noise_source"]`` says which). ``noise_model``: photon
     noise as in :func:`napari_treg.restore` (each sample's last step then perturbs every value by its
     own ``sqrt(var)``, and the data share comes from the same weighted system). ``prior_sd``: see
-    :class:`EnsembleOptions`. Everything is checked before any work; ``cancel`` returns nothing.
+    :class:`EnsembleOptions`. ``holdout`` (a fraction below 0.5, e.g. 0.1; at least 4 samples): first restore
+    without that share of the measured values, check how the spread predicts them, and scale the spread of
+    invented pixels by the fitted factor (``info["holdout"]``: coverage before and after, factor, values, cost,
+    verdict line; ``uncorrected_std`` keeps the std before; docs/uncertainty.md). Everything is checked
+    before any work; ``cancel`` returns nothing.
 
     Raises
     ------
@@ -332,19 +332,32 @@ def ensemble(
     (32, 32)
     """
     started = time.perf_counter()
-    options = EnsembleOptions(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd)
+    options = EnsembleOptions(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd, holdout=holdout)
     values = {**settings, "noise": noise, **noise_model_values(noise_model)}
     typed = RestoreSettings.from_values(values, "ensemble setting")
     run = prepare(image, operator, typed.run, intensity_range)
     check_ensemble(run, options)
+    callback, prior = front_door(model, device, dtype, progress, cancel)
+    restorer = typed.restorer(prior)
+    return ensemble_prepared(restorer, run, options, callback, cancel, started)
+
+
+def front_door(
+    model: str | DiffusionPrior,
+    device: str,
+    dtype: str | torch.dtype | None,
+    progress: Callable | None,
+    cancel: CancelSignal,
+) -> tuple[Callable[[Progress], None] | None, DiffusionPrior]:
+    """What ``restore`` and ``ensemble`` do once their input is checked: the progress callback, and the prior
+    (loaded unless cancelled before or while it loads; a slow device is warned about)."""
     callback = progress_callback(progress)
     is_cancelled = cancel_checker(cancel)
     raise_if(is_cancelled)
     prior = get_prior(model, device, dtype)
     raise_if(is_cancelled)
     warn_if_slow(prior)
-    restorer = typed.restorer(prior)
-    return ensemble_prepared(restorer, run, options, callback, cancel, started)
+    return callback, prior
 
 
 def get_prior(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -60,39 +61,56 @@ def setting(
     maximum: float | None = None,
     positive: bool = False,
     choices: Sequence[Any] = (),
-    optional: bool = False,
     auto: bool = False,
-    kind: type | None = None,
 ) -> Any:
-    """A dataclass field carrying its :class:`Spec` (the field's name is filled in by :func:`specs`)."""
-    meta = dict(
-        help=help,
-        label=label,
-        minimum=minimum,
-        maximum=maximum,
-        positive=positive,
-        choices=tuple(choices),
-        optional=optional,
-        auto=auto,
-        kind=kind or type(default),
-    )
-    return dataclasses.field(default=default, metadata={"spec": meta})
+    """A dataclass field carrying its :class:`Spec` (the field's name is filled in by :func:`specs`).
+
+    The kind of value comes from the field's annotation: ``steps: int``, ``noise: float | None``
+    (None allowed), ``batch_size: int | str`` with ``auto=True`` (a number or ``"auto"``).
+    """
+    meta = dict(help=help, label=label, minimum=minimum, maximum=maximum, positive=positive, choices=tuple(choices))
+    return dataclasses.field(default=default, metadata={"spec": {**meta, "auto": auto}})
+
+
+KINDS = (bool, int, float, str)
+
+
+def kind_of(annotation: Any, name: str) -> tuple[type, bool]:
+    """The kind of value (bool, int, float or str) a setting's annotation names, and whether None is allowed."""
+    members = typing.get_args(annotation) or (annotation,)
+    kinds = [member for member in members if member in KINDS]
+    if not kinds:
+        raise TypeError(f"setting {name} must be annotated with bool, int, float or str (or one of them | None)")
+    return kinds[0], type(None) in members
 
 
 def optional_like(settings_class: type, name: str, help: str) -> Any:
     """A field like ``settings_class``'s field ``name`` (its kind and range), but optional with default None."""
     (field,) = (field for field in dataclasses.fields(settings_class) if field.name == name)
-    meta = {**field.metadata["spec"], "help": help, "optional": True}
+    meta = {**field.metadata["spec"], "help": help}  # None allowed: annotate the field ``float | None``
     return dataclasses.field(default=None, metadata={"spec": meta})
 
 
 def specs(settings_class: type) -> tuple[Spec, ...]:
-    """The :class:`Spec` of every field of a settings class, in declaration order."""
+    """The :class:`Spec` of every field of a settings class, in declaration order (read once per class)."""
+    if settings_class not in SPECS:
+        SPECS[settings_class] = read_specs(settings_class)
+    return SPECS[settings_class]
+
+
+#: the specs of every settings class read so far
+SPECS: dict[type, tuple[Spec, ...]] = {}
+
+
+def read_specs(settings_class: type) -> tuple[Spec, ...]:
+    """:func:`specs`, read from the class's fields and annotations."""
+    hints = typing.get_type_hints(settings_class)
     result = []
     for field in dataclasses.fields(settings_class):
         meta = dict(field.metadata["spec"])
         label = meta.pop("label") or field.name.replace("_", " ")
-        result.append(Spec(name=field.name, default=field.default, label=label, **meta))
+        kind, optional = kind_of(hints[field.name], field.name)
+        result.append(Spec(name=field.name, default=field.default, label=label, kind=kind, optional=optional, **meta))
     return tuple(result)
 
 

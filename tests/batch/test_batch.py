@@ -16,10 +16,11 @@ import pytest
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 
-from napari_treg import InvalidInputError, io, restore  # noqa: E402
+from napari_treg import InvalidInputError, restore  # noqa: E402
 from napari_treg.batch import open_result, restore_many  # noqa: E402
 from napari_treg.cli.commands import main  # noqa: E402
 from napari_treg.imaging.layout import IntensityScale  # noqa: E402
+from napari_treg.io import files as io  # noqa: E402
 from napari_treg.operators import GaussianBlur, SuperResolution  # noqa: E402
 
 SETTINGS = {"model": "analytic", "device": "cpu", "steps": 4, "seed": 5}

@@ -20,10 +20,11 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from napari_treg import InvalidInputError, io, restore  # noqa: E402
+from napari_treg import InvalidInputError, restore  # noqa: E402
 from napari_treg.batch import restore_many  # noqa: E402
 from napari_treg.batch.cluster import ClusterUnreachable, local_cluster  # noqa: E402
 from napari_treg.cli.commands import main  # noqa: E402
+from napari_treg.io import files as io  # noqa: E402
 from napari_treg.operators import GaussianBlur  # noqa: E402
 
 SETTINGS = {"model": "analytic", "device": "cpu", "steps": 4, "seed": 5}

@@ -18,8 +18,9 @@ import pytest
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 
-from napari_treg import io, restore  # noqa: E402
+from napari_treg import restore  # noqa: E402
 from napari_treg.batch import open_result, restore_many  # noqa: E402
+from napari_treg.io import files as io  # noqa: E402
 from napari_treg.operators import GaussianBlur  # noqa: E402
 
 SETTINGS = {"model": "analytic", "device": "cpu", "steps": 4, "seed": 5}

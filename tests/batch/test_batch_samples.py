@@ -162,3 +162,17 @@ def test_a_unit_whose_prompt_the_data_rule_out_is_counted_as_a_text_conflict(cli
     assert report.ok and report.text_conflicts == 1
     conflict = report.records[0]["text_conflict"]
     assert conflict["flag"] and conflict["units"] == SAMPLES
+
+
+def test_batch_holdout_records_each_units_check_and_prints_its_verdict(client, tmp_path, capsys):
+    image_folder(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    args = ["batch", str(tmp_path / "in"), "-o", str(out), "--operator", "gauss", "--sigma", "1"]
+    args += ["--model", "analytic", "--device", "cpu", "--steps", "4", "--seed", "5", "--samples", "4"]
+    assert main([*args, "--holdout", "0.2", "--scheduler", client.scheduler.address]) == 0
+    local = ensemble(measurement((16, 16), seed=0), BLUR, samples=4, holdout=0.2, keep_samples=False, **SETTINGS)
+    np.testing.assert_allclose(io.read_image(out / "img0.tif"), local.mean, rtol=1e-5, atol=1e-5)
+    assert f"napari-treg: img0.tif: {local.info['holdout']['verdict']}" in capsys.readouterr().err
+    with pytest.raises(InvalidInputError, match="holdout needs samples"):
+        restore_many(str(tmp_path / "in"), str(tmp_path / "other"), BLUR, holdout=0.2, **SETTINGS)
+    assert not (tmp_path / "other").exists()

@@ -234,3 +234,33 @@ def test_a_result_that_is_not_finite_is_never_returned(monkeypatch, tiles, metho
         restore(image, Denoising(), model=prior, steps=2, dc_every=0, method=method, tile_size=tiles, tile_overlap=8)
     with pytest.raises(InvalidInputError, match="guidance must be at most 100"):
         restore(image, Denoising(), model=prior, steps=2, guidance=1e30)
+
+
+# -- the residual map the engine returns --------------------------------------------------------
+
+
+@pytest.mark.parametrize("rgb", [False, True], ids=["grey", "rgb"])
+@pytest.mark.parametrize("kind", ["inpainting", "blur"])
+def test_the_engine_returns_the_residual_map_it_sums(analytic, rgb, kind):
+    """``Restoration.residual`` is ``|A x - y|`` per measured value in the input's units (as ``degrade`` of the
+    result against the measurement), 0 where the operator measures nothing; an ensemble's is its mean's."""
+    from napari_treg import degrade, ensemble
+
+    rng = np.random.default_rng(3)
+    shape = (2, 16, 16, 3) if rgb else (2, 16, 16)
+    image = (rng.random(shape) * 200 + 50).astype(np.float32)
+    missing = np.zeros((16, 16), bool)
+    if kind == "inpainting":
+        missing[4:9, 5:11] = True
+    operator = Inpainting(missing) if kind == "inpainting" else GaussianBlur(1.0)
+    keep = ~missing[..., None] if rgb else ~missing
+    config = method_config("paper", dict(steps=4))  # no final projection: a residual to see
+    restoration = Restorer(analytic, config).restore(image, operator, seed=1, rgb=rgb)
+    expected = np.abs(degrade(restoration.image, operator, noise=0.0, rgb=rgb) - image) * keep
+    assert restoration.residual.shape == image.shape and expected.max() > 1.0
+    np.testing.assert_allclose(restoration.residual, expected, atol=1e-4 * 250)
+    x, info = restoration  # still unpacks as (image, info)
+    assert x is restoration.image and info is restoration.info
+    maps = ensemble(image, operator, samples=2, noise=0.05, model=analytic, steps=4, rgb=rgb)
+    expected = np.abs(degrade(maps.mean, operator, noise=0.0, rgb=rgb) - image) * keep
+    np.testing.assert_allclose(maps.residual, expected, atol=1e-4 * 250)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,3 +99,55 @@ def test_restorer_takes_a_ready_run_options():
         restorer.restore(image, GaussianBlur(1.0), options=RunOptions(seed=4), seed=5)
     with pytest.raises(InvalidInputError, match="unknown run option sed"):
         restorer.restore(image, GaussianBlur(1.0), sed=4)
+
+
+# -- the kind of a setting comes from its annotation ---------------------------------------------
+
+
+def test_a_settings_kind_and_none_come_from_its_annotation():
+    import dataclasses
+
+    from napari_treg.settings import setting, specs, validate
+
+    @dataclasses.dataclass(frozen=True)
+    class Demo:
+        count: int = setting(3, "a count", minimum=1)
+        level: float | None = setting(None, "a level", positive=True)
+        size: int | str = setting("auto", "a size", minimum=1, auto=True)
+
+        def __post_init__(self):
+            validate(self)
+
+    kinds = {spec.name: (spec.kind, spec.optional, spec.auto) for spec in specs(Demo)}
+    assert kinds == {"count": (int, False, False), "level": (float, True, False), "size": (int, False, True)}
+    assert Demo(level=None).level is None and Demo(size=4).size == 4
+    with pytest.raises(InvalidInputError, match="count must be a whole number"):
+        Demo(count=None)
+    with pytest.raises(InvalidInputError, match="level must be a number"):
+        Demo(level="x")
+
+
+def test_a_setting_annotated_any_is_refused():
+    import dataclasses
+
+    from napari_treg.settings import setting, specs
+
+    @dataclasses.dataclass(frozen=True)
+    class Loose:
+        value: Any = setting(1, "anything")
+
+    with pytest.raises(TypeError, match="value must be annotated with bool, int, float or str"):
+        specs(Loose)
+
+
+def test_every_settings_class_reads_its_kinds_from_annotations_that_match_its_defaults():
+    from napari_treg.engine.ensemble import EnsembleOptions
+    from napari_treg.engine.restorer import RunOptions
+    from napari_treg.models.options import ModelSettings
+    from napari_treg.settings import specs
+    from napari_treg.solver.config import TRegConfig
+    from napari_treg.solver.text import TextSettings
+
+    for settings_class in (TRegConfig, RunOptions, TextSettings, ModelSettings, EnsembleOptions):
+        for spec in specs(settings_class):
+            assert spec.check(spec.default) == spec.default, (settings_class.__name__, spec.name)

@@ -183,13 +183,13 @@ def test_the_noise_is_estimated_when_not_given():
     ],
 )
 def test_bad_input_is_refused_before_any_work(monkeypatch, keywords, message):
-    monkeypatch.setattr("napari_treg.engine.ensemble.get_prior", lambda *a: pytest.fail("work started"))
+    monkeypatch.setattr("napari_treg.api.get_prior", lambda *a: pytest.fail("work started"))
     with pytest.raises(InvalidInputError, match=message):
         ensemble(np.zeros((16, 16), np.float32) + 0.5, GaussianBlur(1.0), model="analytic", **keywords)
 
 
 def test_nan_and_too_many_samples_for_memory_are_refused_before_any_work(monkeypatch):
-    monkeypatch.setattr("napari_treg.engine.ensemble.get_prior", lambda *a: pytest.fail("work started"))
+    monkeypatch.setattr("napari_treg.api.get_prior", lambda *a: pytest.fail("work started"))
     image = np.zeros((16, 16), np.float32)
     image[3, 4] = np.nan
     with pytest.raises(InvalidInputError, match="NaN"):
@@ -225,7 +225,17 @@ def test_cancel_returns_nothing_and_leaves_the_restorer_unchanged():
             noise=NOISE,
         )
     assert events[-1].step == 15 and events[-1].total == 2 * 10 * 4  # progress over both passes, all samples
-    assert restorer.finish is None
+    assert restorer.config == TRegConfig(steps=10) and restorer._finish is None  # the ensemble made its own variant
+
+
+def test_the_ensemble_variant_shares_the_model_and_text_and_leaves_the_restorer_unchanged():
+    prior = AnalyticPrior()
+    restorer = Restorer(prior, TRegConfig(steps=10), prompt="a disk")
+    variant = restorer.variant(TRegConfig(steps=3), finish=lambda x, y, operator, seed: x)
+    assert variant.prior is prior and variant.text is restorer.text and variant.null is restorer.null
+    assert variant.prompt == "a disk" and variant.config.steps == 3 and restorer.config.steps == 10
+    assert restorer._finish is None and variant._finish is not None
+    assert not hasattr(restorer, "finish")  # no public mutable hook
 
 
 # -- the command line ----------------------------------------------------------------------------------

@@ -189,3 +189,22 @@ def test_rgb_maps_are_one_channel_and_a_stacks_plane_maps_lie_on_it(
         np.testing.assert_allclose(shown.translate, mean.translate)
     if not rgb:
         assert mean.translate[0] == layer.translate[0] + 2 and mean.metadata["treg"]["plane_index"] == [2]
+
+
+def test_the_held_out_check_runs_from_the_widget_and_says_its_verdict(restore_widget, run_to_end):
+    viewer = restore_widget.viewer
+    _measurement(viewer)
+    restore_widget.operator.value = "denoise"
+    restore_widget.noise.value = 0.05
+    restore_widget.steps.value = 2
+    restore_widget.prompt.value = ""
+    assert restore_widget.holdout.value is False  # off by default: the ensemble is as before
+    restore_widget.holdout.value = True
+    restore_widget.samples.value = 1
+    assert restore_widget.run() is None
+    assert "samples to 4 or more" in restore_widget.status_panel.details.value
+    restore_widget.samples.value = 4
+    run_to_end(restore_widget)
+    check = viewer.layers["y TReg mean"].metadata["treg"]["ensemble"]["holdout"]
+    assert check["fraction"] == 0.1 and check["values"] == round(0.1 * 32 * 32)
+    assert f"Held-out check: {check['coverage_before']:.0%} of 90% covered" in restore_widget.status.value

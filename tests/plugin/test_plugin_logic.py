@@ -9,7 +9,7 @@ from napari_treg.engine.restore_settings import RestoreSettings
 from napari_treg.errors import Cancelled, InvalidInputError, ModelNotFoundError
 from napari_treg.imaging.metrics import ground_truth_metrics
 from napari_treg.models.options import ModelSettings
-from napari_treg.operators import GaussianBlur, Inpainting, SuperResolution
+from napari_treg.operators import GaussianBlur, SuperResolution
 from napari_treg.plugin.choices import model_spec
 from napari_treg.plugin.layers import (
     CURRENT_PLANE,
@@ -28,7 +28,7 @@ from napari_treg.plugin.layers import (
     select_planes,
 )
 from napari_treg.plugin.messages import explain_error
-from napari_treg.plugin.restoration import ModelHolder, RestoreRequest, residual_image, run_request
+from napari_treg.plugin.restoration import ModelHolder, RestoreRequest, run_request
 
 
 def test_widget_operators_and_parameters_come_from_the_registry():
@@ -144,13 +144,6 @@ def test_metadata_is_plain_python():
     assert record["params"]["steps"] == 4 and type(record["params"]["steps"]) is int
     assert record["plane_index"] == [2] and record["metrics"] == {"psnr": 30.0}
     assert record["operator"]["name"] == "gaussian_blur" and record["input_layer"] == "cells"
-
-
-def test_residual_ignores_unmeasured_pixels():
-    mask = np.zeros((4, 4), bool)
-    mask[0, 0] = True
-    residual = residual_image(np.ones((2, 4, 4, 3), np.float32), np.zeros((2, 4, 4, 3)), Inpainting(mask), rgb=True)
-    assert residual[:, 0, 0].max() == 0 and residual[:, 1, 1].min() == 1
 
 
 def test_errors_say_what_to_do():

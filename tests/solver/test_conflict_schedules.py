@@ -145,3 +145,25 @@ def test_the_cli_result_line_says_why_a_run_was_not_checked(tmp_path, capsys):
     common = ["restore", str(tmp_path / "y.npy"), "--operator", "gauss", "--sigma", "1.5", "--model", "analytic"]
     assert main([*common, "-o", str(tmp_path / "x.npy"), "--prompt", "a square", "--steps", "1"]) == 0
     assert "the text-conflict check was not made: no evidence" in capsys.readouterr().err  # the result line
+
+
+def test_the_text_conflict_summary_is_one_object_written_once():
+    """``info["text_conflict"]`` is :class:`TextConflict` as JSON: the same keys in the same order as before
+    the object existed, read back unchanged, and the unchecked form of a run the check does not apply to."""
+    from napari_treg.solver.conflict import ConflictLog, TextConflict, unchecked
+
+    log = ConflictLog(0.05, "given")
+    log.deficits = [12.0, 80.0]
+    log.note("no evidence at 1 step")
+    summary = log.summary()
+    assert list(summary) == [
+        "flag", "checked", "deficit_nats", "units_flagged", "units", "units_unchecked",
+        "threshold_nats", "noise", "noise_source", "reason",
+    ]  # fmt: skip
+    assert summary["flag"] and summary["units_flagged"] == 1 and summary["deficit_nats"] == 80.0
+    conflict = TextConflict.of({"text_conflict": summary})
+    assert conflict.flag and conflict.units == 2 and conflict.as_dict() == summary
+    assert unchecked("no prompt") == {"flag": False, "checked": False, "reason": "no prompt"}
+    assert TextConflict.of({}) == TextConflict() and not TextConflict.of({}).flag
+    ensemble = TextConflict.of({"text_conflict": {**summary, "samples": 4}})
+    assert ensemble.samples == 4 and ensemble.as_dict() == {**summary, "samples": 4}

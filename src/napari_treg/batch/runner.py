@@ -34,6 +34,7 @@ from napari_treg.engine.restorer import noise_model_values
 from napari_treg.errors import Cancelled, InvalidInputError, UnitOutOfMemory, cancel_checker
 from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
+from napari_treg.solver.conflict import TextConflict
 
 #: ``restore`` keywords a batch run does not take (it shows no previews; the model is loaded by each worker)
 NOT_BATCH_SETTINGS = ("preview_every", "low_memory")
@@ -65,7 +66,12 @@ class BatchReport:
     @property
     def text_conflicts(self) -> int:
         """Units of this run whose prompt contradicted their measurement (``info["text_conflict"]``)."""
-        return sum(bool((record.get("text_conflict") or {}).get("flag")) for record in self.records)
+        return sum(TextConflict.of(record).flag for record in self.records)
+
+    @property
+    def holdout_verdicts(self) -> dict[str, str]:
+        """The held-out check's verdict line of each unit of this run that made one, by name."""
+        return {record["name"]: record["holdout"]["verdict"] for record in self.records if record.get("holdout")}
 
     @property
     def ok(self) -> bool:
@@ -86,6 +92,7 @@ def restore_many(
     cancel: threading.Event | Callable[[], bool] | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
     samples: int | None = None,
+    holdout: float | None = None,
     **settings: Any,
 ) -> BatchReport:
     """Restore every file of a folder (or glob), or every plane of a stack, on a dask cluster.
@@ -120,6 +127,10 @@ def restore_many(
         the unit's output is their mean, and its ``std``, ``data_share`` (and with a prompt and
         guidance > 0 ``text_influence``) maps are written beside it (``docs/scale-out.md``).
         Unit ``p`` (plane number, 0 for files) then uses seed ``seed + p * samples``.
+    holdout : float, optional
+        With ``samples``: each unit's ensemble first checks its spread on this share of its measured
+        values and corrects it (:func:`napari_treg.ensemble`'s ``holdout``); each unit's record holds
+        the check (``record["holdout"]``, with its verdict line).
     **settings
         Any keyword of :func:`napari_treg.restore` (``steps``, ``model``, ``seed``, ``tile_size``,
         ``intensity_range``, ...) except ``progress``, ``preview_every`` and ``cancel``.
@@ -154,7 +165,9 @@ def restore_many(
     """
     started = time.perf_counter()
     model, restore_settings, intensity_range = checked_settings(settings)
-    ensemble = None if samples is None else EnsembleOptions(samples=samples, keep_samples=False)
+    if holdout is not None and samples is None:
+        raise InvalidInputError("holdout needs samples (the held-out check is made on an ensemble)")
+    ensemble = None if samples is None else EnsembleOptions(samples=samples, keep_samples=False, holdout=holdout)
     if not isinstance(operator, LinearOperator):
         raise InvalidInputError(f"operator must be one of napari_treg.operators, got {operator!r}")
     check_cluster_choice(workers, scheduler, client)
@@ -265,6 +278,7 @@ def run_parameters(data, operator: LinearOperator, job: Job) -> dict[str, Any]:
         "dtype": job.model.dtype,
         "seed": job.seed,
         "samples": job.ensemble.samples if job.ensemble is not None else None,
+        **({"holdout": job.ensemble.holdout} if job.ensemble is not None and job.ensemble.holdout else {}),
         "intensity_range": list(job.intensity_range) if job.intensity_range else None,
         **{k: v for k, v in job.settings.as_values().items() if k not in NOT_PARAMETERS},
     }

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_treg.batch.sources import Unit
+from napari_treg.engine.maps import ensemble_map_names
 from napari_treg.errors import OutOfMemoryError, TRegError, UnitOutOfMemory
-from napari_treg.io.files import ensemble_map_names
 from napari_treg.operators import LinearOperator
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Job:
 
 
 def ensemble_maps(settings: RestoreSettings, ensemble: EnsembleOptions | None) -> tuple[str, ...]:
-    """The ensemble maps of a run with these restore settings (:func:`napari_treg.io.files.ensemble_map_names`);
+    """The ensemble maps of a run with these restore settings (:func:`napari_treg.engine.maps.ensemble_map_names`);
     none without an ensemble."""
     return () if ensemble is None else ensemble_map_names(settings.uses_text)
 
@@ -162,8 +162,9 @@ def torch_threads() -> int:
 
 
 def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str, Any]:
-    """The per-unit provenance kept with the output: which unit and input, seed, residual, time, where."""
-    return {
+    """The per-unit provenance kept with the output: which unit and input, seed, residual, time, where
+    (and an ensemble's held-out check, where it made one)."""
+    record = {
         "key": unit.key,
         "input_digest": input_digest,
         "name": unit.name,
@@ -178,3 +179,7 @@ def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str
         "torch_threads": torch_threads(),  # bit-identity with local restore needs the same count
         "models_loaded": len(_LOADED),
     }
+    held_out = (info.get("ensemble") or {}).get("holdout")
+    if held_out:
+        record["holdout"] = held_out
+    return record

@@ -81,8 +81,9 @@ def add_samples_argument(parser: argparse.ArgumentParser) -> None:
         "uncertainty: with --samples N, each unit's output is the mean of N restorations and its std, "
         "data_share (and with a prompt text_influence) maps are written beside it (docs/scale-out.md)"
     )
-    (spec,) = [spec for spec in specs(EnsembleOptions) if spec.name == "samples"]
-    add_setting(group, dataclasses.replace(spec, default=None), given_only=True)
+    for spec in specs(EnsembleOptions):
+        if spec.name in ("samples", "holdout"):
+            add_setting(group, dataclasses.replace(spec, default=None), given_only=True)
 
 
 def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -> int:
@@ -104,6 +105,7 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
             scheduler=args.scheduler,
             connect_timeout=args.connect_timeout,
             samples=getattr(args, "samples", None),
+            holdout=getattr(args, "holdout", None),
             on_start=bar.start,
             on_unit=bar.update,
             cancel=cancel,
@@ -159,6 +161,8 @@ def finish_message(args: argparse.Namespace, report) -> int:
             + (f"; {report.text_conflicts} flagged for a text conflict" if report.text_conflicts else ""),
             file=sys.stderr,
         )
+        for name, line in report.holdout_verdicts.items():
+            print(f"{PROG}: {name}: {line}", file=sys.stderr)
     return 0
 
 

@@ -40,6 +40,7 @@ from napari_treg.cli.options import (
     restore_settings,
     setting_type,
 )
+from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_map_names
 from napari_treg.errors import TRegError
 from napari_treg.failures import EXIT_INTERRUPTED, describe_failure
 from napari_treg.io import files as io
@@ -204,11 +205,11 @@ def _restore_summary(output: str, info: dict[str, Any]) -> str:
 
 def _conflict_note(info: dict[str, Any]) -> str:
     """The result line's text-conflict note: the flag, or why the check was not made ("" otherwise)."""
-    from napari_treg.solver.conflict import unchecked_message
+    from napari_treg.solver.conflict import TextConflict, unchecked_message
 
-    conflict = info.get("text_conflict") or {}
-    if conflict.get("flag"):
-        return f"; TEXT CONFLICT: the prompt contradicts the measurement ({conflict['deficit_nats']:.0f} nats)"
+    conflict = TextConflict.of(info)
+    if conflict.flag:
+        return f"; TEXT CONFLICT: the prompt contradicts the measurement ({conflict.deficit_nats:.0f} nats)"
     unchecked = unchecked_message(info)
     return "" if unchecked is None else "; " + unchecked[0].lower() + unchecked[1:].rstrip(".")
 
@@ -220,8 +221,8 @@ def run_restore(args: argparse.Namespace) -> int:
 
     if "samples" in args:
         return run_ensemble(args)
-    if args.keep_samples or "prior_sd" in args:
-        raise UsageError("--keep-samples and --prior-sd need --samples N (an ensemble)")
+    if args.keep_samples or "prior_sd" in args or "holdout" in args:
+        raise UsageError("--keep-samples, --prior-sd and --holdout need --samples N (an ensemble)")
     image = io.read_image(args.input)
     operator = operator_from_args(args)
     planned = [outputs.Output("-o", Path(args.output), outputs.result_shape(image, args.rgb, operator.image_hw))]
@@ -251,7 +252,8 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group(
         "uncertainty: with --samples N, OUT is the mean of N restorations and the maps "
-        f"{', '.join(io.ENSEMBLE_MAPS)} are written next to it as <stem>.<map><suffix> (docs/uncertainty.md)"
+        f"{', '.join(m.name for m in ENSEMBLE_MAPS)} are written next to it as <stem>.<map><suffix> "
+        "(docs/uncertainty.md)"
     )
     for spec in specs(EnsembleOptions):
         if spec.name != "keep_samples":  # no --samples: one restoration, so no default is shown
@@ -269,15 +271,17 @@ def run_ensemble(args: argparse.Namespace) -> int:
     image = io.read_image(args.input)
     operator = operator_from_args(args)
     shape = outputs.result_shape(image, args.rgb, operator.image_hw)
-    names = io.ensemble_map_names(restore_settings(args).uses_text)  # checks the settings before any work
+    names = ensemble_map_names(restore_settings(args).uses_text)  # checks the settings before any work
     planned = [outputs.Output("-o", Path(args.output), shape)]
     planned += [outputs.Output(f"--samples ({name})", io.companion(args.output, name), shape) for name in names]
     if args.keep_samples:
         planned.append(outputs.Output("--keep-samples", io.companion(args.output, "samples"), (args.samples, *shape)))
+    if "holdout" in args:
+        planned.append(outputs.Output("--holdout", io.companion(args.output, "uncorrected_std"), shape))
     if args.info is not None:
         planned.append(outputs.Output("--info", Path(args.info)))
     outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
-    options = {name: getattr(args, name) for name in ("samples", "prior_sd") if name in args}
+    options = {name: getattr(args, name) for name in ("samples", "prior_sd", "holdout") if name in args}
     with ProgressBar(enabled=not args.quiet, desc=f"restore x{args.samples}") as bar:
         result = ensemble(
             image,
@@ -292,6 +296,8 @@ def run_ensemble(args: argparse.Namespace) -> int:
     arrays |= {io.companion(args.output, name): getattr(result, name) for name in names}
     if args.keep_samples and result.samples is not None:
         arrays[io.companion(args.output, "samples")] = result.samples
+    if result.uncorrected_std is not None:
+        arrays[io.companion(args.output, "uncorrected_std")] = result.uncorrected_std
     writers: dict[str | os.PathLike, Callable[[Path], object]] = {
         path: functools.partial(io.write_image, array=array, like=None if array is result.data_share else image)
         for path, array in arrays.items()
@@ -306,6 +312,8 @@ def run_ensemble(args: argparse.Namespace) -> int:
             + _conflict_note(result.info)
         ),
     )
+    if "holdout" in result.info:
+        _say(args, lambda: result.info["holdout"]["verdict"])
     return 0
 
 

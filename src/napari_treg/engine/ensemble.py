@@ -19,10 +19,8 @@ what the maps mean and the calibration on the exact analytic prior (benchmarks/c
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_treg.engine import holdout
 from napari_treg.engine.restorer import (
     MAX_SEED,
     ProgressCallback,
@@ -38,12 +37,13 @@ from napari_treg.engine.restorer import (
     Run,
     RunOptions,
     prepare,
+    residual_map,
     run_options_from,
 )
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
 from napari_treg.imaging.noise import estimate_noise
-from napari_treg.memory import guard_memory
+from napari_treg.memory import available_host_bytes, guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_number, setting, validate
@@ -80,18 +80,25 @@ class EnsembleOptions:
     keep_samples: bool = setting(
         True, "keep every sample (memory grows with the number); otherwise mean and std are streamed"
     )
-    prior_sd: Any = setting(
+    prior_sd: float | None = setting(
         None,
         "the prior's standard deviation per pixel in model units, used by the noise-aware last step and "
         f"the data share; None: the model's own (the analytic prior's), else {DEFAULT_PRIOR_SD}",
-        kind=float,
-        optional=True,
         positive=True,
         maximum=10.0,
+    )
+    holdout: float | None = setting(
+        None,
+        "check the spread first on this fraction of the measured values, held out of an extra ensemble, and "
+        "scale the spread of invented pixels by what it finds (docs/uncertainty.md); below 0.5, at least 4 samples",
+        positive=True,
+        maximum=0.5,
     )
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.holdout is not None:
+            holdout.check_options(self.holdout, self.samples)
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,8 @@ class Ensemble:
     data_share: np.ndarray  # in [0, 1]
     text_influence: np.ndarray | None  # None without a prompt or with guidance 0
     info: dict
+    residual: np.ndarray | None = None  # |A mean - y| per measured value (as Restoration.residual)
+    uncorrected_std: np.ndarray | None = None  # with the held-out check: the std before its correction
 
     def interval(self, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """``(low, high)``: the predictive interval ``mean +- t sqrt(1 + 1/n) std`` holding ``level`` of the values.
@@ -202,8 +211,18 @@ def ensemble_prepared(
     main = calibrated(restorer, noise, prior_sd, run.variance)
     free = text_free(restorer)
     passes = [main] if free is None else [main, calibrated(free, noise, prior_sd, run.variance)]
-    relay = Relay(callback, sum(pass_steps(r, run, chunks, batch_size) for r in passes))
+    check = (
+        None
+        if options.holdout is None
+        else holdout.HoldoutCheck.plan(run, options.holdout, noise, prior_sd, options.samples)
+    )
+    extra = 0 if check is None else pass_steps(main, run, chunks, batch_size)  # the check's own pass
+    relay = StepOffset(callback, extra + sum(pass_steps(r, run, chunks, batch_size) for r in passes))
     work = functools.partial(run_pass, run=run, chunks=chunks, batch_size=batch_size, relay=relay)
+    corrections = None if check is None else holdout_pass(check, passes, work, is_cancelled, relay, restorer)
+    if corrections is not None:
+        passes = [correction.restorer for correction in corrections]
+        main = passes[0]
     conflicts = restorer.conflict_log(run, (noise, noise_source))  # the prompted pass only, every sample
     moments, kept = guard_memory(
         lambda: work(main, keep=options.keep_samples, is_cancelled=is_cancelled, conflicts=conflicts)
@@ -214,7 +233,10 @@ def ensemble_prepared(
         free_mean = free_moments.mean
     raise_if(is_cancelled)
     mean, std = statistics(moments, kept)
-    share = data_share_planes(restorer.prior, run, noise, prior_sd, mean)
+    share_sd = prior_sd if check is None else check.factor * prior_sd
+    share = data_share_planes(restorer.prior, run, noise, share_sd, mean)
+    if corrections is not None:
+        mean, kept, free_mean = corrected(corrections, mean, kept, free_mean)
     seconds = time.perf_counter() - started
     info = {
         **sampling_info(run, options, noise_source, prior_sd_source),
@@ -229,6 +251,8 @@ def ensemble_prepared(
     }
     if run.noise_model is not None:
         info["noise_model"] = run.noise_model_info()
+    if check is not None:
+        info["holdout"] = check.summary
     layout = run.layout
     return Ensemble(
         mean=imaging.from_planes(mean.astype(np.float32), layout),
@@ -237,7 +261,33 @@ def ensemble_prepared(
         data_share=imaging.from_planes(share, layout),
         text_influence=None if free_mean is None else imaging.from_planes(influence(mean, free_mean), layout),
         info=info,
+        residual=residual_map(run, mean.astype(np.float32)),
+        uncorrected_std=None if corrections is None else imaging.from_planes(corrections[0].uncorrected_std(), layout),
     )
+
+
+def holdout_pass(
+    check: holdout.HoldoutCheck, passes: list[Restorer], work, is_cancelled, relay: StepOffset, restorer: Restorer
+) -> list[holdout.Correction]:
+    """The held-out check's own ensemble (without the held-out values) and the fit of its factor; returns the
+    corrected last steps of ``passes`` (:mod:`napari_treg.engine.holdout`)."""
+    started, first = time.perf_counter(), relay.done
+    step = functools.partial(noise_aware_step, noise=check.noise, device=restorer.prior.device)
+    predicting = check.predicting(passes[0], step)
+    guard_memory(lambda: work(predicting, run=check.held_out_run(), keep=False, is_cancelled=is_cancelled))
+    raise_if(is_cancelled)
+    check.fit(time.perf_counter() - started, relay.done - first if restorer.method in MODEL_METHODS else 0)
+    return [check.correction(p, step) for p in passes]
+
+
+def corrected(
+    corrections: list[holdout.Correction], mean: np.ndarray, kept: np.ndarray | None, free_mean: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Mean, kept samples and text-free mean with each pass's shared shift added."""
+    shift = corrections[0].shift()
+    kept = None if kept is None else (kept + shift[None]).astype(np.float32)
+    free_mean = None if free_mean is None else free_mean + corrections[1].shift()
+    return mean + shift, kept, free_mean
 
 
 def sampling_info(run: Run, options: EnsembleOptions, noise_source: str, prior_sd_source: str) -> dict:
@@ -286,6 +336,13 @@ def check_ensemble(run: Run, options: EnsembleOptions) -> tuple[float, str]:
             f"noise must be > 0 for an ensemble (the measurement's noise sigma in model units), got {run.options.noise}"
         )
     noise = measurement_noise(run)
+    if options.holdout is not None:
+        if run.noise_model is not None:
+            raise InvalidInputError(
+                "the held-out check does not weigh values by the Poisson-Gaussian model yet: "
+                "use holdout with one Gaussian noise level, or no holdout"
+            )
+        holdout.hidden_map(run, options.holdout)  # refuses a run with too few values to hold out
     if not options.keep_samples:
         return noise
     hw = run.operator.image_hw(run.layout.hw)
@@ -299,20 +356,6 @@ def check_ensemble(run: Run, options: EnsembleOptions) -> tuple[float, str]:
             "use keep_samples=False (mean and std are then streamed) or fewer samples"
         )
     return noise
-
-
-def available_host_bytes() -> int | None:
-    """Memory the host can still give (None where the system does not say)."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def measurement_noise(run: Run) -> tuple[float, str]:
@@ -347,7 +390,7 @@ def prior_sd_of(prior: DiffusionPrior, options: EnsembleOptions, channels: int) 
 
 
 def calibrated(restorer: Restorer, noise: float, prior_sd: float, variance: NoiseVariance | None = None) -> Restorer:
-    """A copy of ``restorer`` whose samples end with the noise-aware data step, and use the data once.
+    """``restorer``'s ensemble variant: its samples end with the noise-aware data step, and use the data once.
 
     - No final projection (``final_dc``): it would pull every sample onto the data before the
       noise-aware step, which is itself the last data step.
@@ -358,19 +401,17 @@ def calibrated(restorer: Restorer, noise: float, prior_sd: float, variance: Nois
       sigma 1.5) the data-first ensemble's mean error is 0.58 posterior sd and its coverage 83 %
       with both, 0.31 sd and 86 % without them (docs/uncertainty.md).
 
-    ``restore``'s single images are not changed by this (it changes only the ensemble's copy).
+    ``restore``'s single images are not changed by this (``restorer`` itself is not changed).
     With photon noise (``variance``), ``noise`` is the floor's sd, and the last step perturbs and
     weighs each value by its own variance.
     """
     config = replace(restorer.config, final_dc=False)
     if config.data_first:
         config = replace(config, cg_lambda=proximal_weight(noise, prior_sd))
-    result = copy.copy(restorer)
-    result.config = config
-    result.finish = functools.partial(
+    finish = functools.partial(
         noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device, variance=variance
     )
-    return result
+    return restorer.variant(config, finish)
 
 
 def text_free(restorer: Restorer) -> Restorer | None:
@@ -422,7 +463,7 @@ def pass_steps(restorer: Restorer, run: Run, chunks: list[tuple[int, int]], batc
     return sum(restorer.config.steps * sum(math.ceil(s / batch_size) for s in r.unit_sizes()) for r in replicated)
 
 
-class Relay:
+class StepOffset:
     """Turns each call's :class:`Progress` into progress over the whole ensemble."""
 
     def __init__(self, callback: ProgressCallback | None, total: int):
@@ -443,7 +484,7 @@ def run_pass(
     run: Run,
     chunks: list[tuple[int, int]],
     batch_size: int,
-    relay: Relay,
+    relay: StepOffset,
     keep: bool,
     is_cancelled,
     conflicts: ConflictLog | None = None,

@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, NamedTuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -59,37 +59,32 @@ class RunOptions:
     """How one image is run (not the method): seeds, batches, tiles, noise, previews."""
 
     seed: int = setting(0, "seed of the sampler; plane k of a stack uses seed + k", minimum=0, maximum=MAX_SEED)
-    batch_size: Any = setting(
+    batch_size: int | str = setting(
         "auto",
         "planes of a stack solved together; auto: as many as fit on a CUDA GPU (at most 4), else 1",
-        kind=int,
         minimum=1,
         maximum=64,
         auto=True,
     )
-    tile_size: Any = setting(
+    tile_size: int | None = setting(
         None,
         "restore images larger than this (restored pixels; 512 suits SD 1.5) in overlapping, "
         "seam-free tiles; None: in one piece",
-        kind=int,
         minimum=tiling.MIN_TILE,
         maximum=16384,
-        optional=True,
     )
     tile_overlap: int = setting(64, "overlap of neighbouring tiles, in restored pixels", minimum=0, maximum=4096)
-    noise: Any = setting(
+    noise: float | None = setting(
         None,
         "the measurement's noise sigma in model units (as for degrade); the residual is then also "
         "reported in units of it (about 1 = consistent with the measurement)",
-        kind=float,
         minimum=0.0,
         maximum=1e6,
-        optional=True,
     )
     preview_every: int = setting(
         0, "a preview of the current estimate every this many steps (0: none)", minimum=0, maximum=100_000
     )
-    rgb: Any = setting(None, "whether the last axis is colour (None: a last axis of 3 or 4)", kind=bool, optional=True)
+    rgb: bool | None = setting(None, "whether the last axis is colour (None: a last axis of 3 or 4)")
     noise_model: str = setting(
         "gaussian",
         "gaussian: one noise level for every value; poisson-gaussian: photon noise, var = gain (I - offset) "
@@ -98,13 +93,13 @@ class RunOptions:
         choices=NOISE_MODELS,
         label="noise model",
     )
-    gain: Any = optional_like(
+    gain: float | None = optional_like(
         PoissonGaussian, "gain", "poisson-gaussian: the intensity of one photon in the input's units (ADU per photon)"
     )
-    read_sd: Any = optional_like(
+    read_sd: float | None = optional_like(
         PoissonGaussian, "read_sd", "poisson-gaussian: the read-noise standard deviation in the input's units"
     )
-    offset: Any = optional_like(
+    offset: float | None = optional_like(
         PoissonGaussian, "offset", "poisson-gaussian: the input's value at zero photons (default 0, or estimated)"
     )
 
@@ -118,7 +113,7 @@ class RunOptions:
 
     def photon_noise(self) -> PoissonGaussian | None:
         """The Poisson-Gaussian model given in full (gain and read_sd), else None."""
-        if self.noise_model != "poisson-gaussian" or self.gain is None:
+        if self.noise_model != "poisson-gaussian" or self.gain is None or self.read_sd is None:
             return None
         return PoissonGaussian(self.gain, self.read_sd, 0.0 if self.offset is None else self.offset)
 
@@ -190,11 +185,20 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-class Restoration(NamedTuple):
-    """A restored image and its provenance (plain JSON: parameters, model, versions, residual, time)."""
+@dataclass(frozen=True)
+class Restoration:
+    """A restored image and its provenance (plain JSON: parameters, model, versions, residual, time).
+
+    Unpacks as ``image, info``; ``residual`` is ``|A x - y|`` per measured value in the input's units,
+    shaped like the measurement (0 where nothing is measured): the map the engine's ``residual`` sums.
+    """
 
     image: np.ndarray
     info: dict
+    residual: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __iter__(self):
+        return iter((self.image, self.info))
 
 
 # -- one validated run --------------------------------------------------------------------------
@@ -303,6 +307,8 @@ class Restorer:
         method: str = "treg",
         prompt: str | None = "",
         negative_prompt: str | None = "",
+        finish: FinishHook | None = None,
+        embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         if not isinstance(prior, DiffusionPrior):
             raise InvalidInputError(f"prior must be a DiffusionPrior (see load_model), got {type(prior).__name__}")
@@ -312,9 +318,23 @@ class Restorer:
         self.sampler = get_method(method)
         self.prompt = check_text(prompt, "prompt")
         self.negative_prompt = check_text(negative_prompt, "negative_prompt")
-        self.text = prior.embed_text([self.prompt])
-        self.null = prior.embed_text([self.negative_prompt])
-        self.finish: FinishHook | None = None  # applied to every batch's samples (ensembles)
+        if embeddings is None:
+            embeddings = (prior.embed_text([self.prompt]), prior.embed_text([self.negative_prompt]))
+        self.text, self.null = embeddings
+        self._finish = finish  # the last step of every batch's samples (an ensemble's variant), or None
+
+    def variant(self, config: TRegConfig, finish: FinishHook | None = None) -> Restorer:
+        """This restorer with another config and last step (an ensemble's): the same prior, method and
+        text, and the same text embeddings (nothing is embedded again). This restorer is not changed."""
+        return Restorer(
+            self.prior,
+            config,
+            method=self.method,
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            finish=finish,
+            embeddings=(self.text, self.null),
+        )
 
     def restore(
         self,
@@ -381,7 +401,7 @@ class Restorer:
         image = imaging.from_planes(restored, run.layout)
         info = self.provenance(run, batch_size, restored, time.perf_counter() - started)
         info["text_conflict"] = conflicts.summary() if conflicts is not None else unchecked(self.unchecked_reason())
-        return Restoration(image, info)
+        return Restoration(image, info, residual_map(run, restored))
 
     def check_noise_model(self, run: Run) -> None:
         """Refuse photon noise for a method whose data steps do not weigh values (all but TReg)."""
@@ -500,7 +520,7 @@ class Restorer:
         if conflicts is not None:
             conflicts.add(check)
         x = imaging.from_rgb(x[..., : image_hw[0], : image_hw[1]].detach().cpu(), y.shape[1])
-        return x if self.finish is None else self.finish(x, y, operator, seed)
+        return x if self._finish is None else self._finish(x, y, operator, seed)
 
     def preview(self, z0: torch.Tensor, run: Run, hw: tuple[int, int]) -> np.ndarray:
         """The estimate ``z0`` of one plane, decoded and shaped like one output plane (input units)."""
@@ -512,7 +532,7 @@ class Restorer:
 
     def batch_size(self, run: Run) -> int:
         """The run's batch size as a number: ``"auto"`` asks the device how many planes fit."""
-        if run.options.batch_size != "auto":
+        if isinstance(run.options.batch_size, int):
             return run.options.batch_size
         if run.plan is None:
             hw = run.operator.image_hw(run.layout.hw)
@@ -554,9 +574,17 @@ class Restorer:
         if run.variance is not None:
             info["residual_over_noise"] = weighted_residual(run.operator, x, y, run.variance)
             info["noise_model"] = run.noise_model_info()
-        if run.plan is not None:
+        if run.plan is not None and options.tile_size is not None:
             info["tiling"] = run.plan.describe(options.tile_size, options.tile_overlap, len(run.unit_sizes()))
         return info
+
+
+def residual_map(run: Run, restored: np.ndarray) -> np.ndarray:
+    """``|A x - y|`` of restored planes (input units) per measured value, shaped like the measurement."""
+    x = torch.from_numpy(run.scale.to_model(restored)).double()
+    difference = run.operator.forward(x) - run.operator.measured(torch.from_numpy(run.planes).double())
+    slope = (run.scale.high - run.scale.low) / 2.0  # from model units to the input's
+    return imaging.from_planes((difference.abs() * slope).numpy().astype(np.float32), run.layout)
 
 
 class Reporter:

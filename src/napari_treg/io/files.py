@@ -355,15 +355,8 @@ def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
 
 # -- the files beside an output -----------------------------------------------------------------
 
+
 #: an ensemble's maps, in the order they are written beside its mean as ``<stem>.<map><suffix>``
-ENSEMBLE_MAPS = ("std", "data_share", "text_influence")
-
-
-def ensemble_map_names(uses_text: bool) -> tuple[str, ...]:
-    """The maps an ensemble makes: the text influence only where the prompt guides it (a prompt, guidance > 0)."""
-    return ENSEMBLE_MAPS if uses_text else ENSEMBLE_MAPS[:2]
-
-
 def companion(output: str | os.PathLike, name: str) -> Path:
     """The file next to ``output`` that holds the map ``name``: ``cells.tif`` -> ``cells.std.tif``."""
     path = Path(output)

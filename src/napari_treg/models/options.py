@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from napari_treg.settings import setting, validate
 
@@ -17,7 +16,7 @@ class ModelSettings:
         "sd15, a hub id, a local folder, a checkpoint file, tiny (test model) or analytic (exact prior)",
     )
     device: str = setting("auto", "auto picks cuda, mps, cpu; or a torch device such as cuda:1")
-    dtype: Any = setting(None, "float16 or float32 (None: float16 on cuda, float32 otherwise)", kind=str, optional=True)
+    dtype: str | None = setting(None, "float16 or float32 (None: float16 on cuda, float32 otherwise)")
     low_memory: bool = setting(False, "offload parts of the model to save accelerator memory (slower)")
 
     def __post_init__(self) -> None:

@@ -24,21 +24,23 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox, Widget
 from napari.utils.notifications import show_error, show_info
 
+from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_map_names
 from napari_treg.engine.restorer import RunOptions
 from napari_treg.errors import Cancelled, TRegError
-from napari_treg.io.files import companion, ensemble_map_names
+from napari_treg.io.files import companion
 from napari_treg.models.options import ModelSettings
 from napari_treg.plugin.forms import (
     layer_combo,
     operator_from_form,
     operator_widgets,
     sentence,
+    setting_value,
     setting_widget,
     show_operator,
 )
 from napari_treg.plugin.layers import restored_geometry
 from napari_treg.plugin.messages import explain_error, headline
-from napari_treg.plugin.output_layers import ENSEMBLE_MAPS, MAP_KEY
+from napari_treg.plugin.output_layers import MAP_KEY
 from napari_treg.plugin.restore_form import samples_widget
 from napari_treg.plugin.worker import ActivityProgress, Relay, start_worker
 from napari_treg.settings import spec_named
@@ -64,19 +66,10 @@ def settings_widgets() -> list[Widget]:
     """The model, text, method and run fields, each with its settings class's default, range and help."""
     model, prompt = spec_named(ModelSettings, "model"), spec_named(TextSettings, "prompt")
     tile, overlap = spec_named(RunOptions, "tile_size"), spec_named(RunOptions, "tile_overlap")
-    tile_size = SpinBox(
-        name=tile.name,
-        label=tile.label,
-        value=0,
-        min=0,
-        max=int(tile.maximum or 0),
-        step=64,
-        tooltip=sentence(tile.help),
-    )
-    tile_size.native.setSpecialValueText("off")  # 0: one piece
+    tile_size = setting_widget(tile, step=64)
     return [
         LineEdit(name="model", label=model.label, value=model.default, tooltip=sentence(model.help)),
-        LineEdit(name="prompt", label=prompt.label, value=prompt.default, tooltip=sentence(prompt.help)),
+        setting_widget(prompt),
         setting_widget(spec_named(TRegConfig, "guidance")),
         setting_widget(spec_named(TRegConfig, "steps")),
         setting_widget(spec_named(RunOptions, "seed")),
@@ -98,7 +91,7 @@ def batch_settings(values: dict[str, Any], rgb: bool | None) -> dict:
     return {
         **settings,
         "model": model or spec_named(ModelSettings, "model").default,
-        "tile_size": int(values["tile_size"]) or None,
+        "tile_size": setting_value(spec_named(RunOptions, "tile_size"), values["tile_size"]),
         "rgb": rgb,
     }
 
@@ -311,7 +304,8 @@ class BatchWidget(Container):
 
         if self.result_layer is None:
             return
-        for attribute, suffix, colormap in ENSEMBLE_MAPS:
+        for kind in ENSEMBLE_MAPS:
+            attribute, suffix, colormap = kind.name, kind.layer_suffix, kind.colormap
             if attribute not in request.maps:
                 continue
             try:

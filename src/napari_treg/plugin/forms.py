@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox, Widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, Widget
 from napari.layers import Image, Labels
 
 from napari_treg.errors import InvalidInputError
@@ -126,9 +126,32 @@ def number_widget(
     return spin
 
 
-def setting_widget(spec: Spec) -> Widget:
-    """The widget of one method setting (a field of :class:`TRegConfig`)."""
-    return number_widget(spec.name, spec.label, spec.kind, spec.default, spec.help, spec.minimum, spec.maximum)
+def setting_widget(spec: Spec, *, label: str | None = None, off: str = "off", step: float | None = None) -> Widget:
+    """The widget of one setting, with its spec's default, range and help (written once, in its settings class).
+
+    Text is a line edit; a number that may be None (``tile_size``, ``noise``) starts at 0, shown as
+    ``off``, and 0 reads back as None (:func:`setting_value`).
+    """
+    label = label or spec.label
+    if spec.kind is str and not spec.choices:
+        return LineEdit(name=spec.name, label=label, value=spec.default or "", tooltip=sentence(spec.help))
+    if not spec.optional:
+        widget = number_widget(spec.name, label, spec.kind, spec.default, spec.help, spec.minimum, spec.maximum)
+    else:  # a float spin box for whole numbers too: superqt's large-int spin box shows no special text
+        widget = number_widget(spec.name, label, float, 0.0, spec.help, 0, spec.maximum)
+        if spec.kind is int:
+            widget.native.setDecimals(0)
+        widget.native.setSpecialValueText(off)  # 0: None
+    if step is not None:
+        widget.step = step
+    return widget
+
+
+def setting_value(spec: Spec, value: Any) -> Any:
+    """A :func:`setting_widget`'s value as the setting takes it: 0 of a setting that may be None is None."""
+    if spec.optional and spec.kind in (int, float) and not value:
+        return None
+    return spec.kind(value) if spec.kind in (int, float) else value
 
 
 def parameter_widget(viewer: napari.Viewer, param: Param) -> Widget:

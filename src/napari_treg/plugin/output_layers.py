@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image
 
+from napari_treg.engine.maps import ENSEMBLE_MAPS
 from napari_treg.plugin.layers import (
     PREVIEW_KEY,
     display_kwargs,
@@ -31,11 +32,6 @@ if TYPE_CHECKING:
 
 PREVIEW_NAME = "TReg preview"
 #: the ensemble's maps: (its attribute, the layer's suffix, colormap); the data share's contrast is fixed to [0, 1]
-ENSEMBLE_MAPS = (
-    ("std", " std", "magma"),
-    ("data_share", " data share", "PiYG"),  # pink = invented (0), green = measured (1)
-    ("text_influence", " text influence", "inferno"),
-)
 #: metadata key naming which ensemble map a layer shows (next to the run's record in ``metadata["treg"]``)
 MAP_KEY = "treg_map"
 
@@ -89,7 +85,7 @@ def run_outputs(request: RestoreRequest, outcome: Outcome, name: str) -> list[Ou
 
 def taken_names(names: list[str]) -> set[str]:
     """Names a new result cannot have: the layers' names, and those an output's suffix was added to."""
-    suffixes = (" mean", " residual", *(suffix for _, suffix, _ in ENSEMBLE_MAPS))
+    suffixes = (" mean", " residual", *(m.layer_suffix for m in ENSEMBLE_MAPS))
     stems = {name[: -len(suffix)] for name in names for suffix in suffixes if name.endswith(suffix)}
     return set(names) | stems
 
@@ -97,7 +93,8 @@ def taken_names(names: list[str]) -> set[str]:
 def ensemble_outputs(outcome: Outcome, record: dict, rgb: bool) -> list[OutputLayer]:
     """The std, data share and text influence of an ensemble (one channel each: colour channels averaged)."""
     outputs = []
-    for attribute, suffix, colormap in ENSEMBLE_MAPS:
+    for kind in ENSEMBLE_MAPS:
+        attribute, suffix, colormap = kind.name, kind.layer_suffix, kind.colormap
         data = getattr(outcome.ensemble, attribute)
         if data is None:
             continue

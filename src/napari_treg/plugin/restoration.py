@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
 
-from napari_treg import api
 from napari_treg.engine.ensemble import Ensemble, EnsembleOptions, check_ensemble, restorer_ensemble
 from napari_treg.engine.restore_settings import RestoreSettings
 from napari_treg.engine.restorer import Progress, Restorer, prepare
@@ -108,6 +106,8 @@ class RestoreRequest:
     record: dict = field(default_factory=dict)
     #: restorations of the measurement: 1 = one restore; more = an ensemble (:mod:`napari_treg.engine.ensemble`)
     samples: int = 1
+    #: the share of measured values the ensemble's held-out check hides (None: no check)
+    holdout: float | None = None
 
     @property
     def rgb(self) -> bool:
@@ -165,13 +165,12 @@ def _restore(
             outcome = ensemble_outcome(restorer, request, progress)
         else:
             data, operator, options = request.planes.data, request.operator, request.settings.run
-            result, info = restorer.restore(data, operator, options=options, callback=progress, cancel=request.cancel)
-            outcome = Outcome(result, info)
+            restoration = restorer.restore(data, operator, options=options, callback=progress, cancel=request.cancel)
+            outcome = Outcome(restoration.image, restoration.info, residual=restoration.residual)
     outcome.load_seconds = load_seconds
     result = outcome.result
-    if request.residual:
-        measured = api.degrade(result, request.operator, noise=0.0, rgb=request.rgb)
-        outcome.residual = residual_image(measured, request.planes.data, request.operator, request.rgb)
+    if not request.residual:
+        outcome.residual = None
     if request.reference is not None:
         try:
             reference = reference_for(request.reference, result.shape, request.planes)
@@ -183,7 +182,7 @@ def _restore(
 
 def ensemble_options(request: RestoreRequest) -> EnsembleOptions:
     """The request's ensemble settings: its samples (range checked by :class:`EnsembleOptions`), streamed."""
-    return EnsembleOptions(samples=request.samples, keep_samples=False)
+    return EnsembleOptions(samples=request.samples, keep_samples=False, holdout=request.holdout)
 
 
 def check_ensemble_request(request: RestoreRequest) -> None:
@@ -205,12 +204,4 @@ def ensemble_outcome(restorer: Restorer, request: RestoreRequest, progress: Step
         callback=progress,
         cancel=request.cancel,
     )
-    return Outcome(maps.mean, maps.restoration_info(), ensemble=maps)
-
-
-def residual_image(measured: np.ndarray, measurement: np.ndarray, operator: LinearOperator, rgb: bool) -> np.ndarray:
-    """``|A x - y|`` per pixel; zero where the operator measures nothing (an inpainting mask's holes)."""
-    residual = np.abs(measured - np.asarray(measurement, dtype=np.float32))
-    hw = residual.shape[-3:-1] if rgb else residual.shape[-2:]
-    keep = operator.measured(torch.ones((1, 1, *hw), dtype=torch.float32))[0, 0].numpy()
-    return residual * (keep[..., None] if rgb else keep)
+    return Outcome(maps.mean, maps.restoration_info(), residual=maps.residual, ensemble=maps)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
@@ -34,6 +34,7 @@ from napari_treg.plugin.forms import (
     operator_settings,
     operator_widgets,
     reset_operator,
+    setting_value,
     setting_widget,
     show_operator,
 )
@@ -56,6 +57,7 @@ from napari_treg.plugin.noise_fields import (
 from napari_treg.plugin.restoration import RestoreRequest, check_ensemble_request
 from napari_treg.settings import spec_named, specs
 from napari_treg.solver import TRegConfig, schedule_settings
+from napari_treg.solver.text import TextSettings
 
 if TYPE_CHECKING:
     import napari
@@ -75,7 +77,7 @@ RESTORE_OPTIONS = (
 #: the settings classes' defaults (seed, tile overlap, model, device), not repeated here
 DEFAULTS = {**asdict(ModelSettings()), **asdict(RunOptions())}
 #: the text fields a new widget starts with (a sample's measurement brings its own, see sample_data)
-TEXT_DEFAULTS = {"prompt": "", "negative_prompt": "out of focus, depth of field"}
+TEXT_DEFAULTS = {name: spec_named(TextSettings, name).default for name in ("prompt", "negative_prompt")}
 #: the dock's width limit: it must leave room for the canvas on a 1366 px laptop screen
 DOCK_WIDTH = 400
 SECTION_TITLES = {
@@ -114,18 +116,7 @@ def inputs_section(viewer: napari.Viewer) -> Container:
         choices=[CURRENT_PLANE, WHOLE_STACK],
         tooltip="For stacks: restore only the displayed plane, or every plane",
     )
-    noise = FloatSpinBox(
-        name="noise",
-        label="noise σ",
-        value=0.0,
-        min=0.0,
-        max=1.0,
-        step=0.005,
-        tooltip="The measurement's noise level, as a fraction of half the intensity range "
-        "(as in Simulate degradation; taken from the layer when it records it). "
-        "Used to judge the result: the residual is reported in units of it. 0 = unknown "
-        "(an ensemble then estimates it from the image).",
-    )
+    noise = setting_widget(spec_named(RunOptions, "noise"), label="noise σ", off="unknown", step=0.005)
     image = layer_combo(viewer, "Image", "image", "image", "The measured (degraded) image to restore", False)
     return Container(name="inputs", widgets=[image, planes, *operator_widgets(viewer), noise, *photon_widgets()])
 
@@ -146,20 +137,11 @@ def model_section() -> Container:
 
 
 def text_section(main_settings: list) -> Container:
-    prompt = LineEdit(
-        name="prompt",
-        label="prompt",
-        value=TEXT_DEFAULTS["prompt"],
-        tooltip="What the image shows, e.g. 'fluorescent cell nuclei, sharp'",
-    )
-    negative = LineEdit(
-        name="negative_prompt",
-        label="negative",
-        value=TEXT_DEFAULTS["negative_prompt"],
-        tooltip="Negative prompt: what the result should not look like",
-    )
+    prompt = setting_widget(spec_named(TextSettings, "prompt"))
+    negative = setting_widget(spec_named(TextSettings, "negative_prompt"), label="negative")
     seed = setting_widget(spec_named(RunOptions, "seed"))  # the whole seed range, as the API and batch take
-    return Container(name="text", widgets=[prompt, negative, *main_settings, seed, samples_widget()])
+    widgets = [prompt, negative, *main_settings, seed, samples_widget(), holdout_widget()]
+    return Container(name="text", widgets=widgets)
 
 
 #: the restore widget's help for its samples field
@@ -174,6 +156,22 @@ def samples_widget(tooltip: str = SAMPLES_HELP) -> SpinBox:
     """1 = one restoration; more = an ensemble, up to the ensemble's own limit (:class:`EnsembleOptions`)."""
     (spec,) = (spec for spec in specs(EnsembleOptions) if spec.name == "samples")
     return SpinBox(name="samples", label="samples", value=1, min=1, max=int(spec.maximum or 1), tooltip=tooltip)
+
+
+#: the share of the measured values the widget's held-out check hides (the API and CLI take any below 0.5)
+WIDGET_HOLDOUT = 0.1
+
+
+def holdout_widget() -> CheckBox:
+    """The held-out check of an ensemble (:mod:`napari_treg.engine.holdout`), with 10 % of the values."""
+    return CheckBox(
+        name="holdout",
+        label="check the spread on held-out measurements",
+        value=False,
+        tooltip=f"With 4 or more samples: first restore without {WIDGET_HOLDOUT:.0%} of the measured values, see "
+        "whether the spread predicts them, and scale the spread of invented pixels by what it finds; one extra "
+        "ensemble of time (docs/uncertainty.md)",
+    )
 
 
 def output_section(viewer: napari.Viewer) -> Container:
@@ -222,28 +220,8 @@ def advanced_section(method_settings: list) -> Container:
         False,
         "VAE tiling, text encoder on the CPU: for GPUs with little memory (use tiles for large images)",
     )
-    tile_size = FloatSpinBox(
-        name="tile_size",
-        label="tile size",
-        value=0,
-        min=0,
-        max=16384,
-        step=64,
-        tooltip="Restore images larger than this (restored pixels; 512 suits Stable "
-        "Diffusion 1.5) in overlapping tiles blended without seams; "
-        "off = in one piece",
-    )
-    tile_size.native.setDecimals(0)
-    tile_size.native.setSpecialValueText("off")
-    tile_overlap = SpinBox(
-        name="tile_overlap",
-        label="tile overlap",
-        value=DEFAULTS["tile_overlap"],
-        min=0,
-        max=1024,
-        step=16,
-        tooltip="Overlap of neighbouring tiles, in restored pixels",
-    )
+    tile_size = setting_widget(spec_named(RunOptions, "tile_size"), step=64)
+    tile_overlap = setting_widget(spec_named(RunOptions, "tile_overlap"), step=16)
     for combo in (device, dtype):
         narrow(combo)
     return Container(name="advanced", widgets=[*method_settings, device, dtype, low_memory, tile_size, tile_overlap])
@@ -405,8 +383,8 @@ def read_model(form: Any) -> ModelSettings:
 def read_settings(form: Any, rgb: bool) -> RestoreSettings:
     """The text, method and run fields as :class:`RestoreSettings` (checked; every method setting is a field)."""
     values = {name: getattr(form, name).value for name in RESTORE_OPTIONS}
-    values["tile_size"] = int(values["tile_size"]) or None  # off = one piece
-    values["noise"] = values["noise"] or None  # 0 = unknown
+    for name in ("tile_size", "noise"):  # off / unknown: None
+        values[name] = setting_value(spec_named(RunOptions, name), values[name])
     values["preview_every"] = preview_interval(values["steps"]) if form.preview.value else 0
     if uses_photon_noise(form):
         values["noise"] = None  # the model gives every value its own level
@@ -441,7 +419,10 @@ def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:
             "reference": getattr(reference, "name", None),
         },
         samples=form.samples.value,
+        holdout=WIDGET_HOLDOUT if form.holdout.value else None,
     )
+    if request.holdout is not None and request.samples == 1:
+        raise InvalidInputError("the held-out check tests an ensemble's spread: set samples to 4 or more")
     if request.samples > 1:
         check_ensemble_request(request)
     return request

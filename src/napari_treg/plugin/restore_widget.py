@@ -214,6 +214,9 @@ class RestoreWidget(Container):
         lines = [done_line(added, outcome), data_consistency_line(outcome.info, is_constant(request.planes.data))]
         if outcome.ensemble is not None:
             lines.append(self._show_side_by_side(request.samples))
+            if "holdout" in outcome.ensemble.info:
+                verdict = outcome.ensemble.info["holdout"]["verdict"]
+                lines.append(f"{verdict[0].upper()}{verdict[1:]}.")
         if outcome.residual is not None:
             lines.append(f"The residual layer is below it, hidden: '{name} residual'.")
         if outcome.metrics:

@@ -30,6 +30,9 @@ on a 128x128 image; docs/method.md.)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -163,59 +166,103 @@ class ConflictLog:
             self.reasons.append(reason)
 
     def summary(self) -> dict:
-        """``info["text_conflict"]``: the flag and the evidence behind it (plain JSON).
+        """``info["text_conflict"]``: the flag and the evidence behind it (:class:`TextConflict`, as JSON).
 
         ``deficit_nats``: the largest over planes/tiles of the median nats by which the prompted
         estimate fit the measurement worse than the text-free one; ``units_unchecked``: planes/tiles
         without evidence, and ``reason`` why (also when none was checked).
         """
         flagged = [d for d in self.deficits if d > FLAG_NATS]
-        summary = {
-            "flag": bool(flagged),
-            "checked": bool(self.deficits),
-            "deficit_nats": max(self.deficits) if self.deficits else None,
-            "units_flagged": len(flagged),
-            "units": len(self.deficits),
-            "units_unchecked": self.unchecked_units,
-            "threshold_nats": FLAG_NATS,
-            "noise": self.noise,
-            "noise_source": self.noise_source,
+        return TextConflict(
+            flag=bool(flagged),
+            checked=bool(self.deficits),
+            deficit_nats=max(self.deficits) if self.deficits else None,
+            units_flagged=len(flagged),
+            units=len(self.deficits),
+            units_unchecked=self.unchecked_units,
+            noise=self.noise,
+            noise_source=self.noise_source,
+            reason="; ".join(self.reasons) or None,
+        ).as_dict()
+
+
+@dataclass(frozen=True)
+class TextConflict:
+    """The text-conflict check of a run, as an object: what ``info["text_conflict"]`` holds.
+
+    ``units`` is None for a run the check does not apply to (no prompt, guidance 0, a baseline
+    method; ``reason`` says which); ``samples`` is set for an ensemble's check.
+    """
+
+    flag: bool = False
+    checked: bool = False
+    deficit_nats: float | None = None
+    units_flagged: int = 0
+    units: int | None = None
+    units_unchecked: int = 0
+    threshold_nats: float = FLAG_NATS
+    noise: float | None = None
+    noise_source: str | None = None
+    reason: str | None = None
+    samples: int | None = None
+
+    @classmethod
+    def of(cls, info: Mapping[str, Any]) -> TextConflict:
+        """The check recorded in a run's ``info`` (or a batch record); not applicable when absent."""
+        recorded = info.get("text_conflict") or {}
+        return cls(**{name: recorded[name] for name in TEXT_CONFLICT_FIELDS if name in recorded})
+
+    def as_dict(self) -> dict:
+        """Plain JSON, written once: the flag and whether checked, the evidence where the check applies,
+        ``reason`` where something was not checked and ``samples`` for an ensemble."""
+        if self.units is None:
+            return {"flag": self.flag, "checked": self.checked, "reason": self.reason}
+        values = {name: getattr(self, name) for name in TEXT_CONFLICT_FIELDS[:9]}
+        return {
+            **values,
+            **{name: getattr(self, name) for name in ("reason", "samples") if getattr(self, name) is not None},
         }
-        if self.reasons:
-            summary["reason"] = "; ".join(self.reasons)
-        return summary
+
+    @property
+    def unchecked_units(self) -> bool:
+        """Whether the prompt guided the run but some (or all) planes/tiles gave no evidence."""
+        return self.units is not None and self.reason is not None
+
+
+#: the fields of :class:`TextConflict` in the order ``info`` has always listed them
+TEXT_CONFLICT_FIELDS = tuple(field.name for field in fields(TextConflict))
 
 
 def unchecked(reason: str) -> dict:
     """``info["text_conflict"]`` of a run that was not checked, and why."""
-    return {"flag": False, "checked": False, "reason": reason}
+    return TextConflict(reason=reason).as_dict()
 
 
-def conflict_message(info: dict) -> str | None:
+def conflict_message(info: Mapping[str, Any]) -> str | None:
     """The one paragraph a front end shows when the prompt contradicts the measurement, else None."""
-    conflict = info.get("text_conflict") or {}
-    if not conflict.get("flag"):
+    conflict = TextConflict.of(info)
+    if not conflict.flag:
         return None
-    units = conflict["units"]
-    over = f" over the {conflict['samples']} samples" if "samples" in conflict else ""  # an ensemble's
-    where = "" if units == 1 else f" in {conflict['units_flagged']} of {units} planes/tiles{over}"
+    units = conflict.units
+    over = f" over the {conflict.samples} samples" if conflict.samples is not None else ""  # an ensemble's
+    where = "" if units == 1 else f" in {conflict.units_flagged} of {units} planes/tiles{over}"
     return (
-        f"Text conflict{where}: the prompt pulled the restoration {conflict['deficit_nats']:.0f} nats away from "
-        f"the measurement (noise sigma {conflict['noise']:.3g}, {conflict['noise_source']}); the text-free "
+        f"Text conflict{where}: the prompt pulled the restoration {conflict.deficit_nats:.0f} nats away from "
+        f"the measurement (noise sigma {conflict.noise:.3g}, {conflict.noise_source}); the text-free "
         "estimate fits the data far better. The data decide here, so the prompt's content may not be what "
         "was measured: check the prompt, or compare with a run without text."
     )
 
 
-def unchecked_message(info: dict) -> str | None:
+def unchecked_message(info: Mapping[str, Any]) -> str | None:
     """The line a front end shows when the prompt guided the run but the check lacked evidence, else None.
 
     None where every plane/tile was checked, and for runs the check does not apply to (no prompt,
     guidance 0, a baseline method): ``info["text_conflict"]["reason"]`` says why for those.
     """
-    conflict = info.get("text_conflict") or {}
-    if "units" not in conflict or "reason" not in conflict:
+    conflict = TextConflict.of(info)
+    if not conflict.unchecked_units:
         return None
-    missing, checked = conflict.get("units_unchecked") or 0, conflict["units"]
+    missing, checked = conflict.units_unchecked, conflict.units
     where = f" for {missing} of {missing + checked} planes/tiles" if missing and checked else ""
-    return f"The text-conflict check was not made{where}: {conflict['reason']}."
+    return f"The text-conflict check was not made{where}: {conflict.reason}."

@@ -1,10 +1,10 @@
 """The TReg sampler: DDIM with classifier-free guidance, data consistency and adaptive negation.
 
-Reads like the method (shared/treg-method.md). It talks to the prior only
+Reads like the method (docs/method.md). It talks to the prior only
 through :class:`~napari_treg.models.base.DiffusionPrior`, so Stable Diffusion,
 the tiny test model and the analytic prior run this very code.
 
-Notation (variable -> symbol of the method notes, shared/treg-method.md, and the paper)::
+Notation (variable -> symbol of the method notes, docs/method.md, and the paper)::
 
     z, z_t        z_t       latent at DDIM step t (SD latent, scale 0.18215)
     step.a        abar_t    cumulative alpha of the noise schedule at t   (solver/timesteps.py)
