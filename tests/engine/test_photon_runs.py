@@ -107,3 +107,9 @@ def test_ensemble_weighs_each_value_by_its_variance():
     assert spread[bright].mean() > 2 * spread[dark].mean()  # the posterior spread follows the photon noise
     level = ensemble(image, Denoising(), model="analytic", steps=6, samples=4, noise=0.02)
     assert abs(level.data_share[bright].mean() - level.data_share[dark].mean()) < 0.005
+
+
+def test_the_held_out_check_refuses_the_model_before_any_work(monkeypatch):
+    monkeypatch.setattr("napari_treg.api.get_prior", lambda *a: pytest.fail("work started"))
+    with pytest.raises(InvalidInputError, match="held-out check does not weigh values"):
+        ensemble(photon_image(), Denoising(), samples=4, holdout=0.1, noise_model=CAMERA)
