@@ -220,7 +220,9 @@ def ensemble_prepared(
         "prior_sd": prior_sd,
         "text_influence": free is not None,
         "text_conflict": text_conflict(restorer, conflicts, options.samples),
-        "model_calls": relay.total if restorer.method in MODEL_METHODS else 0,
+        "model_calls": relay.total * restorer.calls_per_step(run, batch_size)
+        if restorer.method in MODEL_METHODS
+        else 0,
         "seconds": seconds,
         "seconds_per_sample": seconds / options.samples,
         "settings": restorer.provenance(run, batch_size, mean, seconds),
@@ -399,7 +401,8 @@ def pass_steps(restorer: Restorer, run: Run, chunks: list[tuple[int, int]], batc
     """Sampler steps of one pass over the samples (one batched model call each for TReg)."""
     planes = len(run.measured)
     replicated = (replace(run, measured=np.empty((count * planes, 0, 0, 0))) for _, count in chunks)
-    return sum(restorer.config.steps * sum(math.ceil(s / batch_size) for s in r.unit_sizes()) for r in replicated)
+    per_call = restorer.planes_per_call(run, batch_size)
+    return sum(restorer.config.steps * sum(math.ceil(s / per_call) for s in r.unit_sizes()) for r in replicated)
 
 
 class Relay:
@@ -436,7 +439,8 @@ def run_pass(
     kept = []
     for first, count in chunks:
         part = replicate(run, first, count)
-        reporter = Reporter(part, batch_size, restorer.config.steps, relay.for_call(), is_cancelled, restorer.preview)
+        per_call = restorer.planes_per_call(run, batch_size)
+        reporter = Reporter(part, per_call, restorer.config.steps, relay.for_call(), is_cancelled, restorer.preview)
         planes = restorer.solve_run(part, batch_size, reporter, conflicts)
         raise_if(is_cancelled)
         check_finite(planes, "an ensemble sample")
@@ -457,15 +461,23 @@ def statistics(moments: Moments, kept: np.ndarray | None) -> tuple[np.ndarray, n
 
 
 def data_share_planes(prior: DiffusionPrior, run: Run, noise: float, prior_sd: float) -> np.ndarray:
-    """The data share of every plane ``(N, C, H, W)`` (float32; one operator, so the same for all planes)."""
+    """The data share of every plane ``(N, C, H, W)`` (float32; one operator, so the same for all planes,
+    unless it couples them: then one map of the whole volume)."""
     channels = run.layout.channels
-    image_shape = (channels, *run.operator.image_hw(run.layout.hw))
+    volume = () if run.depth is None else (run.depth,)
+    image_shape = (*volume, channels, *run.operator.image_hw(run.layout.hw))
     generator = torch.Generator().manual_seed(PROBE_SEED)
     share = data_share(
-        run.operator, (channels, *run.layout.hw), image_shape, noise, prior_sd, generator=generator, device=prior.device
+        run.operator,
+        (*volume, channels, *run.layout.hw),
+        image_shape,
+        noise,
+        prior_sd,
+        generator=generator,
+        device=prior.device,
     )
     check_finite(share, "the data share")
-    return np.broadcast_to(share.cpu().numpy(), (len(run.measured), *image_shape)).astype(np.float32)
+    return np.broadcast_to(share.cpu().numpy(), (len(run.measured), *image_shape[-3:])).astype(np.float32)
 
 
 __all__ = ["Ensemble", "EnsembleOptions", "ensemble_prepared", "restorer_ensemble"]

@@ -98,14 +98,19 @@ def data_share(
 ) -> torch.Tensor:
     """Per pixel ``1 - C_ii / tau^2`` for one image ``image_shape`` ``(C, H, W)``, clipped to [0, 1].
 
-    ``measurement_shape`` ``(C, h, w)`` is the shape of ``A x``.
+    ``measurement_shape`` ``(C, h, w)`` is the shape of ``A x``. For an operator that couples planes
+    both shapes are a whole volume's, ``(Z, C, H, W)``, and each probe is one solve of the volume.
     """
     lam = proximal_weight(noise, prior_sd)
+    volume = operator.couples_planes
     total = torch.zeros(image_shape, device=device)
-    for first in range(0, probes, PROBES_PER_SOLVE):
-        count = min(PROBES_PER_SOLVE, probes - first)
+    per_solve = 1 if volume else PROBES_PER_SOLVE
+    for first in range(0, probes, per_solve):
+        count = min(per_solve, probes - first)
         signs = torch.randint(0, 2, (count, *image_shape), generator=generator).to(device, torch.float32) * 2 - 1
         zeros = torch.zeros((count, *measurement_shape), device=device)
+        if volume:
+            signs, zeros = signs[0], zeros[0]  # one probe: the volume's planes are the batch
         solved = data_consistency(operator, zeros, signs, lam, iterations or cg_iterations(lam))  # lam (A^TA+lam)^-1 r
-        total += (signs * solved).sum(dim=0)
+        total += signs * solved if volume else (signs * solved).sum(dim=0)
     return (1.0 - total / probes).clamp(0.0, 1.0)
