@@ -22,6 +22,7 @@ Then the one-class calibration (all planes disks: the prior is exactly Gaussian)
     python benchmarks/volume.py                    # the table of docs/validation.md
     python benchmarks/volume.py --samples 8 --steps 50   # faster, rougher
     python benchmarks/volume.py --cg-iterations 20       # more CG iterations per data step
+    python benchmarks/volume.py --dc-every 1             # a data step at every step
 """
 
 from __future__ import annotations
@@ -157,9 +158,13 @@ def run_ensemble(c: dict, op, args) -> tuple[dict, float]:
         schedule=args.schedule,
         seed=args.seed,
         **({} if args.cg_iterations is None else {"cg_iterations": args.cg_iterations}),
+        **({} if args.dc_every is None else {"dc_every": args.dc_every}),
     )
     seconds = time.perf_counter() - started
     low, high = ens.interval(LEVEL)
+    labels = np.array([c["prior"].classify(torch.from_numpy(chw(sample)).float()).tolist() for sample in ens.samples])
+    right = (labels == np.array(c["labels"])).mean(axis=0)
+    print("  share of samples with the true class, per plane:", " ".join(f"{r:.2f}" for r in right))
     return {"mean": chw(ens.mean), "var": chw(ens.std) ** 2, "interval": (chw(low), chw(high))}, seconds
 
 
@@ -224,6 +229,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--schedule", default=DEFAULT_SCHEDULE)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--dc-every", type=int, default=None, help="a data step every this many steps")
     parser.add_argument(
         "--cg-iterations", type=int, default=None, help="CG iterations per data step (default: the schedule's)"
     )
