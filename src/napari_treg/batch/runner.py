@@ -172,6 +172,11 @@ def restore_many(
         raise InvalidInputError(f"operator must be one of napari_treg.operators, got {operator!r}")
     check_cluster_choice(workers, scheduler, client)
     data = open_source(absolute(source), restore_settings.run.rgb)
+    if operator.couples_planes and isinstance(data, ArraySource):
+        raise InvalidInputError(
+            f"{operator!r} restores whole z-stacks, and an array's units are its planes: "
+            "give a folder of files, one z-stack each (each file is one unit, solved as one volume)"
+        )
     target = open_output(absolute(output), data, ensemble_maps(restore_settings, ensemble))
     units = data.units()
     report = BatchReport(output=os.fspath(output), units=len(units))

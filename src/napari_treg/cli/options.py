@@ -138,7 +138,8 @@ def read_mask(path: str) -> np.ndarray:
 
 
 def read_kernel(path: str) -> np.ndarray:
-    """A 2D blur kernel from a file (RGB images are averaged to grey); KernelBlur checks it."""
+    """A 2D blur kernel or a 3D PSF ``(Z, Y, X)`` from a file (RGB images are averaged to grey); the
+    operator checks it. A 3D PSF whose last axis has 3 pixels would be read as RGB: pad it."""
     kernel = io.read_image(path)
     if kernel.ndim == 3 and kernel.shape[-1] == 3:
         kernel = kernel.mean(axis=-1)
@@ -166,7 +167,21 @@ def operator_from_args(args: argparse.Namespace) -> LinearOperator:
     for param in spec.parameters:
         if param.is_image and values[param.name] is None:
             raise UsageError(f"--operator {spec.name} needs {flag(param.name)} FILE ({param.help})")
-    return spec.make(**values)
+    operator = spec.make(**values)
+    check_psf_voxels(operator, getattr(args, "kernel", None), getattr(args, "input", None))
+    return operator
+
+
+def check_psf_voxels(operator: LinearOperator, kernel_path: str | None, input_path: str | None) -> None:
+    """A 3-D PSF file and the stack, both OME-TIFFs with voxel sizes: refuse sizes that differ, naming both."""
+    from napari_treg.operators import VolumeBlur
+    from napari_treg.operators.psf import match_voxel_size
+
+    if not isinstance(operator, VolumeBlur) or kernel_path is None or input_path is None:
+        return
+    psf_voxel, stack_voxel = io.read_voxel_size(kernel_path), io.read_voxel_size(input_path)
+    if psf_voxel is not None and stack_voxel is not None:
+        match_voxel_size(psf_voxel, stack_voxel)
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:

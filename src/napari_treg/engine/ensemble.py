@@ -244,7 +244,9 @@ def ensemble_prepared(
         "prior_sd": prior_sd,
         "text_influence": free is not None,
         "text_conflict": text_conflict(restorer, conflicts, options.samples),
-        "model_calls": relay.total if restorer.method in MODEL_METHODS else 0,
+        "model_calls": relay.total * restorer.calls_per_step(run, batch_size)
+        if restorer.method in MODEL_METHODS
+        else 0,
         "seconds": seconds,
         "seconds_per_sample": seconds / options.samples,
         "settings": restorer.provenance(run, batch_size, mean, seconds),
@@ -460,7 +462,8 @@ def pass_steps(restorer: Restorer, run: Run, chunks: list[tuple[int, int]], batc
     """Sampler steps of one pass over the samples (one batched model call each for TReg)."""
     planes = len(run.measured)
     replicated = (replace(run, measured=np.empty((count * planes, 0, 0, 0))) for _, count in chunks)
-    return sum(restorer.config.steps * sum(math.ceil(s / batch_size) for s in r.unit_sizes()) for r in replicated)
+    per_call = restorer.planes_per_call(run, batch_size)
+    return sum(restorer.config.steps * sum(math.ceil(s / per_call) for s in r.unit_sizes()) for r in replicated)
 
 
 class StepOffset:
@@ -497,7 +500,8 @@ def run_pass(
     kept = []
     for first, count in chunks:
         part = replicate(run, first, count)
-        reporter = Reporter(part, batch_size, restorer.config.steps, relay.for_call(), is_cancelled, restorer.preview)
+        per_call = restorer.planes_per_call(run, batch_size)
+        reporter = Reporter(part, per_call, restorer.config.steps, relay.for_call(), is_cancelled, restorer.preview)
         planes = restorer.solve_run(part, batch_size, reporter, conflicts)
         raise_if(is_cancelled)
         check_finite(planes, "an ensemble sample")
@@ -520,19 +524,24 @@ def statistics(moments: Moments, kept: np.ndarray | None) -> tuple[np.ndarray, n
 def data_share_planes(
     prior: DiffusionPrior, run: Run, noise: float, prior_sd: float, mean: np.ndarray | None = None
 ) -> np.ndarray:
-    """The data share of every plane ``(N, C, H, W)`` (float32; one operator, so the same for all planes).
+    """The data share of every plane ``(N, C, H, W)`` (float32; one operator, so the same for all planes,
+    unless it couples them: then one map of the whole volume).
 
-    With photon noise each plane has its own: the weights are taken at its ``mean`` (input units).
+    With photon noise each plane (or the volume) has its own: the weights are taken at its ``mean`` (input units).
     """
-    channels = run.layout.channels
-    image_shape = (channels, *run.operator.image_hw(run.layout.hw))
+    volume = () if run.depth is None else (run.depth,)
+    image_shape = (*volume, run.layout.channels, *run.operator.image_hw(run.layout.hw))
+    measurement_shape = (*volume, run.layout.channels, *run.layout.hw)
     variance = run.variance
     if variance is not None and mean is not None:
         estimates = torch.from_numpy(run.scale.to_model(mean))
         weights = variance.weights(run.operator.forward(estimates))
-        return np.stack([share_map(prior, run, noise, prior_sd, image_shape, w) for w in weights]).astype(np.float32)
-    share = share_map(prior, run, noise, prior_sd, image_shape)
-    return np.broadcast_to(share, (len(run.measured), *image_shape)).astype(np.float32)
+        if volume:
+            return share_map(prior, run, noise, prior_sd, image_shape, measurement_shape, weights).astype(np.float32)
+        maps = [share_map(prior, run, noise, prior_sd, image_shape, measurement_shape, w) for w in weights]
+        return np.stack(maps).astype(np.float32)
+    share = share_map(prior, run, noise, prior_sd, image_shape, measurement_shape)
+    return np.broadcast_to(share, (len(run.measured), *image_shape[-3:])).astype(np.float32)
 
 
 def share_map(
@@ -541,11 +550,11 @@ def share_map(
     noise: float,
     prior_sd: float,
     image_shape: tuple[int, ...],
+    measurement_shape: tuple[int, ...],
     weights: torch.Tensor | None = None,
 ) -> np.ndarray:
     """One data-share map (the probes seeded with :data:`PROBE_SEED`), checked finite."""
     generator = torch.Generator().manual_seed(PROBE_SEED)
-    measurement_shape = (run.layout.channels, *run.layout.hw)
     share = data_share(
         run.operator,
         measurement_shape,

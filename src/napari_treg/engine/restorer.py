@@ -24,12 +24,14 @@ import torch
 
 from napari_treg.engine import tiling
 from napari_treg.engine.run_info import package_versions
+from napari_treg.engine.volume import check_volume, volume_depth, volume_info
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
 from napari_treg.imaging.metrics import residual_summary, residual_sums, weighted_residual
 from napari_treg.imaging.noise import PoissonGaussian, check_above_offset, estimate_noise, fit_variance_line
 from napari_treg.memory import auto_batch_size, free_bytes, guard_memory
 from napari_treg.models.base import DiffusionPrior
+from napari_treg.models.chunked import PlaneChunks
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_text, from_values, optional_like, setting, validate
 from napari_treg.solver import TRegConfig, get_method
@@ -243,6 +245,11 @@ class Run:
         """Restored planes in model units -> input intensity units (float32)."""
         return self.scale.from_model(x.numpy())
 
+    @property
+    def depth(self) -> int | None:
+        """Planes of one volume when the operator couples planes (a 3-D PSF), else None."""
+        return volume_depth(self.operator, self.layout)
+
     def unit_sizes(self) -> list[int]:
         """Planes of each solve call: all planes, or per tiling call."""
         if self.plan is None:
@@ -262,6 +269,8 @@ def prepare(image: Any, operator: LinearOperator, options: RunOptions, intensity
     if min(image_hw) < 8:
         raise InvalidInputError(f"the restored image would be {image_hw[0]}x{image_hw[1]}; at least 8x8 is needed")
     operator.check_image_hw(image_hw)
+    if operator.couples_planes:
+        check_volume(layout, operator, options.tile_size, options.tile_overlap)
     measured = guard_memory(lambda: imaging.to_planes(array, layout))
     scale = guard_memory(lambda: imaging.intensity_scale(measured, intensity_range))
     plan = None
@@ -393,7 +402,9 @@ class Restorer:
         is_cancelled = cancel_checker(cancel)
         raise_if(is_cancelled)
         batch_size = self.batch_size(run)
-        reporter = Reporter(run, batch_size, self.config.steps, callback, is_cancelled, self.preview)
+        reporter = Reporter(
+            run, self.planes_per_call(run, batch_size), self.config.steps, callback, is_cancelled, self.preview
+        )
         conflicts = self.conflict_log(run)
         restored = guard_memory(lambda: self.solve_run(run, batch_size, reporter, conflicts))
         raise_if(is_cancelled)  # cancelled during the last step: still nothing is returned
@@ -456,6 +467,7 @@ class Restorer:
                 hook=hook,
                 conflicts=conflicts,
                 variance=run.variance,
+                depth=run.depth,
             )
 
         if run.plan is None:
@@ -473,17 +485,25 @@ class Restorer:
         hook: StepHook | None = None,
         conflicts: ConflictLog | None = None,
         variance: NoiseVariance | None = None,
+        depth: int | None = None,
     ) -> np.ndarray:
         """Solve measurement planes ``(N, C, h, w)`` (model units) in batches; plane ``k`` uses ``seed + k``.
 
         Returns ``to_output`` of the restored planes ``(N, C, H, W)``; ``conflicts`` collects the
         text-conflict evidence of every batch; ``variance``: photon noise (None: one Gaussian level).
+        ``depth``: the planes are volumes of ``depth``
+        consecutive planes (an operator that couples planes), each solved as one batch whose
+        model calls take ``batch_size`` planes at a time (engine/volume.py).
         """
+        group, prior = batch_size, self.prior
+        if depth is not None:
+            group, prior = depth, PlaneChunks(self.prior, batch_size, depth)
         results = []
-        for first in range(0, len(planes), batch_size):
-            y = torch.from_numpy(np.ascontiguousarray(planes[first : first + batch_size]))
+        for first in range(0, len(planes), group):
+            y = torch.from_numpy(np.ascontiguousarray(planes[first : first + group]))
             callback = None if hook is None else functools.partial(hook, first, len(y))
-            results.append(to_output(self.solve_batch(y, operator, seed + first, callback, conflicts, variance)))
+            batch = self.solve_batch(y, operator, seed + first, callback, conflicts, variance, prior)
+            results.append(to_output(batch))
         return np.concatenate(results)
 
     def solve_batch(
@@ -494,8 +514,12 @@ class Restorer:
         callback: Callable[[dict], None] | None,
         conflicts: ConflictLog | None = None,
         variance: NoiseVariance | None = None,
+        prior: DiffusionPrior | None = None,
     ) -> torch.Tensor:
-        """One batch ``(B, C, h, w)``: pad to the model's size multiple, sample, crop back (model units)."""
+        """One batch ``(B, C, h, w)``: pad to the model's size multiple, sample, crop back (model units).
+
+        ``prior``: the model as the sampler calls it (a volume's :class:`PlaneChunks`); default the restorer's.
+        """
         measurement_hw = (int(y.shape[-2]), int(y.shape[-1]))
         image_hw = operator.image_hw(measurement_hw)
         pad_h, pad_w = imaging.pad_amounts(operator, measurement_hw, self.prior.size_multiple)
@@ -506,7 +530,7 @@ class Restorer:
         generators = [torch.Generator().manual_seed(seed + k) for k in range(batch)]
         check = None if conflicts is None else conflicts.check(self.prior, padded, y_model)
         x = self.sampler(
-            self.prior,
+            self.prior if prior is None else prior,
             y_model,
             padded,
             padded_hw,
@@ -529,6 +553,16 @@ class Restorer:
         x = imaging.from_rgb(x[..., : hw[0], : hw[1]], run.layout.channels)
         plane = run.to_output(x)[0]
         return np.moveaxis(plane, 0, -1) if run.layout.rgb else plane[0]
+
+    @staticmethod
+    def planes_per_call(run: Run, batch_size: int) -> int:
+        """Planes the sampler holds at once: a whole volume when the operator couples planes, else a batch."""
+        return batch_size if run.depth is None else run.depth
+
+    @staticmethod
+    def calls_per_step(run: Run, batch_size: int) -> int:
+        """Model calls of one sampler step: 1, or a volume's chunks of ``batch_size`` planes."""
+        return 1 if run.depth is None else math.ceil(run.depth / batch_size)
 
     def batch_size(self, run: Run) -> int:
         """The run's batch size as a number: ``"auto"`` asks the device how many planes fit."""
@@ -576,6 +610,9 @@ class Restorer:
             info["noise_model"] = run.noise_model_info()
         if run.plan is not None and options.tile_size is not None:
             info["tiling"] = run.plan.describe(options.tile_size, options.tile_overlap, len(run.unit_sizes()))
+        volume = volume_info(run.operator, run.layout, batch_size)
+        if volume is not None:
+            info["volume"] = volume
         return info
 
 

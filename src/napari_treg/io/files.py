@@ -361,3 +361,32 @@ def companion(output: str | os.PathLike, name: str) -> Path:
     """The file next to ``output`` that holds the map ``name``: ``cells.tif`` -> ``cells.std.tif``."""
     path = Path(output)
     return path.with_name(f"{path.stem}.{name}{path.suffix}")
+
+
+#: OME length units in micrometres
+OME_MICROMETRES = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def read_voxel_size(path: PathLike) -> tuple[float, float, float] | None:
+    """The ``(z, y, x)`` voxel size in micrometres of an OME-TIFF (``PhysicalSize*``), or None if it has none."""
+    import xml.etree.ElementTree as ElementTree
+
+    import tifffile
+
+    if file_format(path) not in (".tif", ".tiff"):
+        return None
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.ome_metadata
+    if not xml:
+        return None
+    pixels = next((e for e in ElementTree.fromstring(xml).iter() if e.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return None
+    sizes = []
+    for axis in "ZYX":
+        size = pixels.get(f"PhysicalSize{axis}")
+        unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
+        if size is None or unit not in OME_MICROMETRES:
+            return None
+        sizes.append(float(size) * OME_MICROMETRES[unit])
+    return (sizes[0], sizes[1], sizes[2])

@@ -35,6 +35,11 @@ class LinearOperator(ABC):
         return measurement_hw
 
     @property
+    def couples_planes(self) -> bool:
+        """Whether ``A`` mixes the planes of the batch axis (a 3-D blur of a z-stack); False: per plane."""
+        return False
+
+    @property
     def upscale(self) -> int:
         """How many times larger, per image axis, the restored image is than the measurement (1 here)."""
         return 1

@@ -16,7 +16,6 @@ from napari_treg.operators.base import (
     LinearOperator,
     as_numpy,
     as_positive_number,
-    drop_leading_singletons,
     exact,
 )
 from napari_treg.operators.convolution import correlate_2d, correlate_2d_adjoint, correlate_axis, correlate_axis_adjoint
@@ -150,12 +149,23 @@ def _splat(kernel: np.ndarray, row: float, col: float, weight: float) -> None:
 
 def validate_kernel(kernel: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A 2D, finite, non-negative kernel with positive sum, normalised to sum 1 (float64)."""
+    return validate_psf(kernel, ndim=2)
+
+
+def validate_psf(kernel: np.ndarray | torch.Tensor, ndim: int) -> torch.Tensor:
+    """A finite, non-negative ``ndim``-D kernel (2: ``(Y, X)``, 3: ``(Z, Y, X)``) with positive sum,
+    normalised to sum 1 (float64). For ``ndim`` 3 a 2D kernel is a volume of one plane."""
     array = np.asarray(as_numpy(kernel, "kernel"))
     if array.dtype.kind not in "biuf":
         raise InvalidInputError(f"the blur kernel must be a real numeric array, got dtype {array.dtype}")
-    array = drop_leading_singletons(array.astype(np.float64))
-    if array.ndim != 2 or min(array.shape) < 1:
-        raise InvalidInputError(f"the blur kernel must be a 2D array, got shape {np.shape(kernel)}")
+    array = array.astype(np.float64)
+    while array.ndim > ndim and array.shape[0] == 1:
+        array = array[0]
+    if ndim == 3 and array.ndim == 2:
+        array = array[None]
+    if array.ndim != ndim or min(array.shape) < 1:
+        axes = "2D" if ndim == 2 else "3D (Z, Y, X)"
+        raise InvalidInputError(f"the blur kernel must be a {axes} array, got shape {np.shape(kernel)}")
     check_kernel_size(array.shape, "the blur kernel")
     if not np.all(np.isfinite(array)):
         raise InvalidInputError("the blur kernel contains NaN or infinite values")

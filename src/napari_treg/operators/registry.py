@@ -7,13 +7,15 @@ is one entry here (plus its class).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from napari_treg.errors import InvalidInputError
 from napari_treg.operators.base import LinearOperator
-from napari_treg.operators.blur import MAX_GAUSSIAN_SIGMA, MAX_MOTION_LENGTH, GaussianBlur, KernelBlur, MotionBlur
+from napari_treg.operators.blur import MAX_GAUSSIAN_SIGMA, MAX_MOTION_LENGTH, GaussianBlur, MotionBlur
 from napari_treg.operators.masking import Denoising, Inpainting
+from napari_treg.operators.psf import modelled_blur, psf_blur
 from napari_treg.operators.resample import FILTERS, MAX_FACTOR, SuperResolution
 from napari_treg.settings import check_choice, check_integer, check_number
 
@@ -70,6 +72,38 @@ class OperatorSpec:
             arguments[param.name] = param.check(value)
         return self.build(**arguments)
 
+
+#: the optical parameters of a modelled PSF (widefield and confocal)
+OPTICS = (
+    Param("na", 1.4, float, "numerical aperture of the objective", label="NA", minimum=0.1, maximum=1.7),
+    Param(
+        "wavelength", 0.52, float, "emission wavelength, in micrometres", label="emission (um)", minimum=0.2, maximum=2
+    ),
+    Param("immersion_index", 1.515, float, "refractive index of the immersion medium", minimum=1.0, maximum=2.0),
+    Param("sample_index", 1.33, float, "refractive index of the sample", minimum=1.0, maximum=2.0),
+    Param(
+        "depth",
+        0.0,
+        float,
+        "depth of the focus below the coverslip, in micrometres (with a sample index unlike the immersion's, "
+        "it adds spherical aberration)",
+        label="depth (um)",
+        minimum=0.0,
+        maximum=1000.0,
+    ),
+    Param(
+        "voxel_z", 0.3, float, "z step of the stack, in micrometres", label="z step (um)", minimum=0.001, maximum=100
+    ),
+    Param(
+        "voxel_xy",
+        0.1,
+        float,
+        "pixel size of the stack, in micrometres",
+        label="pixel (um)",
+        minimum=0.001,
+        maximum=100,
+    ),
+)
 
 OPERATORS: dict[str, OperatorSpec] = {
     spec.name: spec
@@ -147,9 +181,27 @@ OPERATORS: dict[str, OperatorSpec] = {
             "kernel",
             "Deblur: measured PSF",
             "a blur by a measured point spread function (normalised to sum 1)",
-            KernelBlur,
-            (Param("kernel", None, "image", "the 2D blur kernel (point spread function)", label="PSF"),),
+            psf_blur,
+            (
+                Param(
+                    "kernel",
+                    None,
+                    "image",
+                    "the blur kernel (point spread function): 2D, or 3D (Z, Y, X) to restore a z-stack as one volume",
+                    label="PSF",
+                ),
+            ),
             aliases=("psf_blur",),
+        ),
+        *(
+            OperatorSpec(
+                kind,
+                f"Deblur: {kind} PSF (3D)",
+                f"a 3-D blur of a z-stack by a modelled {kind} PSF (psfmodels, vectorial model)",
+                functools.partial(modelled_blur, kind),
+                OPTICS,
+            )
+            for kind in ("widefield", "confocal")
         ),
         OperatorSpec(
             "inpaint",

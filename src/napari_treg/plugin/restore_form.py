@@ -62,6 +62,8 @@ from napari_treg.solver.text import TextSettings
 if TYPE_CHECKING:
     import napari
 
+    from napari_treg.operators import LinearOperator
+
 #: the method settings shown with the text; the others are under Advanced
 MAIN_SETTINGS = ("guidance", "steps")
 #: restore keyword arguments read straight from widgets of the same name
@@ -391,6 +393,21 @@ def read_settings(form: Any, rgb: bool) -> RestoreSettings:
     return RestoreSettings.from_values({**values, **photon_values(form), "rgb": rgb})
 
 
+def check_layer_voxels(form: Any, layer: Any, operator: LinearOperator) -> None:
+    """Refuse a PSF whose voxel size (modelled, or its Image layer's scale) differs from the stack layer's
+    scale; a scale of all 1 (napari's default) says nothing and is not compared."""
+    from napari_treg.operators.psf import match_voxel_size
+
+    stack = tuple(float(v) for v in layer.scale[-3:])
+    psf = getattr(operator, "voxel_size", None)
+    kernel_layer = getattr(getattr(form.inputs, "kernel", None), "value", None)
+    if psf is None and form.operator.value == "kernel" and kernel_layer is not None:
+        psf = tuple(float(v) for v in kernel_layer.scale[-3:])
+    known = [voxel for voxel in (stack, psf) if voxel is not None and len(voxel) == 3 and set(voxel) != {1.0}]
+    if len(known) == 2:
+        match_voxel_size(psf, stack)
+
+
 def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:
     """The form as a :class:`RestoreRequest` (main thread; raises InvalidInputError on bad input)."""
     layer = form.image.value
@@ -403,6 +420,9 @@ def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:
     if form.mask.visible and form.mask.value is not None:
         mask = mask_for_planes(form.mask.value.data, planes, np.shape(layer.data), layer.rgb)
     operator = operator_from_form(form.inputs, mask=mask)
+    if operator.couples_planes:  # a 3-D PSF: the whole stack is one volume
+        planes = select_planes(layer.data, layer.rgb, WHOLE_STACK, plane_index(viewer, layer))
+        check_layer_voxels(form, layer, operator)
     plane_hw = np.shape(planes.data)[-3:-1] if layer.rgb else np.shape(planes.data)[-2:]
     operator.check_image_hw(operator.image_hw(tuple(plane_hw)))  # e.g. a mask of another size
     reference = form.reference.value

@@ -17,22 +17,31 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).flatten(1).sum(dim=1).view(-1, 1, 1, 1)
 
 
-def conjugate_gradient(apply: callable, rhs: torch.Tensor, x: torch.Tensor, iterations: int) -> torch.Tensor:
+def _volume_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """One inner product over the whole batch (a z-stack solved as one volume), shaped ``(1, 1, 1, 1)``."""
+    return (a * b).sum().view(1, 1, 1, 1)
+
+
+def conjugate_gradient(
+    apply: callable, rhs: torch.Tensor, x: torch.Tensor, iterations: int, *, volume: bool = False
+) -> torch.Tensor:
     """Solve ``apply(x) = rhs`` (symmetric positive definite) for each sample of a batch.
 
     Starts at ``x``, runs a fixed number of iterations (no host synchronisation),
-    and stops updating a sample once its residual is exactly zero.
+    and stops updating a sample once its residual is exactly zero. ``volume``: the batch is
+    the planes of one volume, solved as one system (one inner product over all planes).
     """
+    dot = _volume_dot if volume else _dot
     r = rhs - apply(x)
     p = r.clone()
-    rr = _dot(r, r)
+    rr = dot(r, r)
     for _ in range(iterations):
         ap = apply(p)
-        pap = _dot(p, ap)
+        pap = dot(p, ap)
         alpha = torch.where(pap > 0, rr / pap.clamp_min(torch.finfo(pap.dtype).tiny), torch.zeros_like(pap))
         x = x + alpha * p
         r = r - alpha * ap
-        rr_new = _dot(r, r)
+        rr_new = dot(r, r)
         beta = torch.where(rr > 0, rr_new / rr.clamp_min(torch.finfo(rr.dtype).tiny), torch.zeros_like(rr))
         p = r + beta * p
         rr = rr_new
@@ -50,9 +59,16 @@ def data_consistency(
     """``argmin_x ||y - A x||_W^2 + lam ||x - x0||^2`` by CG started at ``x0``.
 
     ``weights``: ``W`` per measured value, shaped like ``y`` (None: ``W = I``, the plain solve).
+    An operator that couples planes (``couples_planes``, e.g. a 3-D blur) is solved over the
+    whole batch as one volume; any other, plane by plane.
     """
+    volume = operator.couples_planes
     if weights is None:
         rhs = operator.adjoint(y) + lam * x0
-        return conjugate_gradient(lambda v: operator.normal(v) + lam * v, rhs, x0, iterations)
+        return conjugate_gradient(lambda v: operator.normal(v) + lam * v, rhs, x0, iterations, volume=volume)
     rhs = operator.adjoint(weights * y) + lam * x0
-    return conjugate_gradient(lambda v: operator.adjoint(weights * operator.forward(v)) + lam * v, rhs, x0, iterations)
+
+    def apply(v):
+        return operator.adjoint(weights * operator.forward(v)) + lam * v
+
+    return conjugate_gradient(apply, rhs, x0, iterations, volume=volume)

@@ -127,14 +127,21 @@ def data_share(
 
     ``measurement_shape`` ``(C, h, w)`` is the shape of ``A x``. ``weights``: per-value data weights
     ``floor / var`` shaped like it (``noise`` is then the floor's sd), from the same weighted system.
+    For an operator that couples planes both shapes are a whole volume's, ``(Z, C, H, W)``, and each
+    probe is one solve of the volume.
     """
     lam = proximal_weight(noise, prior_sd)
+    volume = operator.couples_planes
     total = torch.zeros(image_shape, device=device)
-    for first in range(0, probes, PROBES_PER_SOLVE):
-        count = min(PROBES_PER_SOLVE, probes - first)
+    per_solve = 1 if volume else PROBES_PER_SOLVE
+    for first in range(0, probes, per_solve):
+        count = min(per_solve, probes - first)
         signs = torch.randint(0, 2, (count, *image_shape), generator=generator).to(device, torch.float32) * 2 - 1
         zeros = torch.zeros((count, *measurement_shape), device=device)
         weight = None if weights is None else weights.to(device, torch.float32).expand(count, *measurement_shape)
+        if volume:
+            signs, zeros = signs[0], zeros[0]  # one probe: the volume's planes are the batch
+            weight = None if weight is None else weight[0]
         solved = data_consistency(operator, zeros, signs, lam, iterations or cg_iterations(lam), weight)  # lam (.)^-1 r
-        total += (signs * solved).sum(dim=0)
+        total += signs * solved if volume else (signs * solved).sum(dim=0)
     return (1.0 - total / probes).clamp(0.0, 1.0)

@@ -1,0 +1,35 @@
+"""Batch runs of z-stacks by a 3-D PSF: one unit is one file's volume, identical to local ``restore``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from napari_treg import InvalidInputError, io, restore  # noqa: E402
+from napari_treg.batch import restore_many  # noqa: E402
+from napari_treg.operators import VolumeBlur  # noqa: E402
+
+SETTINGS = {"model": "analytic", "device": "cpu", "steps": 3, "seed": 5}
+PSF = VolumeBlur(np.ones((3, 3, 3)))
+
+
+def test_each_file_is_one_volume_and_matches_a_local_run(tmp_path):
+    from napari_treg.batch.cluster import local_cluster
+
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    stacks = {f"stack{i}.tif": (np.random.default_rng(i).random((4, 16, 16)) * 1000).astype(np.uint16) for i in (0, 1)}
+    for name, stack in stacks.items():
+        io.write_image(source / name, stack)
+    with local_cluster(workers=1) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+        report = restore_many(str(source), str(target), PSF, client=client, **SETTINGS)
+    assert report.ok and report.computed == 2
+    for name, stack in stacks.items():
+        assert np.array_equal(io.read_image(target / name), restore(stack, PSF, **SETTINGS)), name
+
+
+def test_an_array_source_is_refused_before_any_work(tmp_path):
+    with pytest.raises(InvalidInputError, match="restores whole z-stacks"):
+        restore_many(np.zeros((4, 16, 16), np.float32), str(tmp_path / "out.zarr"), PSF, **SETTINGS)
