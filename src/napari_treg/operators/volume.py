@@ -9,7 +9,8 @@ centred at ``k // 2``, scipy's ``origin=-1``). The padding is a gather and its a
 scatter-add through the same index map; the convolution is torch's ``conv3d`` and its adjoint
 the transposed convolution (a full ``conv3d`` by the flipped kernel): the operator is exactly
 linear and exactly adjoint (``tests/operators/test_volume_blur.py``). It is written here rather
-than taken from a library because no library offers a 3-D convolution with this boundary together with its exact adjoint.
+than taken from a library because no library offers a 3-D convolution with this boundary
+together with its exact adjoint.
 """
 
 from __future__ import annotations
