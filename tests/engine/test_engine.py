@@ -30,7 +30,6 @@ from napari_treg.operators import Denoising, GaussianBlur, Inpainting, SuperReso
 from napari_treg.solver import TRegConfig
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
-
 #: the stored results (``--write-pins`` writes them)
 PINS = Path(__file__).parent / "pinned"
 #: max abs difference from a pinned result, as a share of its range: float32 rounding across CPUs is

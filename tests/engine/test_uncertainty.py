@@ -183,13 +183,13 @@ def test_the_noise_is_estimated_when_not_given():
     ],
 )
 def test_bad_input_is_refused_before_any_work(monkeypatch, keywords, message):
-    monkeypatch.setattr("napari_treg.engine.ensemble.get_prior", lambda *a: pytest.fail("work started"))
+    monkeypatch.setattr("napari_treg.api.get_prior", lambda *a: pytest.fail("work started"))
     with pytest.raises(InvalidInputError, match=message):
         ensemble(np.zeros((16, 16), np.float32) + 0.5, GaussianBlur(1.0), model="analytic", **keywords)
 
 
 def test_nan_and_too_many_samples_for_memory_are_refused_before_any_work(monkeypatch):
-    monkeypatch.setattr("napari_treg.engine.ensemble.get_prior", lambda *a: pytest.fail("work started"))
+    monkeypatch.setattr("napari_treg.api.get_prior", lambda *a: pytest.fail("work started"))
     image = np.zeros((16, 16), np.float32)
     image[3, 4] = np.nan
     with pytest.raises(InvalidInputError, match="NaN"):

@@ -39,8 +39,8 @@ from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
 #: ``hook(first, count, state)`` after every sampler step of planes ``first .. first + count - 1``
 StepHook = Callable[[int, int, dict], None]
-#: ``finish(x, y, operator, seed)``: a last step on a batch's samples (model units; uncertainty.py)
-FinishHook = Callable[[torch.Tensor, torch.Tensor, LinearOperator, int], torch.Tensor]
+#: ``finish(x, y, operator, seeds)``: a last step on a batch's samples, one seed each (model units; ensemble.py)
+FinishHook = Callable[[torch.Tensor, torch.Tensor, LinearOperator, list[int]], torch.Tensor]
 #: ``place(preview, unit)``: a unit's preview placed in the whole image (tiled runs)
 PlacePreview = Callable[[np.ndarray, int], "np.ndarray | None"]
 
@@ -145,6 +145,12 @@ class Run:
     scale: imaging.IntensityScale
     options: RunOptions
     plan: tiling.Tiling | None
+    #: the seed of unit ``k`` (plane, or tile-major tile and plane); None: ``options.seed + k``
+    seed_of: Callable[[int], int] | None = None
+
+    def unit_seed(self, unit: int) -> int:
+        """The seed of unit ``unit`` of this run's solve calls."""
+        return self.options.seed + unit if self.seed_of is None else self.seed_of(unit)
 
     @property
     def planes(self) -> np.ndarray:
@@ -312,7 +318,7 @@ class Restorer:
             return self.solve_planes(
                 units,
                 operator,
-                seed=run.options.seed + offset,
+                seeds=[run.unit_seed(offset + k) for k in range(len(units))],
                 batch_size=batch_size,
                 to_output=run.to_output,
                 hook=hook,
@@ -328,13 +334,13 @@ class Restorer:
         planes: np.ndarray,
         operator: LinearOperator,
         *,
-        seed: int,
+        seeds: list[int],
         batch_size: int,
         to_output: Callable[[torch.Tensor], np.ndarray],
         hook: StepHook | None = None,
         conflicts: ConflictLog | None = None,
     ) -> np.ndarray:
-        """Solve measurement planes ``(N, C, h, w)`` (model units) in batches; plane ``k`` uses ``seed + k``.
+        """Solve measurement planes ``(N, C, h, w)`` (model units) in batches; plane ``k`` uses ``seeds[k]``.
 
         Returns ``to_output`` of the restored planes ``(N, C, H, W)``; ``conflicts`` collects the
         text-conflict evidence of every batch.
@@ -343,18 +349,20 @@ class Restorer:
         for first in range(0, len(planes), batch_size):
             y = torch.from_numpy(np.ascontiguousarray(planes[first : first + batch_size]))
             callback = None if hook is None else functools.partial(hook, first, len(y))
-            results.append(to_output(self.solve_batch(y, operator, seed + first, callback, conflicts)))
+            batch_seeds = seeds[first : first + len(y)]
+            results.append(to_output(self.solve_batch(y, operator, batch_seeds, callback, conflicts)))
         return np.concatenate(results)
 
     def solve_batch(
         self,
         y: torch.Tensor,
         operator: LinearOperator,
-        seed: int,
+        seeds: list[int],
         callback: Callable[[dict], None] | None,
         conflicts: ConflictLog | None = None,
     ) -> torch.Tensor:
-        """One batch ``(B, C, h, w)``: pad to the model's size multiple, sample, crop back (model units)."""
+        """One batch ``(B, C, h, w)``, plane ``k`` with ``seeds[k]``: pad to the model's size multiple, sample,
+        crop back (model units)."""
         measurement_hw = (int(y.shape[-2]), int(y.shape[-1]))
         image_hw = operator.image_hw(measurement_hw)
         pad_h, pad_w = imaging.pad_amounts(operator, measurement_hw, self.prior.size_multiple)
@@ -362,7 +370,7 @@ class Restorer:
         padded_hw = operator.image_hw((measurement_hw[0] + pad_h, measurement_hw[1] + pad_w))
         padded = operator.padded(padded_hw[0] - image_hw[0], padded_hw[1] - image_hw[1])
         batch = y.shape[0]
-        generators = [torch.Generator().manual_seed(seed + k) for k in range(batch)]
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         check = None if conflicts is None else conflicts.check(self.prior, padded, y_model)
         x = self.sampler(
             self.prior,
@@ -378,7 +386,7 @@ class Restorer:
         if conflicts is not None:
             conflicts.add(check)
         x = imaging.from_rgb(x[..., : image_hw[0], : image_hw[1]].detach().cpu(), y.shape[1])
-        return x if self.finish is None else self.finish(x, y, operator, seed)
+        return x if self.finish is None else self.finish(x, y, operator, seeds)
 
     def preview(self, z0: torch.Tensor, run: Run, hw: tuple[int, int]) -> np.ndarray:
         """The estimate ``z0`` of one plane, decoded and shaped like one output plane (input units)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from napari_treg.operators import LinearOperator
@@ -12,16 +14,21 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).flatten(1).sum(dim=1).view(-1, 1, 1, 1)
 
 
-def conjugate_gradient(apply: callable, rhs: torch.Tensor, x: torch.Tensor, iterations: int) -> torch.Tensor:
+def conjugate_gradient(
+    apply: callable, rhs: torch.Tensor, x: torch.Tensor, iterations: int, check: Callable[[], None] | None = None
+) -> torch.Tensor:
     """Solve ``apply(x) = rhs`` (symmetric positive definite) for each sample of a batch.
 
     Starts at ``x``, runs a fixed number of iterations (no host synchronisation),
-    and stops updating a sample once its residual is exactly zero.
+    and stops updating a sample once its residual is exactly zero. ``check()`` is called before
+    every iteration (it may raise, e.g. :class:`~napari_treg.errors.Cancelled`).
     """
     r = rhs - apply(x)
     p = r.clone()
     rr = _dot(r, r)
     for _ in range(iterations):
+        if check is not None:
+            check()
         ap = apply(p)
         pap = _dot(p, ap)
         alpha = torch.where(pap > 0, rr / pap.clamp_min(torch.finfo(pap.dtype).tiny), torch.zeros_like(pap))
@@ -35,8 +42,13 @@ def conjugate_gradient(apply: callable, rhs: torch.Tensor, x: torch.Tensor, iter
 
 
 def data_consistency(
-    operator: LinearOperator, y: torch.Tensor, x0: torch.Tensor, lam: float, iterations: int
+    operator: LinearOperator,
+    y: torch.Tensor,
+    x0: torch.Tensor,
+    lam: float,
+    iterations: int,
+    check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """``argmin_x ||y - A x||^2 + lam ||x - x0||^2`` by CG started at ``x0``."""
+    """``argmin_x ||y - A x||^2 + lam ||x - x0||^2`` by CG started at ``x0`` (``check``: see above)."""
     rhs = operator.adjoint(y) + lam * x0
-    return conjugate_gradient(lambda v: operator.normal(v) + lam * v, rhs, x0, iterations)
+    return conjugate_gradient(lambda v: operator.normal(v) + lam * v, rhs, x0, iterations, check)

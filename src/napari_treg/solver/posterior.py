@@ -35,6 +35,7 @@ is estimated without forming the matrix (Hutchinson): for Rademacher probes ``r`
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -73,15 +74,17 @@ def perturb_and_map(
     prior_sd: float,
     perturbation: torch.Tensor,
     iterations: int | None = None,
+    check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """One posterior draw per sample: the data step against ``y + noise * perturbation`` around ``x_sample``.
 
     ``y`` ``(B, C, h, w)`` measurements, ``x_sample`` ``(B, C, H, W)`` the sampler's samples,
     ``perturbation`` standard normal noise shaped like ``y``; all in the same (model) units.
+    ``check()`` is called before every CG iteration (a cancel raises from it).
     """
     target = operator.measured(y + noise * perturbation)
     lam = proximal_weight(noise, prior_sd)
-    return data_consistency(operator, target, x_sample, lam, iterations or cg_iterations(lam))
+    return data_consistency(operator, target, x_sample, lam, iterations or cg_iterations(lam), check)
 
 
 def data_share(
@@ -95,10 +98,12 @@ def data_share(
     generator: torch.Generator | None = None,
     iterations: int | None = None,
     device: torch.device | str = "cpu",
+    check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Per pixel ``1 - C_ii / tau^2`` for one image ``image_shape`` ``(C, H, W)``, clipped to [0, 1].
 
-    ``measurement_shape`` ``(C, h, w)`` is the shape of ``A x``.
+    ``measurement_shape`` ``(C, h, w)`` is the shape of ``A x``. ``check()`` is called before every
+    CG iteration of every probe solve (a cancel raises from it).
     """
     lam = proximal_weight(noise, prior_sd)
     total = torch.zeros(image_shape, device=device)
@@ -106,6 +111,8 @@ def data_share(
         count = min(PROBES_PER_SOLVE, probes - first)
         signs = torch.randint(0, 2, (count, *image_shape), generator=generator).to(device, torch.float32) * 2 - 1
         zeros = torch.zeros((count, *measurement_shape), device=device)
-        solved = data_consistency(operator, zeros, signs, lam, iterations or cg_iterations(lam))  # lam (A^TA+lam)^-1 r
+        solved = data_consistency(
+            operator, zeros, signs, lam, iterations or cg_iterations(lam), check
+        )  # lam (A^TA+lam)^-1 r
         total += (signs * solved).sum(dim=0)
     return (1.0 - total / probes).clamp(0.0, 1.0)
