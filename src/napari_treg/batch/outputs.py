@@ -136,21 +136,21 @@ class FolderOutput:
     path: str
     maps: tuple[str, ...] = ()  # the ensemble maps written beside each file
 
-    def planned(self, source: FileSource) -> dict[Path, str]:
+    def planned(self, source: FileSource) -> list[tuple[Path, str]]:
         """Every file the run writes, and what it is (``"the output of x.tif"``, ``"the std map of x.tif"``)."""
         folder = Path(self.path)
-        written: dict[Path, str] = {}
+        written = []
         for path in source.paths:
             name = Path(path).name
-            written[folder / name] = f"the output of {name}"
-            written |= {companion(folder / name, m): f"the {m} map of {name}" for m in self.maps}
+            written.append((folder / name, f"the output of {name}"))
+            written += [(companion(folder / name, m), f"the {m} map of {name}") for m in self.maps]
         return written
 
     def check_companions(self, source: FileSource) -> None:
         """Refuse, naming the file, an output or map that is an input or that two units would both write."""
         sources = {Path(p).resolve() for p in source.paths}
         seen: dict[Path, str] = {}
-        for path, what in self.planned(source).items():
+        for path, what in self.planned(source):
             resolved = path.resolve()
             if resolved in sources:
                 raise InvalidInputError(
