@@ -115,17 +115,23 @@ def test_the_memory_estimate_counts_the_kept_samples_their_copy_and_the_statisti
     assert streamed >= values * 3 * 8  # mean, m2 and a temporary in float64
 
 
-def test_a_tiled_ensemble_is_refused_for_memory_only_by_what_it_keeps(monkeypatch):
-    """Streamed, a tiled ensemble needs a few arrays of one sample, not of all samples at once."""
-    monkeypatch.setattr(engine_ensemble, "available_host_bytes", lambda: 64 * 2**20)  # 32 MiB may be used
+def test_a_streamed_tiled_ensemble_needs_the_same_memory_for_any_number_of_samples(monkeypatch):
+    """Streamed and tiled, one sample at a time: the memory is that of one sample's arrays and the data share's
+    probes, whatever the number of samples; kept, it grows with them and is refused where it does not fit."""
     big = image(512)
-    monkeypatch.setattr("napari_treg.api.get_prior", lambda *a: pytest.fail("work started"))
-    settings = dict(model="analytic", noise=NOISE, tile_size=128, tile_overlap=16, samples=64)
+    options = RunOptions(tile_size=128, tile_overlap=16, noise=NOISE)
+    run = prepare(big, GaussianBlur(1.0), options)
+
+    def needed(samples, keep):
+        return engine_ensemble.ensemble_host_bytes(run, engine_ensemble.EnsembleOptions(samples, keep))
+
+    assert needed(2, False) == needed(4096, False)
+    monkeypatch.setattr(
+        engine_ensemble, "available_host_bytes", lambda: int(2.4 * needed(64, False))
+    )  # 1.2x of it may be used
+    engine_ensemble.check_ensemble(run, engine_ensemble.EnsembleOptions(64, False))  # fits
     with pytest.raises(InvalidInputError, match="keep_samples=False"):
-        ensemble(big, GaussianBlur(1.0), keep_samples=True, **settings)
-    run = prepare(big, GaussianBlur(1.0), RunOptions(tile_size=128, tile_overlap=16))
-    needed = engine_ensemble.ensemble_host_bytes(run, engine_ensemble.EnsembleOptions(samples=64, keep_samples=False))
-    assert needed < 32 * 2**20  # 512 x 512: about 12 MiB, whatever the number of samples
+        engine_ensemble.check_ensemble(run, engine_ensemble.EnsembleOptions(64, True))
 
 
 # -- 5. up-front refusals in the user's words ------------------------------------------------------------------

@@ -51,7 +51,13 @@ from napari_treg.settings import check_number, setting, spec_named, validate
 from napari_treg.solver.config import TRegConfig
 from napari_treg.solver.conflict import ConflictLog, unchecked
 from napari_treg.solver.divergence import check_finite
-from napari_treg.solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map, proximal_weight
+from napari_treg.solver.posterior import (
+    DATA_SHARE_PROBES,
+    data_share,
+    perturb_and_map,
+    probes_per_solve,
+    proximal_weight,
+)
 
 #: the prior's standard deviation per pixel (model units) when neither the user nor the model gives one
 DEFAULT_PRIOR_SD = 0.5
@@ -345,17 +351,23 @@ def check_noise_over_prior_sd(noise: float, prior_sd: float, source: str) -> Non
 STATISTICS_BYTES = 3 * 8 + 2 * 4
 #: more bytes per value of one sample of a tiled run: the canvas that blends the tiles (float64 sum)
 CANVAS_BYTES = 8
+#: host bytes per value and probe of the data share's probe solves (CG state and the operator's temporaries;
+#: 194 measured at 256x256 with 16 probes: benchmarks/ensemble_memory.py)
+SHARE_BYTES = 200
 
 
 def ensemble_host_bytes(run: Run, options: EnsembleOptions, per_call: int = 1) -> int:
     """Host memory an ensemble allocates beyond what its single restore does (bytes): the kept samples
-    and their copy in the image's layout (4 + 4 bytes a value), the statistics, and per solve call of
-    ``per_call`` samples its results (and its tiles' canvas). benchmarks/ensemble_memory.py measures it."""
+    and their copy in the image's layout (4 + 4 bytes a value), the statistics, and the larger of: a solve
+    call's results of ``per_call`` samples (and its tiles' canvas), the data share's probe solves (which
+    come after the samples). benchmarks/ensemble_memory.py measures it."""
     hw = run.operator.image_hw(run.layout.hw)
     values = len(run.measured) * run.layout.channels * hw[0] * hw[1]  # one sample
     kept = 2 * 4 * options.samples * values if options.keep_samples else 0
     call = per_call * values * (2 * 4 + (CANVAS_BYTES if run.plan is not None else 0))
-    return kept + STATISTICS_BYTES * values + call
+    image_values = run.layout.channels * hw[0] * hw[1]
+    share = probes_per_solve(image_values) * image_values * SHARE_BYTES
+    return kept + STATISTICS_BYTES * values + max(call, share)
 
 
 def available_host_bytes() -> int | None:

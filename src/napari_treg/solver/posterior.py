@@ -48,6 +48,14 @@ MIN_CG_ITERATIONS, MAX_CG_ITERATIONS = 10, 300
 DATA_SHARE_PROBES = 64
 #: probes solved together (bounds the memory of the estimate)
 PROBES_PER_SOLVE = 16
+#: the most probe values (probes x image values) solved together: fewer probes at a time for large images
+PROBE_VALUES = 2**21
+
+
+def probes_per_solve(image_values: int) -> int:
+    """Probes solved together for an image of ``image_values`` values: :data:`PROBES_PER_SOLVE`, or fewer
+    so that at most :data:`PROBE_VALUES` values are solved at once (at least one probe)."""
+    return max(1, min(PROBES_PER_SOLVE, PROBE_VALUES // max(1, image_values)))
 
 
 def proximal_weight(noise: float, prior_sd: float) -> float:
@@ -107,8 +115,9 @@ def data_share(
     """
     lam = proximal_weight(noise, prior_sd)
     total = torch.zeros(image_shape, device=device)
-    for first in range(0, probes, PROBES_PER_SOLVE):
-        count = min(PROBES_PER_SOLVE, probes - first)
+    per_solve = probes_per_solve(math.prod(image_shape))
+    for first in range(0, probes, per_solve):
+        count = min(per_solve, probes - first)
         signs = torch.randint(0, 2, (count, *image_shape), generator=generator).to(device, torch.float32) * 2 - 1
         zeros = torch.zeros((count, *measurement_shape), device=device)
         solved = data_consistency(
