@@ -39,6 +39,8 @@ class Spec:
         """``value`` as this setting's kind, or :class:`InvalidInputError` naming the setting."""
         if value is None and self.optional:
             return None
+        if isinstance(value, np.ndarray) and value.ndim > 0:  # one value per setting; arrays break comparisons
+            raise InvalidInputError(f"{self.name} must be one value, not an array of shape {value.shape}")
         if self.auto and isinstance(value, str):
             if value == "auto":
                 return "auto"
@@ -174,7 +176,7 @@ def check_number(
 
 
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
-    if choices and value not in choices:
+    if choices and not any(isinstance(value, type(choice)) and value == choice for choice in choices):
         raise InvalidInputError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
     if not choices and not isinstance(value, str):
         raise InvalidInputError(f"{name} must be text, got {type(value).__name__}")

@@ -1,20 +1,24 @@
 """The engine seam: one Restorer for every front end, typed progress and results, results pinned.
 
-The checksums were taken with the code before the engine refactor (commit 4a1bfc5) and held
-through it (commit e0a9ff6). The deliberate method changes of issue 13 (a fresh Adam state at
-every data-consistency step, guidance 7.5 by default; docs/method.md) changed every case that
-uses adaptive negation or the default guidance, and the pins were re-taken then; the case with
-neither (``tiny_rgb_noneg``) kept its checksum. Issue 20 made the schedule 'data-first' the default
-(a different re-noising and a final projection), which changes every case run with the default
-schedule: ``PINNED`` was re-taken then, and ``PINNED_PAPER`` keeps the earlier checksums, which the
-same cases still give with ``schedule="paper"`` (the paper's method is unchanged, bit for bit).
-Any other change of a result fails here.
+Pinned results: each case of ``_pinned_cases`` is compared with an array stored in
+``tests/engine/pinned/`` (``default.npz`` for the default schedule, ``paper.npz`` for
+``schedule="paper"``) to a max abs difference of ``PIN_TOLERANCE`` of the result's range, so the
+test passes on any CPU (float sums differ in their last bits between SIMD widths) and still fails
+for any change of behaviour (a changed method or seed moves results by far more). Until issue 33
+these were SHA-256 digests of the float bytes, taken on another CPU; 6 of the 12 failed on an
+AMD EPYC with AVX-512. The arrays were written on that machine by the current code
+(``python tests/engine/test_engine.py --write-pins``); the six analytic-prior cases still gave the
+old digests bit for bit there, so they are the results pinned since the engine refactor (commit
+4a1bfc5), issue 13 and issue 20 (``PINNED_PAPER`` then kept the schedule-'paper' results of before
+issue 20). The three tiny-model cases differ from the old digests only in rounding (max abs
+difference below the tolerance on both CPUs: tests/engine/pinned/README.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,9 +30,13 @@ from napari_treg.operators import Denoising, GaussianBlur, Inpainting, SuperReso
 from napari_treg.solver import TRegConfig
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
-
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+#: the stored results (``--write-pins`` writes them)
+PINS = Path(__file__).parent / "pinned"
+#: max abs difference from a pinned result, as a share of its range: float32 rounding across CPUs is
+#: about 1e-7 of the range per operation; a change of method, seed or schedule moves results by > 1e-2
+PIN_TOLERANCE = 1e-5
+#: the stored file of each schedule, and the keywords that select it
+SCHEDULES = {"default": {}, "paper": {"schedule": "paper"}}
 
 
 def _pinned_cases():
@@ -68,36 +76,42 @@ def _pinned_cases():
     }
 
 
-#: the default schedule ('data-first', since issue 20)
-PINNED = {
-    "tiny_sr_grey": "8543eefe96cb7d5b",
-    "tiny_stack_batch2": "c72a6564e28f237b",
-    "tiny_rgb_noneg": "5b808057331f63a8",
-    "analytic_inpaint": "df2eb03f48425da4",
-    "analytic_tiled": "832bd92551f2eb80",
-    "analytic_sr_tiled_range": "b9e48f9bd85b6df8",
-}
-#: schedule 'paper': the checksums of the default before issue 20
-PINNED_PAPER = {
-    "tiny_sr_grey": "d977e8ad06b025b1",
-    "tiny_stack_batch2": "c37632cc6dc090fb",
-    "tiny_rgb_noneg": "9719aa85e9e82e2e",
-    "analytic_inpaint": "0a15e54e514fb999",
-    "analytic_tiled": "0665ca7b30285134",
-    "analytic_sr_tiled_range": "288231facc0f9aeb",
-}
+def _pinned(schedule: str) -> dict[str, np.ndarray]:
+    with np.load(PINS / f"{schedule}.npz") as stored:
+        return {name: stored[name] for name in stored.files}
 
 
-@pytest.mark.parametrize("name", PINNED)
-def test_results_are_bit_identical_to_before_the_refactor(name):
-    result = restore(**_pinned_cases()[name], device="cpu")
-    assert _digest(result) == PINNED[name]
+def _assert_matches_pin(result: np.ndarray, pinned: np.ndarray) -> None:
+    assert result.shape == pinned.shape and result.dtype == pinned.dtype
+    span = max(float(np.ptp(pinned)), 1.0)
+    np.testing.assert_allclose(result, pinned, rtol=0, atol=PIN_TOLERANCE * span)
 
 
-@pytest.mark.parametrize("name", PINNED_PAPER)
+@pytest.mark.parametrize("name", sorted(_pinned_cases()))
+def test_results_match_the_results_pinned_before_the_refactor(name):
+    """The default schedule ('data-first', since issue 20)."""
+    _assert_matches_pin(restore(**_pinned_cases()[name], device="cpu"), _pinned("default")[name])
+
+
+@pytest.mark.parametrize("name", sorted(_pinned_cases()))
 def test_the_paper_schedule_gives_the_results_it_gave_before_issue_20(name):
-    result = restore(**_pinned_cases()[name], device="cpu", schedule="paper")
-    assert _digest(result) == PINNED_PAPER[name]
+    result = restore(**_pinned_cases()[name], device="cpu", **SCHEDULES["paper"])
+    _assert_matches_pin(result, _pinned("paper")[name])
+
+
+def test_the_pin_check_catches_a_one_step_change():
+    """The tolerance is far below what a small change of behaviour does (one sampler step fewer)."""
+    case = dict(_pinned_cases()["analytic_inpaint"], steps=29)
+    with pytest.raises(AssertionError):
+        _assert_matches_pin(restore(**case, device="cpu"), _pinned("default")["analytic_inpaint"])
+
+
+def write_pins() -> None:
+    """Store every case's result on this machine (run once, by hand, when a result changes on purpose)."""
+    PINS.mkdir(exist_ok=True)
+    for schedule, keywords in SCHEDULES.items():
+        results = {name: restore(**case, device="cpu", **keywords) for name, case in _pinned_cases().items()}
+        np.savez_compressed(PINS / f"{schedule}.npz", **results)
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +278,10 @@ def test_the_engine_returns_the_residual_map_it_sums(analytic, rgb, kind):
     maps = ensemble(image, operator, samples=2, noise=0.05, model=analytic, steps=4, rgb=rgb)
     expected = np.abs(degrade(maps.mean, operator, noise=0.0, rgb=rgb) - image) * keep
     np.testing.assert_allclose(maps.residual, expected, atol=1e-4 * 250)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write-pins"]:
+    import torch
+
+    torch.set_num_threads(1)  # as the tests run (tests/conftest.py)
+    write_pins()

@@ -67,6 +67,24 @@ def test_operators_keep_dtype_and_shape(dtype):
         assert torch.isfinite(y.float()).all(), op
 
 
+def test_half_precision_blurs_on_the_cpu_convolve_in_float32(monkeypatch):
+    """torch's float16 CPU convolutions are its slow generic kernels (one ran past 900 s on a
+    Sapphire Rapids CPU, issue 33): the operators convolve float16 CPU tensors in float32."""
+    import torch.nn.functional as F
+
+    seen = []
+    for name in ("conv2d", "conv_transpose2d"):
+        original = getattr(F, name)
+        monkeypatch.setattr(F, name, lambda x, w, *a, _f=original, **k: seen.append(x.dtype) or _f(x, w, *a, **k))
+    x = torch.rand(1, 3, 32, 32).half()
+    for op in (GaussianBlur(3.0), MotionBlur(7, 30), SuperResolution(4)):  # GaussianBlur(3.0): a 1x25 kernel
+        y = op.forward(x)
+        assert y.dtype == torch.float16 and op.adjoint(y).dtype == torch.float16
+        expected = op.forward(x.float())
+        assert torch.allclose(y.float(), expected, atol=2e-3)
+    assert seen and set(seen) == {torch.float32}
+
+
 @pytest.mark.parametrize("op", [GaussianBlur(2.0), MotionBlur(9, 45), SuperResolution(4), SuperResolution(3, "box")])
 def test_blurs_preserve_constants_and_mass(op):
     x = torch.full((1, 1, 48, 48), 0.7, dtype=torch.float64)

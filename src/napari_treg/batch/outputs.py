@@ -16,7 +16,13 @@ have the same ones, or it is refused with the differing parameters named.
 - With an ensemble (``samples``): each map of :meth:`Job.map_names <napari_treg.batch.units.Job.map_names>`
   (``std``, ``data_share``, ``text_influence``) beside the output as ``napari-treg restore --samples``
   names it (``io.companion``): ``OUT/cells.std.tif``; ``OUT.std.zarr`` beside ``OUT.zarr`` (a
-  plain array shaped like the main one). Each map's digest is in the unit's record.
+  plain array shaped like the main one, marked as this output's map in its attributes). Each map's
+  digest is in the unit's record. :meth:`FolderOutput.check_companions` and
+  :meth:`ZarrOutput.check_companions` plan every map before any work, as ``restore --samples`` does:
+  a map that would be an input, a user's own file or store (one no batch run made), or the output
+  of another unit is refused by name, and nothing is written; a map store left by an earlier run
+  for an output that is gone is remade with the output, and one of another shape beside an output
+  that stays is refused by name.
 - Zarr: an array with the input's leading axes, restored planes, one chunk per unit,
   float32; for an OME-Zarr input an OME-Zarr image (level ``0``) with the input's axes and
   pixel sizes divided by the super-resolution factor. Records in ``OUT/.treg-units/``;
@@ -45,6 +51,8 @@ MANIFEST = "treg-batch.json"
 RECORD_SUFFIX = ".treg.json"
 RECORDS_DIR = ".treg-units"
 ATTRIBUTE = "napari_treg"
+#: the attribute that marks a map store as the map of one batch output: ``{"map": name, "of": output name}``
+MAP_ATTRIBUTE = "napari_treg_map"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -128,14 +136,38 @@ class FolderOutput:
     path: str
     maps: tuple[str, ...] = ()  # the ensemble maps written beside each file
 
+    def planned(self, source: FileSource) -> list[tuple[Path, str]]:
+        """Every file the run writes, and what it is (``"the output of x.tif"``, ``"the std map of x.tif"``)."""
+        folder = Path(self.path)
+        written = []
+        for path in source.paths:
+            name = Path(path).name
+            written.append((folder / name, f"the output of {name}"))
+            written += [(companion(folder / name, m), f"the {m} map of {name}") for m in self.maps]
+        return written
+
+    def check_companions(self, source: FileSource) -> None:
+        """Refuse, naming the file, an output or map that is an input or that two units would both write."""
+        sources = {Path(p).resolve() for p in source.paths}
+        seen: dict[Path, str] = {}
+        for path, what in self.planned(source):
+            resolved = path.resolve()
+            if resolved in sources:
+                raise InvalidInputError(
+                    f"{what} would be written to {os.fspath(path)!r}, which is an input file: "
+                    "choose another output folder (inputs are never overwritten)"
+                )
+            if resolved in seen:
+                raise InvalidInputError(
+                    f"{seen[resolved]} and {what} would both be written to {os.fspath(path)!r}: "
+                    "rename one of the inputs, or restore them in separate runs"
+                )
+            seen[resolved] = what
+
     def prepare(self, source: FileSource, params: dict[str, Any]) -> dict[str, dict]:
         """Create the folder (or check an existing one's parameters); returns the records of done units."""
         folder = Path(self.path)
-        inputs = {Path(p).resolve() for p in source.paths}
-        written = [folder / p.name for p in inputs] + [companion(folder / p.name, m) for p in inputs for m in self.maps]
-        clashes = [p.name for p in written if p.resolve() in inputs]
-        if clashes:
-            raise InvalidInputError(f"output folder {self.path!r} would overwrite the inputs {clashes[:3]}")
+        self.check_companions(source)
         if folder.exists() and not folder.is_dir():
             raise InvalidInputError(f"output {self.path!r} exists and is not a folder")
         manifest = folder / MANIFEST
@@ -206,6 +238,7 @@ class ZarrOutput:
         """Create the store (or check an existing one's parameters); returns the records of done units."""
         import zarr
 
+        stale = self.check_companions(source, image_hw)
         if os.path.exists(self.path):
             stored = None
             if is_zarr(self.path):
@@ -215,20 +248,57 @@ class ZarrOutput:
             if not Path(self.path).resolve().parent.is_dir():
                 raise InvalidInputError(f"output's folder does not exist: {str(Path(self.path).parent)!r}")
             self.create(source, params, image_hw)
-        self.create_maps(source, image_hw)
+        self.create_maps(source, image_hw, stale)
         return self.records()
 
     def map_path(self, name: str) -> Path:
         """The store of the map ``name``: ``OUT.zarr`` -> ``OUT.std.zarr``."""
         return companion(Path(self.path), name)
 
-    def create_maps(self, source: ArraySource, image_hw: tuple[int, int]) -> None:
-        """Create each map's store that is not there yet (a deleted one is made again: its units recompute)."""
+    def check_companions(self, source: ArraySource, image_hw: tuple[int, int], inputs: Any = ()) -> list[str]:
+        """Refuse, naming the store, a map store that is an input or a user's own store (not made as this
+        output's map by a batch run), or one of another shape beside an output that is kept; returns the maps
+        whose stores are stale (an earlier run's, for an output that is gone): :meth:`prepare` remakes them."""
+        fresh = not os.path.exists(self.path)
+        expected = array_options(source, image_hw)
+        stale = []
+        for name in self.maps:
+            path = self.map_path(name)
+            what = f"the {name} map store {os.fspath(path)!r} beside {os.fspath(self.path)!r}"
+            if any(overlaps(path, Path(other)) for other in inputs):
+                raise InvalidInputError(
+                    f"{what} is an input: choose another output path (inputs are never overwritten)"
+                )
+            if not path.exists():
+                continue
+            shape = map_store_shape(path, name, Path(self.path).name)
+            if shape is None:
+                raise InvalidInputError(
+                    f"{what} exists and no napari-treg batch run made it: move it, or choose another output path"
+                )
+            if fresh:
+                stale.append(name)
+            elif shape != tuple(expected["shape"]):
+                raise InvalidInputError(
+                    f"{what} holds {'x'.join(map(str, shape))} planes from another run, not the "
+                    f"{'x'.join(map(str, expected['shape']))} of this output: remove it, or choose another output path"
+                )
+        return stale
+
+    def create_maps(self, source: ArraySource, image_hw: tuple[int, int], stale: Any = ()) -> None:
+        """Create each map's store that is not there yet (a deleted one is made again: its units recompute);
+        a ``stale`` one (an earlier run's, for an output that is gone) is made again, empty."""
+        import shutil
+
         import zarr
 
         for name in self.maps:
-            if not self.map_path(name).exists():
-                zarr.create_array(str(self.map_path(name)), **array_options(source, image_hw))
+            path = self.map_path(name)
+            if name in stale:
+                shutil.rmtree(path)
+            if not path.exists():
+                attributes = {MAP_ATTRIBUTE: {"map": name, "of": Path(self.path).name}}
+                zarr.create_array(str(path), **array_options(source, image_hw), attributes=attributes)
 
     def records(self) -> dict[str, dict]:
         """The records of the units done so far, by unit key."""
@@ -299,6 +369,28 @@ class ZarrOutput:
         entry: dict[str, Any] = dict(node.attrs.get(ATTRIBUTE) or {})  # type: ignore[arg-type]
         entry.update(complete=complete, planes={key: records[key] for key in sorted(records)})
         node.attrs[ATTRIBUTE] = entry
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """Whether two paths are the same, or one lies inside the other (symlinks followed)."""
+    a, b = Path(os.path.realpath(a)), Path(os.path.realpath(b))
+    return a == b or a in b.parents or b in a.parents
+
+
+def map_store_shape(path: Path, name: str, output_name: str) -> tuple[int, ...] | None:
+    """The shape of the map store at ``path`` if a batch run made it as ``output_name``'s map ``name``, else None."""
+    import zarr
+
+    if not is_zarr(path):
+        return None
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception:  # noqa: BLE001 - unreadable metadata: not a store we made
+        return None
+    mark = dict(node.attrs).get(MAP_ATTRIBUTE)
+    if not isinstance(node, zarr.Array) or mark != {"map": name, "of": output_name}:
+        return None
+    return tuple(node.shape)
 
 
 def array_options(source: ArraySource, image_hw: tuple[int, int]) -> dict[str, Any]:

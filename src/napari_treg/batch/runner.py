@@ -28,9 +28,9 @@ from napari_treg.batch.outputs import FolderOutput, ZarrOutput, open_output
 from napari_treg.batch.ranges import stack_intensity_range
 from napari_treg.batch.sources import ArraySource, Unit, open_source
 from napari_treg.batch.units import Job, ensemble_maps, is_done, run_unit
-from napari_treg.engine.ensemble import EnsembleOptions
+from napari_treg.engine.ensemble import EnsembleOptions, check_ensemble_noise
 from napari_treg.engine.restore_settings import RestoreSettings, model_settings
-from napari_treg.engine.restorer import noise_model_values
+from napari_treg.engine.restorer import MAX_SEED, noise_model_values
 from napari_treg.errors import Cancelled, InvalidInputError, UnitOutOfMemory, cancel_checker
 from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
@@ -179,6 +179,8 @@ def restore_many(
         )
     target = open_output(absolute(output), data, ensemble_maps(restore_settings, ensemble))
     units = data.units()
+    check_batch_ensemble(restore_settings, ensemble, len(units))  # before any cluster starts or file is written
+    check_companions(target, data, operator, source_paths(source))
     report = BatchReport(output=os.fspath(output), units=len(units))
     size = workers if workers is not None or client is not None or scheduler else min(default_workers(), len(units))
     with routed_logs() as log, connect(size, scheduler, client, connect_timeout) as (active, embedded):
@@ -298,6 +300,36 @@ def operator_description(operator: LinearOperator) -> str:
         if isinstance(value, np.ndarray):
             digest.update(name.encode() + np.ascontiguousarray(value).tobytes())
     return f"{operator!r} #{digest.hexdigest()[:16]}"
+
+
+def check_batch_ensemble(settings: RestoreSettings, ensemble: EnsembleOptions | None, units: int) -> None:
+    """What every unit's ensemble would refuse, refused once on the client: a noise it cannot use, and
+    seeds that overflow (unit ``p`` uses ``seed + p * samples`` and the ``samples`` seeds after it)."""
+    if ensemble is None:
+        return
+    if settings.run.noise is not None:
+        check_ensemble_noise(settings.run.noise)
+    if settings.run.seed + units * ensemble.samples - 1 > MAX_SEED:
+        raise InvalidInputError(
+            f"seed + units * samples must stay below {MAX_SEED + 1} (unit p uses seeds from seed + p * samples): "
+            "use a smaller seed"
+        )
+
+
+def source_paths(source: Any) -> list[str]:
+    """Where the source lies on disk (a path, or a zarr array's local store), for the outputs' checks."""
+    if isinstance(source, (str, os.PathLike)):
+        return [os.path.abspath(source)]
+    root = getattr(getattr(source, "store", None), "root", None)
+    return [os.fspath(root)] if root is not None else []
+
+
+def check_companions(target, data, operator: LinearOperator, inputs: list[str]) -> None:
+    """Every map beside the outputs planned and checked (InvalidInputError naming it), before any work."""
+    if isinstance(target, FolderOutput):
+        target.check_companions(data)
+    else:
+        target.check_companions(data, operator.image_hw(data.layout.hw), inputs)
 
 
 def prepare_output(target, data, operator: LinearOperator, job: Job) -> dict[str, dict]:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -46,11 +47,18 @@ from napari_treg.imaging.noise import estimate_noise
 from napari_treg.memory import available_host_bytes, guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
-from napari_treg.settings import check_number, setting, validate
+from napari_treg.settings import check_number, setting, spec_named, validate
+from napari_treg.solver.config import TRegConfig
 from napari_treg.solver.conflict import ConflictLog, unchecked
 from napari_treg.solver.divergence import check_finite
 from napari_treg.solver.noise_weights import NoiseVariance
-from napari_treg.solver.posterior import DATA_SHARE_PROBES, data_share, perturb_and_map, proximal_weight
+from napari_treg.solver.posterior import (
+    DATA_SHARE_PROBES,
+    data_share,
+    perturb_and_map,
+    probes_per_solve,
+    proximal_weight,
+)
 
 #: the prior's standard deviation per pixel (model units) when neither the user nor the model gives one
 DEFAULT_PRIOR_SD = 0.5
@@ -64,6 +72,11 @@ MAX_SAMPLES = 4096
 HOST_MEMORY_SHARE = 0.5
 #: methods that call the model once per sampler step
 MODEL_METHODS = ("treg", "psld")
+#: the smallest noise sigma of an ensemble (model units, where the image spans [-1, 1]): float32 data
+#: resolve about 1e-7 of their range, so a finer noise cannot be what is in the measurement
+MIN_NOISE = 1e-6
+#: the largest noise / prior_sd: the data steps weigh the data by (noise / prior_sd)^2, within cg_lambda's range
+MAX_NOISE_OVER_PRIOR_SD = math.sqrt(float(spec_named(TRegConfig, "cg_lambda").maximum or 1.0))
 
 
 @dataclass(frozen=True)
@@ -206,19 +219,24 @@ def ensemble_prepared(
     is_cancelled = cancel_checker(cancel)
     raise_if(is_cancelled)
     prior_sd, prior_sd_source = prior_sd_of(restorer.prior, options, run.layout.channels)
-    batch_size = restorer.batch_size(replicate(run, 0, options.samples))
-    chunks = sample_chunks(options, batch_size, len(run.measured))
-    main = calibrated(restorer, noise, prior_sd, run.variance)
+    check_noise_over_prior_sd(noise, prior_sd, prior_sd_source)
+    batch_size = restorer.batch_size(replicate(run, 0, options.samples, options.samples))
+    chunks = sample_chunks(options, batch_size, run)
+    cancel_check = functools.partial(raise_if, is_cancelled)
+    main = calibrated(restorer, noise, prior_sd, run.variance, cancel_check)
     free = text_free(restorer)
-    passes = [main] if free is None else [main, calibrated(free, noise, prior_sd, run.variance)]
+    passes = [main] if free is None else [main, calibrated(free, noise, prior_sd, run.variance, cancel_check)]
     check = (
         None
         if options.holdout is None
         else holdout.HoldoutCheck.plan(run, options.holdout, noise, prior_sd, options.samples)
     )
-    extra = 0 if check is None else pass_steps(main, run, chunks, batch_size)  # the check's own pass
-    relay = StepOffset(callback, extra + sum(pass_steps(r, run, chunks, batch_size) for r in passes))
-    work = functools.partial(run_pass, run=run, chunks=chunks, batch_size=batch_size, relay=relay)
+    steps = functools.partial(pass_steps, run=run, chunks=chunks, batch_size=batch_size)
+    extra = 0 if check is None else steps(main)  # the check's own pass
+    relay = StepOffset(callback, extra + sum(steps(r) for r in passes))
+    work = functools.partial(
+        run_pass, run=run, chunks=chunks, batch_size=batch_size, relay=relay, samples=options.samples
+    )
     corrections = None if check is None else holdout_pass(check, passes, work, is_cancelled, relay, restorer)
     if corrections is not None:
         passes = [correction.restorer for correction in corrections]
@@ -230,11 +248,13 @@ def ensemble_prepared(
     free_mean = None
     if free is not None:
         free_moments, _ = guard_memory(lambda: work(passes[1], keep=False, is_cancelled=is_cancelled))
+        assert free_moments is not None
         free_mean = free_moments.mean
     raise_if(is_cancelled)
-    mean, std = statistics(moments, kept)
+    mean, std = guard_memory(lambda: statistics(moments, kept))
     share_sd = prior_sd if check is None else check.factor * prior_sd
-    share = data_share_planes(restorer.prior, run, noise, share_sd, mean)
+    share = data_share_planes(restorer.prior, run, noise, share_sd, mean, cancel_check)
+    raise_if(is_cancelled)
     if corrections is not None:
         mean, kept, free_mean = corrected(corrections, mean, kept, free_mean)
     seconds = time.perf_counter() - started
@@ -242,6 +262,7 @@ def ensemble_prepared(
         **sampling_info(run, options, noise_source, prior_sd_source),
         "noise": noise,
         "prior_sd": prior_sd,
+        "replaced": replaced_settings(restorer, main),
         "text_influence": free is not None,
         "text_conflict": text_conflict(restorer, conflicts, options.samples),
         "model_calls": relay.total * restorer.calls_per_step(run, batch_size)
@@ -259,7 +280,7 @@ def ensemble_prepared(
     return Ensemble(
         mean=imaging.from_planes(mean.astype(np.float32), layout),
         std=imaging.from_planes(std.astype(np.float32), layout),
-        samples=None if kept is None else np.stack([imaging.from_planes(s, layout) for s in kept]),
+        samples=None if kept is None else guard_memory(lambda: samples_in_layout(kept, layout)),
         data_share=imaging.from_planes(share, layout),
         text_influence=None if free_mean is None else imaging.from_planes(influence(mean, free_mean), layout),
         info=info,
@@ -292,13 +313,24 @@ def corrected(
     return mean + shift, kept, free_mean
 
 
+def samples_in_layout(kept: np.ndarray, layout: imaging.Layout) -> np.ndarray:
+    """The kept samples ``(n, N, C, H, W)`` in the image's layout ``(n, *shape)``, written into one array."""
+    first = imaging.from_planes(kept[0], layout)
+    out = np.empty((len(kept), *first.shape), dtype=np.float32)
+    out[0] = first
+    for k in range(1, len(kept)):
+        out[k] = imaging.from_planes(kept[k], layout)
+    return out
+
+
 def sampling_info(run: Run, options: EnsembleOptions, noise_source: str, prior_sd_source: str) -> dict:
     """How the samples were drawn: seeds, the rule behind them, and where the noise and prior sd came from."""
     return {
         "samples": options.samples,
         "keep_samples": options.keep_samples,
         "seeds": [run.options.seed + k * len(run.measured) for k in range(options.samples)],
-        "seed_rule": "sample k of plane i: seed + k * planes + i; its last step's noise: "
+        "seed_rule": "sample k of plane i: seed + k * planes + i (tiled: of tile t, seed + t * samples * planes "
+        "+ k * planes + i); its last step's noise: "
         f"numpy.random.default_rng([that seed, {NOISE_STREAM}])",
         "noise_source": noise_source,
         "prior_sd_source": prior_sd_source,
@@ -329,14 +361,14 @@ def influence(with_text: np.ndarray, without_text: np.ndarray) -> np.ndarray:
 
 def check_ensemble(run: Run, options: EnsembleOptions) -> tuple[float, str]:
     """Refuse, before any work, an ensemble whose seeds overflow, whose noise is not positive or cannot be
-    estimated, or whose kept samples do not fit in memory; returns the noise sigma and where it came from."""
-    planes = len(run.measured)
-    if run.options.seed + options.samples * planes - 1 > MAX_SEED:
+    estimated, or whose samples do not fit in memory; returns the noise sigma and where it came from."""
+    units = len(run.measured) * (1 if run.plan is None else run.plan.count)
+    if run.options.seed + options.samples * units - 1 > MAX_SEED:
         raise InvalidInputError(f"seed + samples * planes must stay below {MAX_SEED + 1}: use a smaller seed")
-    if run.options.noise is not None and run.options.noise <= 0:
-        raise InvalidInputError(
-            f"noise must be > 0 for an ensemble (the measurement's noise sigma in model units), got {run.options.noise}"
-        )
+    if run.options.noise is not None:
+        check_ensemble_noise(run.options.noise)
+    if options.prior_sd is not None and run.options.noise is not None:
+        check_noise_over_prior_sd(run.options.noise, options.prior_sd, "given")
     noise = measurement_noise(run)
     if options.holdout is not None:
         if run.noise_model is not None:
@@ -345,19 +377,61 @@ def check_ensemble(run: Run, options: EnsembleOptions) -> tuple[float, str]:
                 "use holdout with one Gaussian noise level, or no holdout"
             )
         holdout.hidden_map(run, options.holdout)  # refuses a run with too few values to hold out
-    if not options.keep_samples:
-        return noise
-    hw = run.operator.image_hw(run.layout.hw)
-    needed = 2 * options.samples * planes * run.layout.channels * hw[0] * hw[1] * 4  # samples, and their copy
+    needed = ensemble_host_bytes(run, options)
     available = available_host_bytes()
     if available is not None and needed > HOST_MEMORY_SHARE * available:
+        hw = run.operator.image_hw(run.layout.hw)
+        kept = "keeping " if options.keep_samples else ""
         raise InvalidInputError(
-            f"keeping {options.samples} samples of {planes} plane(s) of {hw[0]}x{hw[1]} needs "
-            f"{needed / 2**30:.1f} GiB, "
+            f"{kept}{options.samples} samples of {len(run.measured)} plane(s) of {hw[0]}x{hw[1]} need "
+            f"{needed / 2**30:.1f} GiB of host memory, "
             f"more than {HOST_MEMORY_SHARE:.0%} of the available memory ({available / 2**30:.1f} GiB): "
-            "use keep_samples=False (mean and std are then streamed) or fewer samples"
+            + ("use keep_samples=False (mean and std are then streamed) or fewer samples" if kept else "use tiles")
         )
     return noise
+
+
+def check_ensemble_noise(noise: float, option: str = "noise") -> None:
+    """A given noise sigma an ensemble can use: at least :data:`MIN_NOISE` (InvalidInputError naming ``option``)."""
+    if not noise >= MIN_NOISE:
+        raise InvalidInputError(
+            f"{option} must be > 0 (at least {MIN_NOISE:g}) for an ensemble (the measurement's noise sigma in "
+            f"model units, where the image spans -1 to 1), got {noise!r}"
+        )
+
+
+def check_noise_over_prior_sd(noise: float, prior_sd: float, source: str) -> None:
+    """Refuse a noise more than :data:`MAX_NOISE_OVER_PRIOR_SD` times the prior's sd (naming both settings)."""
+    if noise > MAX_NOISE_OVER_PRIOR_SD * prior_sd:
+        where = "prior_sd" if source == "given" else f"prior_sd (not given: {source})"
+        raise InvalidInputError(
+            f"noise {noise:g} is more than {MAX_NOISE_OVER_PRIOR_SD:g} times {where} {prior_sd:g}: the measurement "
+            "would say nothing the prior does not; give a larger prior_sd or a smaller noise"
+        )
+
+
+#: host bytes per value of one sample (float32 planes) beyond the kept samples: the streamed or final
+#: mean and spread (float64, two arrays and one temporary), one sample's solve results (float32, two copies)
+STATISTICS_BYTES = 3 * 8 + 2 * 4
+#: more bytes per value of one sample of a tiled run: the canvas that blends the tiles (float64 sum)
+CANVAS_BYTES = 8
+#: host bytes per value and probe of the data share's probe solves (CG state and the operator's temporaries;
+#: 194 measured at 256x256 with 16 probes: benchmarks/ensemble_memory.py)
+SHARE_BYTES = 200
+
+
+def ensemble_host_bytes(run: Run, options: EnsembleOptions, per_call: int = 1) -> int:
+    """Host memory an ensemble allocates beyond what its single restore does (bytes): the kept samples
+    and their copy in the image's layout (4 + 4 bytes a value), the statistics, and the larger of: a solve
+    call's results of ``per_call`` samples (and its tiles' canvas), the data share's probe solves (which
+    come after the samples). benchmarks/ensemble_memory.py measures it."""
+    hw = run.operator.image_hw(run.layout.hw)
+    values = len(run.measured) * run.layout.channels * hw[0] * hw[1]  # one sample
+    kept = 2 * 4 * options.samples * values if options.keep_samples else 0
+    call = per_call * values * (2 * 4 + (CANVAS_BYTES if run.plan is not None else 0))
+    image_values = run.layout.channels * hw[0] * hw[1]
+    share = probes_per_solve(image_values) * image_values * SHARE_BYTES
+    return kept + STATISTICS_BYTES * values + max(call, share)
 
 
 def measurement_noise(run: Run) -> tuple[float, str]:
@@ -367,9 +441,9 @@ def measurement_noise(run: Run) -> tuple[float, str]:
     if run.variance is not None:
         return run.variance.floor_sd, f"Poisson-Gaussian model per value ({run.noise_model_source}); noise: its floor"
     sigma = estimate_noise(run.planes, run.operator)
-    if not sigma > 0:
+    if not sigma >= MIN_NOISE:
         raise InvalidInputError(
-            "the measurement's noise level was estimated as 0 (a noise-free or quantised image): give noise="
+            f"the measurement's noise level was estimated as {sigma:.3g} (a noise-free or quantised image): give noise="
         )
     return sigma, "estimated from the measurement (finest Haar diagonal detail, MAD; napari_treg.imaging.noise)"
 
@@ -391,7 +465,13 @@ def prior_sd_of(prior: DiffusionPrior, options: EnsembleOptions, channels: int) 
 # -- running the samples ----------------------------------------------------------------------------
 
 
-def calibrated(restorer: Restorer, noise: float, prior_sd: float, variance: NoiseVariance | None = None) -> Restorer:
+def calibrated(
+    restorer: Restorer,
+    noise: float,
+    prior_sd: float,
+    variance: NoiseVariance | None = None,
+    check: Callable[[], None] | None = None,
+) -> Restorer:
     """``restorer``'s ensemble variant: its samples end with the noise-aware data step, and use the data once.
 
     - No final projection (``final_dc``): it would pull every sample onto the data before the
@@ -403,17 +483,33 @@ def calibrated(restorer: Restorer, noise: float, prior_sd: float, variance: Nois
       sigma 1.5) the data-first ensemble's mean error is 0.58 posterior sd and its coverage 83 %
       with both, 0.31 sd and 86 % without them (docs/uncertainty.md).
 
-    ``restore``'s single images are not changed by this (``restorer`` itself is not changed).
+    ``restore``'s single images are not changed by this (``restorer`` itself is not changed). A
+    ``cg_lambda`` given explicitly is replaced then: a warning says so, and ``info["replaced"]``.
     With photon noise (``variance``), ``noise`` is the floor's sd, and the last step perturbs and
-    weighs each value by its own variance.
+    weighs each value by its own variance. ``check()`` is called in every CG iteration of the last
+    step (a cancel raises from it).
     """
     config = replace(restorer.config, final_dc=False)
     if config.data_first:
         config = replace(config, cg_lambda=proximal_weight(noise, prior_sd))
+        given = restorer.config.cg_lambda
+        if given != TRegConfig.cg_lambda:
+            warnings.warn(
+                f"the ensemble's data steps use cg_lambda = (noise / prior_sd)^2 = {config.cg_lambda:.3g} in place "
+                f"of the cg_lambda {given:g} given (schedule data-first; info['replaced'] records it)",
+                UserWarning,
+                stacklevel=2,
+            )
     finish = functools.partial(
-        noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device, variance=variance
+        noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device, variance=variance, check=check
     )
     return restorer.variant(config, finish)
+
+
+def replaced_settings(restorer: Restorer, calibrated_restorer: Restorer) -> dict:
+    """The method settings the ensemble ran with in place of the restorer's: ``{name: {"given", "used"}}``."""
+    given, used = restorer.config.as_dict(), calibrated_restorer.config.as_dict()
+    return {name: {"given": given[name], "used": used[name]} for name in given if given[name] != used[name]}
 
 
 def text_free(restorer: Restorer) -> Restorer | None:
@@ -428,33 +524,47 @@ def noise_aware_step(
     x: torch.Tensor,
     y: torch.Tensor,
     operator: LinearOperator,
-    seed: int,
+    seeds: list[int],
     *,
     noise: float,
     prior_sd: float,
     device,
     variance: NoiseVariance | None = None,
+    check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """The engine's finish hook: perturb-and-MAP on a batch; plane ``k`` draws its noise from seed ``seed + k``."""
+    """The engine's finish hook: perturb-and-MAP on a batch; plane ``k`` draws its noise from ``seeds[k]``."""
     perturbation = np.stack(
-        [np.random.default_rng([seed + k, NOISE_STREAM]).standard_normal(y.shape[1:]) for k in range(len(y))]
+        [np.random.default_rng([seed, NOISE_STREAM]).standard_normal(y.shape[1:]) for seed in seeds]
     )
     e = torch.from_numpy(perturbation.astype(np.float32)).to(device)
-    if variance is None:
-        return perturb_and_map(operator, y.to(device), x.to(device), noise, prior_sd, e).cpu()
-    return perturb_and_map(operator, y.to(device), x.to(device), noise, prior_sd, e, variance=variance).cpu()
+    return perturb_and_map(
+        operator, y.to(device), x.to(device), noise, prior_sd, e, variance=variance, check=check
+    ).cpu()
 
 
-def replicate(run: Run, first: int, count: int) -> Run:
-    """Samples ``first .. first + count - 1`` of a run as one run of ``count * planes`` planes."""
+def replicate(run: Run, first: int, count: int, samples: int) -> Run:
+    """Samples ``first .. first + count - 1`` of ``samples`` as one run of ``count * planes`` planes.
+
+    Unit ``j`` of sample ``k``, plane ``i`` (``j = (k - first) * planes + i``) gets seed ``seed + k * planes + i``;
+    tiled, the units of tile ``t`` come after those of the tiles before, and get ``seed + t * samples * planes
+    + k * planes + i``: the same seeds however the samples are split into calls (``keep_samples``, ``batch_size``).
+    """
     planes = len(run.measured)
-    options = replace(run.options, seed=run.options.seed + first * planes)
-    return replace(run, measured=np.tile(run.measured, (count, 1, 1, 1)), options=options)
+    base, per_tile = run.options.seed + first * planes, count * planes
+
+    def seed_of(unit: int) -> int:
+        tile, index = divmod(unit, per_tile)
+        return base + tile * samples * planes + index
+
+    options = replace(run.options, seed=base)
+    return replace(run, measured=np.tile(run.measured, (count, 1, 1, 1)), options=options, seed_of=seed_of)
 
 
-def sample_chunks(options: EnsembleOptions, batch_size: int, planes: int) -> list[tuple[int, int]]:
-    """``(first, count)`` of the samples solved in one call: all when kept, else a batch's worth."""
-    per_call = options.samples if options.keep_samples else max(1, batch_size // planes)
+def sample_chunks(options: EnsembleOptions, batch_size: int, run: Run) -> list[tuple[int, int]]:
+    """``(first, count)`` of the samples solved in one call: a batch's worth of samples, or one sample at a
+    time when tiled (the tiles of one sample are batched), so memory stays that of one tiled restore."""
+    planes = len(run.measured)
+    per_call = 1 if run.plan is not None else max(1, batch_size // planes)
     return [(first, min(per_call, options.samples - first)) for first in range(0, options.samples, per_call)]
 
 
@@ -488,46 +598,64 @@ def run_pass(
     chunks: list[tuple[int, int]],
     batch_size: int,
     relay: StepOffset,
+    samples: int,
     keep: bool,
     is_cancelled,
     conflicts: ConflictLog | None = None,
-) -> tuple[Moments, np.ndarray | None]:
-    """All samples of one restorer: their moments, and the samples ``(n, N, C, H, W)`` when kept.
+) -> tuple[Moments | None, np.ndarray | None]:
+    """All samples of one restorer: their streamed moments, or (``keep``) the samples ``(n, N, C, H, W)``
+    written into one array (the statistics then come from it: :func:`statistics`).
 
     ``conflicts`` collects every sample's text-conflict evidence (no extra model call).
     """
-    moments = Moments()
-    kept = []
+    moments = None if keep else Moments()
+    kept = None
     for first, count in chunks:
-        part = replicate(run, first, count)
+        part = replicate(run, first, count, samples)
         per_call = restorer.planes_per_call(run, batch_size)
         reporter = Reporter(part, per_call, restorer.config.steps, relay.for_call(), is_cancelled, restorer.preview)
         planes = restorer.solve_run(part, batch_size, reporter, conflicts)
         raise_if(is_cancelled)
         check_finite(planes, "an ensemble sample")
         stack = planes.reshape(count, len(run.measured), *planes.shape[1:])
-        moments.add(stack)
-        if keep:
-            kept.append(stack)
+        if moments is not None:
+            moments.add(stack)
+        else:
+            if kept is None:
+                kept = np.empty((samples, *stack.shape[1:]), dtype=np.float32)
+            kept[first : first + count] = stack
         relay.done += reporter.total
-    return moments, (np.concatenate(kept) if keep else None)
+    return moments, kept
 
 
-def statistics(moments: Moments, kept: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation: from the kept samples, or the streamed moments."""
+def statistics(moments: Moments | None, kept: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (float64): from the kept samples (one sample at a time, no copy of
+    them all), or the streamed moments."""
     if kept is not None:
-        return kept.mean(axis=0, dtype=np.float64), kept.std(axis=0, ddof=1, dtype=np.float64)
-    assert moments.mean is not None
+        mean = kept.mean(axis=0, dtype=np.float64)
+        m2 = np.zeros_like(mean)
+        for sample in kept:
+            deviation = sample.astype(np.float64) - mean
+            deviation *= deviation
+            m2 += deviation
+        return mean, np.sqrt(m2 / (len(kept) - 1))
+    assert moments is not None and moments.mean is not None
     return moments.mean, moments.std()
 
 
 def data_share_planes(
-    prior: DiffusionPrior, run: Run, noise: float, prior_sd: float, mean: np.ndarray | None = None
+    prior: DiffusionPrior,
+    run: Run,
+    noise: float,
+    prior_sd: float,
+    mean: np.ndarray | None = None,
+    check: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """The data share of every plane ``(N, C, H, W)`` (float32; one operator, so the same for all planes,
     unless it couples them: then one map of the whole volume).
 
     With photon noise each plane (or the volume) has its own: the weights are taken at its ``mean`` (input units).
+    ``check()`` runs in every CG iteration of the probes (a cancel raises from it).
     """
     volume = () if run.depth is None else (run.depth,)
     image_shape = (*volume, run.layout.channels, *run.operator.image_hw(run.layout.hw))
@@ -537,10 +665,12 @@ def data_share_planes(
         estimates = torch.from_numpy(run.scale.to_model(mean))
         weights = variance.weights(run.operator.forward(estimates))
         if volume:
-            return share_map(prior, run, noise, prior_sd, image_shape, measurement_shape, weights).astype(np.float32)
-        maps = [share_map(prior, run, noise, prior_sd, image_shape, measurement_shape, w) for w in weights]
+            return share_map(prior, run, noise, prior_sd, image_shape, measurement_shape, weights, check).astype(
+                np.float32
+            )
+        maps = [share_map(prior, run, noise, prior_sd, image_shape, measurement_shape, w, check) for w in weights]
         return np.stack(maps).astype(np.float32)
-    share = share_map(prior, run, noise, prior_sd, image_shape, measurement_shape)
+    share = share_map(prior, run, noise, prior_sd, image_shape, measurement_shape, check=check)
     return np.broadcast_to(share, (len(run.measured), *image_shape[-3:])).astype(np.float32)
 
 
@@ -552,6 +682,7 @@ def share_map(
     image_shape: tuple[int, ...],
     measurement_shape: tuple[int, ...],
     weights: torch.Tensor | None = None,
+    check: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """One data-share map (the probes seeded with :data:`PROBE_SEED`), checked finite."""
     generator = torch.Generator().manual_seed(PROBE_SEED)
@@ -564,6 +695,7 @@ def share_map(
         generator=generator,
         device=prior.device,
         weights=weights,
+        check=check,
     )
     check_finite(share, "the data share")
     return share.cpu().numpy()

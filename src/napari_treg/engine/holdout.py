@@ -61,7 +61,7 @@ LEVEL = 0.9
 #: the factor is applied when the mean square standardised residual at c = 1, and the held-out coverage, are this
 #: many standard errors from 1 and from LEVEL
 SIGNIFICANCE = 2.0
-#: ``step(x, y, operator, seed, prior_sd=...)``: the noise-aware last step of an ensemble's samples
+#: ``step(x, y, operator, seeds, prior_sd=...)``: the noise-aware last step of an ensemble's samples
 Step = Callable[..., torch.Tensor]
 
 
@@ -174,11 +174,11 @@ class HoldoutCheck:
         each sample's prediction of the held-out values."""
         first_seed = self.run.options.seed
 
-        def record(x: torch.Tensor, y: torch.Tensor, operator: LinearOperator, seed: int) -> torch.Tensor:
-            out = step(x, y, operator, seed, prior_sd=self.prior_sd)
+        def record(x: torch.Tensor, y: torch.Tensor, operator: LinearOperator, seeds: list[int]) -> torch.Tensor:
+            out = step(x, y, operator, seeds, prior_sd=self.prior_sd)
             predicted = self.run.operator.forward(out.double()).numpy()[..., self.hidden]  # (B, C, held out)
-            for b, values in enumerate(predicted):
-                self.predictions[seed - first_seed + b] = values
+            for seed, values in zip(seeds, predicted):
+                self.predictions[seed - first_seed] = values
             return out
 
         return restorer.variant(restorer.config, record)
@@ -229,19 +229,19 @@ class Correction:
         self.count = [0] * planes
         self.restorer = restorer.variant(restorer.config, self.finish)
 
-    def finish(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator, seed: int) -> torch.Tensor:
+    def finish(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator, seeds: list[int]) -> torch.Tensor:
         check = self.check
-        plain = self.step(x, y, operator, seed, prior_sd=check.prior_sd).double().numpy()
+        plain = self.step(x, y, operator, seeds, prior_sd=check.prior_sd).double().numpy()
         planes = len(self.prior_sums)
         for b in range(len(x)):
-            i = (seed - check.run.options.seed + b) % planes
+            i = (seeds[b] - check.run.options.seed) % planes
             self.prior_sums[i] = self.prior_sums[i] + x[b].double().numpy()
             self.count[i] += 1
             if not self.plain[i]:
                 self.plain[i] = [np.zeros_like(plain[b]), np.zeros_like(plain[b])]
             self.plain[i][0] += plain[b]
             self.plain[i][1] += np.square(plain[b])
-        return self.step(check.factor * x, y, operator, seed, prior_sd=check.factor * check.prior_sd)
+        return self.step(check.factor * x, y, operator, seeds, prior_sd=check.factor * check.prior_sd)
 
     def shift(self) -> np.ndarray:
         """``(1 - c) M' lam' xbar_p`` per plane ``(N, C, H, W)`` in the run's output units (a difference)."""

@@ -42,8 +42,8 @@ from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
 #: ``hook(first, count, state)`` after every sampler step of planes ``first .. first + count - 1``
 StepHook = Callable[[int, int, dict], None]
-#: ``finish(x, y, operator, seed)``: a last step on a batch's samples (model units; uncertainty.py)
-FinishHook = Callable[[torch.Tensor, torch.Tensor, LinearOperator, int], torch.Tensor]
+#: ``finish(x, y, operator, seeds)``: a last step on a batch's samples, one seed each (model units; ensemble.py)
+FinishHook = Callable[[torch.Tensor, torch.Tensor, LinearOperator, list[int]], torch.Tensor]
 #: ``place(preview, unit)``: a unit's preview placed in the whole image (tiled runs)
 PlacePreview = Callable[[np.ndarray, int], "np.ndarray | None"]
 
@@ -235,6 +235,13 @@ class Run:
             "model_units": self.variance.as_dict(),
             "source": self.noise_model_source,
         }
+
+    #: the seed of unit ``k`` (plane, or tile-major tile and plane); None: ``options.seed + k``
+    seed_of: Callable[[int], int] | None = None
+
+    def unit_seed(self, unit: int) -> int:
+        """The seed of unit ``unit`` of this run's solve calls."""
+        return self.options.seed + unit if self.seed_of is None else self.seed_of(unit)
 
     @property
     def planes(self) -> np.ndarray:
@@ -461,7 +468,7 @@ class Restorer:
             return self.solve_planes(
                 units,
                 operator,
-                seed=run.options.seed + offset,
+                seeds=[run.unit_seed(offset + k) for k in range(len(units))],
                 batch_size=batch_size,
                 to_output=run.to_output,
                 hook=hook,
@@ -479,7 +486,7 @@ class Restorer:
         planes: np.ndarray,
         operator: LinearOperator,
         *,
-        seed: int,
+        seeds: list[int],
         batch_size: int,
         to_output: Callable[[torch.Tensor], np.ndarray],
         hook: StepHook | None = None,
@@ -487,7 +494,7 @@ class Restorer:
         variance: NoiseVariance | None = None,
         depth: int | None = None,
     ) -> np.ndarray:
-        """Solve measurement planes ``(N, C, h, w)`` (model units) in batches; plane ``k`` uses ``seed + k``.
+        """Solve measurement planes ``(N, C, h, w)`` (model units) in batches; plane ``k`` uses ``seeds[k]``.
 
         Returns ``to_output`` of the restored planes ``(N, C, H, W)``; ``conflicts`` collects the
         text-conflict evidence of every batch; ``variance``: photon noise (None: one Gaussian level).
@@ -502,7 +509,8 @@ class Restorer:
         for first in range(0, len(planes), group):
             y = torch.from_numpy(np.ascontiguousarray(planes[first : first + group]))
             callback = None if hook is None else functools.partial(hook, first, len(y))
-            batch = self.solve_batch(y, operator, seed + first, callback, conflicts, variance, prior)
+            batch_seeds = seeds[first : first + len(y)]
+            batch = self.solve_batch(y, operator, batch_seeds, callback, conflicts, variance, prior)
             results.append(to_output(batch))
         return np.concatenate(results)
 
@@ -510,13 +518,14 @@ class Restorer:
         self,
         y: torch.Tensor,
         operator: LinearOperator,
-        seed: int,
+        seeds: list[int],
         callback: Callable[[dict], None] | None,
         conflicts: ConflictLog | None = None,
         variance: NoiseVariance | None = None,
         prior: DiffusionPrior | None = None,
     ) -> torch.Tensor:
-        """One batch ``(B, C, h, w)``: pad to the model's size multiple, sample, crop back (model units).
+        """One batch ``(B, C, h, w)``, plane ``k`` with ``seeds[k]``: pad to the model's size multiple, sample,
+        crop back (model units).
 
         ``prior``: the model as the sampler calls it (a volume's :class:`PlaneChunks`); default the restorer's.
         """
@@ -527,7 +536,7 @@ class Restorer:
         padded_hw = operator.image_hw((measurement_hw[0] + pad_h, measurement_hw[1] + pad_w))
         padded = operator.padded(padded_hw[0] - image_hw[0], padded_hw[1] - image_hw[1])
         batch = y.shape[0]
-        generators = [torch.Generator().manual_seed(seed + k) for k in range(batch)]
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         check = None if conflicts is None else conflicts.check(self.prior, padded, y_model)
         x = self.sampler(
             self.prior if prior is None else prior,
@@ -544,7 +553,7 @@ class Restorer:
         if conflicts is not None:
             conflicts.add(check)
         x = imaging.from_rgb(x[..., : image_hw[0], : image_hw[1]].detach().cpu(), y.shape[1])
-        return x if self._finish is None else self._finish(x, y, operator, seed)
+        return x if self._finish is None else self._finish(x, y, operator, seeds)
 
     def preview(self, z0: torch.Tensor, run: Run, hw: tuple[int, int]) -> np.ndarray:
         """The estimate ``z0`` of one plane, decoded and shaped like one output plane (input units)."""

@@ -10,6 +10,8 @@ and exactly adjoint.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -63,6 +65,25 @@ def correlate_axis_adjoint(
     return scatter_axis(padded, index, dim, size)
 
 
+def _float32_on_cpu(conv):
+    """Run a float16 convolution on the CPU in float32 and round the result back to float16.
+
+    For float16 on the CPU torch 2.13 picks its generic ``Slow2d`` kernel (float32 and bfloat16 go
+    to oneDNN; ``torch._C._select_conv_backend`` on an AMD EPYC), and a float16 1x25 depthwise
+    convolution was seen running past 900 s on a Sapphire Rapids-class CPU (issue 33). float32
+    gives the same values up to float16 rounding.
+    """
+
+    @functools.wraps(conv)
+    def run(x: torch.Tensor, taps: torch.Tensor, *args):
+        if x.dtype == torch.float16 and x.device.type == "cpu":
+            return conv(x.float(), taps.float(), *args).to(torch.float16)
+        return conv(x, taps, *args)
+
+    return run
+
+
+@_float32_on_cpu
 def _strided_correlation(x: torch.Tensor, taps: torch.Tensor, stride: int, dim: int) -> torch.Tensor:
     channels = x.shape[1]
     weight = _axis_weight(taps, channels, dim)
@@ -70,6 +91,7 @@ def _strided_correlation(x: torch.Tensor, taps: torch.Tensor, stride: int, dim: 
     return F.conv2d(x, weight, stride=step, groups=channels)
 
 
+@_float32_on_cpu
 def _strided_correlation_adjoint(y: torch.Tensor, taps: torch.Tensor, stride: int, dim: int) -> torch.Tensor:
     channels = y.shape[1]
     weight = _axis_weight(taps, channels, dim)
@@ -82,6 +104,7 @@ def _axis_weight(taps: torch.Tensor, channels: int, dim: int) -> torch.Tensor:
     return column.expand(channels, -1, -1, -1).contiguous()
 
 
+@_float32_on_cpu
 def correlate_2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Same-size correlation with a 2D kernel ``(kh, kw)`` centred at ``(kh // 2, kw // 2)``."""
     kh, kw = kernel.shape
@@ -93,6 +116,7 @@ def correlate_2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(padded, weight, groups=x.shape[1])
 
 
+@_float32_on_cpu
 def correlate_2d_adjoint(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Adjoint of :func:`correlate_2d`."""
     kh, kw = kernel.shape

@@ -7,6 +7,8 @@ the current estimate ``x0``.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from napari_treg.operators import LinearOperator
@@ -23,19 +25,28 @@ def _volume_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def conjugate_gradient(
-    apply: callable, rhs: torch.Tensor, x: torch.Tensor, iterations: int, *, volume: bool = False
+    apply: callable,
+    rhs: torch.Tensor,
+    x: torch.Tensor,
+    iterations: int,
+    *,
+    volume: bool = False,
+    check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Solve ``apply(x) = rhs`` (symmetric positive definite) for each sample of a batch.
 
     Starts at ``x``, runs a fixed number of iterations (no host synchronisation),
     and stops updating a sample once its residual is exactly zero. ``volume``: the batch is
     the planes of one volume, solved as one system (one inner product over all planes).
+    ``check()`` is called before every iteration (it may raise, e.g. :class:`~napari_treg.errors.Cancelled`).
     """
     dot = _volume_dot if volume else _dot
     r = rhs - apply(x)
     p = r.clone()
     rr = dot(r, r)
     for _ in range(iterations):
+        if check is not None:
+            check()
         ap = apply(p)
         pap = dot(p, ap)
         alpha = torch.where(pap > 0, rr / pap.clamp_min(torch.finfo(pap.dtype).tiny), torch.zeros_like(pap))
@@ -55,20 +66,22 @@ def data_consistency(
     lam: float,
     iterations: int,
     weights: torch.Tensor | None = None,
+    check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """``argmin_x ||y - A x||_W^2 + lam ||x - x0||^2`` by CG started at ``x0``.
 
     ``weights``: ``W`` per measured value, shaped like ``y`` (None: ``W = I``, the plain solve).
     An operator that couples planes (``couples_planes``, e.g. a 3-D blur) is solved over the
-    whole batch as one volume; any other, plane by plane.
+    whole batch as one volume; any other, plane by plane. ``check``: see :func:`conjugate_gradient`.
     """
     volume = operator.couples_planes
     if weights is None:
         rhs = operator.adjoint(y) + lam * x0
-        return conjugate_gradient(lambda v: operator.normal(v) + lam * v, rhs, x0, iterations, volume=volume)
+        apply = lambda v: operator.normal(v) + lam * v  # noqa: E731
+        return conjugate_gradient(apply, rhs, x0, iterations, volume=volume, check=check)
     rhs = operator.adjoint(weights * y) + lam * x0
 
-    def apply(v):
+    def weighted(v):
         return operator.adjoint(weights * operator.forward(v)) + lam * v
 
-    return conjugate_gradient(apply, rhs, x0, iterations, volume=volume)
+    return conjugate_gradient(weighted, rhs, x0, iterations, volume=volume, check=check)

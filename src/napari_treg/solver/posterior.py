@@ -49,6 +49,7 @@ gave the dark pixels 0.84 of the exact variance and 83.6 % coverage; the refined
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -62,6 +63,14 @@ MIN_CG_ITERATIONS, MAX_CG_ITERATIONS = 10, 300
 DATA_SHARE_PROBES = 64
 #: probes solved together (bounds the memory of the estimate)
 PROBES_PER_SOLVE = 16
+#: the most probe values (probes x image values) solved together: fewer probes at a time for large images
+PROBE_VALUES = 2**21
+
+
+def probes_per_solve(image_values: int) -> int:
+    """Probes solved together for an image of ``image_values`` values: :data:`PROBES_PER_SOLVE`, or fewer
+    so that at most :data:`PROBE_VALUES` values are solved at once (at least one probe)."""
+    return max(1, min(PROBES_PER_SOLVE, PROBE_VALUES // max(1, image_values)))
 
 
 def proximal_weight(noise: float, prior_sd: float) -> float:
@@ -89,25 +98,27 @@ def perturb_and_map(
     perturbation: torch.Tensor,
     iterations: int | None = None,
     variance: NoiseVariance | None = None,
+    check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """One posterior draw per sample: the data step against ``y + noise * perturbation`` around ``x_sample``.
 
     ``y`` ``(B, C, h, w)`` measurements, ``x_sample`` ``(B, C, H, W)`` the sampler's samples,
     ``perturbation`` standard normal noise shaped like ``y``; all in the same (model) units.
     ``variance``: per-value noise; each value is then perturbed by ``sqrt(var(A x_sample))`` and
-    weighted by ``floor / var`` (``noise`` is not used).
+    weighted by ``floor / var`` (``noise`` is not used). ``check()`` is called before every CG
+    iteration (a cancel raises from it).
     """
     if variance is None:
         target = operator.measured(y + noise * perturbation)
         lam = proximal_weight(noise, prior_sd)
-        return data_consistency(operator, target, x_sample, lam, iterations or cg_iterations(lam))
+        return data_consistency(operator, target, x_sample, lam, iterations or cg_iterations(lam), check=check)
     lam = proximal_weight(variance.floor_sd, prior_sd)
     iterations = iterations or cg_iterations(lam)
     var = variance.of(operator.forward(x_sample))
-    x_hat = data_consistency(operator, operator.measured(y), x_sample, lam, iterations, variance.floor / var)
+    x_hat = data_consistency(operator, operator.measured(y), x_sample, lam, iterations, variance.floor / var, check)
     var = variance.of(operator.forward(x_hat))
     target = operator.measured(y + var.sqrt() * perturbation)
-    return data_consistency(operator, target, x_sample, lam, iterations, variance.floor / var)
+    return data_consistency(operator, target, x_sample, lam, iterations, variance.floor / var, check)
 
 
 def data_share(
@@ -122,18 +133,20 @@ def data_share(
     iterations: int | None = None,
     device: torch.device | str = "cpu",
     weights: torch.Tensor | None = None,
+    check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Per pixel ``1 - C_ii / tau^2`` for one image ``image_shape`` ``(C, H, W)``, clipped to [0, 1].
 
     ``measurement_shape`` ``(C, h, w)`` is the shape of ``A x``. ``weights``: per-value data weights
     ``floor / var`` shaped like it (``noise`` is then the floor's sd), from the same weighted system.
     For an operator that couples planes both shapes are a whole volume's, ``(Z, C, H, W)``, and each
-    probe is one solve of the volume.
+    probe is one solve of the volume. ``check()`` is called before every CG iteration of every probe
+    solve (a cancel raises from it).
     """
     lam = proximal_weight(noise, prior_sd)
     volume = operator.couples_planes
     total = torch.zeros(image_shape, device=device)
-    per_solve = 1 if volume else PROBES_PER_SOLVE
+    per_solve = 1 if volume else probes_per_solve(math.prod(image_shape))
     for first in range(0, probes, per_solve):
         count = min(per_solve, probes - first)
         signs = torch.randint(0, 2, (count, *image_shape), generator=generator).to(device, torch.float32) * 2 - 1
@@ -142,6 +155,8 @@ def data_share(
         if volume:
             signs, zeros = signs[0], zeros[0]  # one probe: the volume's planes are the batch
             weight = None if weight is None else weight[0]
-        solved = data_consistency(operator, zeros, signs, lam, iterations or cg_iterations(lam), weight)  # lam (.)^-1 r
+        solved = data_consistency(
+            operator, zeros, signs, lam, iterations or cg_iterations(lam), weight, check
+        )  # lam (.)^-1 r
         total += signs * solved if volume else (signs * solved).sum(dim=0)
     return (1.0 - total / probes).clamp(0.0, 1.0)
