@@ -20,6 +20,8 @@ CURRENT_PLANE = "current plane"
 WHOLE_STACK = "whole stack"
 #: metadata keys of layers the plugin makes that are never offered as inputs
 PREVIEW_KEY = "treg_preview"
+#: metadata key of a simulated measurement's record (its operator, noise level and clean source layer)
+SIMULATION_KEY = "treg_simulation"
 RESULT_KEYS = ("treg", "treg_residual", PREVIEW_KEY)
 
 
@@ -29,6 +31,11 @@ RESULT_KEYS = ("treg", "treg_residual", PREVIEW_KEY)
 def is_preview(layer: Any) -> bool:
     """The live preview of a running restoration."""
     return bool(layer.metadata.get(PREVIEW_KEY))
+
+
+def simulation_record(layer: Any) -> dict:
+    """What "Simulate degradation" (or a sample) recorded on a measurement layer (operator, noise, source); {} if none."""
+    return {} if layer is None else dict(layer.metadata.get(SIMULATION_KEY, {}))
 
 
 def is_result(layer: Any) -> bool:

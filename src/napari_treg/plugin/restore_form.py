@@ -45,6 +45,7 @@ from napari_treg.plugin.layers import (
     leading_shape,
     mask_for_planes,
     select_planes,
+    simulation_record,
 )
 from napari_treg.plugin.restoration import RestoreRequest, check_ensemble_request
 from napari_treg.settings import spec_named, specs
@@ -323,7 +324,7 @@ def follow_layer(form: Any, viewer: napari.Viewer, memory: SetFromLayer) -> None
     its defaults (a text the user has edited since stays).
     """
     layer = form.image.value
-    record = {} if layer is None else dict(layer.metadata.get("treg_simulation", {}))
+    record = simulation_record(layer)
     layers = viewer.layers
     if "operator" in record:
         apply_operator_record(form.inputs, record["operator"], layers)
