@@ -34,7 +34,7 @@ def is_preview(layer: Any) -> bool:
 
 
 def simulation_record(layer: Any) -> dict:
-    """What "Simulate degradation" (or a sample) recorded on a measurement layer (operator, noise, source); {} if none."""
+    """What "Simulate degradation" (or a sample) recorded on a measurement (operator, noise, source); {} if none."""
     return {} if layer is None else dict(layer.metadata.get(SIMULATION_KEY, {}))
 
 

@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     from napari_treg.plugin.restoration import Outcome
 
 CANCELLED = "Cancelled: nothing was added."
+
+
+def input_removed_line(name: str) -> str:
+    """Why a run stopped by itself when its input layer was removed, and what to do."""
+    return (
+        f"Stopped: the input layer '{name}' was removed from the viewer; nothing was added. Add it again to restore it."
+    )
+
+
 #: how a widget starts a failure's message, by :attr:`Failure.kind`
 LEADS = {
     "cancelled": "Restoration cancelled",

@@ -361,17 +361,14 @@ def follow_text(form: Any, record: dict, memory: SetFromLayer) -> None:
 
 
 def takes_new_layer(layer: Any, current: Any, running: bool) -> bool:
-    """Whether a layer just added should replace the chosen image: a visible measurement replacing a
-    hidden or derived choice (never during a run)."""
+    """Whether a layer just added should replace the chosen image (never during a run): a visible
+    measurement replacing a hidden or derived choice, or the clean image it was simulated from."""
     from napari.layers import Image
 
-    return (
-        isinstance(layer, Image)
-        and layer.visible
-        and not is_result(layer)
-        and (current is None or not current.visible or is_result(current))
-        and not running
-    )
+    if running or not isinstance(layer, Image) or not layer.visible or is_result(layer):
+        return False
+    simulated_from_current = current is not None and simulation_record(layer).get("source_layer") == current.name
+    return current is None or not current.visible or is_result(current) or simulated_from_current
 
 
 # -- reading the form into a run -------------------------------------------------------------

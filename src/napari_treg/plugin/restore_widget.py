@@ -29,7 +29,14 @@ from napari_treg.errors import Cancelled, TRegError
 from napari_treg.imaging.metrics import format_metrics
 from napari_treg.plugin import restore_form
 from napari_treg.plugin.layers import result_name
-from napari_treg.plugin.messages import data_consistency_line, done_line, ensemble_step_line, explain_error, is_constant
+from napari_treg.plugin.messages import (
+    data_consistency_line,
+    done_line,
+    ensemble_step_line,
+    explain_error,
+    input_removed_line,
+    is_constant,
+)
 from napari_treg.plugin.output_layers import add_outputs, remove_preview, run_outputs, show_preview, taken_names
 from napari_treg.plugin.restoration import Outcome, RestoreRequest, run_request
 from napari_treg.plugin.status import StatusPanel
@@ -56,6 +63,7 @@ class RestoreWidget(Container):
         self.activity: ActivityProgress | None = None  # the run's bar in napari's activity dock
         self._sections = (*sections, panel)
         self._state = RunState()
+        self._stop_reason: str | None = None  # why a run was stopped other than by Cancel
         self._memory = restore_form.SetFromLayer()
         self.relay = Relay(self.native, step=self._on_step, status=self._on_status)
         self.scroll_area, self.advanced_frame = restore_form.frame_sections(sections[:-1])
@@ -69,8 +77,8 @@ class RestoreWidget(Container):
         for widget in (self.model, self.model_path, self.device, self.dtype, self.low_memory):
             widget.changed.connect(self._model_changed)
         viewer.layers.events.inserted.connect(self._layer_inserted)
-        for event in ("removed", "reordered"):
-            getattr(viewer.layers.events, event).connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self._layer_removed)
+        viewer.layers.events.reordered.connect(self.reset_choices)
         # stop a run and free the model when the widget goes: its dock closed (it is then un-parented) or deleted
         stop = functools.partial(shutdown, self._state)
         self._close_watcher = CloseWatcher(self.native, stop)
@@ -106,6 +114,17 @@ class RestoreWidget(Container):
         if restore_form.takes_new_layer(event.value, self.image.value, self.is_running):
             self.image.value = event.value
 
+    def _layer_removed(self, event: Any) -> None:
+        """A run whose input leaves the viewer stops at once, and its preview goes with it."""
+        request = self._state.request
+        if request is not None and event.value is request.source and not request.cancel.is_set():
+            self._stop_reason = input_removed_line(request.source.name)
+            request.cancel.set()
+            self.cancel_button.enabled = False
+            remove_preview(self.viewer)
+            self.status_panel.say(self._stop_reason)
+        self.reset_choices()
+
     def _prefer_visible_measurement(self) -> None:
         """At start: the top visible layer that is not a TReg result (the choices are ranked that way)."""
         self.image.reset_choices()
@@ -137,6 +156,7 @@ class RestoreWidget(Container):
             self.status_panel.failed(explain_error(error))
             return None
         self._state.request = request
+        self._stop_reason = None
         self._set_running(True)
         self.activity = ActivityProgress("TReg: loading model", cancel=self.cancel)
         self._on_status(f"loading model {request.model.model}", None)
@@ -185,7 +205,7 @@ class RestoreWidget(Container):
         if request is None:
             return
         if request.cancel.is_set():  # cancelled after the last step: still nothing is added
-            self.status_panel.cancelled()
+            self._cancelled(request)
             return
         try:
             self.show_result(request, outcome)
@@ -221,6 +241,7 @@ class RestoreWidget(Container):
     def _show_side_by_side(self, samples: int) -> str:
         """Grid view, so mean, std and data share are seen side by side; says how to turn it off."""
         self.viewer.canvas.grid.enabled = True
+        self.viewer.reset_view()  # each tile shows its whole map, not the single view's zoomed crop
         return (
             f"Ensemble of {samples}: mean, std (spread), data share (green = measured, pink = invented)"
             " side by side in grid view; the grid button (bottom left) or Ctrl+G turns it off."
@@ -230,10 +251,16 @@ class RestoreWidget(Container):
         """A warning about the run: a line in the status (kept under the summary) and a napari notification."""
         self.status_panel.warn(message)
 
+    def _cancelled(self, request: RestoreRequest | None) -> None:
+        """Nothing was added: say why, and select the input again (the preview, now gone, was selected)."""
+        self.status_panel.cancelled(self._stop_reason)
+        if request is not None and request.source in self.viewer.layers:
+            self.viewer.layers.selection.active = request.source
+
     def _on_errored(self, error: BaseException) -> None:
         remove_preview(self.viewer)
         if isinstance(error, Cancelled):
-            self.status_panel.cancelled()
+            self._cancelled(self._state.request)
         else:
             self.status_panel.failed(explain_error(error))
 

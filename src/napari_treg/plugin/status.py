@@ -68,9 +68,10 @@ class StatusPanel(Container):
         self.status.value = f"{current}\n{line}" if current else line
         show_warning(f"TReg: {message}")
 
-    def cancelled(self) -> None:
+    def cancelled(self, reason: str | None = None) -> None:
+        """The run stopped and added nothing: ``reason`` (a run stopped by itself) or the plain cancel line."""
         self.reset_progress()
-        self.say(CANCELLED)
+        self.say(reason or CANCELLED)
 
     # -- the progress bar --------------------------------------------------------------------
 
