@@ -76,6 +76,12 @@ def headline(text: str) -> str:
     return first if first.endswith((".", "!", "?")) else first + "."
 
 
+def after_headline(text: str) -> str:
+    """What ``text`` says after its first sentence (the status line's :func:`headline`); "" if nothing."""
+    text = text.strip()
+    return text[len(first_sentence(text)) :].strip()
+
+
 def sentence_case(message: str) -> str:
     return message[:1].upper() + message[1:]
 
