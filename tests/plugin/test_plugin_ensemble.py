@@ -138,7 +138,7 @@ def test_bad_ensembles_are_refused_before_the_worker_starts(restore_widget, monk
     started = []
     monkeypatch.setattr(restore_module, "start_worker", lambda *args: started.append(args))
     assert restore_widget.run() is None
-    assert not started and "noise level was estimated as 0" in restore_widget.status_panel.details.value
+    assert not started and "noise level was estimated as 0" in restore_widget.status.tooltip
     assert [layer.name for layer in viewer.layers] == ["flat"]
     restore_widget.noise.value = 0.05  # given, it need not be estimated
     request = restore_widget.make_request()

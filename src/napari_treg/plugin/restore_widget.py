@@ -28,20 +28,23 @@ from napari_treg.engine.restorer import Progress
 from napari_treg.errors import Cancelled, TRegError
 from napari_treg.imaging.metrics import format_metrics
 from napari_treg.plugin import restore_form
+from napari_treg.plugin.choices import RANDOM_TEXT_MODELS
 from napari_treg.plugin.layers import result_name
 from napari_treg.plugin.messages import (
-    data_consistency_line,
+    Note,
     done_line,
+    ensemble_note,
     ensemble_step_line,
     explain_error,
+    fit_note,
     input_removed_line,
     is_constant,
+    text_check_notes,
 )
 from napari_treg.plugin.output_layers import add_outputs, remove_preview, run_outputs, show_preview, taken_names
 from napari_treg.plugin.restoration import Outcome, RestoreRequest, run_request
 from napari_treg.plugin.status import StatusPanel
 from napari_treg.plugin.worker import ActivityProgress, CloseWatcher, Relay, RunState, shutdown, start_worker
-from napari_treg.solver.conflict import conflict_message, unchecked_message
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 
 if TYPE_CHECKING:
@@ -214,38 +217,36 @@ class RestoreWidget(Container):
             return
         for message in outcome.warnings:
             self.warn(message)
-        conflict = conflict_message(outcome.info)
+        _, conflict = text_check_notes(outcome.info, request.model.model in RANDOM_TEXT_MODELS)
         if conflict is not None:
-            self.warn(conflict)
+            self.status_panel.warn(conflict.text, conflict.details)
 
     def show_result(self, request: RestoreRequest, outcome: Outcome) -> None:
-        """Add the run's layers over its input and say how it went."""
+        """Add the run's layers over its input and say how it went (plain lines; the numbers under Details)."""
         name = result_name(request.source.name, taken_names([layer.name for layer in self.viewer.layers]))
         outputs = run_outputs(request, outcome, name)
         add_outputs(self.viewer, request, name, outputs)
         added = name if outcome.ensemble is None else f"{name} mean"
-        lines = [done_line(added, outcome), data_consistency_line(outcome.info, is_constant(request.planes.data))]
+        notes = [Note(done_line(added, outcome)), fit_note(outcome.info, is_constant(request.planes.data))]
         if outcome.ensemble is not None:
-            lines.append(self._show_side_by_side(request.samples))
+            self._show_side_by_side()
+            notes.append(ensemble_note(request.samples))
         if outcome.residual is not None:
-            lines.append(f"The residual layer is below it, hidden: '{name} residual'.")
+            notes.append(Note(f"The residual layer is below it, hidden: '{name} residual'."))
         if outcome.metrics:
-            lines.append(f"Against '{request.record['reference']}': {format_metrics(outcome.metrics)}.")
+            notes.append(Note(f"Against '{request.record['reference']}': {format_metrics(outcome.metrics)}."))
         if outcome.info.get("test_model"):
-            lines.append(f"Test model: {outcome.info.get('model')}.")
-        unchecked = unchecked_message(outcome.info)
+            notes.append(Note(f"Test model: {outcome.info.get('model')}."))
+        unchecked, _ = text_check_notes(outcome.info, request.model.model in RANDOM_TEXT_MODELS)
         if unchecked is not None:
-            lines.append(unchecked)
-        self.status_panel.say("\n".join(lines))
+            notes.append(unchecked)
+        details = "\n".join(note.details for note in notes if note.details)
+        self.status_panel.say("\n".join(note.text for note in notes), details)
 
-    def _show_side_by_side(self, samples: int) -> str:
-        """Grid view, so mean, std and data share are seen side by side; says how to turn it off."""
+    def _show_side_by_side(self) -> None:
+        """Grid view, so mean, std and data share are seen side by side, each tile showing its whole map."""
         self.viewer.canvas.grid.enabled = True
-        self.viewer.reset_view()  # each tile shows its whole map, not the single view's zoomed crop
-        return (
-            f"Ensemble of {samples}: mean, std (spread), data share (green = measured, pink = invented)"
-            " side by side in grid view; the grid button (bottom left) or Ctrl+G turns it off."
-        )
+        self.viewer.reset_view()
 
     def warn(self, message: str) -> None:
         """A warning about the run: a line in the status (kept under the summary) and a napari notification."""
