@@ -83,3 +83,24 @@ def test_a_simulated_measurement_becomes_the_input(restore_widget):
     measurement = simulate.simulate()
     assert restore_widget.image.value is measurement
     assert restore_widget.reference.value is clean and restore_widget.operator.value == "gauss"
+
+
+def test_an_array_whose_last_axis_looks_like_channels_gets_a_hint(restore_widget):
+    """Issue 35.5: a (Y, X, 2) array is Y images of X x 2 pixels to napari; it got no hint, only a size error."""
+    viewer = restore_widget.viewer
+    viewer.add_image(np.random.default_rng(0).random((32, 32, 2)).astype(np.float32), name="two")
+    restore_widget.operator.value = "denoise"
+    assert restore_widget.run() is None
+    message = restore_widget.status.tooltip
+    assert "looks like channels" in message and "channel_axis=-1" in message
+
+
+def test_a_mask_of_another_size_is_named_as_such(restore_widget):
+    """Issue 35.5: a wrong-size mask over an RGB image got 'every pixel missing', not its size."""
+    viewer = restore_widget.viewer
+    viewer.add_image(np.random.default_rng(0).random((32, 32, 3)).astype(np.float32), name="rgb", rgb=True)
+    viewer.add_labels(np.ones((16, 16), np.uint8), name="mask")
+    restore_widget.operator.value = "inpaint"
+    restore_widget.mask.value = viewer.layers["mask"]
+    assert restore_widget.run() is None
+    assert restore_widget.status.value.startswith("Cannot restore: the mask is 16x16 but the image is 32x32")

@@ -36,10 +36,12 @@ from napari_treg.plugin.forms import (
     reset_operator,
     setting_widget,
     show_operator,
+    visible_parameters,
 )
 from napari_treg.plugin.layers import (
     CURRENT_PLANE,
     WHOLE_STACK,
+    check_not_channels,
     current_plane_index,
     is_result,
     leading_shape,
@@ -407,9 +409,10 @@ def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:
         raise InvalidInputError("choose the image to restore: add an Image layer and select it under 'image'")
     if getattr(layer, "multiscale", False):
         raise InvalidInputError("multiscale images are not supported: open the full-resolution level only")
+    check_not_channels(layer.name, np.shape(layer.data), layer.rgb)
     planes = select_planes(layer.data, layer.rgb, form.planes.value, plane_index(viewer, layer))
     mask = None
-    if form.mask.visible and form.mask.value is not None:
+    if visible_parameters(form.operator.value)["mask"] and form.mask.value is not None:
         mask = mask_for_planes(form.mask.value.data, planes, np.shape(layer.data), layer.rgb)
     operator = operator_from_form(form.inputs, mask=mask)
     plane_hw = np.shape(planes.data)[-3:-1] if layer.rgb else np.shape(planes.data)[-2:]
