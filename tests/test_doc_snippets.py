@@ -72,3 +72,29 @@ def test_every_python_snippet_runs(doc, make_napari_viewer, qtbot, offline_and_q
         assert len(viewer.layers) > layers, f"{doc} snippet {number} added no layer"
     assert "Traceback" not in capsys.readouterr().err
     assert offline_and_quick and max(offline_and_quick) <= 2  # every engine ran the quick steps
+
+
+def test_the_readme_command_line_example_runs_from_nothing(tmp_path):
+    """Issue 35: the README's CLI example needed a cat.png nobody had. Its lines run in an empty folder, the
+    restore with the tiny test model and 1 step appended (later options win), so it runs offline and fast."""
+    import shlex
+    import subprocess
+    import sys
+
+    block = re.search(
+        r"^```bash\n(.*?)^```",
+        (ROOT / "README.md").read_text(encoding="utf-8").split("## From the command line")[1],
+        re.DOTALL | re.MULTILINE,
+    ).group(1)
+    commands = [line for line in block.replace("\\\n", " ").splitlines() if line and not line.startswith("#")]
+    assert [shlex.split(line)[0] for line in commands] == ["python", "napari-treg", "napari-treg"]
+    for line in commands:
+        argv = shlex.split(line)
+        argv = (
+            [sys.executable, *argv[1:]] if argv[0] == "python" else [sys.executable, "-m", "napari_treg.cli", *argv[1:]]
+        )
+        if "restore" in argv:
+            argv += ["--model", "tiny", "--steps", "1", "--device", "cpu", "-q"]
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cat_sr.png").exists()

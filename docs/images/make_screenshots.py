@@ -1,11 +1,12 @@
 """Regenerate the user guide's screenshots.
 
-    xvfb-run -a -s "-screen 0 1366x768x24" python docs/images/make_screenshots.py
-    xvfb-run -a -s "-screen 0 1366x768x24" python docs/images/make_screenshots.py ensemble   # that shot only
-    xvfb-run -a -s "-screen 0 1366x768x24" python docs/images/make_screenshots.py volume     # a z-stack as a volume
+    xvfb-run -a -s "-screen 0 1280x720x24" python docs/images/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1280x720x24" python docs/images/make_screenshots.py ensemble   # that shot only
+    xvfb-run -a -s "-screen 0 1280x720x24" python docs/images/make_screenshots.py failure    # that shot only
+    xvfb-run -a -s "-screen 0 1280x720x24" python docs/images/make_screenshots.py volume     # a z-stack as a volume
 
-Runs the real napari window (under Xvfb on a headless machine), 1366 x 768 like a small laptop's
-screen, with the Advanced settings closed and open. The result shots use
+Runs the real napari window (under Xvfb on a headless machine), 1280 x 720 like a small laptop's
+screen, with the Advanced settings closed and open, and after a failed run with its details open. The result shots use
 the analytic test prior (an exact prior over two shapes, no downloaded weights), the only prior
 here that makes a meaningful image without Stable Diffusion weights.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-WINDOW = (1366, 768)
+WINDOW = (1280, 720)
 
 
 def save(image: np.ndarray, name: str, width: int | None = None) -> None:
@@ -162,6 +163,22 @@ def volume_shot(viewer) -> None:
     save(viewer.screenshot(canvas_only=False, flash=False), "volume-restored.png", width=1200)
 
 
+def failure_shot(viewer) -> None:
+    """The default model, not downloadable here: the failure's details open, the form still usable above them."""
+    from napari_treg.plugin.demo import open_demo
+
+    viewer.layers.clear()
+    widget = open_demo(viewer, "fluorescence_blur")
+    dock_of(widget.native).raise_()
+    widget.run()
+    wait(widget)
+    widget.status_panel.toggle_details()
+    settle()
+    print(f"failure, details open: the form shows {widget.scroll_area.viewport().height()} px")
+    close_notifications()
+    save(viewer.screenshot(canvas_only=False, flash=False), "restore-failed-details.png", width=1200)
+
+
 def main(argv: list[str]) -> int:
     import napari
 
@@ -170,8 +187,9 @@ def main(argv: list[str]) -> int:
     viewer = napari.Viewer(title="napari-treg")
     viewer.window._qt_window.showMaximized()
     viewer.window._qt_window.resize(*WINDOW)
-    if argv in (["ensemble"], ["volume"]):
-        (ensemble_shot if argv == ["ensemble"] else volume_shot)(viewer)
+    shots = {"ensemble": ensemble_shot, "failure": failure_shot, "volume": volume_shot}
+    if len(argv) == 1 and argv[0] in shots:
+        shots[argv[0]](viewer)
         viewer.close()
         return 0
     widget = open_demo(viewer, "fluorescence_blur")
@@ -241,6 +259,7 @@ def main(argv: list[str]) -> int:
     save(viewer.screenshot(canvas_only=False, flash=False), "result-text-guidance.png", width=1200)
     ensemble_shot(viewer)
     volume_shot(viewer)
+    failure_shot(viewer)
     viewer.close()
     return 0
 

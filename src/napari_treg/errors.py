@@ -21,6 +21,10 @@ class ModelNotFoundError(TRegError, FileNotFoundError):
     """Model weights are missing, unreachable or not a model at all."""
 
 
+class UnknownModelError(InvalidInputError, ModelNotFoundError):
+    """A model name that is no known model, hub id or path: a bad value (the CLI exits 2, as for any)."""
+
+
 class DivergenceError(TRegError, RuntimeError):
     """The sampler produced NaN or inf values."""
 

@@ -327,6 +327,7 @@ def test_a_named_schedule_reaches_restore_and_explicit_options_override_it(monke
         ["restore", "{clean}", "-o", "{tmp}/o.tif", "--operator", "sr", "--factor", "0"],
         ["restore", "{clean}", "-o", "{tmp}/o.tif", "--operator", "denoise", "--steps", "x"],
         ["restore", "{clean}", "--operator", "denoise"],
+        ["restore", "{clean}", "-o", "{tmp}/o.tif", "--operator", "denoise", "--model", "nosuchmodel"],  # issue 35
         ["frobnicate"],
         [],
     ],

@@ -180,3 +180,60 @@ def test_a_folder_ensemble_says_where_its_maps_are(make_napari_viewer, qtbot, tm
     qtbot.waitUntil(lambda: not widget.is_running, timeout=120_000)
     assert "<stem>.std<suffix>, <stem>.data_share<suffix>" in widget.status.value
     assert (tmp_path / "out" / "cells.std.tif").exists() and not widget.map_layers
+
+
+def _stack_widget(viewer, stack, scheduler, **layer_kwargs):
+    layer = viewer.add_image(da.from_array(stack, chunks=(1, *stack.shape[1:])), name="stack", **layer_kwargs)
+    widget = BatchWidget(viewer)
+    widget.image.value = layer
+    widget.operator.value, widget.factor.value = "super_resolution", 2
+    widget.model.value, widget.steps.value, widget.scheduler.value = "analytic", 2, scheduler
+    return widget, layer
+
+
+def _run(widget, qtbot, output) -> None:
+    widget.output.value = str(output)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=120_000)
+
+
+def test_a_run_to_another_output_gets_layers_named_after_it(make_napari_viewer, qtbot, tmp_path, scheduler):
+    """Issue 35.5: the second store's result and maps were the first store's layers, under its name."""
+    stack = (np.random.default_rng(3).random((1, 16, 16)) * 500).astype(np.uint16)
+    viewer = make_napari_viewer()
+    widget, _ = _stack_widget(viewer, stack, scheduler)
+    widget.samples.value = 2
+    _run(widget, qtbot, tmp_path / "first.zarr")
+    first = widget.result_layer
+    _run(widget, qtbot, tmp_path / "second.zarr")
+    assert first in viewer.layers and first.name == "first.zarr (batch)"
+    assert widget.result_layer is not first and widget.result_layer.name == "second.zarr (batch)"
+    assert {m.name for m in widget.map_layers.values()} == {"second.zarr (batch) std", "second.zarr (batch) data share"}
+    assert "first.zarr (batch) std" in viewer.layers  # the first run's maps stay as they were
+
+
+def test_the_result_is_shown_as_its_input(make_napari_viewer, qtbot, tmp_path, scheduler):
+    """Issue 35.5: contrast [0, 1] for data in the hundreds (saturated white); units and colormap dropped."""
+    stack = (200 + np.random.default_rng(4).random((2, 16, 16)) * 500).astype(np.uint16)
+    viewer = make_napari_viewer()
+    widget, layer = _stack_widget(viewer, stack, scheduler, colormap="magenta", units=("um", "um", "um"))
+    layer.axis_labels = ("z", "y", "x")
+    _run(widget, qtbot, tmp_path / "out.zarr")
+    result = widget.result_layer
+    assert widget.status.value.startswith("Done")
+    assert list(result.contrast_limits) == pytest.approx(list(layer.contrast_limits))
+    assert result.contrast_limits[1] > 100
+    assert result.colormap.name == "magenta"
+    assert [str(unit) for unit in result.units] == ["micrometer"] * 3
+    assert tuple(result.axis_labels) == ("z", "y", "x")
+
+
+def test_the_operator_follows_the_record_of_the_layer(make_napari_viewer):
+    """Issue 35.5: on the x2 box-binned stack sample the dock kept x4 bicubic and restored with it."""
+    viewer = make_napari_viewer()
+    widget = BatchWidget(viewer)
+    assert (widget.factor.value, widget.filter.value) == (4, "bicubic")  # the dock's own default
+    viewer.open_sample("napari-treg", "fluorescence_stack_sr")
+    measured = next(layer for layer in viewer.layers if "treg_simulation" in layer.metadata)
+    widget.image.value = measured
+    assert (widget.operator.value, widget.factor.value, widget.filter.value) == ("sr", 2, "box")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
-from napari_treg.failures import describe_failure
+from napari_treg.failures import describe_failure, first_sentence
 from napari_treg.plugin.messages import CANCELLED
 from napari_treg.plugin.status import WARNING_MARK
 
@@ -63,8 +63,10 @@ def test_missing_default_weights_the_status_says_why_like_the_cli(restore_widget
     assert panel.details_shown
     details = restore_widget.details.value
     assert "hf download" in details and "tiny test model" in details
-    assert " ".join(cli_text.split()) in " ".join(details.split())  # the CLI's whole text
-    assert restore_widget.status.tooltip == details
+    rest = cli_text.strip()[len(first_sentence(cli_text.strip())) :]
+    assert " ".join(rest.split()) in " ".join(details.split())  # the rest of the CLI's text
+    assert first_sentence(cli_text) not in details  # issue 35.5: Details add to the headline, not repeat it
+    assert " ".join(cli_text.split()) in " ".join(restore_widget.status.tooltip.split())  # the whole text
     assert _bar_is_idle(restore_widget)
     restore_widget.details_button.native.click()
     assert not panel.details_shown

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from napari_treg.errors import InvalidInputError, ModelNotFoundError
+from napari_treg.errors import InvalidInputError, ModelNotFoundError, UnknownModelError
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.models.devices import resolve_device, resolve_dtype
 from napari_treg.models.files import CHECKPOINT_SUFFIXES, load_checkpoint_file, load_pipeline_folder
@@ -162,7 +162,7 @@ def classify_spec(spec: str | os.PathLike) -> tuple[str, str]:
         raise ModelNotFoundError(f"model path {text!r} {problem} (looked for {os.path.realpath(path)})")
     if _HUB_ID.fullmatch(text):
         return "hub", text
-    raise ModelNotFoundError(
+    raise UnknownModelError(
         f"unknown model {text!r}: give one of {', '.join(MODEL_NAMES)}, a hub id like 'owner/name', "
         "a local diffusers folder or a .safetensors / .ckpt file"
     )

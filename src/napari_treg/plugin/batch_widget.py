@@ -30,6 +30,7 @@ from napari_treg.errors import Cancelled, TRegError
 from napari_treg.io.files import companion
 from napari_treg.models.options import ModelSettings
 from napari_treg.plugin.forms import (
+    apply_operator_record,
     layer_combo,
     operator_from_form,
     operator_widgets,
@@ -38,7 +39,7 @@ from napari_treg.plugin.forms import (
     setting_widget,
     show_operator,
 )
-from napari_treg.plugin.layers import restored_geometry
+from napari_treg.plugin.layers import restored_geometry, simulation_record
 from napari_treg.plugin.messages import explain_error, headline
 from napari_treg.plugin.output_layers import MAP_KEY
 from napari_treg.plugin.restore_form import samples_widget
@@ -94,6 +95,18 @@ def batch_settings(values: dict[str, Any], rgb: bool | None) -> dict:
         "tile_size": setting_value(spec_named(RunOptions, "tile_size"), values["tile_size"]),
         "rgb": rgb,
     }
+
+
+def result_display(layer: Any) -> dict[str, Any]:
+    """How a batch output over ``layer`` is shown: the input's contrast, colormap, units and axis labels.
+
+    The output is opened while it is still empty, so napari's own guess of the contrast would be [0, 1]
+    whatever the data's range; the restored planes keep the input's intensity scale. None for a folder.
+    """
+    if layer is None:
+        return {}
+    shown = {"units": layer.units, "axis_labels": layer.axis_labels, "contrast_limits": list(layer.contrast_limits)}
+    return {**shown, "rgb": True} if layer.rgb else {**shown, "colormap": layer.colormap}
 
 
 def cluster_options(scheduler: str, workers: int) -> dict:
@@ -166,8 +179,9 @@ class BatchWidget(Container):
         self.viewer = viewer
         self.worker: Any = None
         self.report: Any = None
-        self.result_layer = None
+        self.result_layer = None  # the output shown as a layer (of the output ``self._shown_output``)
         self.map_layers: dict[str, Any] = {}  # an ensemble's map layers, by map name
+        self._shown_output: str | None = None
         self._cancel = threading.Event()
         self.activity: ActivityProgress | None = None  # the run's bar in napari's activity dock
         self._target: tuple[BatchRequest | None, Any] = (None, None)  # the running request, its input layer
@@ -177,6 +191,7 @@ class BatchWidget(Container):
         self.operator.changed.connect(lambda *_: show_operator(self))
         self.source.changed.connect(self._show_fields)
         self.tile_size.changed.connect(self._show_fields)
+        self.image.changed.connect(self._follow_record)
         for event in ("inserted", "removed", "reordered"):
             getattr(viewer.layers.events, event).connect(self.reset_choices)
         show_operator(self)
@@ -190,6 +205,14 @@ class BatchWidget(Container):
         self.image.visible = self.source.value == "layer"
         self.folder.visible = self.source.value == "folder"
         self.tile_overlap.visible = bool(self.tile_size.value)
+
+    def _follow_record(self, *_: Any) -> None:
+        """A measurement made by Simulate (or a sample) sets the operator it was made with, as in the restore dock."""
+        layer = self.image.value
+        record = simulation_record(layer)
+        if "operator" in record:
+            apply_operator_record(self, record["operator"], self.viewer.layers)
+            show_operator(self)
 
     def request(self) -> BatchRequest:
         """The form as a :class:`BatchRequest`, checked as ``restore_many`` checks it (main thread; raises
@@ -233,6 +256,8 @@ class BatchWidget(Container):
             self.status.value = headline(message)
             return None
         self._cancel.clear()
+        if request.output != self._shown_output:  # another output: its own layers, named after it
+            self.result_layer, self.map_layers, self._shown_output = None, {}, request.output
         self.report = None  # the live BatchReport, from the run's start on
         self._target = (request, self.image.value if self.source.value == "layer" else None)
         self.activity = ActivityProgress("TReg batch", cancel=self.cancel)
@@ -291,9 +316,9 @@ class BatchWidget(Container):
         except (OSError, ValueError, KeyError):
             return  # still being created
         if self.result_layer is None or self.result_layer not in self.viewer.layers:
-            rgb = {} if layer is None else {"rgb": layer.rgb}
             name = f"{os.path.basename(request.output.rstrip('/'))} (batch)"
-            self.result_layer = self.viewer.add_image(data, name=name, **self._geometry(request, layer), **rgb)
+            shown = {**self._geometry(request, layer), **result_display(layer)}
+            self.result_layer = self.viewer.add_image(data, name=name, **shown)
         else:
             self.result_layer.data = data
 
@@ -318,12 +343,14 @@ class BatchWidget(Container):
                 known.data = data
                 continue
             limits = {"contrast_limits": [0.0, 1.0]} if attribute == "data_share" else {}
+            placed = {"units": layer.units, "axis_labels": layer.axis_labels} if layer is not None else {}
             self.map_layers[attribute] = self.viewer.add_image(
                 data,
                 name=f"{self.result_layer.name}{suffix}",
                 colormap=colormap,
                 metadata={MAP_KEY: attribute},
                 **self._geometry(request, layer),
+                **placed,
                 **limits,
             )
 

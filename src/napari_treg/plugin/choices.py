@@ -19,6 +19,8 @@ MODEL_LABELS = {
     "tiny": "Tiny test model (random weights: no meaningful image)",
     "analytic": "Analytic test prior (exact; shapes only: disk, square)",
 }
+#: named models whose text encoder has random weights: a prompt means nothing to them
+RANDOM_TEXT_MODELS = frozenset({"tiny"})
 #: a model given by path, with the kind of path the widget asks for
 PATH_MODELS = {
     "folder": "Stable Diffusion 1.x, local diffusers folder",

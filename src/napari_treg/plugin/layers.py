@@ -20,6 +20,8 @@ CURRENT_PLANE = "current plane"
 WHOLE_STACK = "whole stack"
 #: metadata keys of layers the plugin makes that are never offered as inputs
 PREVIEW_KEY = "treg_preview"
+#: metadata key of a simulated measurement's record (its operator, noise level and clean source layer)
+SIMULATION_KEY = "treg_simulation"
 RESULT_KEYS = ("treg", "treg_residual", PREVIEW_KEY)
 
 
@@ -29,6 +31,11 @@ RESULT_KEYS = ("treg", "treg_residual", PREVIEW_KEY)
 def is_preview(layer: Any) -> bool:
     """The live preview of a running restoration."""
     return bool(layer.metadata.get(PREVIEW_KEY))
+
+
+def simulation_record(layer: Any) -> dict:
+    """What "Simulate degradation" (or a sample) recorded on a measurement (operator, noise, source); {} if none."""
+    return {} if layer is None else dict(layer.metadata.get(SIMULATION_KEY, {}))
 
 
 def is_result(layer: Any) -> bool:
@@ -54,6 +61,25 @@ def current_plane_index(data_position: Sequence[float], shape: Sequence[int], rg
     lead = leading_shape(shape, rgb)
     position = list(data_position)[: len(lead)]
     return tuple(int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(position, lead))
+
+
+#: the most channels a last axis can hold to look like colour or fluorescence channels, not image columns
+MAX_CHANNELS = 4
+
+
+def looks_like_channels(shape: Sequence[int], rgb: bool) -> bool:
+    """Whether a non-RGB layer's last axis looks like channels (Y, X, 2): napari then shows Y images X by 2."""
+    return not rgb and len(shape) >= 3 and 2 <= shape[-1] <= MAX_CHANNELS and min(shape[-3], shape[-2]) > MAX_CHANNELS
+
+
+def check_not_channels(name: str, shape: Sequence[int], rgb: bool) -> None:
+    """InvalidInputError, saying how to open it, for a layer whose last axis looks like channels."""
+    if looks_like_channels(shape, rgb):
+        raise InvalidInputError(
+            f"the layer '{name}' has shape {tuple(shape)}: its last axis ({shape[-1]}) looks like channels, "
+            f"but napari shows it as {shape[-3]} images of {shape[-2]}x{shape[-1]} pixels. Add it with one layer "
+            "per channel (viewer.add_image(data, channel_axis=-1)) and restore each channel"
+        )
 
 
 @dataclass(frozen=True)
@@ -96,7 +122,18 @@ def mask_for_planes(
     """
     if mask is None:
         return None
-    mask = np.asarray(mask)
+    plane = plane_mask(np.asarray(mask), planes, image_shape, rgb)
+    hw = tuple(image_shape[-3:-1] if rgb else image_shape[-2:])
+    if plane.shape != hw:  # checked first: what a mask of another size marks is no help
+        raise InvalidInputError(
+            f"the mask is {plane.shape[0]}x{plane.shape[1]} but the image is {hw[0]}x{hw[1]}: draw it on a "
+            "Labels layer of the image's size (select the image, then File > New Layer > Labels)"
+        )
+    return plane
+
+
+def plane_mask(mask: np.ndarray, planes: Planes, image_shape: Sequence[int], rgb: bool) -> np.ndarray:
+    """The 2D mask of :func:`mask_for_planes`, before its size is checked."""
     if mask.ndim == 2:
         return mask
     lead = leading_shape(image_shape, rgb)

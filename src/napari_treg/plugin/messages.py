@@ -2,21 +2,34 @@
 
 Failures come from the one error mapping every front end shares
 (:func:`napari_treg.failures.describe_failure`); a widget adds only what to do in the widget.
+A finished run's status lines (:class:`Note`) follow one rule: what happened, and what the user
+can do about it, in plain words; the method's terms and numbers are the note's details.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_treg.failures import Failure, describe_failure, first_sentence
+from napari_treg.solver.conflict import conflict_message, unchecked_message
 
 if TYPE_CHECKING:
     from napari_treg.engine.restorer import Progress
     from napari_treg.plugin.restoration import Outcome
 
 CANCELLED = "Cancelled: nothing was added."
+
+
+def input_removed_line(name: str) -> str:
+    """Why a run stopped by itself when its input layer was removed, and what to do."""
+    return (
+        f"Stopped: the input layer '{name}' was removed from the viewer; nothing was added. Add it again to restore it."
+    )
+
+
 #: how a widget starts a failure's message, by :attr:`Failure.kind`
 LEADS = {
     "cancelled": "Restoration cancelled",
@@ -67,6 +80,12 @@ def headline(text: str) -> str:
     return first if first.endswith((".", "!", "?")) else first + "."
 
 
+def after_headline(text: str) -> str:
+    """What ``text`` says after its first sentence (the status line's :func:`headline`); "" if nothing."""
+    text = text.strip()
+    return text[len(first_sentence(text)) :].strip()
+
+
 def sentence_case(message: str) -> str:
     return message[:1].upper() + message[1:]
 
@@ -111,3 +130,84 @@ def is_constant(data: np.ndarray) -> bool:
     """Whether every value of ``data`` is the same (then there is nothing to restore)."""
     values = np.asarray(data)
     return values.size > 0 and bool(np.all(values == values.flat[0]))
+
+
+# -- a finished run, in plain words ----------------------------------------------------------
+
+#: a result within this many times the noise level of the measurement fits it (``residual_over_noise``)
+FITS_WITHIN_NOISE = 2.0
+
+
+@dataclass(frozen=True)
+class Note:
+    """One status line of a finished run: what happened and what to do; ``details``: the evidence behind it."""
+
+    text: str
+    details: str = ""
+
+
+def fit_note(info: dict, constant: bool = False) -> Note:
+    """Whether the result explains the measurement (data consistency), and what to do if it does not."""
+    details = data_consistency_line(info, constant)
+    ratio = info.get("residual_over_noise")
+    if constant:
+        return Note("The measurement has one value everywhere: there was nothing to restore.", details)
+    if ratio is None:
+        return Note("To see whether the result fits the measurement, set its noise σ under Measurement.", details)
+    if ratio <= FITS_WITHIN_NOISE:
+        return Note("The result fits the measurement to within its noise.", details)
+    return Note(
+        f"The result does not fit the measurement ({ratio:.2g} x its noise): check the operator and its "
+        "settings, or set a higher noise σ if the measurement is noisier.",
+        details,
+    )
+
+
+def conflict_note(info: dict) -> Note | None:
+    """The text-conflict warning in plain words (None when the prompt fits the measurement)."""
+    details = conflict_message(info)
+    if details is None:
+        return None
+    conflict = info["text_conflict"]
+    units = conflict.get("units", 1)
+    where = "" if units == 1 else f" (in {conflict['units_flagged']} of {units} planes/tiles)"
+    return Note(
+        f"The prompt pulled the result away from the measurement{where}: some of what it shows may come "
+        "from the text, not the sample. Check the prompt, or compare with a run without one.",
+        details,
+    )
+
+
+def unchecked_note(info: dict) -> Note | None:
+    """Why the prompt was not checked against the measurement, and how to have it checked (None if it was)."""
+    details = unchecked_message(info)
+    if details is None:
+        return None
+    if "no noise level" in info["text_conflict"].get("reason", ""):
+        advice = "set the measurement's noise σ to have it checked"
+    else:
+        advice = "the run had too few steps to tell; with more steps (50 or more) it is checked"
+    return Note(f"Whether the prompt fits the measurement was not checked: {advice}.", details)
+
+
+def text_check_notes(info: dict, random_text: bool = False) -> tuple[Note | None, Note | None]:
+    """``(status note, warning)`` of the text-conflict check: why it was not made, or that the prompt conflicts.
+
+    ``random_text``: a test model whose text encoder has random weights; the prompt means nothing to it, so
+    the check's verdict is no warning, only a note (else every such run would warn, and teach to ignore it).
+    """
+    if random_text:
+        details = conflict_message(info) or unchecked_message(info)
+        if details is None:
+            return None, None
+        return Note("The tiny test model does not understand text, so the prompt was not checked.", details), None
+    return unchecked_note(info), conflict_note(info)
+
+
+def ensemble_note(samples: int) -> Note:
+    """What an ensemble added, and how to see one map at a time."""
+    return Note(
+        f"Added the mean of {samples} restorations with their spread (std: where they disagree) and where the "
+        "result comes from the measurement (data share: green) or was invented (pink), side by side; "
+        "Ctrl+G (or the grid button, bottom left) shows one at a time."
+    )

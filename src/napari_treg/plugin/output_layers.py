@@ -199,7 +199,12 @@ def preview_kwargs(source: Any, upscale: int, rgb: bool) -> dict[str, Any]:
 
 
 def show_preview(viewer: napari.Viewer, request: RestoreRequest, preview: np.ndarray) -> None:
-    """Show the current estimate: update the preview layer, or add it over the input."""
+    """Show the current estimate: update the preview layer, or add it over the input.
+
+    The layer gets its own copy: the worker may reuse the array it sent (a tiled run's canvas)
+    while napari is still drawing it.
+    """
+    preview = np.array(preview, copy=True)
     source = request.source
     limits = list(source.contrast_limits) if request.rgb else list(percentile_limits(preview))
     existing = preview_layer(viewer)

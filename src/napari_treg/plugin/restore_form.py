@@ -37,15 +37,18 @@ from napari_treg.plugin.forms import (
     setting_value,
     setting_widget,
     show_operator,
+    visible_parameters,
 )
 from napari_treg.plugin.layers import (
     CURRENT_PLANE,
     WHOLE_STACK,
+    check_not_channels,
     current_plane_index,
     is_result,
     leading_shape,
     mask_for_planes,
     select_planes,
+    simulation_record,
 )
 from napari_treg.plugin.noise_fields import (
     photon_values,
@@ -311,7 +314,7 @@ def follow_layer(form: Any, viewer: napari.Viewer, memory: SetFromLayer) -> None
     its defaults (a text the user has edited since stays).
     """
     layer = form.image.value
-    record = {} if layer is None else dict(layer.metadata.get("treg_simulation", {}))
+    record = simulation_record(layer)
     layers = viewer.layers
     if "operator" in record:
         apply_operator_record(form.inputs, record["operator"], layers)
@@ -349,17 +352,14 @@ def follow_text(form: Any, record: dict, memory: SetFromLayer) -> None:
 
 
 def takes_new_layer(layer: Any, current: Any, running: bool) -> bool:
-    """Whether a layer just added should replace the chosen image: a visible measurement replacing a
-    hidden or derived choice (never during a run)."""
+    """Whether a layer just added should replace the chosen image (never during a run): a visible
+    measurement replacing a hidden or derived choice, or the clean image it was simulated from."""
     from napari.layers import Image
 
-    return (
-        isinstance(layer, Image)
-        and layer.visible
-        and not is_result(layer)
-        and (current is None or not current.visible or is_result(current))
-        and not running
-    )
+    if running or not isinstance(layer, Image) or not layer.visible or is_result(layer):
+        return False
+    simulated_from_current = current is not None and simulation_record(layer).get("source_layer") == current.name
+    return current is None or not current.visible or is_result(current) or simulated_from_current
 
 
 # -- reading the form into a run -------------------------------------------------------------
@@ -415,9 +415,10 @@ def read_request(form: Any, viewer: napari.Viewer) -> RestoreRequest:
         raise InvalidInputError("choose the image to restore: add an Image layer and select it under 'image'")
     if getattr(layer, "multiscale", False):
         raise InvalidInputError("multiscale images are not supported: open the full-resolution level only")
+    check_not_channels(layer.name, np.shape(layer.data), layer.rgb)
     planes = select_planes(layer.data, layer.rgb, form.planes.value, plane_index(viewer, layer))
     mask = None
-    if form.mask.visible and form.mask.value is not None:
+    if visible_parameters(form.operator.value)["mask"] and form.mask.value is not None:
         mask = mask_for_planes(form.mask.value.data, planes, np.shape(layer.data), layer.rgb)
     operator = operator_from_form(form.inputs, mask=mask)
     if operator.couples_planes:  # a 3-D PSF: the whole stack is one volume

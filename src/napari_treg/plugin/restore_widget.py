@@ -28,14 +28,24 @@ from napari_treg.engine.restorer import Progress
 from napari_treg.errors import Cancelled, TRegError
 from napari_treg.imaging.metrics import format_metrics
 from napari_treg.plugin import restore_form
+from napari_treg.plugin.choices import RANDOM_TEXT_MODELS
 from napari_treg.plugin.layers import result_name
-from napari_treg.plugin.messages import data_consistency_line, done_line, ensemble_step_line, explain_error, is_constant
+from napari_treg.plugin.messages import (
+    Note,
+    done_line,
+    ensemble_note,
+    ensemble_step_line,
+    explain_error,
+    fit_note,
+    input_removed_line,
+    is_constant,
+    text_check_notes,
+)
 from napari_treg.plugin.noise_fields import prefill_photon_fields
 from napari_treg.plugin.output_layers import add_outputs, remove_preview, run_outputs, show_preview, taken_names
 from napari_treg.plugin.restoration import Outcome, RestoreRequest, run_request
 from napari_treg.plugin.status import StatusPanel
 from napari_treg.plugin.worker import ActivityProgress, CloseWatcher, Relay, RunState, shutdown, start_worker
-from napari_treg.solver.conflict import conflict_message, unchecked_message
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 
 if TYPE_CHECKING:
@@ -57,6 +67,7 @@ class RestoreWidget(Container):
         self.activity: ActivityProgress | None = None  # the run's bar in napari's activity dock
         self._sections = (*sections, panel)
         self._state = RunState()
+        self._stop_reason: str | None = None  # why a run was stopped other than by Cancel
         self._memory = restore_form.SetFromLayer()
         self.relay = Relay(self.native, step=self._on_step, status=self._on_status)
         self.scroll_area, self.advanced_frame = restore_form.frame_sections(sections[:-1])
@@ -71,8 +82,8 @@ class RestoreWidget(Container):
         for widget in (self.model, self.model_path, self.device, self.dtype, self.low_memory):
             widget.changed.connect(self._model_changed)
         viewer.layers.events.inserted.connect(self._layer_inserted)
-        for event in ("removed", "reordered"):
-            getattr(viewer.layers.events, event).connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self._layer_removed)
+        viewer.layers.events.reordered.connect(self.reset_choices)
         # stop a run and free the model when the widget goes: its dock closed (it is then un-parented) or deleted
         stop = functools.partial(shutdown, self._state)
         self._close_watcher = CloseWatcher(self.native, stop)
@@ -107,6 +118,17 @@ class RestoreWidget(Container):
         self.reset_choices()
         if restore_form.takes_new_layer(event.value, self.image.value, self.is_running):
             self.image.value = event.value
+
+    def _layer_removed(self, event: Any) -> None:
+        """A run whose input leaves the viewer stops at once, and its preview goes with it."""
+        request = self._state.request
+        if request is not None and event.value is request.source and not request.cancel.is_set():
+            self._stop_reason = input_removed_line(request.source.name)
+            request.cancel.set()
+            self.cancel_button.enabled = False
+            remove_preview(self.viewer)
+            self.status_panel.say(self._stop_reason)
+        self.reset_choices()
 
     def _prefer_visible_measurement(self) -> None:
         """At start: the top visible layer that is not a TReg result (the choices are ranked that way)."""
@@ -144,6 +166,7 @@ class RestoreWidget(Container):
             self.status_panel.failed(explain_error(error))
             return None
         self._state.request = request
+        self._stop_reason = None
         self._set_running(True)
         self.activity = ActivityProgress("TReg: loading model", cancel=self.cancel)
         self._on_status(f"loading model {request.model.model}", None)
@@ -192,7 +215,7 @@ class RestoreWidget(Container):
         if request is None:
             return
         if request.cancel.is_set():  # cancelled after the last step: still nothing is added
-            self.status_panel.cancelled()
+            self._cancelled(request)
             return
         try:
             self.show_result(request, outcome)
@@ -201,49 +224,54 @@ class RestoreWidget(Container):
             return
         for message in outcome.warnings:
             self.warn(message)
-        conflict = conflict_message(outcome.info)
+        _, conflict = text_check_notes(outcome.info, request.model.model in RANDOM_TEXT_MODELS)
         if conflict is not None:
-            self.warn(conflict)
+            self.status_panel.warn(conflict.text, conflict.details)
 
     def show_result(self, request: RestoreRequest, outcome: Outcome) -> None:
-        """Add the run's layers over its input and say how it went."""
+        """Add the run's layers over its input and say how it went (plain lines; the numbers under Details)."""
         name = result_name(request.source.name, taken_names([layer.name for layer in self.viewer.layers]))
         outputs = run_outputs(request, outcome, name)
         add_outputs(self.viewer, request, name, outputs)
         added = name if outcome.ensemble is None else f"{name} mean"
-        lines = [done_line(added, outcome), data_consistency_line(outcome.info, is_constant(request.planes.data))]
+        notes = [Note(done_line(added, outcome)), fit_note(outcome.info, is_constant(request.planes.data))]
         if outcome.ensemble is not None:
-            lines.append(self._show_side_by_side(request.samples))
+            self._show_side_by_side()
+            notes.append(ensemble_note(request.samples))
             if "holdout" in outcome.ensemble.info:
                 verdict = outcome.ensemble.info["holdout"]["verdict"]
-                lines.append(f"{verdict[0].upper()}{verdict[1:]}.")
+                notes.append(Note(f"{verdict[0].upper()}{verdict[1:]}."))
         if outcome.residual is not None:
-            lines.append(f"The residual layer is below it, hidden: '{name} residual'.")
+            notes.append(Note(f"The residual layer is below it, hidden: '{name} residual'."))
         if outcome.metrics:
-            lines.append(f"Against '{request.record['reference']}': {format_metrics(outcome.metrics)}.")
+            notes.append(Note(f"Against '{request.record['reference']}': {format_metrics(outcome.metrics)}."))
         if outcome.info.get("test_model"):
-            lines.append(f"Test model: {outcome.info.get('model')}.")
-        unchecked = unchecked_message(outcome.info)
+            notes.append(Note(f"Test model: {outcome.info.get('model')}."))
+        unchecked, _ = text_check_notes(outcome.info, request.model.model in RANDOM_TEXT_MODELS)
         if unchecked is not None:
-            lines.append(unchecked)
-        self.status_panel.say("\n".join(lines))
+            notes.append(unchecked)
+        details = "\n".join(note.details for note in notes if note.details)
+        self.status_panel.say("\n".join(note.text for note in notes), details)
 
-    def _show_side_by_side(self, samples: int) -> str:
-        """Grid view, so mean, std and data share are seen side by side; says how to turn it off."""
+    def _show_side_by_side(self) -> None:
+        """Grid view, so mean, std and data share are seen side by side, each tile showing its whole map."""
         self.viewer.canvas.grid.enabled = True
-        return (
-            f"Ensemble of {samples}: mean, std (spread), data share (green = measured, pink = invented)"
-            " side by side in grid view; the grid button (bottom left) or Ctrl+G turns it off."
-        )
+        self.viewer.reset_view()
 
     def warn(self, message: str) -> None:
         """A warning about the run: a line in the status (kept under the summary) and a napari notification."""
         self.status_panel.warn(message)
 
+    def _cancelled(self, request: RestoreRequest | None) -> None:
+        """Nothing was added: say why, and select the input again (the preview, now gone, was selected)."""
+        self.status_panel.cancelled(self._stop_reason)
+        if request is not None and request.source in self.viewer.layers:
+            self.viewer.layers.selection.active = request.source
+
     def _on_errored(self, error: BaseException) -> None:
         remove_preview(self.viewer)
         if isinstance(error, Cancelled):
-            self.status_panel.cancelled()
+            self._cancelled(self._state.request)
         else:
             self.status_panel.failed(explain_error(error))
 

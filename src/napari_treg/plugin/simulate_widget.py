@@ -21,6 +21,7 @@ from napari_treg.plugin.forms import (
     operator_spec,
     operator_widgets,
     show_operator,
+    visible_parameters,
 )
 from napari_treg.plugin.layers import Planes, linear_part, mask_for_planes, measurement_geometry, plain
 from napari_treg.plugin.messages import explain_error
@@ -101,7 +102,7 @@ class SimulateWidget(Container):
                 raise TRegError("choose the clean image: add an Image layer and select it under 'clean image'")
             data = np.asarray(layer.data)
             mask = self.mask.value
-            if self.mask.visible and mask is not None:
+            if visible_parameters(self.operator.value)["mask"] and mask is not None:
                 mask = mask_for_planes(mask.data, Planes(data, None), data.shape, layer.rgb)
             else:
                 mask = None

@@ -1,23 +1,28 @@
 """The restore widget's progress bar and status line: what a run is doing, and why it stopped.
 
 A failure's first sentence stays in the status line; the whole message (what to do about
-it) is one click away, under **Details**, and in the line's tooltip. Warnings go to the
-status line and to a napari notification. The texts come from :mod:`.messages`.
+it) is one click away, under **Details**, and in the line's tooltip. A finished run's lines
+are plain words; the numbers behind them are under Details too. Warnings go to the status
+line and to a napari notification. The status and its details scroll inside a box of
+bounded height (:data:`STATUS_HEIGHT`), so a long message never squeezes the form above
+it. The texts come from :mod:`.messages`.
 """
 
 from __future__ import annotations
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QSizePolicy
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from napari_treg.engine.restorer import Progress
-from napari_treg.plugin.messages import CANCELLED, headline, sentence_case, step_line
+from napari_treg.plugin.messages import CANCELLED, after_headline, headline, sentence_case, step_line
 
 READY = "Ready."
 #: what a warning line starts with in the status line
 WARNING_MARK = "⚠ "
+#: the most pixels the status and its details take (they scroll inside); the form above keeps the rest
+STATUS_HEIGHT = 180
 
 
 class StatusPanel(Container):
@@ -39,38 +44,46 @@ class StatusPanel(Container):
             label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
             label.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         details_button.changed.connect(self.toggle_details)
+        self.text_area = bounded_scroll(self.native.layout(), (status.native, details.native), STATUS_HEIGHT)
 
     # -- the status line ---------------------------------------------------------------------
 
-    def say(self, message: str) -> None:
-        """A new status, replacing the last one and its details."""
+    def say(self, message: str, details: str = "") -> None:
+        """A new status, replacing the last one; ``details``: what is behind it (under Details)."""
         self.status.value = message
         self.status.tooltip = None
-        self._set_details("")
+        self._set_details(details)
+        self.text_area.updateGeometry()
 
     def failed(self, message: str, notify: bool = True) -> None:
-        """A failure: its first sentence stays in the status line, the rest under Details; the bar is reset.
+        """A failure: its first sentence stays in the status line, the rest (if any) under Details; the bar is reset.
 
         ``notify``: also as a napari error notification.
         """
         self.reset_progress()
-        first = headline(message)
-        self.status.value = first
+        self.status.value = headline(message)
         self.status.tooltip = message
-        self._set_details(message if " ".join(message.split()) != first else "")
+        self._set_details(after_headline(message))
+        self.text_area.updateGeometry()
         if notify:
             show_error(message)
 
-    def warn(self, message: str) -> None:
-        """A warning of the run: a line of the status (kept with the summary) and a napari warning notification."""
+    def warn(self, message: str, details: str = "") -> None:
+        """A warning of the run: a line of the status (kept with the summary) and a napari warning notification.
+
+        ``details`` (the evidence behind it) are added under Details.
+        """
         line = WARNING_MARK + sentence_case(message)
         current = self.status.value
         self.status.value = f"{current}\n{line}" if current else line
+        if details:
+            self._set_details("\n\n".join(text for text in (self.details.value, details) if text))
         show_warning(f"TReg: {message}")
 
-    def cancelled(self) -> None:
+    def cancelled(self, reason: str | None = None) -> None:
+        """The run stopped and added nothing: ``reason`` (a run stopped by itself) or the plain cancel line."""
         self.reset_progress()
-        self.say(CANCELLED)
+        self.say(reason or CANCELLED)
 
     # -- the progress bar --------------------------------------------------------------------
 
@@ -111,9 +124,45 @@ class StatusPanel(Container):
         shown = not self.details_shown
         self.details.visible = shown
         self.details_button.text = "Hide details" if shown else "Details"
+        self.text_area.updateGeometry()
 
     def _set_details(self, text: str) -> None:
         self.details.value = text
         self.details.visible = False
         self.details_button.text = "Details"
         self.details_button.visible = bool(text)
+
+
+class BoundedScroll(QScrollArea):
+    """A scroll area as high as its content, up to its maximum height (then its content scrolls)."""
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        content = self.widget()
+        if content is None:
+            return hint
+        width = self.viewport().width()
+        wanted = content.heightForWidth(width) if content.hasHeightForWidth() else content.sizeHint().height()
+        return QSize(hint.width(), min(max(wanted, 0), self.maximumHeight()))
+
+
+def bounded_scroll(layout: QVBoxLayout, widgets: tuple[QWidget, ...], height: int) -> QScrollArea:
+    """Move ``widgets`` (in ``layout``) into a frameless vertical scroll area at most ``height`` pixels high,
+    where the first of them was."""
+    index = layout.indexOf(widgets[0])
+    content = QWidget()
+    column = QVBoxLayout(content)
+    column.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.removeWidget(widget)
+        column.addWidget(widget)
+    column.addStretch(1)
+    scroll = BoundedScroll()
+    scroll.setWidget(content)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setMaximumHeight(height)
+    scroll.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+    layout.insertWidget(index, scroll)
+    return scroll

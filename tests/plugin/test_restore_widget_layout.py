@@ -1,0 +1,36 @@
+"""The restore dock in a laptop-sized window (1280x720): after a failure with its details open, the form, Run
+and Cancel stay usable; the status and details keep a bounded height of their own."""
+
+from __future__ import annotations
+
+from napari_treg.plugin.demo import open_demo
+
+#: the form's scroll area must show at least this many pixels (the issue saw 67: two rows)
+FORM_HEIGHT = 250
+
+
+def _inside(widget, window) -> bool:
+    """Whether ``widget`` is shown and lies wholly inside ``window``."""
+    if not widget.isVisible():
+        return False
+    top_left = widget.mapTo(window, widget.rect().topLeft())
+    bottom_right = widget.mapTo(window, widget.rect().bottomRight())
+    return window.rect().contains(top_left) and window.rect().contains(bottom_right)
+
+
+def test_a_failure_with_its_details_open_leaves_the_form_usable_at_1280x720(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1280, 720)
+    widget = open_demo(viewer, "fluorescence_blur")  # the default model: not downloadable here (offline)
+    worker = widget.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=120_000)
+    assert not widget.details_button.native.isHidden()  # a failure with more to say than its headline
+    widget.details_button.native.click()
+    qtbot.wait(100)
+    assert widget.status_panel.details_shown
+    assert widget.scroll_area.viewport().height() >= FORM_HEIGHT
+    for button in (widget.run_button.native, widget.cancel_button.native, widget.details_button.native):
+        assert _inside(button, window)
+    assert widget.status_panel.native.height() <= widget.native.height() // 2
