@@ -29,7 +29,7 @@ from napari_treg.errors import InvalidInputError
 from napari_treg.imaging.noise import estimate_noise
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, MotionBlur, SuperResolution
-from napari_treg.solver import TRegConfig, schedule_settings, treg_sample
+from napari_treg.solver import TRegSettings, schedule_settings, treg_sample
 from napari_treg.solver.conflict import FLAG_NATS, ConflictCheck
 
 NOISE = 0.01
@@ -118,7 +118,7 @@ def flag_rates(deficit: torch.Tensor | None, estimated: torch.Tensor) -> tuple[f
 
 
 def measure_schedule(prior, name, steps, size, truth, labels) -> dict:
-    config = replace(TRegConfig(steps=steps), **schedule_settings(name))
+    config = replace(TRegSettings(steps=steps), **schedule_settings(name))
     plain = replace(config, guidance=0.0)
     own = [prior.classes[int(k)] for k in labels]
     other = [prior.classes[(int(k) + 1) % 2] for k in labels]
@@ -165,7 +165,7 @@ def report(rows: dict[str, dict], args: argparse.Namespace, seconds: float) -> s
         f"- Command: `python benchmarks/data_first.py --write` ({platform.platform()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} CPU thread(s), {seconds:.0f} s on two CPU cores shared with other jobs)",
         f"- {args.seeds} seeds of {args.size}x{args.size} (ground truth alternating disk / square, each its own sample), "
-        f"noise σ = {NOISE}, {args.steps} steps, w = {TRegConfig().guidance:g}; schedule 'data-first' is "
+        f"noise σ = {NOISE}, {args.steps} steps, w = {TRegSettings().guidance:g}; schedule 'data-first' is "
         f"{schedule_settings('data-first')}.",
         "- Other prompt: the other class is the prompt; the fraction of restorations that kept the true class. "
         "No text: w = 0, fraction of the true class. Ambiguous tasks: the fraction that followed the other-class "

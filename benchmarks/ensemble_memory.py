@@ -35,8 +35,8 @@ def measure(case: str, size: int, samples: int) -> dict:
 
     from napari_treg import restore
     from napari_treg.api import ensemble
-    from napari_treg.engine.ensemble import EnsembleOptions, ensemble_host_bytes
-    from napari_treg.engine.restorer import RunOptions, prepare
+    from napari_treg.engine.ensemble import EnsembleSettings, ensemble_host_bytes
+    from napari_treg.engine.restorer import RunSettings, prepare
     from napari_treg.operators import GaussianBlur
 
     torch.set_num_threads(1)
@@ -48,8 +48,8 @@ def measure(case: str, size: int, samples: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = ensemble(image, GaussianBlur(1.0), samples=samples, keep_samples=keep, **settings)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    run = prepare(image, GaussianBlur(1.0), RunOptions(**{k: v for k, v in options.items()}))
-    estimate = ensemble_host_bytes(run, EnsembleOptions(samples=samples, keep_samples=keep))
+    run = prepare(image, GaussianBlur(1.0), RunSettings(**{k: v for k, v in options.items()}))
+    estimate = ensemble_host_bytes(run, EnsembleSettings(samples=samples, keep_samples=keep))
     assert np.isfinite(result.mean).all()
     return {"case": case, "estimate_mib": estimate / 2**20, "measured_mib": (peak - before) / 2**20}
 

@@ -31,7 +31,7 @@ import torch
 
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
-from napari_treg.solver import SCHEDULES, TRegConfig, treg_sample
+from napari_treg.solver import SCHEDULES, TRegSettings, treg_sample
 
 NOISE = 0.01
 BLOCK = ("<!-- fidelity:start -->", "<!-- fidelity:end -->")
@@ -59,7 +59,7 @@ ROWS: dict[str, dict] = {
 
 def label(row: str, settings: dict) -> str:
     """The row's label, with the name of the schedule it is, if any."""
-    values = TRegConfig(**settings)
+    values = TRegSettings(**settings)
     for name, schedule in SCHEDULES.items():
         if all(getattr(values, field) == value for field, value in schedule.items()):
             return f"{row} (**schedule '{name}'**)"
@@ -96,7 +96,7 @@ def hiding_mask(size: int) -> np.ndarray:
     return mask
 
 
-def residuals(prior: AnalyticPrior, config: TRegConfig, size: int, seeds: int) -> dict[str, float]:
+def residuals(prior: AnalyticPrior, config: TRegSettings, size: int, seeds: int) -> dict[str, float]:
     """(a): residual in noise units per operator, ground truth of alternating classes."""
     labels = torch.arange(seeds) % 2
     truth = torch.cat(
@@ -114,7 +114,7 @@ def residuals(prior: AnalyticPrior, config: TRegConfig, size: int, seeds: int) -
     return out
 
 
-def prompt_choice(prior: AnalyticPrior, config: TRegConfig, size: int, seeds: int) -> dict[str, float]:
+def prompt_choice(prior: AnalyticPrior, config: TRegSettings, size: int, seeds: int) -> dict[str, float]:
     """(b): fraction of restorations of the class the prompt names, the measurement being of the other class."""
     out = {}
     for name, op in {"SR x16": SuperResolution(16), "hidden": Inpainting(hiding_mask(size))}.items():
@@ -132,7 +132,7 @@ def prompt_choice(prior: AnalyticPrior, config: TRegConfig, size: int, seeds: in
     return out
 
 
-def posterior_distance(config: TRegConfig, size: int, seeds: int) -> dict[str, float]:
+def posterior_distance(config: TRegSettings, size: int, seeds: int) -> dict[str, float]:
     """(c): single Gaussian prior N(m, s^2 I), inpainting of the left half, one measurement, many seeds.
 
     Exact posterior per pixel: observed ``N((y/sigma^2 + m/s^2) / (1/sigma^2 + 1/s^2), 1/(1/sigma^2 + 1/s^2))``,
@@ -161,7 +161,7 @@ def posterior_distance(config: TRegConfig, size: int, seeds: int) -> dict[str, f
     }
 
 
-def seconds_per_image(prior: AnalyticPrior, config: TRegConfig, size: int) -> float:
+def seconds_per_image(prior: AnalyticPrior, config: TRegSettings, size: int) -> float:
     op = SuperResolution(4)
     x = prior.means((size, size))[:1].expand(4, -1, -1, -1)
     y = measure(op, x, 0)
@@ -170,7 +170,7 @@ def seconds_per_image(prior: AnalyticPrior, config: TRegConfig, size: int) -> fl
     return (time.process_time() - started) / 4
 
 
-def evaluate(config: TRegConfig, args: argparse.Namespace) -> dict[str, float]:
+def evaluate(config: TRegSettings, args: argparse.Namespace) -> dict[str, float]:
     prior = AnalyticPrior()
     return {
         **residuals(prior, config, args.size, args.seeds),
@@ -216,8 +216,8 @@ def report(results: dict, args: argparse.Namespace, seconds: float) -> str:
         "",
         f"- Command: `{command.strip()}` ({platform.platform()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} CPU thread(s), {seconds:.0f} s)",
-        f"- All rows: TReg, w = {TRegConfig().guidance:g}, {TRegConfig().steps} steps, adaptive negation on, "
-        f"λ = {TRegConfig().cg_lambda:g}, noise σ = {NOISE}; each row changes only the settings it names.",
+        f"- All rows: TReg, w = {TRegSettings().guidance:g}, {TRegSettings().steps} steps, adaptive negation on, "
+        f"λ = {TRegSettings().cg_lambda:g}, noise σ = {NOISE}; each row changes only the settings it names.",
         f"- (a) residual ‖Ax − y‖ as RMS over the measured values / σ (1 = the noise level), true-class prompt, "
         f"{args.seeds} seeds of {args.size}x{args.size}: SR x4 (bicubic), Gaussian deblur (σ 2 px), "
         "box inpainting (right half of the object).",
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    base = TRegConfig()
+    base = TRegSettings()
     results = {}
     for name, settings in ROWS.items():
         row = label(name, settings)

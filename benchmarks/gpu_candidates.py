@@ -321,10 +321,10 @@ class FusedDataConsistency:
 
     def start_solve(self) -> None:
         """Called before each restore: how many of its decodes are data-consistency steps."""
-        from napari_treg.solver import TRegConfig
+        from napari_treg.solver import TRegSettings
         from napari_treg.solver.timesteps import ddim_steps
 
-        config = TRegConfig(steps=self.steps)
+        config = TRegSettings(steps=self.steps)
         steps = ddim_steps(self.prior.schedule, config.steps, config.dc_every, config.dc_until)
         self.dc_left = sum(step.data_consistency for step in steps)
         self.settings = None

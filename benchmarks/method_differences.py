@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from napari_treg.models.analytic import AnalyticPrior, template
 from napari_treg.operators import SuperResolution
-from napari_treg.solver import AdaptiveNegation, TRegConfig, sampler, treg_sample
+from napari_treg.solver import AdaptiveNegation, TRegSettings, sampler, treg_sample
 from napari_treg.solver.timesteps import Step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -175,7 +175,7 @@ def tiny_run(prior, name: str | None, settings: dict) -> tuple[torch.Tensor, tor
     x = torch.from_numpy(2 * template("disk", (3, SIZE, SIZE)) - 1)[None]
     y = op(x) + NOISE * torch.randn(op(x).shape, generator=torch.Generator().manual_seed(1))
     text, null = prior.embed_text(["a photo of a disk"]), prior.embed_text(["out of focus, depth of field"])
-    config = replace(TRegConfig(), **settings)
+    config = replace(TRegSettings(), **settings)
     with variant(name, prior):
         with mock.patch.object(sampler, "AdaptiveNegation", recording(sampler.AdaptiveNegation)):
             out = treg_sample(
@@ -196,7 +196,7 @@ def analytic_scores(name: str | None, settings: dict, args) -> dict[str, float]:
     import fidelity
 
     prior = AnalyticPrior()
-    config = replace(TRegConfig(), **settings)
+    config = replace(TRegSettings(), **settings)
     restore = fidelity.restore
     clamped = mock.patch.object(fidelity, "restore", lambda *a, **k: restore(*a, **k).clamp(-1, 1))
     with variant(name, prior), clamped if name == "clamp" else contextlib.nullcontext():

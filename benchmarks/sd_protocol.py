@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from napari_treg.models import load_model
 from napari_treg.operators import GaussianBlur, LinearOperator, SuperResolution
-from napari_treg.solver import TRegConfig, get_method
+from napari_treg.solver import TRegSettings, get_method
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -95,11 +95,11 @@ def tasks(size: int) -> dict[str, LinearOperator]:
 class Method:
     label: str
     name: str
-    config: TRegConfig
+    config: TRegSettings
 
 
 def methods(steps: int, chosen: list[str]) -> list[Method]:
-    base = TRegConfig(steps=steps)
+    base = TRegSettings(steps=steps)
     every = {
         "treg": Method("TReg", "treg", base),
         "treg-w0": Method("TReg w=0", "treg", replace(base, guidance=0.0)),

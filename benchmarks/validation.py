@@ -27,7 +27,7 @@ import torch
 
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, MotionBlur, SuperResolution
-from napari_treg.solver import TRegConfig, conjugate_gradient, get_method, schedule_settings
+from napari_treg.solver import TRegSettings, conjugate_gradient, get_method, schedule_settings
 from napari_treg.solver.baselines import is_non_negative
 
 NOISE = 0.01
@@ -43,12 +43,12 @@ class Method:
 
     label: str
     name: str
-    config: TRegConfig
+    config: TRegSettings
     uses_text: bool
 
 
 def methods(steps: int) -> list[Method]:
-    base = TRegConfig(steps=steps)
+    base = TRegSettings(steps=steps)
     data_first = schedule_settings("data-first")
     w = f"w={base.guidance:g}"
     return [
@@ -211,7 +211,7 @@ def report(results: dict, evidences: dict, args: argparse.Namespace, prior: Anal
         "- Timings are per image of a batch of all seeds, on shared CPU cores (other jobs ran at the same time).",
         "- Class evidence: the KL divergence between the measurement distributions of the two classes, exact for",
         "  this prior (KL << 1: the measurement cannot tell disk from square; KL >> 1: it can).",
-        f"- TReg's method defaults (the paper's schedule, `schedule='paper'`): w = {TRegConfig().guidance:g}, 200 steps, DC every 3rd step over "
+        f"- TReg's method defaults (the paper's schedule, `schedule='paper'`): w = {TRegSettings().guidance:g}, 200 steps, DC every 3rd step over "
         "the first 85 %, CG 5 iterations, λ = 1e-4,",
         '  adaptive negation lr 8e-4 × 10 Adam steps (a fresh Adam at every DC step). "DC to the end" sets',
         f"  dc_until = 1; schedule 'faithful' is {schedule_settings('faithful')} (see the fidelity table below).",

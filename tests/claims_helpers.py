@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from napari_treg.solver import TRegConfig
+from napari_treg.solver import TRegSettings
 from napari_treg.solver.sampler import treg_sample
 
 NOISE = 0.01  # measurement noise (the paper's, on [-1, 1])
@@ -59,7 +59,7 @@ def dc_returns_x0(op, y, x0, lam, it):
 # -- an independent model of the method for a Gaussian prior -------------------------------------
 
 
-def method_grid(abar: np.ndarray, config: TRegConfig) -> list[tuple[float, float, bool]]:
+def method_grid(abar: np.ndarray, config: TRegSettings) -> list[tuple[float, float, bool]]:
     """``(abar_t, abar_prev, dc)`` per step: DDIM timesteps ``k * (T // steps) + 1``, noisiest first."""
     ratio = len(abar) // config.steps
     grid = []

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from napari_treg.engine.ensemble import Ensemble, EnsembleOptions, check_ensemble, ensemble_prepared
+from napari_treg.engine.ensemble import Ensemble, EnsembleSettings, check_ensemble, ensemble_prepared
 from napari_treg.engine.restore_settings import RestoreSettings
 from napari_treg.engine.restorer import (
     MAX_SEED,
@@ -22,7 +22,7 @@ from napari_treg.engine.restorer import (
     ProgressCallback,
     Restoration,
     Restorer,
-    RunOptions,
+    RunSettings,
     noise_model_values,
     prepare,
 )
@@ -35,7 +35,7 @@ from napari_treg.models.loading import warn_if_slow
 from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_integer, check_number
-from napari_treg.solver import TRegConfig
+from napari_treg.solver import TRegSettings
 from napari_treg.solver.divergence import check_finite
 from napari_treg.solver.schedules import method_config
 from napari_treg.solver.text import TextSettings
@@ -51,7 +51,7 @@ def degrade(
     noise: float = DEGRADE_DEFAULTS["noise"],
     seed: int | None = DEGRADE_DEFAULTS["seed"],
     rgb: bool | None = None,
-    noise_model: PoissonGaussian | str = RunOptions.noise_model,
+    noise_model: PoissonGaussian | str = RunSettings.noise_model,
 ) -> np.ndarray:
     """Simulate a measurement ``y = A x + n`` of a clean image.
 
@@ -129,25 +129,25 @@ def restore(
     *,
     prompt: str = TextSettings.prompt,
     negative_prompt: str = TextSettings.negative_prompt,
-    guidance: float = TRegConfig.guidance,
-    steps: int = TRegConfig.steps,
-    seed: int = RunOptions.seed,
+    guidance: float = TRegSettings.guidance,
+    steps: int = TRegSettings.steps,
+    seed: int = RunSettings.seed,
     model: str | DiffusionPrior = ModelSettings.model,
     device: str = ModelSettings.device,
     dtype: str | torch.dtype | None = ModelSettings.dtype,
     method: str = TextSettings.method,
-    rgb: bool | None = RunOptions.rgb,
-    batch_size: int | str = RunOptions.batch_size,
-    tile_size: int | None = RunOptions.tile_size,
-    tile_overlap: int = RunOptions.tile_overlap,
-    noise: float | None = RunOptions.noise,
-    noise_model: str | PoissonGaussian = RunOptions.noise_model,
-    gain: float | None = RunOptions.gain,
-    read_sd: float | None = RunOptions.read_sd,
-    offset: float | None = RunOptions.offset,
+    rgb: bool | None = RunSettings.rgb,
+    batch_size: int | str = RunSettings.batch_size,
+    tile_size: int | None = RunSettings.tile_size,
+    tile_overlap: int = RunSettings.tile_overlap,
+    noise: float | None = RunSettings.noise,
+    noise_model: str | PoissonGaussian = RunSettings.noise_model,
+    gain: float | None = RunSettings.gain,
+    read_sd: float | None = RunSettings.read_sd,
+    offset: float | None = RunSettings.offset,
     intensity_range: tuple[float, float] | None = None,
     progress: Callable[[Progress], None] | None = None,
-    preview_every: int = RunOptions.preview_every,
+    preview_every: int = RunSettings.preview_every,
     cancel: CancelSignal = None,
     return_info: bool = False,
     schedule: str = TextSettings.schedule,
@@ -217,7 +217,7 @@ def restore(
         the result agrees with it to the noise level; docs/validation.md). Settings given
         explicitly below override the schedule's.
     **settings
-        The method's other settings (:class:`~napari_treg.solver.TRegConfig`): ``dc_every``,
+        The method's other settings (:class:`~napari_treg.solver.TRegSettings`): ``dc_every``,
         ``dc_until``, ``cg_iterations``, ``cg_lambda``, ``adaptive_negation``, ``negation_lr``,
         ``negation_steps``, ``final_dc``.
 
@@ -258,7 +258,7 @@ def restore(
     (0, True)
     """
     config = method_config(schedule, {"guidance": guidance, "steps": steps, **settings})
-    options = RunOptions(
+    options = RunSettings(
         seed=seed,
         rgb=rgb,
         batch_size=batch_size,
@@ -279,12 +279,12 @@ def ensemble(
     image: np.ndarray,
     operator: LinearOperator,
     *,
-    samples: int = EnsembleOptions.samples,
+    samples: int = EnsembleSettings.samples,
     noise: float | None = None,
-    noise_model: str | PoissonGaussian = RunOptions.noise_model,
-    keep_samples: bool = EnsembleOptions.keep_samples,
-    prior_sd: float | None = EnsembleOptions.prior_sd,
-    holdout: float | None = EnsembleOptions.holdout,
+    noise_model: str | PoissonGaussian = RunSettings.noise_model,
+    keep_samples: bool = EnsembleSettings.keep_samples,
+    prior_sd: float | None = EnsembleSettings.prior_sd,
+    holdout: float | None = EnsembleSettings.holdout,
     model: str | DiffusionPrior = "sd15",
     device: str = "auto",
     dtype: str | torch.dtype | None = None,
@@ -301,7 +301,7 @@ def ensemble(
     None estimates it from the image (``info["noise_source"]`` says which). ``noise_model``: photon
     noise as in :func:`napari_treg.restore` (each sample's last step then perturbs every value by its
     own ``sqrt(var)``, and the data share comes from the same weighted system). ``prior_sd``: see
-    :class:`EnsembleOptions`. ``holdout`` (a fraction below 0.5, e.g. 0.1; at least 4 samples): first restore
+    :class:`EnsembleSettings`. ``holdout`` (a fraction below 0.5, e.g. 0.1; at least 4 samples): first restore
     without that share of the measured values, check how the spread predicts them, and scale the spread of
     invented pixels by the fitted factor (``info["holdout"]``: coverage before and after, factor, values, cost,
     verdict line; ``uncorrected_std`` keeps the std before; docs/uncertainty.md). Everything is checked
@@ -332,7 +332,7 @@ def ensemble(
     (32, 32)
     """
     started = time.perf_counter()
-    options = EnsembleOptions(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd, holdout=holdout)
+    options = EnsembleSettings(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd, holdout=holdout)
     values = {**settings, "noise": noise, **noise_model_values(noise_model)}
     typed = RestoreSettings.from_values(values, "ensemble setting")
     run = prepare(image, operator, typed.run, intensity_range)

@@ -288,10 +288,10 @@ def test_cli_defaults_are_the_api_defaults():
         assert len(names) >= (13 if function is restore else 3)
         for name in names:
             assert values[name] == signature[name].default, name
-    # the method's settings are passed only when given, so the named schedule (or TRegConfig's default) applies
-    from napari_treg.solver import TRegConfig
+    # the method's settings are passed only when given, so the named schedule (or TRegSettings's default) applies
+    from napari_treg.solver import TRegSettings
 
-    assert not set(given[restore]) & set(TRegConfig.__dataclass_fields__)
+    assert not set(given[restore]) & set(TRegSettings.__dataclass_fields__)
     assert (
         cli.restore_kwargs(parse("restore", "in", "-o", "o", "--operator", "denoise", "--no-final-dc"))["final_dc"]
         is False

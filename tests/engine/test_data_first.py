@@ -21,7 +21,7 @@ from napari_treg.cli import commands as cli
 from napari_treg.io import files as io
 from napari_treg.models.analytic import AnalyticPrior, template
 from napari_treg.operators import GaussianBlur, Inpainting, MotionBlur, SuperResolution
-from napari_treg.solver import TRegConfig, schedule_settings, treg_sample
+from napari_treg.solver import TRegSettings, schedule_settings, treg_sample
 from napari_treg.solver.conflict import FLAG_NATS, conflict_message
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 
@@ -33,8 +33,8 @@ N = 8
 DECISIVE = {"Gaussian deblur": GaussianBlur(1.5), "motion deblur": MotionBlur(7, 30)}
 
 
-def config(schedule: str, **values) -> TRegConfig:
-    return TRegConfig(**(schedule_settings(schedule) | values))
+def config(schedule: str, **values) -> TRegSettings:
+    return TRegSettings(**(schedule_settings(schedule) | values))
 
 
 def decisive_case(op, schedule: str, prompt: str) -> torch.Tensor:
@@ -61,8 +61,8 @@ def test_data_first_is_the_one_default():
     assert DEFAULT_SCHEDULE == "data-first"
     assert inspect.signature(napari_treg.restore).parameters["schedule"].default == "data-first"
     assert restore_widget.WIDGET_SCHEDULE == DEFAULT_SCHEDULE
-    # 'paper' is still the paper's: TRegConfig's own defaults, data-first re-noising off
-    assert schedule_settings("paper") == {k: getattr(TRegConfig(), k) for k in schedule_settings("paper")}
+    # 'paper' is still the paper's: TRegSettings's own defaults, data-first re-noising off
+    assert schedule_settings("paper") == {k: getattr(TRegSettings(), k) for k in schedule_settings("paper")}
     assert schedule_settings("paper")["data_first"] is False
 
 
@@ -86,7 +86,7 @@ def _hiding_mask() -> np.ndarray:
 AMBIGUOUS = {"SR x16": SuperResolution(16), "hidden object": Inpainting(_hiding_mask())}
 
 
-def ambiguous_classes(op, prompts: list[str], settings: TRegConfig) -> torch.Tensor:
+def ambiguous_classes(op, prompts: list[str], settings: TRegSettings) -> torch.Tensor:
     prior = AnalyticPrior()
     x, _ = prior.sample(1, 0, HW, torch.Generator().manual_seed(5))
     y = op(x) + NOISE * torch.randn(op(x).shape, generator=torch.Generator().manual_seed(6))

@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 from napari_treg import InvalidInputError, restore
-from napari_treg.engine.restorer import Progress, Restoration, Restorer, RunOptions
+from napari_treg.engine.restorer import Progress, Restoration, Restorer, RunSettings
 from napari_treg.models import load_model
 from napari_treg.operators import Denoising, GaussianBlur, Inpainting, SuperResolution
-from napari_treg.solver import TRegConfig
+from napari_treg.solver import TRegSettings
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
 #: the stored results (``--write-pins`` writes them)
@@ -219,9 +219,9 @@ def test_run_options_and_config_defaults_are_the_signature_defaults():
 
     signature = inspect.signature(restore).parameters
     for name in ("seed", "batch_size", "tile_size", "tile_overlap", "noise", "preview_every", "rgb"):
-        assert signature[name].default == getattr(RunOptions(), name)
+        assert signature[name].default == getattr(RunSettings(), name)
     for name in ("guidance", "steps"):
-        assert signature[name].default == getattr(TRegConfig(), name)
+        assert signature[name].default == getattr(TRegSettings(), name)
 
 
 # -- no result that is not a number ------------------------------------------------------------

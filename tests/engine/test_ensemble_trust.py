@@ -16,7 +16,7 @@ import pytest
 from napari_treg import Cancelled, InvalidInputError, ensemble
 from napari_treg.engine import ensemble as engine_ensemble
 from napari_treg.engine.restore_settings import RestoreSettings
-from napari_treg.engine.restorer import RunOptions, prepare
+from napari_treg.engine.restorer import RunSettings, prepare
 from napari_treg.operators import GaussianBlur, Inpainting
 
 NOISE = 0.05
@@ -49,7 +49,7 @@ def test_a_tiled_ensemble_does_not_depend_on_keep_samples_or_batch_size(operator
 
 
 def test_tiled_samples_use_distinct_seeds_for_every_tile_and_sample():
-    run = prepare(image(), GaussianBlur(1.0), RunOptions(seed=7, tile_size=24, tile_overlap=8))
+    run = prepare(image(), GaussianBlur(1.0), RunSettings(seed=7, tile_size=24, tile_overlap=8))
     seeds = [
         engine_ensemble.replicate(run, first, 1, 3).unit_seed(unit) for first in range(3) for unit in range(4)
     ]  # 3 samples, one per call, 4 tiles each
@@ -107,10 +107,10 @@ class CountingOperator:
 
 
 def test_the_memory_estimate_counts_the_kept_samples_their_copy_and_the_statistics():
-    run = prepare(image(32), GaussianBlur(1.0), RunOptions())
+    run = prepare(image(32), GaussianBlur(1.0), RunSettings())
     values = 32 * 32
-    kept = engine_ensemble.ensemble_host_bytes(run, engine_ensemble.EnsembleOptions(samples=8, keep_samples=True))
-    streamed = engine_ensemble.ensemble_host_bytes(run, engine_ensemble.EnsembleOptions(samples=8, keep_samples=False))
+    kept = engine_ensemble.ensemble_host_bytes(run, engine_ensemble.EnsembleSettings(samples=8, keep_samples=True))
+    streamed = engine_ensemble.ensemble_host_bytes(run, engine_ensemble.EnsembleSettings(samples=8, keep_samples=False))
     assert kept - streamed == 8 * values * (4 + 4)  # the samples and their copy in the image's layout
     assert streamed >= values * 3 * 8  # mean, m2 and a temporary in float64
 
@@ -119,19 +119,19 @@ def test_a_streamed_tiled_ensemble_needs_the_same_memory_for_any_number_of_sampl
     """Streamed and tiled, one sample at a time: the memory is that of one sample's arrays and the data share's
     probes, whatever the number of samples; kept, it grows with them and is refused where it does not fit."""
     big = image(512)
-    options = RunOptions(tile_size=128, tile_overlap=16, noise=NOISE)
+    options = RunSettings(tile_size=128, tile_overlap=16, noise=NOISE)
     run = prepare(big, GaussianBlur(1.0), options)
 
     def needed(samples, keep):
-        return engine_ensemble.ensemble_host_bytes(run, engine_ensemble.EnsembleOptions(samples, keep))
+        return engine_ensemble.ensemble_host_bytes(run, engine_ensemble.EnsembleSettings(samples, keep))
 
     assert needed(2, False) == needed(4096, False)
     monkeypatch.setattr(
         engine_ensemble, "available_host_bytes", lambda: int(2.4 * needed(64, False))
     )  # 1.2x of it may be used
-    engine_ensemble.check_ensemble(run, engine_ensemble.EnsembleOptions(64, False))  # fits
+    engine_ensemble.check_ensemble(run, engine_ensemble.EnsembleSettings(64, False))  # fits
     with pytest.raises(InvalidInputError, match="keep_samples=False"):
-        engine_ensemble.check_ensemble(run, engine_ensemble.EnsembleOptions(64, True))
+        engine_ensemble.check_ensemble(run, engine_ensemble.EnsembleSettings(64, True))
 
 
 # -- 5. up-front refusals in the user's words ------------------------------------------------------------------

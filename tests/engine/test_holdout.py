@@ -8,11 +8,11 @@ import torch
 
 from napari_treg import InvalidInputError, ensemble
 from napari_treg.engine import holdout
-from napari_treg.engine.ensemble import EnsembleOptions, restorer_ensemble
-from napari_treg.engine.restorer import Restorer, RunOptions, prepare
+from napari_treg.engine.ensemble import EnsembleSettings, restorer_ensemble
+from napari_treg.engine.restorer import Restorer, RunSettings, prepare
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, Inpainting
-from napari_treg.solver import TRegConfig
+from napari_treg.solver import TRegSettings
 
 NOISE = 0.05
 SIZE = 16
@@ -81,11 +81,13 @@ def test_only_a_spread_the_held_out_values_reject_is_corrected():
 
 def test_the_held_out_pixels_are_a_seeded_share_of_the_measured_ones():
     image = measurement(Inpainting(MISSING))
-    run = prepare(image, Inpainting(MISSING), RunOptions(seed=4))
+    run = prepare(image, Inpainting(MISSING), RunSettings(seed=4))
     hidden = holdout.hidden_map(run, 0.25)
     assert hidden.sum() == round(0.25 * (~MISSING).sum()) and not (hidden & MISSING).any()
-    assert np.array_equal(hidden, holdout.hidden_map(prepare(image, Inpainting(MISSING), RunOptions(seed=4)), 0.25))
-    assert not np.array_equal(hidden, holdout.hidden_map(prepare(image, Inpainting(MISSING), RunOptions(seed=5)), 0.25))
+    assert np.array_equal(hidden, holdout.hidden_map(prepare(image, Inpainting(MISSING), RunSettings(seed=4)), 0.25))
+    assert not np.array_equal(
+        hidden, holdout.hidden_map(prepare(image, Inpainting(MISSING), RunSettings(seed=5)), 0.25)
+    )
 
 
 @pytest.mark.parametrize(
@@ -168,13 +170,13 @@ def test_with_the_right_model_nothing_changes():
 
 def test_the_restorer_is_unchanged_and_the_option_is_recorded():
     prior = AnalyticPrior(classes=("disk",), sigma=0.1)
-    restorer = Restorer(prior, TRegConfig(steps=3))
+    restorer = Restorer(prior, TRegSettings(steps=3))
     result = restorer_ensemble(
         restorer,
         measurement(Inpainting(MISSING)),
         Inpainting(MISSING),
-        options=EnsembleOptions(samples=4, holdout=0.2),
+        options=EnsembleSettings(samples=4, holdout=0.2),
         noise=NOISE,
     )
-    assert restorer.config == TRegConfig(steps=3) and restorer._finish is None  # the ensemble made its own variants
+    assert restorer.config == TRegSettings(steps=3) and restorer._finish is None  # the ensemble made its own variants
     assert result.restoration_info()["ensemble"]["holdout"]["values"] > 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_treg import InvalidInputError, degrade, ensemble, restore
-from napari_treg.engine.restorer import RunOptions
+from napari_treg.engine.restorer import RunSettings
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.noise import PoissonGaussian
 from napari_treg.operators import Denoising, GaussianBlur
@@ -36,7 +36,7 @@ def photon_image(size: int = 32, seed: int = 0) -> np.ndarray:
 )
 def test_run_options_refuse_a_half_or_contradictory_model(values, message):
     with pytest.raises(InvalidInputError, match=message):
-        RunOptions(**values)
+        RunSettings(**values)
 
 
 def test_restore_records_the_model_in_input_and_model_units():

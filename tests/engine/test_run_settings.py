@@ -12,7 +12,7 @@ import pytest
 from napari_treg import InvalidInputError, restore
 from napari_treg.batch.runner import checked_settings
 from napari_treg.engine.restore_settings import RestoreSettings
-from napari_treg.engine.restorer import Restorer, RunOptions
+from napari_treg.engine.restorer import Restorer, RunSettings
 from napari_treg.models import load_model
 from napari_treg.models.options import ModelSettings
 from napari_treg.operators import GaussianBlur
@@ -52,10 +52,10 @@ def test_restore_settings_resolve_the_named_schedule_under_the_given_values():
     assert paper.config == method_config("paper", {"final_dc": True, "steps": 7})
     assert paper.text.schedule == "paper" and not paper.config.data_first
     assert RestoreSettings().config == method_config(DEFAULT_SCHEDULE, {})
-    assert RestoreSettings.from_values({"seed": 3}).with_run(seed=9).run == RunOptions(seed=9)
+    assert RestoreSettings.from_values({"seed": 3}).with_run(seed=9).run == RunSettings(seed=9)
     with pytest.raises(InvalidInputError, match="seed"):
         RestoreSettings().with_run(seed=-1)  # a changed run option is checked again
-    with pytest.raises(InvalidInputError, match="config must be a TRegConfig"):
+    with pytest.raises(InvalidInputError, match="config must be a TRegSettings"):
         RestoreSettings(config={"steps": 3})
 
 
@@ -90,13 +90,13 @@ def test_restorer_takes_a_ready_run_options():
     restorer = Restorer(load_model("analytic"), method_config("data-first", {"steps": 3}))
     image = np.random.default_rng(1).random((2, 16, 16)).astype(np.float32)
     by_keywords, _ = restorer.restore(image, GaussianBlur(1.0), seed=4, batch_size=1)
-    by_options, info = restorer.restore(image, GaussianBlur(1.0), options=RunOptions(seed=4, batch_size=1))
+    by_options, info = restorer.restore(image, GaussianBlur(1.0), options=RunSettings(seed=4, batch_size=1))
     np.testing.assert_array_equal(by_options, by_keywords)
     assert info["seed"] == 4
-    with pytest.raises(InvalidInputError, match="RunOptions"):
+    with pytest.raises(InvalidInputError, match="RunSettings"):
         restorer.restore(image, GaussianBlur(1.0), options={"seed": 4})
     with pytest.raises(InvalidInputError, match="not both"):
-        restorer.restore(image, GaussianBlur(1.0), options=RunOptions(seed=4), seed=5)
+        restorer.restore(image, GaussianBlur(1.0), options=RunSettings(seed=4), seed=5)
     with pytest.raises(InvalidInputError, match="unknown run option sed"):
         restorer.restore(image, GaussianBlur(1.0), sed=4)
 
@@ -141,13 +141,23 @@ def test_a_setting_annotated_any_is_refused():
 
 
 def test_every_settings_class_reads_its_kinds_from_annotations_that_match_its_defaults():
-    from napari_treg.engine.ensemble import EnsembleOptions
-    from napari_treg.engine.restorer import RunOptions
+    from napari_treg.engine.ensemble import EnsembleSettings
+    from napari_treg.engine.restorer import RunSettings
     from napari_treg.models.options import ModelSettings
     from napari_treg.settings import specs
-    from napari_treg.solver.config import TRegConfig
+    from napari_treg.solver.config import TRegSettings
     from napari_treg.solver.text import TextSettings
 
-    for settings_class in (TRegConfig, RunOptions, TextSettings, ModelSettings, EnsembleOptions):
+    for settings_class in (TRegSettings, RunSettings, TextSettings, ModelSettings, EnsembleSettings):
         for spec in specs(settings_class):
             assert spec.check(spec.default) == spec.default, (settings_class.__name__, spec.name)
+
+
+def test_the_settings_classes_have_one_suffix_and_keep_their_old_names_for_one_release():
+    from napari_treg.engine import EnsembleOptions, RunOptions
+    from napari_treg.engine.ensemble import EnsembleSettings
+    from napari_treg.solver import TRegConfig, TRegSettings
+
+    assert TRegConfig is TRegSettings and RunOptions is RunSettings and EnsembleOptions is EnsembleSettings
+    names = {cls.__name__ for cls in (TRegSettings, RunSettings, EnsembleSettings, TextSettings, ModelSettings)}
+    assert all(name.endswith("Settings") for name in names | {RestoreSettings.__name__}), names

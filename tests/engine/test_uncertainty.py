@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from napari_treg import Cancelled, InvalidInputError, ensemble, restore
-from napari_treg.engine.ensemble import EnsembleOptions, restorer_ensemble
+from napari_treg.engine.ensemble import EnsembleSettings, restorer_ensemble
 from napari_treg.engine.restorer import Restorer
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, Inpainting, SuperResolution
-from napari_treg.solver import TRegConfig
+from napari_treg.solver import TRegSettings
 from napari_treg.solver.posterior import data_share, perturb_and_map
 
 NOISE = 0.05
@@ -204,7 +204,7 @@ def test_nan_and_too_many_samples_for_memory_are_refused_before_any_work(monkeyp
 
 def test_cancel_returns_nothing_and_leaves_the_restorer_unchanged():
     prior = AnalyticPrior()
-    restorer = Restorer(prior, TRegConfig(steps=10), prompt="a disk")
+    restorer = Restorer(prior, TRegSettings(steps=10), prompt="a disk")
     cancel = threading.Event()
     events = []
 
@@ -219,19 +219,19 @@ def test_cancel_returns_nothing_and_leaves_the_restorer_unchanged():
             restorer,
             image,
             GaussianBlur(1.0),
-            options=EnsembleOptions(samples=4),
+            options=EnsembleSettings(samples=4),
             callback=progress,
             cancel=cancel,
             noise=NOISE,
         )
     assert events[-1].step == 15 and events[-1].total == 2 * 10 * 4  # progress over both passes, all samples
-    assert restorer.config == TRegConfig(steps=10) and restorer._finish is None  # the ensemble made its own variant
+    assert restorer.config == TRegSettings(steps=10) and restorer._finish is None  # the ensemble made its own variant
 
 
 def test_the_ensemble_variant_shares_the_model_and_text_and_leaves_the_restorer_unchanged():
     prior = AnalyticPrior()
-    restorer = Restorer(prior, TRegConfig(steps=10), prompt="a disk")
-    variant = restorer.variant(TRegConfig(steps=3), finish=lambda x, y, operator, seed: x)
+    restorer = Restorer(prior, TRegSettings(steps=10), prompt="a disk")
+    variant = restorer.variant(TRegSettings(steps=3), finish=lambda x, y, operator, seed: x)
     assert variant.prior is prior and variant.text is restorer.text and variant.null is restorer.null
     assert variant.prompt == "a disk" and variant.config.steps == 3 and restorer.config.steps == 10
     assert restorer._finish is None and variant._finish is not None

@@ -18,7 +18,7 @@ from napari_treg.errors import DivergenceError
 from napari_treg.models import load_model
 from napari_treg.models.cuda_graphs import GraphCache
 from napari_treg.operators import GaussianBlur, Inpainting, SuperResolution
-from napari_treg.solver import TRegConfig, treg_sample
+from napari_treg.solver import TRegSettings, treg_sample
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run_gpu_checks.sh)")
 
@@ -54,7 +54,7 @@ def test_sampler_loop_never_waits_for_the_gpu(tiny_cuda):
     y = torch.rand(1, 3, 16, 16, device="cuda")
     text = tiny_cuda.embed_text(["cells"])
     null = tiny_cuda.embed_text([""])
-    config = TRegConfig(steps=20, dc_every=3, dc_until=1.0, guidance=3.0)
+    config = TRegSettings(steps=20, dc_every=3, dc_until=1.0, guidance=3.0)
 
     def callback(state):
         if state["i"] == 0:

@@ -10,11 +10,11 @@ da = pytest.importorskip("dask.array")
 
 from napari_treg import restore  # noqa: E402
 from napari_treg.engine.ensemble import MAX_SAMPLES  # noqa: E402
-from napari_treg.engine.restorer import MAX_SEED, RunOptions  # noqa: E402
+from napari_treg.engine.restorer import MAX_SEED, RunSettings  # noqa: E402
 from napari_treg.io.files import companion  # noqa: E402
 from napari_treg.models.options import ModelSettings  # noqa: E402
 from napari_treg.plugin.batch_widget import BatchWidget, batch_settings, cluster_options  # noqa: E402
-from napari_treg.solver import TRegConfig  # noqa: E402
+from napari_treg.solver import TRegSettings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +44,11 @@ def test_form_values_become_restore_keywords():
 
 def test_fields_start_at_the_settings_defaults_and_ranges(make_napari_viewer):
     widget = BatchWidget(make_napari_viewer())
-    method, run = TRegConfig(), RunOptions()
+    method, run = TRegSettings(), RunSettings()
     assert widget.model.value == ModelSettings().model
     assert (widget.steps.value, widget.guidance.value) == (method.steps, method.guidance)
     assert (widget.seed.value, widget.tile_overlap.value) == (run.seed, run.tile_overlap)
-    assert (widget.steps.min, widget.steps.max) == (1, 1000)  # TRegConfig's range
+    assert (widget.steps.min, widget.steps.max) == (1, 1000)  # TRegSettings's range
     assert widget.seed.max == MAX_SEED  # the engine's, not a 32-bit spin box's
     assert (widget.samples.value, widget.samples.min, widget.samples.max) == (1, 1, MAX_SAMPLES)
     assert widget.tile_size.value == 0 and widget.tile_overlap.native.isHidden()  # one piece: no overlap

@@ -272,9 +272,9 @@ def test_widget_parameters_are_named_after_restore_arguments(restore_widget):
     import inspect
 
     from napari_treg import restore
-    from napari_treg.solver import TRegConfig
+    from napari_treg.solver import TRegSettings
 
-    arguments = set(inspect.signature(restore).parameters) | set(TRegConfig.__dataclass_fields__)
+    arguments = set(inspect.signature(restore).parameters) | set(TRegSettings.__dataclass_fields__)
     for name in restore_form.RESTORE_OPTIONS + ("image", "operator", "model", "device", "dtype"):
         assert name in arguments
         assert getattr(restore_widget, name).name == name
@@ -331,9 +331,9 @@ def test_large_images_in_tiles_and_the_low_memory_mode(restore_widget, run_to_en
 
 def test_both_docks_take_their_text_tile_and_noise_fields_from_the_settings(make_napari_viewer):
     """One default and one range per setting: the restore dock's negative prompt is TextSettings' (it was
-    "out of focus, depth of field"), tile fields and the noise field carry RunOptions' ranges, and a tile
+    "out of focus, depth of field"), tile fields and the noise field carry RunSettings' ranges, and a tile
     size of 0 reads "off" in both docks (the batch dock showed "0")."""
-    from napari_treg.engine.restorer import RunOptions
+    from napari_treg.engine.restorer import RunSettings
     from napari_treg.plugin.batch_widget import BatchWidget
     from napari_treg.plugin.restore_widget import RestoreWidget
     from napari_treg.settings import spec_named
@@ -344,9 +344,9 @@ def test_both_docks_take_their_text_tile_and_noise_fields_from_the_settings(make
     assert restore_dock.negative_prompt.value == TextSettings().negative_prompt == ""
     assert restore_dock.prompt.value == batch_dock.prompt.value == TextSettings().prompt
     for name in ("tile_size", "tile_overlap"):
-        spec = spec_named(RunOptions, name)
+        spec = spec_named(RunSettings, name)
         for dock in (restore_dock, batch_dock):
             assert dock[name].max == spec.maximum, (name, dock)
     assert restore_dock.tile_size.native.text() == batch_dock.tile_size.native.text() == "off"
-    assert restore_dock.noise.max == spec_named(RunOptions, "noise").maximum
+    assert restore_dock.noise.max == spec_named(RunSettings, "noise").maximum
     assert restore_dock.noise.native.text() == "unknown"

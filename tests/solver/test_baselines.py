@@ -13,7 +13,7 @@ import torch
 from napari_treg.errors import InvalidInputError
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, Inpainting, MotionBlur, SuperResolution
-from napari_treg.solver import METHODS, TRegConfig, get_method, treg_sample
+from napari_treg.solver import METHODS, TRegSettings, get_method, treg_sample
 from napari_treg.solver.baselines import psld_loss, psld_sample, richardson_lucy_restore, tikhonov_restore
 
 HW = (16, 16)
@@ -56,10 +56,10 @@ def test_psld_without_step_sizes_is_ddim(prior):
     op = SuperResolution(4)
     x, labels, y = case(prior, op)
     text, null = embeddings(prior, labels)
-    config = TRegConfig(steps=50)
+    config = TRegSettings(steps=50)
     gens = lambda: [torch.Generator().manual_seed(k) for k in range(len(y))]  # noqa: E731
     ddim = treg_sample(
-        prior, y, op, HW, text=text, null=null, config=TRegConfig(steps=50, dc_every=0), generators=gens()
+        prior, y, op, HW, text=text, null=null, config=TRegSettings(steps=50, dc_every=0), generators=gens()
     )
     psld = psld_sample(prior, y, op, HW, text=text, null=null, config=config, generators=gens(), omega=0, gamma=0)
     assert torch.allclose(psld, ddim, atol=1e-5)
@@ -81,7 +81,7 @@ def test_psld_gluing_term_vanishes_on_consistent_inpainting(prior):
 def test_psld_pulls_towards_the_data(prior, op):
     x, labels, y = case(prior, op)
     text, null = embeddings(prior, labels)
-    config = TRegConfig(steps=50)
+    config = TRegSettings(steps=50)
     gens = lambda: [torch.Generator().manual_seed(k) for k in range(len(y))]  # noqa: E731
     plain = psld_sample(prior, y, op, HW, text=text, null=null, config=config, generators=gens(), omega=0, gamma=0)
     guided = psld_sample(prior, y, op, HW, text=text, null=null, config=config, generators=gens())
@@ -96,7 +96,7 @@ def test_tikhonov_solves_its_normal_equations(prior):
     op = SuperResolution(2)
     hw = (8, 8)
     y = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
-    x = tikhonov_restore(prior, y, op, hw, config=TRegConfig(steps=200), smoothness=1e-2).double()
+    x = tikhonov_restore(prior, y, op, hw, config=TRegSettings(steps=200), smoothness=1e-2).double()
     eye = torch.eye(64, dtype=torch.float64).reshape(64, 1, 8, 8)
     a = op.forward(eye).reshape(64, 16).T
     d_rows = torch.diff(eye.reshape(64, 8, 8), dim=1).reshape(64, -1).T
@@ -111,7 +111,7 @@ def test_tikhonov_solves_its_normal_equations(prior):
 @pytest.mark.parametrize("op", [SuperResolution(4), GaussianBlur(1.5)], ids=repr)
 def test_tikhonov_fits_the_data_to_the_noise_level(prior, op):
     _, _, y = case(prior, op)
-    x = tikhonov_restore(prior, y, op, HW, config=TRegConfig(steps=100))
+    x = tikhonov_restore(prior, y, op, HW, config=TRegSettings(steps=100))
     assert residual(op, x, y).mean() < 1.5
 
 
@@ -122,8 +122,8 @@ def test_tikhonov_fits_the_data_to_the_noise_level(prior, op):
 def test_richardson_lucy_keeps_flux_and_positivity_and_fits(prior, op):
     x, _, _ = case(prior, op)
     y = op(x)  # noiseless: RL converges towards a fit
-    few = richardson_lucy_restore(prior, y, op, HW, config=TRegConfig(steps=5))
-    many = richardson_lucy_restore(prior, y, op, HW, config=TRegConfig(steps=100))
+    few = richardson_lucy_restore(prior, y, op, HW, config=TRegSettings(steps=5))
+    many = richardson_lucy_restore(prior, y, op, HW, config=TRegSettings(steps=100))
     intensity = (many + 1) / 2
     assert torch.all(intensity >= 0)
     # RL conserves the measured flux: sum A u = sum y (intensities)
@@ -156,7 +156,7 @@ def test_baselines_report_progress_and_can_be_cancelled(prior, name):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        get_method(name)(prior, y, op, HW, text=text, null=null, config=TRegConfig(steps=40), callback=callback)
+        get_method(name)(prior, y, op, HW, text=text, null=null, config=TRegSettings(steps=40), callback=callback)
     assert seen == sorted(seen) and seen[-1] >= 9 and seen[-1] < 39
 
 

@@ -19,7 +19,7 @@ from napari_treg.errors import InvalidInputError
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.models.base import NoiseSchedule
 from napari_treg.operators import Denoising, Inpainting
-from napari_treg.solver import SCHEDULES, TRegConfig, data_consistency, ddim_steps, schedule_settings, treg_sample
+from napari_treg.solver import SCHEDULES, TRegSettings, data_consistency, ddim_steps, schedule_settings, treg_sample
 from napari_treg.solver.sampler import guided_noise
 from napari_treg.solver.schedules import SCHEDULE_FIELDS
 
@@ -58,7 +58,7 @@ def test_guidance_one_is_the_prompt_conditional_prediction():
 
 
 def test_default_guidance_is_the_papers():
-    assert TRegConfig().guidance == 7.5
+    assert TRegSettings().guidance == 7.5
 
 
 # -- VAE encode: the posterior mean ---------------------------------------------------------------------
@@ -104,7 +104,7 @@ def test_the_result_is_not_clamped_to_the_image_range():
         (16, 16),
         text=prior.embed_text(["a disk"] * 4),
         null=prior.embed_text([""] * 4),
-        config=TRegConfig(dc_every=0),
+        config=TRegSettings(dc_every=0),
         generators=[torch.Generator().manual_seed(k) for k in range(4)],
     )
     assert float(out.max()) > 1.1  # the authors' code would clamp to [-1, 1]
@@ -125,9 +125,9 @@ def test_final_dc_is_one_more_data_consistency_solve_of_the_result():
         generators = [torch.Generator().manual_seed(k) for k in range(2)]
         return treg_sample(prior, y, op, (16, 16), config=config, generators=generators, **kwargs)
 
-    assert TRegConfig().final_dc is False
-    plain = run(TRegConfig(steps=20))
-    projected = run(TRegConfig(steps=20, final_dc=True))
+    assert TRegSettings().final_dc is False
+    plain = run(TRegSettings(steps=20))
+    projected = run(TRegSettings(steps=20, final_dc=True))
     assert torch.allclose(projected, data_consistency(op, y, plain, 1e-4, 5), atol=1e-6)
     assert not torch.allclose(projected, plain, atol=1e-2)
 
@@ -137,21 +137,21 @@ def test_final_dc_is_one_more_data_consistency_solve_of_the_result():
 
 def test_paper_schedule_is_the_default_config():
     paper = schedule_settings("paper")
-    assert paper == {name: getattr(TRegConfig(), name) for name in SCHEDULE_FIELDS}
+    assert paper == {name: getattr(TRegSettings(), name) for name in SCHEDULE_FIELDS}
     assert paper == {
         "dc_every": 3,
         "dc_until": 0.85,
         "cg_iterations": 5,
         "final_dc": False,
         "data_first": False,
-        "renoise_eta": TRegConfig().renoise_eta,  # not used without data_first
+        "renoise_eta": TRegSettings().renoise_eta,  # not used without data_first
     }
 
 
 def test_faithful_schedule_is_the_papers_plus_a_final_projection():
     faithful = schedule_settings("faithful")
-    assert set(faithful) == set(SCHEDULE_FIELDS) <= {f.name for f in fields(TRegConfig)}
-    assert TRegConfig(**faithful) == TRegConfig(final_dc=True)
+    assert set(faithful) == set(SCHEDULE_FIELDS) <= {f.name for f in fields(TRegSettings)}
+    assert TRegSettings(**faithful) == TRegSettings(final_dc=True)
 
 
 def test_schedule_settings_returns_a_copy_and_rejects_unknown_names():
@@ -164,7 +164,7 @@ def test_schedule_settings_returns_a_copy_and_rejects_unknown_names():
 
 
 def test_data_first_schedule_is_the_papers_plus_data_first_renoising_and_a_final_projection():
-    assert TRegConfig(**schedule_settings("data-first")) == TRegConfig(data_first=True, final_dc=True)
+    assert TRegSettings(**schedule_settings("data-first")) == TRegSettings(data_first=True, final_dc=True)
 
 
 def test_data_first_renoising_takes_the_data_consistent_estimate_at_full_weight():

@@ -6,7 +6,7 @@ import torch
 
 from napari_treg.operators import Denoising, GaussianBlur
 from napari_treg.solver.cg import data_consistency
-from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.config import TRegSettings
 from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.posterior import data_share, perturb_and_map
 from napari_treg.solver.sampler import data_step
@@ -47,7 +47,7 @@ def test_the_weighted_solve_is_the_weighted_least_squares_solution():
 def test_the_data_step_takes_the_variance_at_the_current_estimate_not_at_y():
     x0 = torch.full((1, 1, 4, 4), 0.5)
     y = torch.full((1, 1, 4, 4), -2.0)  # at y the variance would be the floor (weight 1)
-    config = TRegConfig(cg_lambda=0.01, cg_iterations=20)
+    config = TRegSettings(cg_lambda=0.01, cg_iterations=20)
     x = data_step(Denoising(), y, x0, config, VARIANCE)
     w = VARIANCE.floor / (VARIANCE.slope * 0.5 + VARIANCE.intercept)
     np.testing.assert_allclose(x.numpy(), (w * -2.0 + 0.01 * 0.5) / (w + 0.01), rtol=1e-5)

@@ -20,11 +20,11 @@ from claims_helpers import NOISE, dc_returns_x0, measure, solve
 from napari_treg.errors import DivergenceError
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, Inpainting, LinearOperator, SuperResolution
-from napari_treg.solver import TRegConfig, sampler, schedule_settings
+from napari_treg.solver import TRegSettings, sampler, schedule_settings
 
 pytestmark = pytest.mark.claims  # the paper's claims (docs/validation.md)
 
-FAITHFUL = TRegConfig(**schedule_settings("faithful"))  # the measurement-faithful schedule
+FAITHFUL = TRegSettings(**schedule_settings("faithful"))  # the measurement-faithful schedule
 
 
 def relative_residual(op, x, y) -> torch.Tensor:
@@ -56,7 +56,7 @@ DC_OPERATORS = {"SR x4": SuperResolution(4), "Gaussian deblur": GaussianBlur(2.0
 @pytest.mark.parametrize("name", list(DC_OPERATORS))
 def test_residual_at_noise_level_with_dc_to_the_end(name):
     # the residual of the noise itself is ~1; CG with 5 iterations leaves a little more on blur
-    assert dc_residual(DC_OPERATORS[name], TRegConfig(dc_until=1.0)) < 1.5
+    assert dc_residual(DC_OPERATORS[name], TRegSettings(dc_until=1.0)) < 1.5
 
 
 @pytest.mark.parametrize(("name", "bound"), [("SR x4", 0.1), ("Gaussian deblur", 1.25)])
@@ -66,7 +66,7 @@ def test_residual_at_noise_level_with_the_faithful_schedule(name, bound):
     assert dc_residual(DC_OPERATORS[name], FAITHFUL) < bound
 
 
-def measured_pixel_residual(config: TRegConfig) -> tuple[float, float]:
+def measured_pixel_residual(config: TRegSettings) -> tuple[float, float]:
     """Box inpainting (right half of the object): RMS of ``A x - y`` over the measured pixels, in noise
     units, and the largest ``|x - y|`` there; 12 seeds of alternating classes, true-class prompts."""
     prior = AnalyticPrior()
@@ -88,20 +88,20 @@ def test_faithful_inpainting_returns_the_measured_pixels_as_measured():
     schedule leaves them ~20x the noise level away."""
     rms, largest = measured_pixel_residual(FAITHFUL)
     assert rms < 1.0 and largest < 5.0
-    assert measured_pixel_residual(TRegConfig())[0] > 5.0
+    assert measured_pixel_residual(TRegSettings())[0] > 5.0
 
 
 @pytest.mark.parametrize("name", list(DC_OPERATORS))
 def test_reference_schedule_reduces_the_residual_of_a_prior_sample(name):
     op = DC_OPERATORS[name]
-    assert dc_residual(op, TRegConfig()) < 0.85 * dc_residual(op, TRegConfig(dc_every=0))
+    assert dc_residual(op, TRegSettings()) < 0.85 * dc_residual(op, TRegSettings(dc_every=0))
 
 
 @pytest.mark.parametrize("name", list(DC_OPERATORS))
 def test_reference_schedule_leaves_the_residual_above_the_noise_level(name):
     """A finding: without DC in the last 15 % of steps the residual is ~3-4x the noise level on
     this tight prior (docs/validation.md); DC to the end brings it to the noise level (above)."""
-    assert dc_residual(DC_OPERATORS[name], TRegConfig()) > 1.5
+    assert dc_residual(DC_OPERATORS[name], TRegSettings()) > 1.5
 
 
 class _WrongAdjoint(LinearOperator):
@@ -125,7 +125,7 @@ class _WrongAdjoint(LinearOperator):
 
 def test_residual_detects_a_wrong_adjoint():
     try:
-        residual = dc_residual(_WrongAdjoint(SuperResolution(4)), TRegConfig(dc_until=1.0))
+        residual = dc_residual(_WrongAdjoint(SuperResolution(4)), TRegSettings(dc_until=1.0))
     except DivergenceError:  # CG on a non-symmetric "normal operator" may blow up instead
         return
     assert residual > 1.5
@@ -133,4 +133,4 @@ def test_residual_detects_a_wrong_adjoint():
 
 def test_residual_detects_a_dc_step_that_does_not_solve(monkeypatch):
     monkeypatch.setattr(sampler, "data_consistency", dc_returns_x0)
-    assert dc_residual(SuperResolution(4), TRegConfig(dc_until=1.0)) > 1.5
+    assert dc_residual(SuperResolution(4), TRegSettings(dc_until=1.0)) > 1.5

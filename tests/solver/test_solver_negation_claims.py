@@ -13,7 +13,7 @@ from claims_helpers import measure, solve
 
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import SuperResolution
-from napari_treg.solver import TRegConfig, sampler
+from napari_treg.solver import TRegSettings, sampler
 from napari_treg.solver.negation import AdaptiveNegation
 
 pytestmark = pytest.mark.claims  # the paper's claims (docs/validation.md)
@@ -40,7 +40,7 @@ def test_negation_lowers_the_similarity_and_the_shown_class_weight(monkeypatch):
     prior = AnalyticPrior()
     op = SuperResolution(4)
     x, _ = prior.sample(8, 0, HW_NEG, torch.Generator().manual_seed(8))
-    solve(prior, measure(op, x), op, HW_NEG, ["a disk"] * 8, TRegConfig())
+    solve(prior, measure(op, x), op, HW_NEG, ["a disk"] * 8, TRegSettings())
     assert len(_Recorder.log) == 57
     for before, after, _, _ in _Recorder.log:
         assert torch.all(after < before)
@@ -56,7 +56,7 @@ def test_negation_state_stays_finite_in_half_precision(monkeypatch, dtype):
     prior = AnalyticPrior(dtype=dtype)
     op = SuperResolution(4)
     x, labels = prior.sample(4, None, HW_NEG, torch.Generator().manual_seed(9))
-    out = solve(prior, measure(op, x), op, HW_NEG, [prior.classes[k] for k in labels], TRegConfig())
+    out = solve(prior, measure(op, x), op, HW_NEG, [prior.classes[k] for k in labels], TRegSettings())
     assert torch.isfinite(out).all()
     assert torch.equal(prior.classify(out), labels)
     for _, after, _, null in _Recorder.log:
@@ -69,10 +69,12 @@ def test_turning_negation_off_changes_only_what_it_should(monkeypatch):
     x, _ = prior.sample(4, 0, HW_NEG, torch.Generator().manual_seed(10))
     y = measure(op, x)
     prompts = ["a disk"] * 4
-    on, off = TRegConfig(), TRegConfig(adaptive_negation=False)
+    on, off = TRegSettings(), TRegSettings(adaptive_negation=False)
     # no DC step, no negation step: identical
-    no_dc_on = solve(prior, y, op, HW_NEG, prompts, TRegConfig(dc_every=0))
-    assert torch.equal(no_dc_on, solve(prior, y, op, HW_NEG, prompts, TRegConfig(dc_every=0, adaptive_negation=False)))
+    no_dc_on = solve(prior, y, op, HW_NEG, prompts, TRegSettings(dc_every=0))
+    assert torch.equal(
+        no_dc_on, solve(prior, y, op, HW_NEG, prompts, TRegSettings(dc_every=0, adaptive_negation=False))
+    )
     # a single-class prior ignores class weights, so moving the null text changes nothing else
     single = AnalyticPrior(classes=("disk",))
     assert torch.equal(solve(single, y, op, HW_NEG, prompts, on), solve(single, y, op, HW_NEG, prompts, off))

@@ -19,7 +19,7 @@ from claims_helpers import NOISE, Z, dc_returns_x0, flipped_guide, measure, meth
 
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import Denoising, Inpainting
-from napari_treg.solver import TRegConfig, sampler
+from napari_treg.solver import TRegSettings, sampler
 
 pytestmark = pytest.mark.claims  # the paper's claims (docs/validation.md)
 
@@ -43,7 +43,7 @@ def class_moments(prior, config, prompt="a disk", k=0):
 
 def test_prior_samples_of_a_class_match_its_mean_and_variance():
     prior = AnalyticPrior()
-    config = TRegConfig(guidance=1.0, dc_every=0)  # w = 1: exactly the class-conditional model
+    config = TRegSettings(guidance=1.0, dc_every=0)  # w = 1: exactly the class-conditional model
     z, ratio, var, _ = class_moments(prior, config)
     n = N_PRIOR * z.size
     assert np.abs(z).max() < Z, "the mean over seeds is not the class mean"
@@ -55,7 +55,7 @@ def test_prior_samples_of_a_class_match_its_mean_and_variance():
 def test_prior_class_moments_detect_a_flipped_guidance_sign(monkeypatch):
     monkeypatch.setattr(sampler, "guide", flipped_guide)
     prior = AnalyticPrior()
-    z, _, _, out = class_moments(prior, TRegConfig(guidance=1.0, dc_every=0))
+    z, _, _, out = class_moments(prior, TRegSettings(guidance=1.0, dc_every=0))
     assert np.abs(z).max() > Z
     assert (prior.classify(torch.from_numpy(out)) == 0).float().mean() < 0.5  # mostly the other class
 
@@ -63,7 +63,7 @@ def test_prior_class_moments_detect_a_flipped_guidance_sign(monkeypatch):
 def test_without_text_the_prior_mixture_is_sampled():
     prior = AnalyticPrior()
     y = torch.zeros(N_PRIOR, 3, *HW_PRIOR)
-    out = solve(prior, y, Denoising(), HW_PRIOR, [""] * N_PRIOR, TRegConfig(guidance=0.0, dc_every=0))
+    out = solve(prior, y, Denoising(), HW_PRIOR, [""] * N_PRIOR, TRegSettings(guidance=0.0, dc_every=0))
     labels = prior.classify(out)
     fraction = labels.float().mean().item()
     assert abs(fraction - 0.5) < Z * math.sqrt(0.25 / N_PRIOR)
@@ -76,7 +76,7 @@ def test_guided_samples_belong_to_the_prompted_class():
     prior = AnalyticPrior()
     y = torch.zeros(64, 3, *HW_PRIOR)
     prompts = ["a disk"] * 32 + ["a photo of a square"] * 32
-    labels = prior.classify(solve(prior, y, Denoising(), HW_PRIOR, prompts, TRegConfig(guidance=5.0, dc_every=0)))
+    labels = prior.classify(solve(prior, y, Denoising(), HW_PRIOR, prompts, TRegSettings(guidance=5.0, dc_every=0)))
     assert torch.equal(labels, torch.tensor([0] * 32 + [1] * 32))
 
 
@@ -116,8 +116,8 @@ def moments_agree(prior, config, out, keep, b, m) -> tuple[float, float]:
 
 
 CONFIGS = {
-    "reference": TRegConfig(),
-    "dc to the end": TRegConfig(dc_until=1.0),
+    "reference": TRegSettings(),
+    "dc to the end": TRegSettings(dc_until=1.0),
 }
 
 
@@ -160,7 +160,7 @@ def test_posterior_mean_in_the_null_space_and_with_dc_to_the_end():
     prior mean to the posterior mean (the 5 % left is the fresh noise of the last re-noising
     that the final Tweedie step shrinks toward the prior; ``method_moments`` predicts it exactly).
     """
-    config = TRegConfig(dc_until=1.0)
+    config = TRegSettings(dc_until=1.0)
     prior, out, keep, b, m, posterior = gaussian_inpainting_case(config)
     mean = out.mean(axis=0)
     se = out.std(axis=0) / math.sqrt(N_POST)
@@ -178,7 +178,7 @@ def test_reference_schedule_stops_halfway_to_the_posterior_mean():
     is tight: the mean covers about half of the way to the posterior mean (0.49 measured;
     see docs/validation.md), against >= 95 % with ``dc_until=1`` (test above).
     """
-    prior, out, keep, b, m, posterior = gaussian_inpainting_case(TRegConfig())
+    prior, out, keep, b, m, posterior = gaussian_inpainting_case(TRegSettings())
     observed = keep > 0
     mean = out.mean(axis=0)
     gain = ((mean - m)[observed] * (posterior - m)[observed]).sum() / ((posterior - m)[observed] ** 2).sum()

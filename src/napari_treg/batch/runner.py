@@ -28,7 +28,7 @@ from napari_treg.batch.outputs import FolderOutput, ZarrOutput, open_output
 from napari_treg.batch.ranges import stack_intensity_range
 from napari_treg.batch.sources import ArraySource, Unit, open_source
 from napari_treg.batch.units import Job, ensemble_maps, is_done, run_unit
-from napari_treg.engine.ensemble import EnsembleOptions, check_ensemble_noise
+from napari_treg.engine.ensemble import EnsembleSettings, check_ensemble_noise
 from napari_treg.engine.restore_settings import RestoreSettings, model_settings
 from napari_treg.engine.restorer import MAX_SEED, noise_model_values
 from napari_treg.errors import Cancelled, InvalidInputError, UnitOutOfMemory, cancel_checker
@@ -167,7 +167,7 @@ def restore_many(
     model, restore_settings, intensity_range = checked_settings(settings)
     if holdout is not None and samples is None:
         raise InvalidInputError("holdout needs samples (the held-out check is made on an ensemble)")
-    ensemble = None if samples is None else EnsembleOptions(samples=samples, keep_samples=False, holdout=holdout)
+    ensemble = None if samples is None else EnsembleSettings(samples=samples, keep_samples=False, holdout=holdout)
     if not isinstance(operator, LinearOperator):
         raise InvalidInputError(f"operator must be one of napari_treg.operators, got {operator!r}")
     check_cluster_choice(workers, scheduler, client)
@@ -302,7 +302,7 @@ def operator_description(operator: LinearOperator) -> str:
     return f"{operator!r} #{digest.hexdigest()[:16]}"
 
 
-def check_batch_ensemble(settings: RestoreSettings, ensemble: EnsembleOptions | None, units: int) -> None:
+def check_batch_ensemble(settings: RestoreSettings, ensemble: EnsembleSettings | None, units: int) -> None:
     """What every unit's ensemble would refuse, refused once on the client: a noise it cannot use, and
     seeds that overflow (unit ``p`` uses ``seed + p * samples`` and the ``samples`` seeds after it)."""
     if ensemble is None:

@@ -20,7 +20,7 @@ from napari_treg.errors import OutOfMemoryError, TRegError, UnitOutOfMemory
 from napari_treg.operators import LinearOperator
 
 if TYPE_CHECKING:
-    from napari_treg.engine.ensemble import EnsembleOptions
+    from napari_treg.engine.ensemble import EnsembleSettings
     from napari_treg.engine.restore_settings import RestoreSettings
     from napari_treg.models.options import ModelSettings
 
@@ -37,7 +37,7 @@ class Job:
     settings: RestoreSettings  # text, method settings and run options, checked on the client
     intensity_range: tuple[float, float] | None  # None: each unit's own (files)
     threads: int | None  # torch threads per worker; None: leave as the cluster set it
-    ensemble: EnsembleOptions | None = None  # samples per unit (streamed); None: one restoration per unit
+    ensemble: EnsembleSettings | None = None  # samples per unit (streamed); None: one restoration per unit
 
     @property
     def seed(self) -> int:
@@ -53,7 +53,7 @@ class Job:
         return ensemble_maps(self.settings, self.ensemble)
 
 
-def ensemble_maps(settings: RestoreSettings, ensemble: EnsembleOptions | None) -> tuple[str, ...]:
+def ensemble_maps(settings: RestoreSettings, ensemble: EnsembleSettings | None) -> tuple[str, ...]:
     """The ensemble maps of a run with these restore settings (:func:`napari_treg.engine.maps.ensemble_map_names`);
     none without an ensemble."""
     return () if ensemble is None else ensemble_map_names(settings.uses_text)

@@ -75,13 +75,13 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_samples_argument(parser: argparse.ArgumentParser) -> None:
     """--samples N: an ensemble per unit, its mean the unit's output and its maps beside it (as restore's)."""
-    from napari_treg.engine.ensemble import EnsembleOptions
+    from napari_treg.engine.ensemble import EnsembleSettings
 
     group = parser.add_argument_group(
         "uncertainty: with --samples N, each unit's output is the mean of N restorations and its std, "
         "data_share (and with a prompt text_influence) maps are written beside it (docs/scale-out.md)"
     )
-    for spec in specs(EnsembleOptions):
+    for spec in specs(EnsembleSettings):
         if spec.name in ("samples", "holdout"):
             add_setting(group, dataclasses.replace(spec, default=None), given_only=True)
 

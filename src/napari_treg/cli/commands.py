@@ -99,18 +99,18 @@ def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_photon_noise_arguments(group: Any) -> None:
     """--noise-model, --gain, --read-sd and --offset of ``degrade`` (the run options' specs)."""
-    from napari_treg.engine.restorer import PHOTON_PARAMETERS, RunOptions
+    from napari_treg.engine.restorer import PHOTON_PARAMETERS, RunSettings
 
-    for spec in specs(RunOptions):
+    for spec in specs(RunSettings):
         if spec.name in ("noise_model", *PHOTON_PARAMETERS):
             add_setting(group, spec)
 
 
 def photon_noise_from_args(args: argparse.Namespace) -> Any:
     """The PoissonGaussian of ``degrade --noise-model poisson-gaussian --gain G --read-sd R [--offset O]``, or None."""
-    from napari_treg.engine.restorer import RunOptions
+    from napari_treg.engine.restorer import RunSettings
 
-    options = RunOptions(noise_model=args.noise_model, gain=args.gain, read_sd=args.read_sd, offset=args.offset)
+    options = RunSettings(noise_model=args.noise_model, gain=args.gain, read_sd=args.read_sd, offset=args.offset)
     model = options.photon_noise()
     if options.noise_model == "poisson-gaussian" and model is None:
         raise UsageError(
@@ -248,14 +248,14 @@ def run_restore(args: argparse.Namespace) -> int:
 
 def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
     """--samples (an ensemble instead of one restoration), --prior-sd and --keep-samples."""
-    from napari_treg.engine.ensemble import EnsembleOptions
+    from napari_treg.engine.ensemble import EnsembleSettings
 
     group = parser.add_argument_group(
         "uncertainty: with --samples N, OUT is the mean of N restorations and the maps "
         f"{', '.join(m.name for m in ENSEMBLE_MAPS)} are written next to it as <stem>.<map><suffix> "
         "(docs/uncertainty.md)"
     )
-    for spec in specs(EnsembleOptions):
+    for spec in specs(EnsembleSettings):
         if spec.name != "keep_samples":  # no --samples: one restoration, so no default is shown
             add_setting(group, dataclasses.replace(spec, default=None), given_only=True)
     group.add_argument(

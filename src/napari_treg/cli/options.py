@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from napari_treg.operators import LinearOperator
 
 PROG = "napari-treg"
-#: restore keywords that are neither a method setting (TRegConfig) nor a run option (RunOptions)
+#: restore keywords that are neither a method setting (TRegSettings) nor a run option (RunSettings)
 RESTORE_CHOICES = ("prompt", "negative_prompt", "model", "device", "dtype", "method", "schedule")
 #: the choices that pick the model, not how it restores
 MODEL_CHOICES = ("model", "device", "dtype")
@@ -124,9 +124,9 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_rgb_argument(parser: Any) -> None:
-    from napari_treg.engine.restorer import RunOptions
+    from napari_treg.engine.restorer import RunSettings
 
-    add_setting(parser, next(spec for spec in specs(RunOptions) if spec.name == "rgb"))
+    add_setting(parser, next(spec for spec in specs(RunSettings) if spec.name == "rgb"))
 
 
 def read_mask(path: str) -> np.ndarray:
@@ -186,9 +186,9 @@ def check_psf_voxels(operator: LinearOperator, kernel_path: str | None, input_pa
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """Text, model, run and method options of ``restore`` (shared with ``batch``)."""
-    from napari_treg.engine.restorer import RunOptions
+    from napari_treg.engine.restorer import RunSettings
     from napari_treg.models.devices import DTYPE_CHOICES
-    from napari_treg.solver import METHODS, SCHEDULES, TRegConfig
+    from napari_treg.solver import METHODS, SCHEDULES, TRegSettings
     from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 
     text = parser.add_argument_group("text guidance")
@@ -208,7 +208,7 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model precision (default: float16 on CUDA, float32 otherwise)",
     )
-    add_settings(parser.add_argument_group("run"), RunOptions, skip=NOT_ON_THE_COMMAND_LINE)
+    add_settings(parser.add_argument_group("run"), RunSettings, skip=NOT_ON_THE_COMMAND_LINE)
     method = parser.add_argument_group("method")
     method.add_argument(
         "--method", default="treg", choices=sorted(METHODS), help="treg or a baseline sampler (default: %(default)s)"
@@ -220,15 +220,15 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         help="named data-consistency schedule: paper, or faithful (the paper's plus a final "
         "projection onto the measurement); the options below override it (default: %(default)s)",
     )
-    add_settings(method, TRegConfig, given_only=True)
+    add_settings(method, TRegSettings, given_only=True)
 
 
 def restore_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The ``restore`` keyword arguments given on the command line."""
-    from napari_treg.engine.restorer import RunOptions
-    from napari_treg.solver import TRegConfig
+    from napari_treg.engine.restorer import RunSettings
+    from napari_treg.solver import TRegSettings
 
-    names = [*RESTORE_CHOICES, *(s.name for s in specs(TRegConfig)), *(s.name for s in specs(RunOptions))]
+    names = [*RESTORE_CHOICES, *(s.name for s in specs(TRegSettings)), *(s.name for s in specs(RunSettings))]
     return {name: getattr(args, name) for name in names if name not in NOT_ON_THE_COMMAND_LINE and name in args}
 
 

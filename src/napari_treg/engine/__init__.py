@@ -1,8 +1,8 @@
 """The engine: a :class:`Restorer` built once from a prior and settings, called on data; tiling,
 the restore settings and the ensemble.
 
-Rooms: ``restorer`` (Restorer, RunOptions, Progress, Restoration, prepare), ``tiling`` (geometry and
-blending), ``restore_settings`` (RestoreSettings), ``ensemble`` (Ensemble, EnsembleOptions),
+Rooms: ``restorer`` (Restorer, RunSettings, Progress, Restoration, prepare), ``tiling`` (geometry and
+blending), ``restore_settings`` (RestoreSettings), ``ensemble`` (Ensemble, EnsembleSettings),
 ``run_info`` (provenance). Nothing here imports ``napari_treg.io`` or a front end.
 
 Importing this package is cheap: its modules load on first use.
@@ -14,29 +14,31 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from napari_treg.engine.ensemble import Ensemble, EnsembleOptions
+    from napari_treg.engine.ensemble import Ensemble, EnsembleSettings
     from napari_treg.engine.restore_settings import RestoreSettings
-    from napari_treg.engine.restorer import Progress, Restoration, Restorer, RunOptions, prepare
+    from napari_treg.engine.restorer import Progress, Restoration, Restorer, RunSettings, prepare
 
 _HOMES = {
     "Ensemble": "ensemble",
     "EnsembleOptions": "ensemble",
+    "EnsembleSettings": "ensemble",
     "Progress": "restorer",
     "Restoration": "restorer",
     "RestoreSettings": "restore_settings",
     "Restorer": "restorer",
     "RunOptions": "restorer",
+    "RunSettings": "restorer",
     "prepare": "restorer",
 }
 
 __all__ = [
     "Ensemble",
-    "EnsembleOptions",
+    "EnsembleSettings",
     "Progress",
     "Restoration",
     "RestoreSettings",
     "Restorer",
-    "RunOptions",
+    "RunSettings",
     "prepare",
 ]
 

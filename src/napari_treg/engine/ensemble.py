@@ -36,7 +36,7 @@ from napari_treg.engine.restorer import (
     Reporter,
     Restorer,
     Run,
-    RunOptions,
+    RunSettings,
     prepare,
     residual_map,
     run_options_from,
@@ -48,7 +48,7 @@ from napari_treg.memory import available_host_bytes, guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_number, setting, spec_named, validate
-from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.config import TRegSettings
 from napari_treg.solver.conflict import ConflictLog, unchecked
 from napari_treg.solver.divergence import check_finite
 from napari_treg.solver.noise_weights import NoiseVariance
@@ -76,11 +76,11 @@ MODEL_METHODS = ("treg", "psld")
 #: resolve about 1e-7 of their range, so a finer noise cannot be what is in the measurement
 MIN_NOISE = 1e-6
 #: the largest noise / prior_sd: the data steps weigh the data by (noise / prior_sd)^2, within cg_lambda's range
-MAX_NOISE_OVER_PRIOR_SD = math.sqrt(float(spec_named(TRegConfig, "cg_lambda").maximum or 1.0))
+MAX_NOISE_OVER_PRIOR_SD = math.sqrt(float(spec_named(TRegSettings, "cg_lambda").maximum or 1.0))
 
 
 @dataclass(frozen=True)
-class EnsembleOptions:
+class EnsembleSettings:
     """How many samples, whether to keep them, and the prior's spread; creating one checks every value."""
 
     samples: int = setting(
@@ -186,8 +186,8 @@ def restorer_ensemble(
     image: Any,
     operator: LinearOperator,
     *,
-    options: EnsembleOptions | None = None,
-    run_options: RunOptions | None = None,
+    options: EnsembleSettings | None = None,
+    run_options: RunSettings | None = None,
     intensity_range: tuple[float, float] | None = None,
     callback: ProgressCallback | None = None,
     cancel: CancelSignal = None,
@@ -195,11 +195,11 @@ def restorer_ensemble(
 ) -> Ensemble:
     """:func:`ensemble` for front ends that already hold a :class:`Restorer` (its model, settings and text).
 
-    ``run_options``: a ready :class:`~napari_treg.engine.restorer.RunOptions`, or its fields as keywords
+    ``run_options``: a ready :class:`~napari_treg.engine.restorer.RunSettings`, or its fields as keywords
     (``seed``, ``noise``, ``batch_size``, ...). The restorer itself is not changed.
     """
     started = time.perf_counter()
-    options = options if options is not None else EnsembleOptions()
+    options = options if options is not None else EnsembleSettings()
     run = prepare(image, operator, run_options_from(run_options, run_values), intensity_range)
     return ensemble_prepared(restorer, run, options, callback, cancel, started)
 
@@ -207,7 +207,7 @@ def restorer_ensemble(
 def ensemble_prepared(
     restorer: Restorer,
     run: Run,
-    options: EnsembleOptions,
+    options: EnsembleSettings,
     callback: ProgressCallback | None = None,
     cancel: CancelSignal = None,
     started: float | None = None,
@@ -323,7 +323,7 @@ def samples_in_layout(kept: np.ndarray, layout: imaging.Layout) -> np.ndarray:
     return out
 
 
-def sampling_info(run: Run, options: EnsembleOptions, noise_source: str, prior_sd_source: str) -> dict:
+def sampling_info(run: Run, options: EnsembleSettings, noise_source: str, prior_sd_source: str) -> dict:
     """How the samples were drawn: seeds, the rule behind them, and where the noise and prior sd came from."""
     return {
         "samples": options.samples,
@@ -359,7 +359,7 @@ def influence(with_text: np.ndarray, without_text: np.ndarray) -> np.ndarray:
 # -- checks and settings --------------------------------------------------------------------------
 
 
-def check_ensemble(run: Run, options: EnsembleOptions) -> tuple[float, str]:
+def check_ensemble(run: Run, options: EnsembleSettings) -> tuple[float, str]:
     """Refuse, before any work, an ensemble whose seeds overflow, whose noise is not positive or cannot be
     estimated, or whose samples do not fit in memory; returns the noise sigma and where it came from."""
     units = len(run.measured) * (1 if run.plan is None else run.plan.count)
@@ -420,7 +420,7 @@ CANVAS_BYTES = 8
 SHARE_BYTES = 200
 
 
-def ensemble_host_bytes(run: Run, options: EnsembleOptions, per_call: int = 1) -> int:
+def ensemble_host_bytes(run: Run, options: EnsembleSettings, per_call: int = 1) -> int:
     """Host memory an ensemble allocates beyond what its single restore does (bytes): the kept samples
     and their copy in the image's layout (4 + 4 bytes a value), the statistics, and the larger of: a solve
     call's results of ``per_call`` samples (and its tiles' canvas), the data share's probe solves (which
@@ -448,7 +448,7 @@ def measurement_noise(run: Run) -> tuple[float, str]:
     return sigma, "estimated from the measurement (finest Haar diagonal detail, MAD; napari_treg.imaging.noise)"
 
 
-def prior_sd_of(prior: DiffusionPrior, options: EnsembleOptions, channels: int) -> tuple[float, str]:
+def prior_sd_of(prior: DiffusionPrior, options: EnsembleSettings, channels: int) -> tuple[float, str]:
     """The prior's sd per pixel (model units): given, the model's own, or :data:`DEFAULT_PRIOR_SD`.
 
     The analytic prior's own ``latent_std`` is per colour channel, the channels independent; a grey
@@ -493,7 +493,7 @@ def calibrated(
     if config.data_first:
         config = replace(config, cg_lambda=proximal_weight(noise, prior_sd))
         given = restorer.config.cg_lambda
-        if given != TRegConfig.cg_lambda:
+        if given != TRegSettings.cg_lambda:
             warnings.warn(
                 f"the ensemble's data steps use cg_lambda = (noise / prior_sd)^2 = {config.cg_lambda:.3g} in place "
                 f"of the cg_lambda {given:g} given (schedule data-first; info['replaced'] records it)",
@@ -560,7 +560,7 @@ def replicate(run: Run, first: int, count: int, samples: int) -> Run:
     return replace(run, measured=np.tile(run.measured, (count, 1, 1, 1)), options=options, seed_of=seed_of)
 
 
-def sample_chunks(options: EnsembleOptions, batch_size: int, run: Run) -> list[tuple[int, int]]:
+def sample_chunks(options: EnsembleSettings, batch_size: int, run: Run) -> list[tuple[int, int]]:
     """``(first, count)`` of the samples solved in one call: a batch's worth of samples, or one sample at a
     time when tiled (the tiles of one sample are batched), so memory stays that of one tiled restore."""
     planes = len(run.measured)
@@ -701,4 +701,7 @@ def share_map(
     return share.cpu().numpy()
 
 
-__all__ = ["Ensemble", "EnsembleOptions", "ensemble_prepared", "restorer_ensemble"]
+#: the name before issue 29 (one suffix for the settings classes), kept for one release
+EnsembleOptions = EnsembleSettings
+
+__all__ = ["Ensemble", "EnsembleOptions", "EnsembleSettings", "ensemble_prepared", "restorer_ensemble"]

@@ -5,8 +5,8 @@ a batch job) build one :class:`RestoreSettings` on the caller's side, so a bad v
 there, before any worker starts, and the worker receives ready objects:
 
 - ``text``: :class:`~napari_treg.solver.text.TextSettings` (method, prompt, negative prompt, schedule);
-- ``config``: :class:`~napari_treg.solver.TRegConfig`, the named schedule resolved, given values on top;
-- ``run``: :class:`~napari_treg.engine.restorer.RunOptions` (seed, batches, tiles, noise, previews, colour).
+- ``config``: :class:`~napari_treg.solver.TRegSettings`, the named schedule resolved, given values on top;
+- ``run``: :class:`~napari_treg.engine.restorer.RunSettings` (seed, batches, tiles, noise, previews, colour).
 
 The model is :class:`~napari_treg.models.options.ModelSettings`, kept apart: the API also
 accepts a loaded prior, and the widget keeps its model between runs.
@@ -20,17 +20,17 @@ from typing import Any, Mapping
 
 import torch
 
-from napari_treg.engine.restorer import Restorer, RunOptions
+from napari_treg.engine.restorer import Restorer, RunSettings
 from napari_treg.errors import InvalidInputError
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.models.options import ModelSettings
 from napari_treg.settings import specs
-from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.config import TRegSettings
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 from napari_treg.solver.text import TextSettings
 
 #: the settings classes whose fields a flat dict of ``restore`` keywords may hold, in order
-PARTS = {"text": TextSettings, "config": TRegConfig, "run": RunOptions}
+PARTS = {"text": TextSettings, "config": TRegSettings, "run": RunSettings}
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class RestoreSettings:
     """The text, the method's settings and the run options of a restore (each checked when made)."""
 
     text: TextSettings = field(default_factory=TextSettings)
-    config: TRegConfig = field(default_factory=lambda: method_config(DEFAULT_SCHEDULE, {}))
-    run: RunOptions = field(default_factory=RunOptions)
+    config: TRegSettings = field(default_factory=lambda: method_config(DEFAULT_SCHEDULE, {}))
+    run: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:
         for name, kind in PARTS.items():
@@ -58,7 +58,9 @@ class RestoreSettings:
         if unknown:
             raise InvalidInputError(f"unknown {what} {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         text = TextSettings(**pick(values, TextSettings))
-        return cls(text, method_config(text.schedule, pick(values, TRegConfig)), RunOptions(**pick(values, RunOptions)))
+        return cls(
+            text, method_config(text.schedule, pick(values, TRegSettings)), RunSettings(**pick(values, RunSettings))
+        )
 
     def with_run(self, **changes: Any) -> RestoreSettings:
         """A copy with these run options changed (checked again)."""

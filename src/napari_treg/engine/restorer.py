@@ -5,7 +5,7 @@ Every front end (``restore``, the CLI, the widget, the batch runner) builds a
 :meth:`Restorer.solve_planes`. Validation, planning, seeding, batching, residuals and
 provenance happen here and nowhere else. One restore, top to bottom:
 
-1. check the inputs and settings (:class:`RunOptions`, :func:`prepare`);
+1. check the inputs and settings (:class:`RunSettings`, :func:`prepare`);
 2. map the image to model units (one intensity scale for the whole image);
 3. solve the planes in batches (plane ``k`` with ``seed + k``), or in tiles;
 4. map back, check the result is finite, and record the provenance.
@@ -34,7 +34,7 @@ from napari_treg.models.base import DiffusionPrior
 from napari_treg.models.chunked import PlaneChunks
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_text, from_values, optional_like, setting, validate
-from napari_treg.solver import TRegConfig, get_method
+from napari_treg.solver import TRegSettings, get_method
 from napari_treg.solver.conflict import ConflictLog, unchecked
 from napari_treg.solver.divergence import check_finite
 from napari_treg.solver.noise_weights import NoiseVariance
@@ -57,7 +57,7 @@ PHOTON_PARAMETERS = ("gain", "read_sd", "offset")
 
 
 @dataclass(frozen=True)
-class RunOptions:
+class RunSettings:
     """How one image is run (not the method): seeds, batches, tiles, noise, previews."""
 
     seed: int = setting(0, "seed of the sampler; plane k of a stack uses seed + k", minimum=0, maximum=MAX_SEED)
@@ -120,7 +120,7 @@ class RunOptions:
         return PoissonGaussian(self.gain, self.read_sd, 0.0 if self.offset is None else self.offset)
 
 
-def check_noise_model_options(options: RunOptions) -> None:
+def check_noise_model_options(options: RunSettings) -> None:
     """Refuse photon-noise parameters without that model, a Gaussian level beside it, or half a model."""
     given = [name for name in PHOTON_PARAMETERS if getattr(options, name) is not None]
     if options.noise_model == "gaussian":
@@ -156,12 +156,12 @@ def noise_model_values(noise_model: Any) -> dict[str, Any]:
     )
 
 
-def run_options_from(options: RunOptions | None, values: dict[str, Any]) -> RunOptions:
-    """``options`` if given (then ``values`` must be empty), else the :class:`RunOptions` of ``values``."""
+def run_options_from(options: RunSettings | None, values: dict[str, Any]) -> RunSettings:
+    """``options`` if given (then ``values`` must be empty), else the :class:`RunSettings` of ``values``."""
     if options is None:
-        return from_values(RunOptions, values, "run option")
-    if not isinstance(options, RunOptions):
-        raise InvalidInputError(f"options must be a RunOptions, got {type(options).__name__}")
+        return from_values(RunSettings, values, "run option")
+    if not isinstance(options, RunSettings):
+        raise InvalidInputError(f"options must be a RunSettings, got {type(options).__name__}")
     if values:
         raise InvalidInputError(f"give options or {', '.join(values)}, not both")
     return options
@@ -214,7 +214,7 @@ class Run:
     layout: imaging.Layout
     measured: np.ndarray  # (N, C, h, w), input units (float32)
     scale: imaging.IntensityScale
-    options: RunOptions
+    options: RunSettings
     plan: tiling.Tiling | None
     noise_model: PoissonGaussian | None = None  # photon noise (input units), given or estimated
     noise_model_source: str = ""
@@ -264,7 +264,7 @@ class Run:
         return tiling.call_sizes(self.operator, len(self.measured), self.plan)
 
 
-def prepare(image: Any, operator: LinearOperator, options: RunOptions, intensity_range: Any = None) -> Run:
+def prepare(image: Any, operator: LinearOperator, options: RunSettings, intensity_range: Any = None) -> Run:
     """Check an image and operator once for every path (tiled or not), and plan the run."""
     if not isinstance(operator, LinearOperator):
         raise InvalidInputError(
@@ -288,7 +288,7 @@ def prepare(image: Any, operator: LinearOperator, options: RunOptions, intensity
 
 
 def photon_noise_of(
-    options: RunOptions, measured: np.ndarray, operator: LinearOperator
+    options: RunSettings, measured: np.ndarray, operator: LinearOperator
 ) -> tuple[PoissonGaussian | None, str]:
     """The run's Poisson-Gaussian model (given, or estimated from the measurement) and its source; the
     measurement must be mostly at or above its offset."""
@@ -318,7 +318,7 @@ class Restorer:
     def __init__(
         self,
         prior: DiffusionPrior,
-        config: TRegConfig | None = None,
+        config: TRegSettings | None = None,
         *,
         method: str = "treg",
         prompt: str | None = "",
@@ -339,7 +339,7 @@ class Restorer:
         self.text, self.null = embeddings
         self._finish = finish  # the last step of every batch's samples (an ensemble's variant), or None
 
-    def variant(self, config: TRegConfig, finish: FinishHook | None = None) -> Restorer:
+    def variant(self, config: TRegSettings, finish: FinishHook | None = None) -> Restorer:
         """This restorer with another config and last step (an ensemble's): the same prior, method and
         text, and the same text embeddings (nothing is embedded again). This restorer is not changed."""
         return Restorer(
@@ -357,7 +357,7 @@ class Restorer:
         image: Any,
         operator: LinearOperator,
         *,
-        options: RunOptions | None = None,
+        options: RunSettings | None = None,
         intensity_range: tuple[float, float] | None = None,
         callback: ProgressCallback | None = None,
         cancel: CancelSignal = None,
@@ -365,7 +365,7 @@ class Restorer:
     ) -> Restoration:
         """Restore ``image`` (a measurement ``y = A x + n`` by ``operator``); see :func:`napari_treg.restore`.
 
-        ``options``: a ready :class:`RunOptions` (built and checked by a front end), or its fields
+        ``options``: a ready :class:`RunSettings` (built and checked by a front end), or its fields
         as keywords (``seed``, ``rgb``, ``batch_size``, ``tile_size``, ``tile_overlap``, ``noise``,
         ``preview_every``). Returns a :class:`Restoration` ``(image, info)``.
 
@@ -689,3 +689,7 @@ def both(first: Callable[[dict], None] | None, second: Callable[[dict], None] | 
         first(state)
 
     return call
+
+
+#: the name before issue 29 (one suffix for the settings classes), kept for one release
+RunOptions = RunSettings

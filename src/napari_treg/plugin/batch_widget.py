@@ -25,7 +25,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 from napari.utils.notifications import show_error, show_info
 
 from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_map_names
-from napari_treg.engine.restorer import RunOptions
+from napari_treg.engine.restorer import RunSettings
 from napari_treg.errors import Cancelled, TRegError
 from napari_treg.io.files import companion
 from napari_treg.models.options import ModelSettings
@@ -45,7 +45,7 @@ from napari_treg.plugin.output_layers import MAP_KEY
 from napari_treg.plugin.restore_form import samples_widget
 from napari_treg.plugin.worker import ActivityProgress, Relay, start_worker
 from napari_treg.settings import spec_named
-from napari_treg.solver import TRegConfig
+from napari_treg.solver import TRegSettings
 from napari_treg.solver.text import TextSettings
 
 if TYPE_CHECKING:
@@ -66,14 +66,14 @@ SAMPLES_HELP = (
 def settings_widgets() -> list[Widget]:
     """The model, text, method and run fields, each with its settings class's default, range and help."""
     model, prompt = spec_named(ModelSettings, "model"), spec_named(TextSettings, "prompt")
-    tile, overlap = spec_named(RunOptions, "tile_size"), spec_named(RunOptions, "tile_overlap")
+    tile, overlap = spec_named(RunSettings, "tile_size"), spec_named(RunSettings, "tile_overlap")
     tile_size = setting_widget(tile, step=64)
     return [
         LineEdit(name="model", label=model.label, value=model.default, tooltip=sentence(model.help)),
         setting_widget(prompt),
-        setting_widget(spec_named(TRegConfig, "guidance")),
-        setting_widget(spec_named(TRegConfig, "steps")),
-        setting_widget(spec_named(RunOptions, "seed")),
+        setting_widget(spec_named(TRegSettings, "guidance")),
+        setting_widget(spec_named(TRegSettings, "steps")),
+        setting_widget(spec_named(RunSettings, "seed")),
         samples_widget(SAMPLES_HELP),
         tile_size,
         setting_widget(overlap),
@@ -92,7 +92,7 @@ def batch_settings(values: dict[str, Any], rgb: bool | None) -> dict:
     return {
         **settings,
         "model": model or spec_named(ModelSettings, "model").default,
-        "tile_size": setting_value(spec_named(RunOptions, "tile_size"), values["tile_size"]),
+        "tile_size": setting_value(spec_named(RunSettings, "tile_size"), values["tile_size"]),
         "rgb": rgb,
     }
 

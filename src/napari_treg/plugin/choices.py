@@ -1,7 +1,7 @@
 """What the widgets offer besides operators and method settings: models, devices, precisions (no Qt here).
 
 The operators and the method's settings come from the engine's registries
-(:mod:`napari_treg.operators.registry`, :class:`napari_treg.solver.TRegConfig`), see :mod:`.forms`;
+(:mod:`napari_treg.operators.registry`, :class:`napari_treg.solver.TRegSettings`), see :mod:`.forms`;
 what an operator does to the image size is the operator's own (``LinearOperator.upscale``).
 """
 

@@ -1,7 +1,7 @@
 """magicgui building blocks shared by the restore and simulate widgets, generated from the engine.
 
 The operator widgets come from the operator registry (:data:`napari_treg.operators.OPERATORS`)
-and the method's fields from :class:`napari_treg.solver.TRegConfig`: names, defaults, ranges,
+and the method's fields from :class:`napari_treg.solver.TRegSettings`: names, defaults, ranges,
 labels and help are written there once. Widgets are named after the keyword arguments of
 :func:`napari_treg.restore` and the operator parameters, so ``widget.sigma.value = 3`` works
 from the napari console.

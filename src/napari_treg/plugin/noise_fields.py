@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import ComboBox, Label, Widget
 
-from napari_treg.engine.restorer import PHOTON_PARAMETERS, RunOptions
+from napari_treg.engine.restorer import PHOTON_PARAMETERS, RunSettings
 from napari_treg.errors import InvalidInputError
 from napari_treg.noise import PoissonGaussian, estimate_poisson_gaussian
 from napari_treg.plugin.forms import number_widget, sentence
@@ -25,7 +25,7 @@ MIN_GAIN = 1e-4
 
 def photon_widgets() -> list[Widget]:
     """The noise-model choice, gain, read sd and offset (their specs), and a label for the estimate."""
-    choice = spec_named(RunOptions, "noise_model")
+    choice = spec_named(RunSettings, "noise_model")
     widgets: list[Widget] = [
         ComboBox(
             name="noise_model",

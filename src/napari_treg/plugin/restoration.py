@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from napari_treg.engine.ensemble import Ensemble, EnsembleOptions, check_ensemble, restorer_ensemble
+from napari_treg.engine.ensemble import Ensemble, EnsembleSettings, check_ensemble, restorer_ensemble
 from napari_treg.engine.restore_settings import RestoreSettings
 from napari_treg.engine.restorer import Progress, Restorer, prepare
 from napari_treg.errors import Cancelled, InvalidInputError
@@ -180,9 +180,9 @@ def _restore(
     return outcome
 
 
-def ensemble_options(request: RestoreRequest) -> EnsembleOptions:
-    """The request's ensemble settings: its samples (range checked by :class:`EnsembleOptions`), streamed."""
-    return EnsembleOptions(samples=request.samples, keep_samples=False, holdout=request.holdout)
+def ensemble_options(request: RestoreRequest) -> EnsembleSettings:
+    """The request's ensemble settings: its samples (range checked by :class:`EnsembleSettings`), streamed."""
+    return EnsembleSettings(samples=request.samples, keep_samples=False, holdout=request.holdout)
 
 
 def check_ensemble_request(request: RestoreRequest) -> None:

@@ -1,7 +1,7 @@
 """The restore widget's form: its sections, how they follow the chosen layer, and reading them into a run.
 
 Every field is named after a keyword argument of :func:`napari_treg.restore`; the method's
-fields come from :class:`napari_treg.solver.TRegConfig` and the operator's from the operator
+fields come from :class:`napari_treg.solver.TRegSettings` and the operator's from the operator
 registry (:mod:`.forms`). ``form`` below is the restore widget, whose fields are reached by
 name (``form.prompt``, ``form.sigma``) whatever section holds them.
 """
@@ -17,9 +17,9 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from napari_treg.engine.ensemble import EnsembleOptions
+from napari_treg.engine.ensemble import EnsembleSettings
 from napari_treg.engine.restore_settings import RestoreSettings
-from napari_treg.engine.restorer import RunOptions
+from napari_treg.engine.restorer import RunSettings
 from napari_treg.errors import InvalidInputError
 from napari_treg.models.options import ModelSettings
 from napari_treg.plugin.choices import MODELS, PRECISIONS, available_devices, model_spec
@@ -59,7 +59,7 @@ from napari_treg.plugin.noise_fields import (
 )
 from napari_treg.plugin.restoration import RestoreRequest, check_ensemble_request
 from napari_treg.settings import spec_named, specs
-from napari_treg.solver import TRegConfig, schedule_settings
+from napari_treg.solver import TRegSettings, schedule_settings
 from napari_treg.solver.text import TextSettings
 
 if TYPE_CHECKING:
@@ -77,10 +77,10 @@ RESTORE_OPTIONS = (
     "noise",
     "tile_size",
     "tile_overlap",
-    *(spec.name for spec in specs(TRegConfig)),
+    *(spec.name for spec in specs(TRegSettings)),
 )
 #: the settings classes' defaults (seed, tile overlap, model, device), not repeated here
-DEFAULTS = {**asdict(ModelSettings()), **asdict(RunOptions())}
+DEFAULTS = {**asdict(ModelSettings()), **asdict(RunSettings())}
 #: the text fields a new widget starts with (a sample's measurement brings its own, see sample_data)
 TEXT_DEFAULTS = {name: spec_named(TextSettings, name).default for name in ("prompt", "negative_prompt")}
 #: the dock's width limit: it must leave room for the canvas on a 1366 px laptop screen
@@ -99,7 +99,7 @@ SECTION_TITLES = {
 
 def build_sections(viewer: napari.Viewer, schedule: str) -> tuple[Container, ...]:
     """The form's sections (inputs, model, text, output, advanced) and the Run/Cancel buttons, last."""
-    settings = {spec.name: setting_widget(spec) for spec in specs(TRegConfig)}
+    settings = {spec.name: setting_widget(spec) for spec in specs(TRegSettings)}
     for name, value in schedule_settings(schedule).items():
         settings[name].value = value
     main = [settings.pop(name) for name in MAIN_SETTINGS]
@@ -121,7 +121,7 @@ def inputs_section(viewer: napari.Viewer) -> Container:
         choices=[CURRENT_PLANE, WHOLE_STACK],
         tooltip="For stacks: restore only the displayed plane, or every plane",
     )
-    noise = setting_widget(spec_named(RunOptions, "noise"), label="noise σ", off="unknown", step=0.005)
+    noise = setting_widget(spec_named(RunSettings, "noise"), label="noise σ", off="unknown", step=0.005)
     image = layer_combo(viewer, "Image", "image", "image", "The measured (degraded) image to restore", False)
     return Container(name="inputs", widgets=[image, planes, *operator_widgets(viewer), noise, *photon_widgets()])
 
@@ -144,7 +144,7 @@ def model_section() -> Container:
 def text_section(main_settings: list) -> Container:
     prompt = setting_widget(spec_named(TextSettings, "prompt"))
     negative = setting_widget(spec_named(TextSettings, "negative_prompt"), label="negative")
-    seed = setting_widget(spec_named(RunOptions, "seed"))  # the whole seed range, as the API and batch take
+    seed = setting_widget(spec_named(RunSettings, "seed"))  # the whole seed range, as the API and batch take
     widgets = [prompt, negative, *main_settings, seed, samples_widget(), holdout_widget()]
     return Container(name="text", widgets=widgets)
 
@@ -158,8 +158,8 @@ SAMPLES_HELP = (
 
 
 def samples_widget(tooltip: str = SAMPLES_HELP) -> SpinBox:
-    """1 = one restoration; more = an ensemble, up to the ensemble's own limit (:class:`EnsembleOptions`)."""
-    (spec,) = (spec for spec in specs(EnsembleOptions) if spec.name == "samples")
+    """1 = one restoration; more = an ensemble, up to the ensemble's own limit (:class:`EnsembleSettings`)."""
+    (spec,) = (spec for spec in specs(EnsembleSettings) if spec.name == "samples")
     return SpinBox(name="samples", label="samples", value=1, min=1, max=int(spec.maximum or 1), tooltip=tooltip)
 
 
@@ -225,8 +225,8 @@ def advanced_section(method_settings: list) -> Container:
         False,
         "VAE tiling, text encoder on the CPU: for GPUs with little memory (use tiles for large images)",
     )
-    tile_size = setting_widget(spec_named(RunOptions, "tile_size"), step=64)
-    tile_overlap = setting_widget(spec_named(RunOptions, "tile_overlap"), step=16)
+    tile_size = setting_widget(spec_named(RunSettings, "tile_size"), step=64)
+    tile_overlap = setting_widget(spec_named(RunSettings, "tile_overlap"), step=16)
     for combo in (device, dtype):
         narrow(combo)
     return Container(name="advanced", widgets=[*method_settings, device, dtype, low_memory, tile_size, tile_overlap])
@@ -386,7 +386,7 @@ def read_settings(form: Any, rgb: bool) -> RestoreSettings:
     """The text, method and run fields as :class:`RestoreSettings` (checked; every method setting is a field)."""
     values = {name: getattr(form, name).value for name in RESTORE_OPTIONS}
     for name in ("tile_size", "noise"):  # off / unknown: None
-        values[name] = setting_value(spec_named(RunOptions, name), values[name])
+        values[name] = setting_value(spec_named(RunSettings, name), values[name])
     values["preview_every"] = preview_interval(values["steps"]) if form.preview.value else 0
     if uses_photon_noise(form):
         values["noise"] = None  # the model gives every value its own level

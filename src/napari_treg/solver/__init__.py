@@ -1,7 +1,7 @@
 """The TReg solver: DDIM schedule, conjugate gradient, adaptive negation and the sampler."""
 
 from napari_treg.solver.cg import conjugate_gradient, data_consistency
-from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.config import TRegConfig, TRegSettings
 from napari_treg.solver.methods import METHODS, get_method
 from napari_treg.solver.negation import AdaptiveNegation
 from napari_treg.solver.sampler import treg_sample
@@ -13,6 +13,7 @@ __all__ = [
     "METHODS",
     "SCHEDULES",
     "TRegConfig",
+    "TRegSettings",
     "conjugate_gradient",
     "data_consistency",
     "ddim_steps",

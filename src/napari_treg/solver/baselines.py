@@ -22,7 +22,7 @@ from napari_treg.errors import DivergenceError, InvalidInputError
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import GaussianBlur, KernelBlur, LinearOperator, SuperResolution
 from napari_treg.solver.cg import conjugate_gradient
-from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.config import TRegSettings
 from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.sampler import Callback, guided_noise, presampled_noise
 from napari_treg.solver.timesteps import ddim_steps
@@ -62,7 +62,7 @@ def psld_sample(
     *,
     text: torch.Tensor,
     null: torch.Tensor,
-    config: TRegConfig = TRegConfig(),
+    config: TRegSettings = TRegSettings(),
     generators: list[torch.Generator] | None = None,
     callback: Callback | None = None,
     variance: NoiseVariance | None = None,
@@ -126,7 +126,7 @@ def tikhonov_restore(
     *,
     text: torch.Tensor | None = None,
     null: torch.Tensor | None = None,
-    config: TRegConfig = TRegConfig(),
+    config: TRegSettings = TRegSettings(),
     generators: list[torch.Generator] | None = None,
     callback: Callback | None = None,
     variance: NoiseVariance | None = None,
@@ -158,7 +158,7 @@ def richardson_lucy_restore(
     *,
     text: torch.Tensor | None = None,
     null: torch.Tensor | None = None,
-    config: TRegConfig = TRegConfig(),
+    config: TRegSettings = TRegSettings(),
     generators: list[torch.Generator] | None = None,
     callback: Callback | None = None,
     variance: NoiseVariance | None = None,

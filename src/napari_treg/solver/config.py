@@ -14,7 +14,7 @@ from napari_treg.settings import setting, validate
 
 
 @dataclass(frozen=True)
-class TRegConfig:
+class TRegSettings:
     """The method's parameters; creating one checks every value (InvalidInputError names it)."""
 
     steps: int = setting(
@@ -104,3 +104,7 @@ class TRegConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+#: the name before issue 29 (one suffix for the settings classes), kept for one release
+TRegConfig = TRegSettings

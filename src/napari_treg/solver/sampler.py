@@ -47,7 +47,7 @@ import torch
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
 from napari_treg.solver.cg import data_consistency
-from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.config import TRegSettings
 from napari_treg.solver.divergence import DivergenceWatch
 from napari_treg.solver.negation import AdaptiveNegation
 from napari_treg.solver.noise_weights import NoiseVariance
@@ -65,7 +65,7 @@ def treg_sample(
     *,
     text: torch.Tensor,
     null: torch.Tensor,
-    config: TRegConfig = TRegConfig(),
+    config: TRegSettings = TRegSettings(),
     generators: list[torch.Generator] | None = None,
     callback: Callback | None = None,
     variance: NoiseVariance | None = None,
@@ -119,7 +119,7 @@ def treg_sample(
 
 
 def data_step(
-    operator: LinearOperator, y: torch.Tensor, x0: torch.Tensor, config: TRegConfig, variance: NoiseVariance | None
+    operator: LinearOperator, y: torch.Tensor, x0: torch.Tensor, config: TRegSettings, variance: NoiseVariance | None
 ) -> torch.Tensor:
     """x_0^y: the data-consistency solve around ``x0``; with per-value noise weighted by
     ``W = floor / var(A x0)`` (the variance at the current estimate, not at ``y``)."""

@@ -1,6 +1,6 @@
-"""Named data-consistency schedules: ready-made values of TRegConfig's schedule fields.
+"""Named data-consistency schedules: ready-made values of TRegSettings's schedule fields.
 
-- ``"paper"``: the paper's schedule (TRegConfig's defaults): DC every 3rd step over the
+- ``"paper"``: the paper's schedule (TRegSettings's defaults): DC every 3rd step over the
   first 85 % of the steps, 5 CG iterations, no final projection.
 - ``"faithful"``: measurement-faithful: the paper's schedule plus a final data-consistency
   projection (``final_dc``). On the analytic prior the result then agrees with the measurement
@@ -22,16 +22,16 @@ from typing import Any
 
 from napari_treg.errors import InvalidInputError
 from napari_treg.settings import from_values
-from napari_treg.solver.config import TRegConfig
+from napari_treg.solver.config import TRegSettings
 
 #: the named data-consistency schedule used when none is given
 DEFAULT_SCHEDULE = "data-first"
 
-#: the TRegConfig fields a schedule sets
+#: the TRegSettings fields a schedule sets
 SCHEDULE_FIELDS = ("dc_every", "dc_until", "cg_iterations", "final_dc", "data_first", "renoise_eta")
-_PAPER = {name: getattr(TRegConfig(), name) for name in SCHEDULE_FIELDS}
+_PAPER = {name: getattr(TRegSettings(), name) for name in SCHEDULE_FIELDS}
 
-#: name -> TRegConfig field values
+#: name -> TRegSettings field values
 SCHEDULES: dict[str, dict] = {
     "paper": _PAPER,
     "faithful": _PAPER | {"final_dc": True},
@@ -40,12 +40,12 @@ SCHEDULES: dict[str, dict] = {
 
 
 def schedule_settings(name: str) -> dict:
-    """The TRegConfig field values of the schedule ``name`` (a new dict)."""
+    """The TRegSettings field values of the schedule ``name`` (a new dict)."""
     if name not in SCHEDULES:
         raise InvalidInputError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
     return dict(SCHEDULES[name])
 
 
-def method_config(schedule: str, values: dict[str, Any]) -> TRegConfig:
+def method_config(schedule: str, values: dict[str, Any]) -> TRegSettings:
     """The named schedule's settings (``solver.SCHEDULES``), with the given ``values`` on top."""
-    return from_values(TRegConfig, {**schedule_settings(schedule), **values}, "restore setting")
+    return from_values(TRegSettings, {**schedule_settings(schedule), **values}, "restore setting")
