@@ -75,7 +75,7 @@ def test_cli_bad_images_are_one_line_exit_2(tmp_path, capsys, name):
     [
         (["--operator", "kernel", "--kernel", "{tmp}/nan_kernel.npy"], 2),
         (["--operator", "denoise", "--device", "tpu"], 2),
-        (["--operator", "denoise", "--model", "no-such-model"], 1),
+        (["--operator", "denoise", "--model", "no-such-model"], 2),  # a bad value: exit 2 (issue 35)
         (["--operator", "denoise", "--guidance", "nan"], 2),
         (["--operator", "denoise", "--steps", "0"], 2),
     ],

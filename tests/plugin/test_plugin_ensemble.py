@@ -205,7 +205,8 @@ def test_the_held_out_check_runs_from_the_widget_and_says_its_verdict(restore_wi
     restore_widget.holdout.value = True
     restore_widget.samples.value = 1
     assert restore_widget.run() is None
-    assert "samples to 4 or more" in restore_widget.status_panel.details.value
+    said = restore_widget.status.value + restore_widget.status_panel.details.value  # one sentence: all in the status
+    assert "samples to 4 or more" in said
     restore_widget.samples.value = 4
     run_to_end(restore_widget)
     check = viewer.layers["y TReg mean"].metadata["treg"]["ensemble"]["holdout"]

@@ -16,7 +16,13 @@ from typing import Any, Sequence
 
 from napari_treg.errors import TRegError
 
-SAMPLES = ("fluorescence_blur", "photograph_sr", "photograph_inpainting", "fluorescence_stack_sr")
+SAMPLES = (
+    "fluorescence_blur",
+    "photograph_sr",
+    "photograph_inpainting",
+    "fluorescence_stack_sr",
+    "fluorescence_photons",
+)
 #: Qt platforms that need no display server (QT_QPA_PLATFORM)
 HEADLESS_PLATFORMS = ("offscreen", "minimal", "minimalegl", "vnc", "eglfs", "linuxfb")
 
