@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_treg.failures import Failure, describe_failure, first_sentence
-from napari_treg.solver.conflict import conflict_message, unchecked_message
+from napari_treg.solver.conflict import TextConflict, conflict_message, unchecked_message
 
 if TYPE_CHECKING:
     from napari_treg.engine.restorer import Progress
@@ -168,9 +168,9 @@ def conflict_note(info: dict) -> Note | None:
     details = conflict_message(info)
     if details is None:
         return None
-    conflict = info["text_conflict"]
-    units = conflict.get("units", 1)
-    where = "" if units == 1 else f" (in {conflict['units_flagged']} of {units} planes/tiles)"
+    conflict = TextConflict.of(info)
+    units = conflict.units or 1
+    where = "" if units == 1 else f" (in {conflict.units_flagged} of {units} planes/tiles)"
     return Note(
         f"The prompt pulled the result away from the measurement{where}: some of what it shows may come "
         "from the text, not the sample. Check the prompt, or compare with a run without one.",
@@ -183,7 +183,7 @@ def unchecked_note(info: dict) -> Note | None:
     details = unchecked_message(info)
     if details is None:
         return None
-    if "no noise level" in info["text_conflict"].get("reason", ""):
+    if "no noise level" in (TextConflict.of(info).reason or ""):
         advice = "set the measurement's noise σ to have it checked"
     else:
         advice = "the run had too few steps to tell; with more steps (50 or more) it is checked"
