@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_treg.cli import commands as cli
@@ -83,3 +84,17 @@ def test_ome_voxel_sizes_are_read_in_micrometres(tmp_path):
     tifffile.imwrite(path, np.ones((3, 5, 5), np.float32), ome=True, metadata=metadata)
     assert np.allclose(io.read_voxel_size(path), (0.3, 0.1, 0.1))
     assert io.read_voxel_size(psf_file(tmp_path)) is None
+
+
+def test_an_ome_zarr_psf_restores_the_stack_and_its_voxel_size_is_compared(tmp_path, capsys):
+    pytest.importorskip("ome_zarr")
+    from ome_zarr_helpers import ome_zarr_psf
+
+    psf = ome_zarr_psf(tmp_path / "psf.ome.zarr", np.ones((3, 5, 5)), scale=(500, 100, 100), unit="nanometer")
+    out, info = tmp_path / "out.tif", tmp_path / "info.json"
+    argv = ["restore", str(stack(tmp_path, voxel=(0.5, 0.1, 0.1))), "-o", str(out), "--operator", "kernel"]
+    assert cli.main([*argv, "--kernel", str(psf), "--info", str(info), *FAST]) == 0
+    assert json.loads(info.read_text())["params"]["operator"].startswith("VolumeBlur(psf=3x5x5")
+    argv[1] = str(stack(tmp_path, voxel=(0.3, 0.1, 0.1)))
+    assert cli.main([*argv, "--kernel", str(psf), *FAST]) == 2
+    assert "(0.5, 0.1, 0.1) differs from the stack's (0.3, 0.1, 0.1)" in capsys.readouterr().err

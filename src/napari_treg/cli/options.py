@@ -138,8 +138,12 @@ def read_mask(path: str) -> np.ndarray:
 
 
 def read_kernel(path: str) -> np.ndarray:
-    """A 2D blur kernel or a 3D PSF ``(Z, Y, X)`` from a file (RGB images are averaged to grey); the
-    operator checks it. A 3D PSF whose last axis has 3 pixels would be read as RGB: pad it."""
+    """A 2D blur kernel or a 3D PSF ``(Z, Y, X)`` from a file or an OME-Zarr image (RGB images are averaged
+    to grey); the operator checks it. A 3D PSF whose last axis has 3 pixels would be read as RGB: pad it."""
+    from napari_treg.io.ome_zarr import is_zarr, read_ome_zarr_psf
+
+    if is_zarr(path):
+        return read_ome_zarr_psf(path)[0]
     kernel = io.read_image(path)
     if kernel.ndim == 3 and kernel.shape[-1] == 3:
         kernel = kernel.mean(axis=-1)
@@ -173,7 +177,8 @@ def operator_from_args(args: argparse.Namespace) -> LinearOperator:
 
 
 def check_psf_voxels(operator: LinearOperator, kernel_path: str | None, input_path: str | None) -> None:
-    """A 3-D PSF file and the stack, both OME-TIFFs with voxel sizes: refuse sizes that differ, naming both."""
+    """A 3-D PSF file (OME-TIFF or OME-Zarr) and the stack, both with voxel sizes: refuse sizes that differ,
+    naming both."""
     from napari_treg.operators import VolumeBlur
     from napari_treg.operators.psf import match_voxel_size
 
