@@ -6,13 +6,25 @@ plane with its in-focus slice. The prior's calls (noise prediction, encode, deco
 and the data steps (every ``A^T A`` product of the conjugate gradients) are timed apart; model calls
 are counted. On a CUDA device the peak memory of each run is printed too.
 
+With ``--memory`` the script measures host memory instead (CPU, Linux): every run is a fresh
+process that loads the model, resets its resident-set high-water mark (``/proc/self/clear_refs``)
+and restores; the peak resident memory of the restore above the process's memory before it is
+reported for ``batch_size`` planes plane by plane (the model's share: one batch of planes through the
+model) and for each ``--planes`` as a volume and plane by plane, beside the growth over the first in
+units of image arrays of the added planes (``(Z - batch_size) x 3 x H x W`` float32, the unit of the
+volume's own arrays: measurement, estimate, conjugate-gradient vectors).
+
     python benchmarks/volume_cost.py                       # 16, 32 and 64 planes, batch 4, 6 steps
     python benchmarks/volume_cost.py --planes 64 --device cuda
+    python benchmarks/volume_cost.py --memory --size 128 --steps 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -64,6 +76,52 @@ def run(prior, operator, image, args, clock) -> dict:
     return {"total": total, "model": model.seconds, "data": data.seconds, "calls": noise_calls.calls, "peak": peak}
 
 
+def resident_mib(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (high-water mark) of this process, MiB (Linux)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def memory_run(args) -> None:
+    """One restore in this process; prints its peak resident memory above the memory before it (JSON)."""
+    prior = load_model("tiny", device="cpu")
+    psf = gaussian_psf()
+    operator = VolumeBlur(psf) if args.solve == "volume" else KernelBlur(psf[psf.shape[0] // 2])
+    image = np.random.default_rng(0).random((args.one_run, args.size, args.size)).astype(np.float32)
+    restorer = Restorer(prior, method_config(DEFAULT_SCHEDULE, {"steps": args.steps}))
+    before = resident_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # the high-water mark starts again at the current resident memory
+    restorer.restore(image, operator, batch_size=args.batch_size, seed=0)
+    print(json.dumps({"before": before, "peak": resident_mib("VmHWM")}))
+
+
+def measured_memory(args, planes: int, solve: str) -> float:
+    """Peak resident MiB of one restore above the process's memory before it, in a fresh process."""
+    command = [sys.executable, __file__, "--one-run", str(planes), "--solve", solve]
+    command += ["--batch-size", str(args.batch_size), "--steps", str(args.steps), "--size", str(args.size)]
+    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    return result["peak"] - result["before"]
+
+
+def memory_table(args) -> None:
+    array_mib = 3 * args.size * args.size * 4 / 2**20  # one plane of one image array, MiB
+    print(f"tiny SD on cpu, {args.size}x{args.size} planes, batch {args.batch_size}, {args.steps} steps, host memory\n")
+    print(
+        "| planes | solve | peak above start MiB | growth over batch_size planes MiB | growth / stack-sized image array |"
+    )
+    print("|---|---|---|---|---|")
+    base = measured_memory(args, args.batch_size, "plane by plane")  # the model's share: one batch of planes
+    print(f"| {args.batch_size} | plane by plane | {base:.0f} | - | - |", flush=True)
+    for planes in args.planes:
+        for solve in ("volume", "plane by plane"):
+            peak = measured_memory(args, planes, solve)
+            growth = peak - base
+            arrays = growth / (array_mib * (planes - args.batch_size))
+            print(f"| {planes} | {solve} | {peak:.0f} | {growth:.0f} | {arrays:.1f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--planes", type=int, nargs="+", default=[16, 32, 64])
@@ -71,8 +129,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory", action="store_true", help="peak host memory in fresh processes (CPU, Linux)")
+    parser.add_argument("--one-run", type=int, help=argparse.SUPPRESS)  # one memory run of this many planes
+    parser.add_argument("--solve", default="volume", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.one_run:
+        return memory_run(args)
+    if args.memory:
+        return memory_table(args)
 
     def clock() -> float:
         if args.device.startswith("cuda"):
