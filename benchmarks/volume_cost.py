@@ -9,14 +9,20 @@ are counted. On a CUDA device the peak memory of each run is printed too.
 With ``--memory`` the script measures host memory instead (CPU, Linux): every run is a fresh
 process that loads the model, resets its resident-set high-water mark (``/proc/self/clear_refs``)
 and restores; the peak resident memory of the restore above the process's memory before it is
-reported for ``batch_size`` planes plane by plane (the model's share: one batch of planes through the
-model) and for each ``--planes`` as a volume and plane by plane, beside the growth over the first in
+reported for ``batch_size`` planes denoised (the identity operator: the model's share, one batch of
+planes through the model, and no blur) and for each ``--planes`` as a volume and denoised plane by
+plane, beside the growth over the first in
 units of image arrays of the added planes (``(Z - batch_size) x 3 x H x W`` float32, the unit of the
 volume's own arrays: measurement, estimate, conjugate-gradient vectors).
 
     python benchmarks/volume_cost.py                       # 16, 32 and 64 planes, batch 4, 6 steps
     python benchmarks/volume_cost.py --planes 64 --device cuda
     python benchmarks/volume_cost.py --memory --size 128 --steps 2
+    python benchmarks/volume_cost.py --fft --planes 32 --size 128   # A^T A: direct conv3d against FFT
+
+``--fft`` times one ``A^T A`` of the data step (float32, as the conjugate gradient runs it) by the
+direct ``conv3d`` and by FFT (in float32, and in float64 rounded to float32) for a 7 x 13 x 13 and a
+15 x 31 x 31 Gaussian PSF, each against the exact (float64) product.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 
 from napari_treg.engine.restorer import Restorer
 from napari_treg.models import load_model
-from napari_treg.operators import KernelBlur, VolumeBlur
+from napari_treg.operators import Denoising, KernelBlur, VolumeBlur
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
 
@@ -87,7 +93,12 @@ def memory_run(args) -> None:
     """One restore in this process; prints its peak resident memory above the memory before it (JSON)."""
     prior = load_model("tiny", device="cpu")
     psf = gaussian_psf()
-    operator = VolumeBlur(psf) if args.solve == "volume" else KernelBlur(psf[psf.shape[0] // 2])
+    operators = {
+        "volume": VolumeBlur(psf),
+        "plane by plane": KernelBlur(psf[psf.shape[0] // 2]),
+        "denoise": Denoising(),
+    }
+    operator = operators[args.solve]
     image = np.random.default_rng(0).random((args.one_run, args.size, args.size)).astype(np.float32)
     restorer = Restorer(prior, method_config(DEFAULT_SCHEDULE, {"steps": args.steps}))
     before = resident_mib("VmRSS")
@@ -112,14 +123,47 @@ def memory_table(args) -> None:
         "| planes | solve | peak above start MiB | growth over batch_size planes MiB | growth / stack-sized image array |"
     )
     print("|---|---|---|---|---|")
-    base = measured_memory(args, args.batch_size, "plane by plane")  # the model's share: one batch of planes
-    print(f"| {args.batch_size} | plane by plane | {base:.0f} | - | - |", flush=True)
+    base = measured_memory(args, args.batch_size, "denoise")  # the model's share: one batch of planes
+    print(f"| {args.batch_size} | denoise | {base:.0f} | - | - |", flush=True)
     for planes in args.planes:
-        for solve in ("volume", "plane by plane"):
+        for solve in ("volume", "denoise"):
             peak = measured_memory(args, planes, solve)
             growth = peak - base
             arrays = growth / (array_mib * (planes - args.batch_size))
             print(f"| {planes} | {solve} | {peak:.0f} | {growth:.0f} | {arrays:.1f} |", flush=True)
+
+
+def fft_normal(operator: VolumeBlur, x: torch.Tensor) -> torch.Tensor:
+    """``A^T A x`` by FFT in ``x``'s dtype (the float64 path of :class:`VolumeBlur`, here for any dtype)."""
+    from napari_treg.operators import volume
+
+    kernel = torch.flip(operator.psf, dims=(0, 1, 2)).to(x)  # a convolution is the flipped correlation
+    forward = volume.fft_correlate_valid(volume.mirror_pad_3d(volume.as_volume(x), kernel.shape), kernel)
+    spread = volume.fft_convolve_full(forward, kernel)
+    return volume.as_planes(volume.mirror_pad_3d_adjoint(spread, kernel.shape, tuple(x.shape[-2:]), x.shape[0]))
+
+
+def fft_table(args) -> None:
+    planes = args.planes[0]
+    x = torch.from_numpy(np.random.default_rng(0).random((planes, 3, args.size, args.size)).astype(np.float32))
+    print(f"A^T A of {planes} planes of 3x{args.size}x{args.size}, float32, 1 thread\n")
+    print("| PSF | path | seconds | max error vs exact / max |")
+    print("|---|---|---|---|")
+    paths = {
+        "direct conv3d": lambda op: op.normal(x),
+        "FFT float32": lambda op: fft_normal(op, x),
+        "FFT float64": lambda op: fft_normal(op, x.double()).float(),
+    }
+    for radius_z, radius_xy in ((3, 6), (7, 15)):
+        operator = VolumeBlur(gaussian_psf(radius_z=radius_z, radius_xy=radius_xy))
+        exact = operator.normal(x.double())
+        for name, path in paths.items():
+            started = time.perf_counter()
+            out = path(operator)
+            seconds = time.perf_counter() - started
+            error = float((out.double() - exact).abs().max() / exact.abs().max())
+            shape = "x".join(map(str, operator.psf.shape))
+            print(f"| {shape} | {name} | {seconds:.2f} | {error:.1e} |", flush=True)
 
 
 def main() -> None:
@@ -130,6 +174,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory", action="store_true", help="peak host memory in fresh processes (CPU, Linux)")
+    parser.add_argument("--fft", action="store_true", help="time A^T A by conv3d and by FFT")
     parser.add_argument("--one-run", type=int, help=argparse.SUPPRESS)  # one memory run of this many planes
     parser.add_argument("--solve", default="volume", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,6 +183,8 @@ def main() -> None:
         return memory_run(args)
     if args.memory:
         return memory_table(args)
+    if args.fft:
+        return fft_table(args)
 
     def clock() -> float:
         if args.device.startswith("cuda"):

@@ -84,7 +84,7 @@ def run_unit(source, output, unit: Unit, job: Job, *pieces: TilePiece) -> dict[s
     if previous is not None and previous.get("input_digest") == digest and output.holds(unit, previous):
         return previous
     try:
-        restored, info, maps = restore_unit(image, job, job.unit_seed(unit), pieces)
+        restored, info, maps = restore_unit(image, job, job.unit_seed(unit), *pieces)
     except OutOfMemoryError as error:  # the engine has freed the memory; another worker may have more
         message = str(error)  # raised below, outside this handler, without the original attached
     else:
@@ -144,7 +144,7 @@ def is_done(source, output, unit: Unit, record: dict[str, Any]) -> bool:
 
 
 def restore_unit(
-    image: np.ndarray, job: Job, seed: int, pieces: tuple[TilePiece, ...] = ()
+    image: np.ndarray, job: Job, seed: int, *pieces: TilePiece
 ) -> tuple[np.ndarray, dict, dict[str, np.ndarray]]:
     """The restoration of one unit by this worker's engine for the job, and its maps by name.
 
