@@ -18,6 +18,7 @@ volume's own arrays: measurement, estimate, conjugate-gradient vectors).
     python benchmarks/volume_cost.py                       # 16, 32 and 64 planes, batch 4, 6 steps
     python benchmarks/volume_cost.py --planes 64 --device cuda
     python benchmarks/volume_cost.py --memory --size 128 --steps 2
+    python benchmarks/volume_cost.py --memory-parts --planes 32 --size 128  # a data step's parts apart
     python benchmarks/volume_cost.py --fft --planes 32 --size 128   # A^T A: direct conv3d against FFT
 
 ``--fft`` times one ``A^T A`` of the data step (float32, as the conjugate gradient runs it) by the
@@ -89,8 +90,45 @@ def resident_mib(field: str) -> float:
     return int(line.split()[1]) / 1024
 
 
+#: the parts of a volume restore measured apart by ``--memory-parts``
+PARTS = ("data step", "float64 residual", "A^T A")
+
+
+def part_run(args) -> None:
+    """One part of a volume restore on random planes in this process; prints its peak above the start (JSON)."""
+    from napari_treg.imaging.metrics import residual_sums
+    from napari_treg.solver.cg import data_consistency
+
+    operator = VolumeBlur(gaussian_psf())
+    rng = np.random.default_rng(0)
+    y, x0 = (torch.from_numpy(rng.random((args.one_run, 3, args.size, args.size), np.float32)) for _ in range(2))
+    parts = {
+        "data step": lambda: data_consistency(operator, y, x0, 1.0, 5),
+        "float64 residual": lambda: residual_sums(operator, x0, y),
+        "A^T A": lambda: operator.normal(x0),
+    }
+    before = resident_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    parts[args.solve]()
+    print(json.dumps({"before": before, "peak": resident_mib("VmHWM")}))
+
+
+def parts_table(args) -> None:
+    planes = args.planes[0]
+    array_mib = planes * 3 * args.size * args.size * 4 / 2**20
+    print(f"{planes} planes of 3x{args.size}x{args.size}, 7x13x13 PSF, 5 CG iterations: peak above start\n")
+    print("| part | peak MiB | stack-sized float32 image arrays |")
+    print("|---|---|---|")
+    for part in PARTS:
+        peak = measured_memory(args, planes, part)
+        print(f"| {part} | {peak:.0f} | {peak / array_mib:.1f} |", flush=True)
+
+
 def memory_run(args) -> None:
     """One restore in this process; prints its peak resident memory above the memory before it (JSON)."""
+    if args.solve in PARTS:
+        return part_run(args)
     prior = load_model("tiny", device="cpu")
     psf = gaussian_psf()
     operators = {
@@ -174,6 +212,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory", action="store_true", help="peak host memory in fresh processes (CPU, Linux)")
+    parser.add_argument("--memory-parts", action="store_true", help="peak host memory of a volume's data step parts")
     parser.add_argument("--fft", action="store_true", help="time A^T A by conv3d and by FFT")
     parser.add_argument("--one-run", type=int, help=argparse.SUPPRESS)  # one memory run of this many planes
     parser.add_argument("--solve", default="volume", help=argparse.SUPPRESS)
@@ -185,6 +224,8 @@ def main() -> None:
         return memory_table(args)
     if args.fft:
         return fft_table(args)
+    if args.memory_parts:
+        return parts_table(args)
 
     def clock() -> float:
         if args.device.startswith("cuda"):
