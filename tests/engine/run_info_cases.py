@@ -103,10 +103,11 @@ def ensembles() -> dict[str, Any]:
     }
 
 
-def infos() -> dict[str, dict]:
-    """``info`` of every pinned run, and each ensemble's ``restoration_info()``."""
-    recorded = {name: result.info for name, result in restorations().items()}
-    for name, result in ensembles().items():
+def infos(restored: dict | None = None, sampled: dict | None = None) -> dict[str, dict]:
+    """``info`` of every pinned run (of :func:`restorations` and :func:`ensembles`, made unless given), and
+    each ensemble's ``restoration_info()``."""
+    recorded = {name: result.info for name, result in (restored or restorations()).items()}
+    for name, result in (sampled or ensembles()).items():
         recorded[name] = result.info
         recorded[f"{name}_as_restoration"] = result.restoration_info()
     return recorded
