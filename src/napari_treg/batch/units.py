@@ -177,8 +177,10 @@ def unit_record(unit: Unit, run_info: RunInfo | EnsembleInfo, input_digest: str)
     (and an ensemble's held-out check, where it made one)."""
     from napari_treg.engine.run_info import EnsembleInfo
 
-    ensemble = run_info if isinstance(run_info, EnsembleInfo) else None
-    single = run_info.as_restoration() if isinstance(run_info, EnsembleInfo) else run_info
+    if isinstance(run_info, EnsembleInfo):
+        single, held_out = run_info.as_restoration(), run_info.holdout
+    else:
+        single, held_out = run_info, None
     conflict = single.text_conflict
     record = {
         "key": unit.key,
@@ -195,6 +197,6 @@ def unit_record(unit: Unit, run_info: RunInfo | EnsembleInfo, input_digest: str)
         "torch_threads": torch_threads(),  # bit-identity with local restore needs the same count
         "models_loaded": len(_LOADED),
     }
-    if ensemble is not None and ensemble.holdout:
-        record["holdout"] = ensemble.holdout
+    if held_out:
+        record["holdout"] = held_out
     return record

@@ -265,7 +265,7 @@ def ensemble_prepared(
     if corrections is not None:
         mean, kept, free_mean = corrected(corrections, mean, kept, free_mean)
     seconds = time.perf_counter() - started
-    info = EnsembleInfo(
+    run_info = EnsembleInfo(
         **sampling_info(run, options, noise_source, prior_sd_source),
         noise=noise,
         prior_sd=prior_sd,
@@ -286,7 +286,7 @@ def ensemble_prepared(
         samples=None if kept is None else guard_memory(lambda: samples_in_layout(kept, layout)),
         data_share=imaging.from_planes(share, layout),
         text_influence=None if free_mean is None else imaging.from_planes(influence(mean, free_mean), layout),
-        run_info=info,
+        run_info=run_info,
         residual=residual_map(run, mean.astype(np.float32)),
         uncorrected_std=None if corrections is None else imaging.from_planes(corrections[0].uncorrected_std(), layout),
     )

@@ -617,9 +617,9 @@ class Restorer:
         residual = residual_summary(residual_sums(run.operator, x, y), options.noise)
         if run.variance is not None:
             residual["residual_over_noise"] = weighted_residual(run.operator, x, y, run.variance)
-        tiling = None
+        cut = None
         if run.plan is not None and options.tile_size is not None:
-            tiling = run.plan.describe(options.tile_size, options.tile_overlap, len(run.unit_sizes()))
+            cut = run.plan.describe(options.tile_size, options.tile_overlap, len(run.unit_sizes()))
         return RunInfo(
             params=params,
             model=self.prior.name,
@@ -634,7 +634,7 @@ class Restorer:
             seconds=seconds,
             versions=package_versions(),
             noise_model=None if run.variance is None else run.noise_model_info(),
-            tiling=tiling,
+            tiling=cut,
             volume=volume_info(run.operator, run.layout, batch_size),
             text_conflict=text_conflict,
         )
