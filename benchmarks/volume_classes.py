@@ -15,7 +15,11 @@ the truth's in each plane, the classes of the ensemble mean, and the calibration
   (trust in the denoiser grows as the noise falls, as in DiffPIR), solved to convergence;
 - ``oracle``: the denoiser's exact posterior covariance given ``z_t`` (within-class plus the
   between-class rank-one term of the mixture, known for the analytic prior) in place of
-  ``lam I``: ``x = x0 + S A^T (A S A^T + noise^2 I)^-1 (y - A x0)``, solved to convergence.
+  ``lam I``: ``x = x0 + S A^T (A S A^T + noise^2 I)^-1 (y + e - A x0)`` (``e = 0``), solved to convergence;
+- ``kalman``: the ensemble's samples run as one batch and every data step uses their spread,
+  ``S = prior_sd^2 I + X X^T / (N - 1)`` (``X``: the samples' deviations from their mean), with
+  perturbed measurements (``e ~ N(0, noise^2 I)``), as an ensemble Kalman update; then the
+  ensemble's own noise-aware last step (``solver.posterior.perturb_and_map``).
 
     python benchmarks/volume_classes.py                     # every variant, 8 samples
     python benchmarks/volume_classes.py --variants oracle --samples 16
@@ -31,11 +35,15 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from volume import NOISE, PLANES, case, exact_posterior, run_ensemble, scores
+from volume import LEVEL, NOISE, PLANES, case, exact_posterior, run_ensemble, scores
 
+from napari_treg.operators import VolumeBlur
 from napari_treg.solver import sampler
+from napari_treg.solver.config import TRegSettings
+from napari_treg.solver.posterior import perturb_and_map, proximal_weight
+from napari_treg.solver.schedules import DEFAULT_SCHEDULE, schedule_settings
 
-VARIANTS = ("default", "converged", "annealed", "oracle")
+VARIANTS = ("default", "converged", "annealed", "oracle", "kalman")
 
 
 @contextmanager
@@ -66,19 +74,8 @@ def data_step_variant(name: str, prior, iterations: int):
         sampler.data_step, sampler.tweedie = shipped_step, shipped_tweedie
 
 
-def oracle_step(operator, y, x0, prior, z, a, iterations):
-    """The data step with the exact covariance of ``x0 | z_t`` under the two-class mixture."""
-    s2 = prior.latent_std**2
-    v = a * s2 + 1 - a
-    means = prior.means(tuple(z.shape[-2:])).to(z)
-    log_p = torch.stack([-0.5 * (z - math.sqrt(a) * m).square().flatten(1).sum(1) / v for m in means], dim=1)
-    r = torch.softmax(log_p, dim=1)
-    between = (r[:, 0] * r[:, 1]).view(-1, 1, 1, 1)
-    delta = (1 - a) * (means[1] - means[0]) / v
-    within = s2 * (1 - a) / v
-
-    def cov(u):
-        return within * u + between * delta * (delta * u).flatten(1).sum(1).view(-1, 1, 1, 1)
+def covariance_step(operator, y, x0, cov, iterations):
+    """``x0 + S A^T (A S A^T + noise^2 I)^-1 (y - A x0)`` for the covariance ``cov(u) = S u``, by CG."""
 
     def system(u):
         return operator.forward(cov(operator.adjoint(u))) + NOISE**2 * u
@@ -93,6 +90,85 @@ def oracle_step(operator, y, x0, prior, z, a, iterations):
         rr_new = (res * res).sum()
         direction, rr = res + rr_new / rr * direction, rr_new
     return x0 + cov(operator.adjoint(u))
+
+
+def oracle_step(operator, y, x0, prior, z, a, iterations):
+    """The data step with the exact covariance of ``x0 | z_t`` under the two-class mixture."""
+    s2 = prior.latent_std**2
+    v = a * s2 + 1 - a
+    means = prior.means(tuple(z.shape[-2:])).to(z)
+    log_p = torch.stack([-0.5 * (z - math.sqrt(a) * m).square().flatten(1).sum(1) / v for m in means], dim=1)
+    r = torch.softmax(log_p, dim=1)
+    between = (r[:, 0] * r[:, 1]).view(-1, 1, 1, 1)
+    delta = (1 - a) * (means[1] - means[0]) / v
+    within = s2 * (1 - a) / v
+
+    def cov(u):
+        return within * u + between * delta * (delta * u).flatten(1).sum(1).view(-1, 1, 1, 1)
+
+    return covariance_step(operator, y, x0, cov, iterations)
+
+
+class Volumes(VolumeBlur):
+    """``count`` volumes of ``planes`` planes one after another on the batch axis, each blurred alone."""
+
+    def __init__(self, psf: np.ndarray, count: int, planes: int):
+        super().__init__(psf)
+        self.count, self.planes = count, planes
+
+    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(x.split(self.planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([super(Volumes, self).forward(v) for v in self.split(x)])
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([super(Volumes, self).adjoint(v) for v in self.split(y)])
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adjoint(self.forward(x))
+
+
+def kalman_ensemble(c: dict, samples: int, steps: int, iterations: int, seed: int) -> dict:
+    """The ensemble with ensemble-Kalman data steps (all samples in one sampler batch)."""
+    prior, planes = c["prior"], len(c["labels"])
+    tau = prior.latent_std
+    op = Volumes(c["op"].psf.numpy(), samples, planes)
+    y = c["y"].float().repeat(samples, 1, 1, 1)
+    perturbations = torch.Generator().manual_seed(seed + 1000)
+
+    def kalman_step(operator, y, x0, config, variance):
+        deviations = x0.reshape(samples, -1) - x0.reshape(samples, -1).mean(0, keepdim=True)
+
+        def cov(u):
+            flat = u.reshape(samples, -1)
+            spread = (deviations @ flat.T).T @ deviations / (samples - 1)
+            return (tau**2 * flat + spread).reshape(u.shape)
+
+        perturbed = y + NOISE * torch.randn(y.shape, generator=perturbations)
+        return covariance_step(operator, perturbed, x0, cov, iterations)
+
+    config = TRegSettings(
+        steps=steps,
+        guidance=0.0,
+        adaptive_negation=False,
+        **schedule_settings(DEFAULT_SCHEDULE) | {"final_dc": False},
+        cg_lambda=proximal_weight(NOISE, tau),
+    )
+    empty = prior.embed_text([""]).expand(samples * planes, -1, -1)
+    generators = [torch.Generator().manual_seed(seed * 1000 + k) for k in range(samples * planes)]
+    shipped, sampler.data_step = sampler.data_step, kalman_step
+    try:
+        x = sampler.treg_sample(
+            prior, y, op, tuple(y.shape[-2:]), text=empty, null=empty, config=config, generators=generators
+        )
+    finally:
+        sampler.data_step = shipped
+    x = perturb_and_map(op, y, x, NOISE, tau, torch.randn(y.shape, generator=perturbations))
+    xs = x.double().reshape(samples, planes, *x.shape[1:]).numpy()
+    labels = np.array([prior.classify(torch.from_numpy(v).float()).tolist() for v in xs])
+    low, high = np.quantile(xs, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=0)
+    return {"mean": xs.mean(0), "var": xs.var(0, ddof=1), "interval": (low, high), "labels": labels}
 
 
 def main() -> None:
@@ -116,8 +192,11 @@ def main() -> None:
     ]
     for name in args.variants:
         started = time.perf_counter()
-        with data_step_variant(name, c["prior"], args.iterations):
-            result, _ = run_ensemble(c, c["op"], run)
+        if name == "kalman":
+            result = kalman_ensemble(c, args.samples, args.steps, args.iterations, args.seed)
+        else:
+            with data_step_variant(name, c["prior"], args.iterations):
+                result, _ = run_ensemble(c, c["op"], run)
         shares = np.mean(result["labels"] == np.array(c["labels"]), axis=0)
         r = scores(c, post, result["mean"], result["var"], result["interval"])
         lines.append(
