@@ -98,3 +98,29 @@ def test_an_ome_zarr_psf_restores_the_stack_and_its_voxel_size_is_compared(tmp_p
     argv[1] = str(stack(tmp_path, voxel=(0.3, 0.1, 0.1)))
     assert cli.main([*argv, "--kernel", str(psf), *FAST]) == 2
     assert "(0.5, 0.1, 0.1) differs from the stack's (0.3, 0.1, 0.1)" in capsys.readouterr().err
+
+
+def test_batch_compares_the_psf_voxel_size_with_each_stack_of_the_folder(tmp_path, capsys):
+    """``batch`` with a 3-D kernel file: a folder whose second stack has other voxels is refused naming it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, voxel in (("a.tif", (0.5, 0.1, 0.1)), ("b.tif", (0.3, 0.1, 0.1))):
+        image = np.random.default_rng(0).random((6, 16, 16)).astype(np.float32)
+        tifffile.imwrite(folder / name, image, ome=True, metadata={"axes": "ZYX", **ome_sizes(voxel)})
+    argv = ["batch", str(folder), "-o", str(tmp_path / "out"), "--operator", "kernel"]
+    argv += ["--kernel", str(psf_file(tmp_path, voxel=(0.5, 0.1, 0.1))), *FAST]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "b.tif: the PSF's voxel size" in err and "(0.3, 0.1, 0.1)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_restores_a_folder_of_stacks_by_a_3d_kernel_file_in_tile_units(tmp_path):
+    pytest.importorskip("distributed")
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    tifffile.imwrite(folder / "s.tif", np.random.default_rng(0).random((4, 24, 20)).astype(np.float32))
+    argv = ["batch", str(folder), "-o", str(out), "--operator", "kernel", "--kernel", str(psf_file(tmp_path))]
+    assert cli.main([*argv, "--tile-size", "16", "--tile-overlap", "4", "--workers", "1", *FAST]) == 0
+    record = json.loads((out / "s.tif.treg.json").read_text())
+    assert record["tile_units"] == 4 and record["params"]["operator"].startswith("VolumeBlur(psf=3x5x5")
