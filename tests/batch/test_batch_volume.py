@@ -39,12 +39,16 @@ def test_the_y_x_tiles_of_a_stack_are_tasks_of_their_own_and_the_result_equals_a
     source, target = tmp_path / "in", tmp_path / "out"
     source.mkdir()
     stack = (np.random.default_rng(2).random((4, 24, 20)) * 1000).astype(np.uint16)
+    small = (np.random.default_rng(3).random((4, 16, 16)) * 1000).astype(np.uint16)  # one tile: one task
     io.write_image(source / "stack.tif", stack)
+    io.write_image(source / "small.tif", small)
     tiled = {**SETTINGS, "tile_size": 16, "tile_overlap": 4, "prompt": "a disk"}
     with local_cluster(workers=2) as cluster, distributed.Client(cluster, set_as_default=False) as client:
         report = restore_many(str(source), str(target), PSF, client=client, **tiled)
         again = restore_many(str(source), str(target), PSF, client=client, **tiled)
-    assert report.ok and report.computed == 1 and again.skipped == 1
+    assert report.ok and report.computed == 2 and again.skipped == 2
+    assert "tile_units" not in json.loads((target / "small.tif.treg.json").read_text())
+    np.testing.assert_array_equal(io.read_image(target / "small.tif"), restore(small, PSF, **tiled))
     record = json.loads((target / "stack.tif.treg.json").read_text())
     assert record["tile_units"] == 4 and record["tiling"]["tiles"] == 4
     local, info = restore(stack, PSF, return_info=True, **tiled)

@@ -107,7 +107,9 @@ def restore_many(
     output : str
         A folder for files; a ``.zarr`` path for arrays. Rerunning on it resumes.
     operator : LinearOperator
-        The forward model, as for :func:`napari_treg.restore`.
+        The forward model, as for :func:`napari_treg.restore`. One that couples planes (a 3-D PSF,
+        ``VolumeBlur``) restores each file as one z-stack; with ``tile_size`` (and no ``samples``)
+        each Y-X tile of a larger stack is a task of its own, blended as local ``restore`` blends it.
     workers : int, optional
         Workers of the embedded local cluster (default: one per GPU, else one per CPU core).
     scheduler : str, optional
