@@ -18,6 +18,7 @@ volume's own arrays: measurement, estimate, conjugate-gradient vectors).
     python benchmarks/volume_cost.py                       # 16, 32 and 64 planes, batch 4, 6 steps
     python benchmarks/volume_cost.py --planes 64 --device cuda
     python benchmarks/volume_cost.py --memory --size 128 --steps 2
+    python benchmarks/volume_cost.py --memory --size 128 --steps 2 --compare "plane by plane"
     python benchmarks/volume_cost.py --memory-parts --planes 32 --size 128  # a data step's parts apart
     python benchmarks/volume_cost.py --fft --planes 32 --size 128   # A^T A: direct conv3d against FFT
 
@@ -164,7 +165,7 @@ def memory_table(args) -> None:
     base = measured_memory(args, args.batch_size, "denoise")  # the model's share: one batch of planes
     print(f"| {args.batch_size} | denoise | {base:.0f} | - | - |", flush=True)
     for planes in args.planes:
-        for solve in ("volume", "denoise"):
+        for solve in ("volume", *args.compare):
             peak = measured_memory(args, planes, solve)
             growth = peak - base
             arrays = growth / (array_mib * (planes - args.batch_size))
@@ -212,6 +213,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory", action="store_true", help="peak host memory in fresh processes (CPU, Linux)")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=["denoise"],
+        choices=["denoise", "plane by plane"],
+        help="--memory: the plane-by-plane runs beside the volume (plane by plane: the in-focus slice's KernelBlur)",
+    )
     parser.add_argument("--memory-parts", action="store_true", help="peak host memory of a volume's data step parts")
     parser.add_argument("--fft", action="store_true", help="time A^T A by conv3d and by FFT")
     parser.add_argument("--one-run", type=int, help=argparse.SUPPRESS)  # one memory run of this many planes
