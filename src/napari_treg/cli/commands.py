@@ -192,6 +192,23 @@ def _write_info(path: str | Path, info: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
+def recorded_noise_defaults(args: argparse.Namespace) -> Any:
+    """The camera gain and offset the input file records (OME metadata), with ``--noise-model poisson-gaussian``
+    (the defaults of --gain and --offset: :func:`napari_treg.io.files.read_noise_defaults`), else None."""
+    if getattr(args, "noise_model", None) != "poisson-gaussian":
+        return None
+    return io.read_noise_defaults(args.input)
+
+
+def _noise_model_note(info: dict[str, Any]) -> str:
+    """The result line's note of a noise model taken from the file's metadata ("" otherwise)."""
+    source = info.get("noise_model", {}).get("source", "")
+    if "OME metadata" not in source:
+        return ""
+    model = ", ".join(f"{name} {value:.4g}" for name, value in info["noise_model"]["input_units"].items())
+    return f"; noise model {model} ({source.split(';')[0]})"
+
+
 def _restore_summary(output: str, info: dict[str, Any]) -> str:
     summary = f"wrote {output} ({_describe(output)})"
     if "seconds" in info:
@@ -200,7 +217,7 @@ def _restore_summary(output: str, info: dict[str, Any]) -> str:
         summary += f"; relative residual {info['residual']:.3g}"
     if info.get("residual_over_noise") is not None:
         summary += f" ({info['residual_over_noise']:.2g} x the noise level)"
-    return summary + _conflict_note(info)
+    return summary + _noise_model_note(info) + _conflict_note(info)
 
 
 def _conflict_note(info: dict[str, Any]) -> str:
@@ -231,7 +248,13 @@ def run_restore(args: argparse.Namespace) -> int:
     outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
     with ProgressBar(enabled=not args.quiet) as bar:
         result, info = restore(
-            image, operator, **restore_kwargs(args), progress=bar, cancel=_interrupted, return_info=True
+            image,
+            operator,
+            **restore_kwargs(args),
+            noise_defaults=recorded_noise_defaults(args),
+            progress=bar,
+            cancel=_interrupted,
+            return_info=True,
         )
     writers: dict[str | os.PathLike, Callable[[Path], object]] = {
         args.output: lambda path: io.write_image(path, result, like=image)
@@ -289,6 +312,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
             keep_samples=args.keep_samples,
             **options,
             **restore_kwargs(args),
+            noise_defaults=recorded_noise_defaults(args),
             progress=bar,
             cancel=_interrupted,
         )
@@ -309,6 +333,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
         args,
         lambda: (
             f"wrote the mean of {args.samples} restorations to {args.output} and {', '.join(names)} next to it"
+            + _noise_model_note(result.info)
             + _conflict_note(result.info)
         ),
     )
