@@ -1,6 +1,7 @@
 """Camera gain and offset recorded in an OME-TIFF: read, used as the Poisson-Gaussian defaults, and said so."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -50,6 +51,8 @@ def test_files_without_camera_values_record_nothing(tmp_path):
         assert read_noise_defaults(tmp_path / name) is None, name
     path = write_ome(tmp_path / "nan.ome.tif", camera_image(), [{"Gain": "NaN", "Offset": "none"}])
     assert read_noise_defaults(path) is None
+    path = write_ome(tmp_path / "zero.ome.tif", camera_image(), [{"Gain": 0, "Offset": 100}])
+    assert read_noise_defaults(path) == NoiseDefaults(gain=None, offset=100.0, source=read_noise_defaults(path).source)
 
 
 def test_a_recorded_gain_is_refused_when_not_positive():
@@ -69,9 +72,17 @@ def test_a_recorded_gain_and_offset_are_the_models_defaults_and_read_sd_is_fitte
         assert run.noise_model.variance(adu) == pytest.approx(CAMERA.variance(adu), rel=0.15)
     source = run.noise_model_info()["source"]
     assert source.startswith("OME metadata (DetectorSettings Gain): gain 2, offset 100 (gain, offset); read_sd")
+    assert "DOUBTFUL" not in source  # the recorded gain agrees with the measurement's own fit
     estimated = prepared(RunSettings(noise_model="poisson-gaussian"), None)
     assert estimated.noise_model_source.startswith("estimated from the measurement")
     assert estimated.noise_model.gain != 2.0  # without the record the gain is estimated
+
+
+def test_a_recorded_gain_far_from_the_measurements_own_fit_is_named_as_doubtful():
+    amplifier = NoiseDefaults(gain=300.0, source="OME metadata (Detector Gain)")  # an EM-gain setting, say
+    run = prepared(RunSettings(noise_model="poisson-gaussian", offset=100.0), amplifier)
+    assert run.noise_model.gain == 300.0  # used as recorded, and said to be doubtful
+    assert re.search(r"DOUBTFUL: the measurement's own fit gives gain (1\.[5-9]|2\.[0-5])", run.noise_model_source)
 
 
 def test_what_the_user_gives_wins_over_the_record():

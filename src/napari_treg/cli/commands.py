@@ -206,7 +206,8 @@ def _noise_model_note(info: dict[str, Any]) -> str:
     if "OME metadata" not in source:
         return ""
     model = ", ".join(f"{name} {value:.4g}" for name, value in info["noise_model"]["input_units"].items())
-    return f"; noise model {model} ({source.split(';')[0]})"
+    doubt = source[source.index("DOUBTFUL") :] if "DOUBTFUL" in source else ""
+    return f"; noise model {model} ({source.split(';')[0]})" + (f"; {doubt}" if doubt else "")
 
 
 def _restore_summary(output: str, info: dict[str, Any]) -> str:

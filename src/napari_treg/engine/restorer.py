@@ -343,10 +343,29 @@ def photon_noise_of(
         else:
             source = (
                 f"{recorded.describe()} (gain{', offset' if offset_recorded else ''}); read_sd estimated from the "
-                f"measurement with that gain ({fitted}, {method}; {where})"
+                f"measurement with that gain ({fitted}, {method}; {where})" + gain_check(measured, operator, gain)
             )
     check_above_offset(measured, model.offset, "the measurement")
     return model, source
+
+
+#: a recorded gain this many times off the measurement's own fit (either way) is named as doubtful
+GAIN_DOUBT = 2.0
+
+
+def gain_check(measured: np.ndarray, operator: LinearOperator | None, gain: float) -> str:
+    """A warning for the source when the measurement's own fit puts the gain more than :data:`GAIN_DOUBT`
+    times off a recorded one (a file's "gain" is often an amplifier setting, not ADU per photon); else ""."""
+    try:
+        own = fit_variance_line(measured, operator).slope
+    except InvalidInputError:
+        return ""
+    if 1.0 / GAIN_DOUBT <= own / gain <= GAIN_DOUBT:
+        return ""
+    return (
+        f"; DOUBTFUL: the measurement's own fit gives gain {own:.3g}, not the recorded {gain:g} (is the recorded "
+        "gain ADU per photon? give gain and read_sd otherwise)"
+    )
 
 
 # -- the engine ---------------------------------------------------------------------------------

@@ -435,7 +435,7 @@ def read_noise_defaults(path: PathLike) -> NoiseDefaults | None:
         for name in values:
             for element, where in ((settings, "DetectorSettings"), (detector, "Detector")):
                 number = _ome_number(element, name)
-                if number is not None:
+                if number is not None and (name != "Gain" or number > 0):  # a gain of 0 or less is no gain
                     values[name].setdefault(number, f"{where} {name}" + (f" of channel {index}" if channels else ""))
                     break
     recorded = {name: next(iter(found)) for name, found in values.items() if len(found) == 1}

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import ComboBox, Label, Widget
 
-from napari_treg.engine.restorer import PHOTON_PARAMETERS, RunSettings
+from napari_treg.engine.restorer import PHOTON_PARAMETERS, RunSettings, gain_check
 from napari_treg.errors import InvalidInputError
 from napari_treg.io.files import read_noise_defaults
 from napari_treg.noise import NoiseDefaults, PoissonGaussian, estimate_poisson_gaussian
@@ -86,8 +86,9 @@ def prefill_photon_fields(form: Any, layer: Any) -> None:
         return
     recorded = layer_noise_defaults(layer)
     gain, offset = (None, None) if recorded is None else (recorded.gain, recorded.offset)
+    plane = estimate_plane(layer.data, layer.rgb)
     try:
-        model = estimate_poisson_gaussian(estimate_plane(layer.data, layer.rgb), offset=offset, gain=gain)
+        model = estimate_poisson_gaussian(plane, offset=offset, gain=gain)
     except InvalidInputError as error:
         form.noise_estimate.value = f"Not estimated: {error}."
         if recorded is not None:
@@ -102,9 +103,10 @@ def prefill_photon_fields(form: Any, layer: Any) -> None:
             "edit to override)."
         )
         return
+    doubt = "" if gain is None else gain_check(plane, None, gain)
     form.noise_estimate.value = (
         f"From {recorded.describe()}; the rest estimated from '{layer.name}': {values} (a recorded gain is taken "
-        "as the intensity of one photon; edit to override)."
+        f"as the intensity of one photon; edit to override){doubt}."
     )
 
 
