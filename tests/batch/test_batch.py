@@ -341,11 +341,11 @@ def test_a_unit_out_of_memory_is_retried_on_another_worker(tmp_path, monkeypatch
     calls = []
     real = units.restore_unit
 
-    def out_of_memory_once(image, job, seed):
+    def out_of_memory_once(image, job, seed, noise_defaults=None):
         calls.append((seed, units.worker_address()))
         if seed == SETTINGS["seed"] and sum(s == seed for s, _ in calls) == 1:
             raise OutOfMemoryError("out of memory (injected)")
-        return real(image, job, seed)
+        return real(image, job, seed, noise_defaults)
 
     monkeypatch.setattr(units, "restore_unit", out_of_memory_once)
     stack = measurement((3, 16, 16))
