@@ -70,7 +70,7 @@ def test_a_recorded_gain_and_offset_are_the_models_defaults_and_read_sd_is_fitte
     assert (run.noise_model.gain, run.noise_model.offset) == (2.0, 100.0)
     for adu in (300.0, 800.0):  # the read noise fitted with the recorded gain: the variance within 15 %
         assert run.noise_model.variance(adu) == pytest.approx(CAMERA.variance(adu), rel=0.15)
-    source = run.noise_model_info()["source"]
+    source = run.noise_model_info().source
     assert source.startswith("OME metadata (DetectorSettings Gain): gain 2, offset 100 (gain, offset); read_sd")
     assert "DOUBTFUL" not in source  # the recorded gain agrees with the measurement's own fit
     estimated = prepared(RunSettings(noise_model="poisson-gaussian"), None)

@@ -22,6 +22,7 @@ from napari_treg.operators import LinearOperator
 if TYPE_CHECKING:
     from napari_treg.engine.ensemble import EnsembleSettings
     from napari_treg.engine.restore_settings import RestoreSettings
+    from napari_treg.engine.run_info import EnsembleInfo, RunInfo
     from napari_treg.models.options import ModelSettings
 
 _LOADED: list = []  # the priors this process has loaded, to check they load once per worker
@@ -75,11 +76,13 @@ def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
     if previous is not None and previous.get("input_digest") == digest and output.holds(unit, previous):
         return previous
     try:
-        restored, info, maps = restore_unit(image, job, job.unit_seed(unit), recorded_noise_defaults(source, unit, job))
+        restored, run_info, maps = restore_unit(
+            image, job, job.unit_seed(unit), recorded_noise_defaults(source, unit, job)
+        )
     except OutOfMemoryError as error:  # the engine has freed the memory; another worker may have more
         message = str(error)  # raised below, outside this handler, without the original attached
     else:
-        return output.write(unit, image, restored, info, unit_record(unit, info, digest), maps)
+        return output.write(unit, image, restored, unit_info(run_info), unit_record(unit, run_info, digest), maps)
     raise UnitOutOfMemory(message, worker_address())
 
 
@@ -112,19 +115,19 @@ def recorded_noise_defaults(source, unit: Unit, job: Job) -> Any:
 
 def restore_unit(
     image: np.ndarray, job: Job, seed: int, noise_defaults: Any = None
-) -> tuple[np.ndarray, dict, dict[str, np.ndarray]]:
-    """The restoration of one unit by this worker's engine for the job, and its maps by name.
+) -> tuple[np.ndarray, RunInfo | EnsembleInfo, dict[str, np.ndarray]]:
+    """The restoration of one unit by this worker's engine for the job, its record, and its maps by name.
 
-    With ``job.ensemble``: the ensemble's mean, its info and its maps (:meth:`Job.map_names`).
+    With ``job.ensemble``: the ensemble's mean, its record and its maps (:meth:`Job.map_names`).
     ``noise_defaults``: the camera values its file records (:func:`recorded_noise_defaults`).
     """
     restorer = worker_restorer(job)
     run = replace(job.settings.run, seed=seed)
     if job.ensemble is None:
-        restored, info = restorer.restore(
+        restoration = restorer.restore(
             image, job.operator, options=run, intensity_range=job.intensity_range, noise_defaults=noise_defaults
         )
-        return restored, info, {}
+        return restoration.image, restoration.run_info, {}
     from napari_treg.engine.ensemble import restorer_ensemble
 
     result = restorer_ensemble(
@@ -140,7 +143,7 @@ def restore_unit(
     missing = [name for name, array in maps.items() if array is None]
     if missing:
         raise TRegError(f"the ensemble returned no {', '.join(missing)} map")
-    return result.mean, result.restoration_info(), maps
+    return result.mean, result.run_info, maps
 
 
 def worker_restorer(job: Job) -> Any:
@@ -180,25 +183,39 @@ def torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
-def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str, Any]:
+def unit_info(run_info: RunInfo | EnsembleInfo) -> dict[str, Any]:
+    """The unit's ``info`` as written beside its output: a restore's, or an ensemble's as its mean's
+    (:meth:`~napari_treg.engine.ensemble.Ensemble.restoration_info`)."""
+    from napari_treg.engine.run_info import EnsembleInfo
+
+    return run_info.restoration_dict() if isinstance(run_info, EnsembleInfo) else run_info.as_dict()
+
+
+def unit_record(unit: Unit, run_info: RunInfo | EnsembleInfo, input_digest: str) -> dict[str, Any]:
     """The per-unit provenance kept with the output: which unit and input, seed, residual, time, where
     (and an ensemble's held-out check, where it made one)."""
+    from napari_treg.engine.run_info import EnsembleInfo
+
+    if isinstance(run_info, EnsembleInfo):
+        single, held_out = run_info.as_restoration(), run_info.holdout
+    else:
+        single, held_out = run_info, None
+    conflict = single.text_conflict
     record = {
         "key": unit.key,
         "input_digest": input_digest,
         "name": unit.name,
         "plane": unit.plane,
-        "seed": info.get("seed"),
-        "residual": info.get("residual"),
-        "residual_over_noise": info.get("residual_over_noise"),
-        "intensity_range": info.get("intensity_range"),
-        "seconds": info.get("seconds"),
-        "text_conflict": info.get("text_conflict"),
+        "seed": single.seed,
+        "residual": single.residual,
+        "residual_over_noise": single.residual_over_noise,
+        "intensity_range": list(single.intensity_range),
+        "seconds": single.seconds,
+        "text_conflict": None if conflict is None else conflict.as_dict(),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "torch_threads": torch_threads(),  # bit-identity with local restore needs the same count
         "models_loaded": len(_LOADED),
     }
-    held_out = (info.get("ensemble") or {}).get("holdout")
     if held_out:
         record["holdout"] = held_out
     return record

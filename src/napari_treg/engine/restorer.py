@@ -16,14 +16,14 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from napari_treg.engine import tiling
-from napari_treg.engine.run_info import package_versions
+from napari_treg.engine.run_info import NoiseModelInfo, Parameters, RunInfo, package_versions
 from napari_treg.engine.volume import check_volume, volume_depth, volume_info
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
@@ -41,7 +41,7 @@ from napari_treg.models.chunked import PlaneChunks
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_text, from_values, optional_like, setting, validate
 from napari_treg.solver import TRegSettings, get_method
-from napari_treg.solver.conflict import ConflictLog, unchecked
+from napari_treg.solver.conflict import ConflictLog, TextConflict
 from napari_treg.solver.divergence import check_finite
 from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
@@ -195,15 +195,21 @@ ProgressCallback = Callable[[Progress], None]
 
 @dataclass(frozen=True)
 class Restoration:
-    """A restored image and its provenance (plain JSON: parameters, model, versions, residual, time).
+    """A restored image and its provenance: ``run_info`` (a :class:`~napari_treg.engine.run_info.RunInfo`:
+    parameters, model, versions, residual, time, checks) and ``info``, its plain JSON.
 
     Unpacks as ``image, info``; ``residual`` is ``|A x - y|`` per measured value in the input's units,
     shaped like the measurement (0 where nothing is measured): the map the engine's ``residual`` sums.
     """
 
     image: np.ndarray
-    info: dict
+    run_info: RunInfo
     residual: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def info(self) -> dict[str, Any]:
+        """``run_info`` as plain JSON (serialised once: the same dict on every access)."""
+        return self.run_info.as_dict()
 
     def __iter__(self):
         return iter((self.image, self.info))
@@ -232,15 +238,10 @@ class Run:
             return None
         return self.noise_model.in_model_units(self.scale.low, self.scale.high)
 
-    def noise_model_info(self) -> dict:
+    def noise_model_info(self) -> NoiseModelInfo:
         """``info["noise_model"]``: the model in the input's units and in model units, and where it came from."""
         assert self.noise_model is not None and self.variance is not None
-        return {
-            "kind": "poisson-gaussian",
-            "input_units": self.noise_model.as_dict(),
-            "model_units": self.variance.as_dict(),
-            "source": self.noise_model_source,
-        }
+        return NoiseModelInfo(self.noise_model, self.variance, self.noise_model_source)
 
     #: the seed of unit ``k`` (plane, or tile-major tile and plane); None: ``options.seed + k``
     seed_of: Callable[[int], int] | None = None
@@ -477,9 +478,10 @@ class Restorer:
         raise_if(is_cancelled)  # cancelled during the last step: still nothing is returned
         check_finite(restored, "the restored image")
         image = imaging.from_planes(restored, run.layout)
-        info = self.provenance(run, batch_size, restored, time.perf_counter() - started)
-        info["text_conflict"] = conflicts.summary() if conflicts is not None else unchecked(self.unchecked_reason())
-        return Restoration(image, info, residual_map(run, restored))
+        seconds = time.perf_counter() - started
+        conflict = conflicts.conflict() if conflicts is not None else TextConflict(reason=self.unchecked_reason())
+        run_info = self.provenance(run, batch_size, restored, seconds, conflict)
+        return Restoration(image, run_info, residual_map(run, restored))
 
     def check_noise_model(self, run: Run) -> None:
         """Refuse photon noise for a method whose data steps do not weigh values (all but TReg)."""
@@ -647,42 +649,55 @@ class Restorer:
 
     # -- provenance -------------------------------------------------------------------------
 
-    def provenance(self, run: Run, batch_size: int, restored: np.ndarray, seconds: float) -> dict:
-        """The run's info: every parameter needed to replay it, the model, versions, residual, time."""
+    def provenance(
+        self,
+        run: Run,
+        batch_size: int,
+        restored: np.ndarray,
+        seconds: float,
+        text_conflict: TextConflict | None = None,
+    ) -> RunInfo:
+        """The run's record: every parameter needed to replay it, the model, versions, residual, time, the
+        text-conflict check (None: an ensemble's mean, whose check is the ensemble's)."""
         options = run.options
         x = torch.from_numpy(run.scale.to_model(restored))
         y = torch.from_numpy(run.planes)
-        info = {
-            "params": {
-                "operator": repr(run.operator),
-                "prompt": self.prompt,
-                "negative_prompt": self.negative_prompt,
-                "method": self.method,
-                **asdict(options),
-                "rgb": run.layout.rgb,
-                "batch_size": batch_size,
-                "intensity_range": [run.scale.low, run.scale.high],
-                **self.config.as_dict(),
-            },
-            "model": self.prior.name,
-            "test_model": self.prior.is_test_model,
-            "device": str(self.prior.device),
-            "dtype": str(self.prior.dtype).replace("torch.", ""),
-            "seed": options.seed,
-            **residual_summary(residual_sums(run.operator, x, y), options.noise),
-            "intensity_range": [run.scale.low, run.scale.high],
-            "seconds": seconds,
-            "versions": package_versions(),
-        }
+        intensity_range = (run.scale.low, run.scale.high)
+        params = Parameters(
+            operator=repr(run.operator),
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            method=self.method,
+            options=options,
+            rgb=run.layout.rgb,
+            batch_size=batch_size,
+            intensity_range=intensity_range,
+            config=self.config,
+        )
+        residual = residual_summary(residual_sums(run.operator, x, y), options.noise)
         if run.variance is not None:
-            info["residual_over_noise"] = weighted_residual(run.operator, x, y, run.variance)
-            info["noise_model"] = run.noise_model_info()
+            residual["residual_over_noise"] = weighted_residual(run.operator, x, y, run.variance)
+        cut = None
         if run.plan is not None and options.tile_size is not None:
-            info["tiling"] = run.plan.describe(options.tile_size, options.tile_overlap, len(run.unit_sizes()))
-        volume = volume_info(run.operator, run.layout, batch_size)
-        if volume is not None:
-            info["volume"] = volume
-        return info
+            cut = run.plan.describe(options.tile_size, options.tile_overlap, len(run.unit_sizes()))
+        return RunInfo(
+            params=params,
+            model=self.prior.name,
+            test_model=self.prior.is_test_model,
+            device=str(self.prior.device),
+            dtype=str(self.prior.dtype).replace("torch.", ""),
+            seed=options.seed,
+            residual=residual["residual"],
+            noise=residual["noise"],
+            residual_over_noise=residual["residual_over_noise"],
+            intensity_range=intensity_range,
+            seconds=seconds,
+            versions=package_versions(),
+            noise_model=None if run.variance is None else run.noise_model_info(),
+            tiling=cut,
+            volume=volume_info(run.operator, run.layout, batch_size),
+            text_conflict=text_conflict,
+        )
 
 
 def residual_map(run: Run, restored: np.ndarray) -> np.ndarray:

@@ -238,8 +238,9 @@ class RestoreWidget(Container):
         if outcome.ensemble is not None:
             self._show_side_by_side()
             notes.append(ensemble_note(request.samples))
-            if "holdout" in outcome.ensemble.info:
-                verdict = outcome.ensemble.info["holdout"]["verdict"]
+            held_out = outcome.ensemble.run_info.holdout
+            if held_out:
+                verdict = held_out["verdict"]
                 notes.append(Note(f"{verdict[0].upper()}{verdict[1:]}."))
         if outcome.residual is not None:
             notes.append(Note(f"The residual layer is below it, hidden: '{name} residual'."))
