@@ -76,7 +76,9 @@ def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
     if previous is not None and previous.get("input_digest") == digest and output.holds(unit, previous):
         return previous
     try:
-        restored, run_info, maps = restore_unit(image, job, job.unit_seed(unit))
+        restored, run_info, maps = restore_unit(
+            image, job, job.unit_seed(unit), recorded_noise_defaults(source, unit, job)
+        )
     except OutOfMemoryError as error:  # the engine has freed the memory; another worker may have more
         message = str(error)  # raised below, outside this handler, without the original attached
     else:
@@ -103,22 +105,39 @@ def is_done(source, output, unit: Unit, record: dict[str, Any]) -> bool:
         return False
 
 
+def recorded_noise_defaults(source, unit: Unit, job: Job) -> Any:
+    """The camera values the unit's file records (OME metadata), when the job asks for the Poisson-Gaussian
+    model; None otherwise, and for sources that are not files."""
+    if job.settings.run.noise_model != "poisson-gaussian" or not hasattr(source, "noise_defaults"):
+        return None
+    return source.noise_defaults(unit)
+
+
 def restore_unit(
-    image: np.ndarray, job: Job, seed: int
+    image: np.ndarray, job: Job, seed: int, noise_defaults: Any = None
 ) -> tuple[np.ndarray, RunInfo | EnsembleInfo, dict[str, np.ndarray]]:
     """The restoration of one unit by this worker's engine for the job, its record, and its maps by name.
 
     With ``job.ensemble``: the ensemble's mean, its record and its maps (:meth:`Job.map_names`).
+    ``noise_defaults``: the camera values its file records (:func:`recorded_noise_defaults`).
     """
     restorer = worker_restorer(job)
     run = replace(job.settings.run, seed=seed)
     if job.ensemble is None:
-        restoration = restorer.restore(image, job.operator, options=run, intensity_range=job.intensity_range)
+        restoration = restorer.restore(
+            image, job.operator, options=run, intensity_range=job.intensity_range, noise_defaults=noise_defaults
+        )
         return restoration.image, restoration.run_info, {}
     from napari_treg.engine.ensemble import restorer_ensemble
 
     result = restorer_ensemble(
-        restorer, image, job.operator, options=job.ensemble, run_options=run, intensity_range=job.intensity_range
+        restorer,
+        image,
+        job.operator,
+        options=job.ensemble,
+        run_options=run,
+        intensity_range=job.intensity_range,
+        noise_defaults=noise_defaults,
     )
     maps = {name: getattr(result, name) for name in job.map_names()}
     missing = [name for name, array in maps.items() if array is None]
