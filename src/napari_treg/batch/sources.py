@@ -50,6 +50,10 @@ class FileSource:
     def read(self, unit: Unit) -> np.ndarray:
         return io.read_image(unit.path)
 
+    def noise_defaults(self, unit: Unit) -> Any:
+        """The camera gain and offset the unit's file records (:func:`napari_treg.io.files.read_noise_defaults`)."""
+        return io.read_noise_defaults(unit.path)
+
     def unit_source(self, unit: Unit) -> FileSource:
         """What a task needs to read ``unit``: its own path."""
         return FileSource((unit.path,))

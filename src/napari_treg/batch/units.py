@@ -85,7 +85,9 @@ def run_unit(source, output, unit: Unit, job: Job, *pieces: TilePiece) -> dict[s
     if previous is not None and previous.get("input_digest") == digest and output.holds(unit, previous):
         return previous
     try:
-        restored, run_info, maps = restore_unit(image, job, job.unit_seed(unit), *pieces)
+        restored, run_info, maps = restore_unit(
+            image, job, job.unit_seed(unit), recorded_noise_defaults(source, unit, job), *pieces
+        )
     except OutOfMemoryError as error:  # the engine has freed the memory; another worker may have more
         message = str(error)  # raised below, outside this handler, without the original attached
     else:
@@ -98,7 +100,7 @@ def run_unit(source, output, unit: Unit, job: Job, *pieces: TilePiece) -> dict[s
 
 def count_tiles(source, unit: Unit, job: Job) -> int:
     """How many Y-X tiles the unit's z-stack is cut into (1: it fits one tile); run on a worker."""
-    plan = unit_run(source.read(unit), job, unit).plan
+    plan = unit_run(source, unit, job).plan
     return 1 if plan is None else plan.count
 
 
@@ -109,7 +111,7 @@ def run_tile(source, unit: Unit, job: Job, index: int) -> TilePiece:
         import torch
 
         torch.set_num_threads(job.threads)
-    run = unit_run(source.read(unit), job, unit)
+    run = unit_run(source, unit, job)
     try:
         return worker_restorer(job).solve_tile(run, index)
     except OutOfMemoryError as error:
@@ -117,12 +119,14 @@ def run_tile(source, unit: Unit, job: Job, index: int) -> TilePiece:
     raise UnitOutOfMemory(message, worker_address())
 
 
-def unit_run(image: np.ndarray, job: Job, unit: Unit) -> Run:
-    """The engine's checked plan of the unit's restoration (its seed, the job's intensity range)."""
+def unit_run(source, unit: Unit, job: Job) -> Run:
+    """The engine's checked plan of the unit's restoration (its seed, the job's intensity range, its file's
+    recorded camera values), read from its source."""
     from napari_treg.engine.restorer import prepare
 
     options = replace(job.settings.run, seed=job.unit_seed(unit))
-    return prepare(image, job.operator, options, job.intensity_range)
+    noise_defaults = recorded_noise_defaults(source, unit, job)
+    return prepare(source.read(unit), job.operator, options, job.intensity_range, noise_defaults)
 
 
 def array_digest(image: np.ndarray) -> str:
@@ -144,12 +148,21 @@ def is_done(source, output, unit: Unit, record: dict[str, Any]) -> bool:
         return False
 
 
+def recorded_noise_defaults(source, unit: Unit, job: Job) -> Any:
+    """The camera values the unit's file records (OME metadata), when the job asks for the Poisson-Gaussian
+    model; None otherwise, and for sources that are not files."""
+    if job.settings.run.noise_model != "poisson-gaussian" or not hasattr(source, "noise_defaults"):
+        return None
+    return source.noise_defaults(unit)
+
+
 def restore_unit(
-    image: np.ndarray, job: Job, seed: int, *pieces: TilePiece
+    image: np.ndarray, job: Job, seed: int, noise_defaults: Any = None, *pieces: TilePiece
 ) -> tuple[np.ndarray, RunInfo | EnsembleInfo, dict[str, np.ndarray]]:
     """The restoration of one unit by this worker's engine for the job, its record, and its maps by name.
 
     With ``job.ensemble``: the ensemble's mean, its record and its maps (:meth:`Job.map_names`).
+    ``noise_defaults``: the camera values its file records (:func:`recorded_noise_defaults`).
     With ``pieces``: the unit's solved tiles blended (:meth:`Restorer.assemble_tiles`).
     """
     restorer = worker_restorer(job)
@@ -157,15 +170,24 @@ def restore_unit(
     if pieces:
         from napari_treg.engine.restorer import prepare
 
-        restoration = restorer.assemble_tiles(prepare(image, job.operator, run, job.intensity_range), list(pieces))
+        prepared = prepare(image, job.operator, run, job.intensity_range, noise_defaults)
+        restoration = restorer.assemble_tiles(prepared, list(pieces))
         return restoration.image, restoration.run_info, {}
     if job.ensemble is None:
-        restoration = restorer.restore(image, job.operator, options=run, intensity_range=job.intensity_range)
+        restoration = restorer.restore(
+            image, job.operator, options=run, intensity_range=job.intensity_range, noise_defaults=noise_defaults
+        )
         return restoration.image, restoration.run_info, {}
     from napari_treg.engine.ensemble import restorer_ensemble
 
     result = restorer_ensemble(
-        restorer, image, job.operator, options=job.ensemble, run_options=run, intensity_range=job.intensity_range
+        restorer,
+        image,
+        job.operator,
+        options=job.ensemble,
+        run_options=run,
+        intensity_range=job.intensity_range,
+        noise_defaults=noise_defaults,
     )
     maps = {name: getattr(result, name) for name in job.map_names()}
     missing = [name for name, array in maps.items() if array is None]

@@ -48,7 +48,7 @@ from napari_treg.settings import check_integer, check_number, specs
 
 if TYPE_CHECKING:  # torch is imported inside main(), where Ctrl-C during the import is caught
     from napari_treg.engine.restorer import Progress, Restoration
-    from napari_treg.engine.run_info import RunInfo
+    from napari_treg.engine.run_info import NoiseModelInfo, RunInfo
     from napari_treg.solver.conflict import TextConflict
 
 
@@ -194,12 +194,30 @@ def _write_info(path: str | Path, info: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
+def recorded_noise_defaults(args: argparse.Namespace) -> Any:
+    """The camera gain and offset the input file records (OME metadata), with ``--noise-model poisson-gaussian``
+    (the defaults of --gain and --offset: :func:`napari_treg.io.files.read_noise_defaults`), else None."""
+    if getattr(args, "noise_model", None) != "poisson-gaussian":
+        return None
+    return io.read_noise_defaults(args.input)
+
+
+def _noise_model_note(noise_model: NoiseModelInfo | None) -> str:
+    """The result line's note of a noise model taken from the file's metadata ("" otherwise)."""
+    if noise_model is None or "OME metadata" not in noise_model.source:
+        return ""
+    source = noise_model.source
+    model = ", ".join(f"{name} {value:.4g}" for name, value in noise_model.input_units.as_dict().items())
+    doubt = source[source.index("DOUBTFUL") :] if "DOUBTFUL" in source else ""
+    return f"; noise model {model} ({source.split(';')[0]})" + (f"; {doubt}" if doubt else "")
+
+
 def _restore_summary(output: str, run_info: RunInfo) -> str:
     summary = f"wrote {output} ({_describe(output)}) in {run_info.seconds:.1f} s"
     summary += f"; relative residual {run_info.residual:.3g}"
     if run_info.residual_over_noise is not None:
         summary += f" ({run_info.residual_over_noise:.2g} x the noise level)"
-    return summary + _conflict_note(run_info.text_conflict)
+    return summary + _noise_model_note(run_info.noise_model) + _conflict_note(run_info.text_conflict)
 
 
 def _conflict_note(conflict: TextConflict | None) -> str:
@@ -232,7 +250,15 @@ def run_restore(args: argparse.Namespace) -> int:
     with ProgressBar(enabled=not args.quiet) as bar:
         restoration = cast(
             "Restoration",
-            restore(image, operator, **restore_kwargs(args), progress=bar, cancel=_interrupted, return_info=True),
+            restore(
+                image,
+                operator,
+                **restore_kwargs(args),
+                noise_defaults=recorded_noise_defaults(args),
+                progress=bar,
+                cancel=_interrupted,
+                return_info=True,
+            ),
         )
     writers: dict[str | os.PathLike, Callable[[Path], object]] = {
         args.output: lambda path: io.write_image(path, restoration.image, like=image)
@@ -290,6 +316,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
             keep_samples=args.keep_samples,
             **options,
             **restore_kwargs(args),
+            noise_defaults=recorded_noise_defaults(args),
             progress=bar,
             cancel=_interrupted,
         )
@@ -310,6 +337,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
         args,
         lambda: (
             f"wrote the mean of {args.samples} restorations to {args.output} and {', '.join(names)} next to it"
+            + _noise_model_note(result.run_info.noise_model)
             + _conflict_note(result.run_info.text_conflict)
         ),
     )

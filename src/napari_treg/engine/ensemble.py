@@ -45,7 +45,7 @@ from napari_treg.engine.restorer import (
 from napari_treg.engine.run_info import EnsembleInfo
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
-from napari_treg.imaging.noise import estimate_noise
+from napari_treg.imaging.noise import NoiseDefaults, estimate_noise
 from napari_treg.memory import available_host_bytes, guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
@@ -198,16 +198,18 @@ def restorer_ensemble(
     intensity_range: tuple[float, float] | None = None,
     callback: ProgressCallback | None = None,
     cancel: CancelSignal = None,
+    noise_defaults: NoiseDefaults | None = None,
     **run_values: Any,
 ) -> Ensemble:
     """:func:`ensemble` for front ends that already hold a :class:`Restorer` (its model, settings and text).
 
     ``run_options``: a ready :class:`~napari_treg.engine.restorer.RunSettings`, or its fields as keywords
-    (``seed``, ``noise``, ``batch_size``, ...). The restorer itself is not changed.
+    (``seed``, ``noise``, ``batch_size``, ...); ``noise_defaults``: see :func:`prepare`. The restorer itself
+    is not changed.
     """
     started = time.perf_counter()
     options = options if options is not None else EnsembleSettings()
-    run = prepare(image, operator, run_options_from(run_options, run_values), intensity_range)
+    run = prepare(image, operator, run_options_from(run_options, run_values), intensity_range, noise_defaults)
     return ensemble_prepared(restorer, run, options, callback, cancel, started)
 
 

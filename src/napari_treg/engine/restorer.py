@@ -28,7 +28,13 @@ from napari_treg.engine.volume import check_volume, volume_depth, volume_info
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
 from napari_treg.imaging.metrics import residual_summary, residual_sums, weighted_residual
-from napari_treg.imaging.noise import PoissonGaussian, check_above_offset, estimate_noise, fit_variance_line
+from napari_treg.imaging.noise import (
+    NoiseDefaults,
+    PoissonGaussian,
+    check_above_offset,
+    estimate_noise,
+    fit_variance_line,
+)
 from napari_treg.memory import auto_batch_size, free_bytes, guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.models.chunked import PlaneChunks
@@ -265,8 +271,17 @@ class Run:
         return tiling.call_sizes(self.operator, len(self.measured), self.plan)
 
 
-def prepare(image: Any, operator: LinearOperator, options: RunSettings, intensity_range: Any = None) -> Run:
-    """Check an image and operator once for every path (tiled or not), and plan the run."""
+def prepare(
+    image: Any,
+    operator: LinearOperator,
+    options: RunSettings,
+    intensity_range: Any = None,
+    noise_defaults: NoiseDefaults | None = None,
+) -> Run:
+    """Check an image and operator once for every path (tiled or not), and plan the run.
+
+    ``noise_defaults``: camera values recorded with the image, the defaults of a Poisson-Gaussian model
+    asked for without its parameters (:func:`photon_noise_of`)."""
     if not isinstance(operator, LinearOperator):
         raise InvalidInputError(
             f"operator must be one of napari_treg.operators (e.g. SuperResolution(4)), got {operator!r}"
@@ -284,30 +299,74 @@ def prepare(image: Any, operator: LinearOperator, options: RunSettings, intensit
     plan = None
     if options.tile_size is not None and max(image_hw) > options.tile_size:
         plan = tiling.Tiling.plan(operator, layout.hw, options.tile_size, options.tile_overlap)
-    noise_model, source = photon_noise_of(options, measured, operator)
+    noise_model, source = photon_noise_of(options, measured, operator, noise_defaults)
     return Run(operator, layout, measured, scale, options, plan, noise_model, source)
 
 
 def photon_noise_of(
-    options: RunSettings, measured: np.ndarray, operator: LinearOperator
+    options: RunSettings, measured: np.ndarray, operator: LinearOperator, defaults: NoiseDefaults | None = None
 ) -> tuple[PoissonGaussian | None, str]:
-    """The run's Poisson-Gaussian model (given, or estimated from the measurement) and its source; the
-    measurement must be mostly at or above its offset."""
+    """The run's Poisson-Gaussian model and its source; the measurement must be mostly at or above its offset.
+
+    What is given wins; then what ``defaults`` record (the offset, and the gain: read_sd is then fitted
+    with that gain); the rest is estimated from the measurement (only gain and read_sd^2 - gain offset are
+    identifiable; offset 0 when neither given nor recorded, or where the fitted line meets zero variance).
+    """
     if options.noise_model != "poisson-gaussian":
         return None, ""
-    model = options.photon_noise()
-    source = "given"
-    if model is None:
-        fit = fit_variance_line(measured, operator)
-        model = fit.model(options.offset)
-        offset = "offset given" if options.offset is not None else "offset 0 or where the fitted line meets 0"
-        source = (
-            f"estimated from the measurement (var = {fit.slope:.4g} I + {fit.intercept:.4g} over {fit.bins} "
-            f"intensity bins of {fit.blocks} 2x2 blocks, finest Haar diagonal detail; {offset}; "
-            "napari_treg.noise.estimate_poisson_gaussian)"
+    recorded = defaults if defaults is not None else NoiseDefaults()
+    offset, offset_recorded = options.offset, False
+    if offset is None and recorded.offset is not None:
+        offset, offset_recorded = recorded.offset, True
+    if options.gain is not None and options.read_sd is not None:
+        model = PoissonGaussian(options.gain, options.read_sd, 0.0 if offset is None else offset)
+        source = "given" + (f" (offset from {recorded.describe()})" if offset_recorded else "")
+    else:
+        gain = recorded.gain
+        fit = fit_variance_line(measured, operator, gain)
+        model = fit.model(offset)
+        where = "offset given" if options.offset is not None else "offset 0 or where the fitted line meets 0"
+        if offset_recorded:
+            where = "offset recorded"
+        fitted = (
+            f"var = {fit.slope:.4g} I + {fit.intercept:.4g} over {fit.bins} intensity bins of {fit.blocks} 2x2 blocks"
         )
+        method = "finest Haar diagonal detail; napari_treg.noise.estimate_poisson_gaussian"
+        if gain is None and not offset_recorded:
+            source = (
+                f"estimated from the measurement ({fitted}, finest Haar diagonal detail; {where}; "
+                "napari_treg.noise.estimate_poisson_gaussian)"
+            )
+        elif gain is None:
+            source = (
+                f"{recorded.describe()} (offset); gain and read_sd estimated from the measurement ({fitted}, {method})"
+            )
+        else:
+            source = (
+                f"{recorded.describe()} (gain{', offset' if offset_recorded else ''}); read_sd estimated from the "
+                f"measurement with that gain ({fitted}, {method}; {where})" + gain_check(measured, operator, gain)
+            )
     check_above_offset(measured, model.offset, "the measurement")
     return model, source
+
+
+#: a recorded gain this many times off the measurement's own fit (either way) is named as doubtful
+GAIN_DOUBT = 2.0
+
+
+def gain_check(measured: np.ndarray, operator: LinearOperator | None, gain: float) -> str:
+    """A warning for the source when the measurement's own fit puts the gain more than :data:`GAIN_DOUBT`
+    times off a recorded one (a file's "gain" is often an amplifier setting, not ADU per photon); else ""."""
+    try:
+        own = fit_variance_line(measured, operator).slope
+    except InvalidInputError:
+        return ""
+    if 1.0 / GAIN_DOUBT <= own / gain <= GAIN_DOUBT:
+        return ""
+    return (
+        f"; DOUBTFUL: the measurement's own fit gives gain {own:.3g}, not the recorded {gain:g} (is the recorded "
+        "gain ADU per photon? give gain and read_sd otherwise)"
+    )
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -362,13 +421,14 @@ class Restorer:
         intensity_range: tuple[float, float] | None = None,
         callback: ProgressCallback | None = None,
         cancel: CancelSignal = None,
+        noise_defaults: NoiseDefaults | None = None,
         **run_values: Any,
     ) -> Restoration:
         """Restore ``image`` (a measurement ``y = A x + n`` by ``operator``); see :func:`napari_treg.restore`.
 
         ``options``: a ready :class:`RunSettings` (built and checked by a front end), or its fields
         as keywords (``seed``, ``rgb``, ``batch_size``, ``tile_size``, ``tile_overlap``, ``noise``,
-        ``preview_every``). Returns a :class:`Restoration` ``(image, info)``.
+        ``preview_every``); ``noise_defaults``: see :func:`prepare`. Returns a :class:`Restoration` ``(image, info)``.
 
         Raises
         ------
@@ -394,7 +454,7 @@ class Restorer:
         """
         started = time.perf_counter()
         options = run_options_from(options, run_values)
-        run = prepare(image, operator, options, intensity_range)
+        run = prepare(image, operator, options, intensity_range, noise_defaults)
         return self.restore_prepared(run, callback, cancel, started)
 
     def restore_prepared(
