@@ -22,6 +22,7 @@ from napari_treg.operators import LinearOperator
 if TYPE_CHECKING:
     from napari_treg.engine.ensemble import EnsembleSettings
     from napari_treg.engine.restore_settings import RestoreSettings
+    from napari_treg.engine.restorer import Run, TilePiece
     from napari_treg.engine.run_info import EnsembleInfo, RunInfo
     from napari_treg.models.options import ModelSettings
 
@@ -49,6 +50,12 @@ class Job:
         (its sample k then uses ``seed + plane * S + k``: no two units share a seed)."""
         return self.seed + unit.plane * (self.ensemble.samples if self.ensemble is not None else 1)
 
+    @property
+    def splits_volumes(self) -> bool:
+        """Whether a tiled z-stack's Y-X tiles are units of their own: a volume solve (the operator couples
+        planes) with ``tile_size``, one restoration per unit (an ensemble's volume stays one unit)."""
+        return self.operator.couples_planes and self.settings.run.tile_size is not None and self.ensemble is None
+
     def map_names(self) -> tuple[str, ...]:
         """The maps each unit writes beside its output (:func:`ensemble_maps`)."""
         return ensemble_maps(self.settings, self.ensemble)
@@ -60,9 +67,11 @@ def ensemble_maps(settings: RestoreSettings, ensemble: EnsembleSettings | None) 
     return () if ensemble is None else ensemble_map_names(settings.uses_text)
 
 
-def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
+def run_unit(source, output, unit: Unit, job: Job, *pieces: TilePiece) -> dict[str, Any]:
     """Restore one unit and write it (data first, then its record); returns the record.
 
+    ``pieces``: the unit is a z-stack whose Y-X tiles were solved by :func:`run_tile` tasks (all of
+    them); they are blended here as a local tiled run blends them (:meth:`Restorer.assemble_tiles`).
     A unit whose record and output already match its input (a task rerun after its worker died
     once it had finished) is not computed again: its record is returned and nothing is written.
     """
@@ -77,13 +86,47 @@ def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
         return previous
     try:
         restored, run_info, maps = restore_unit(
-            image, job, job.unit_seed(unit), recorded_noise_defaults(source, unit, job)
+            image, job, job.unit_seed(unit), recorded_noise_defaults(source, unit, job), *pieces
         )
     except OutOfMemoryError as error:  # the engine has freed the memory; another worker may have more
         message = str(error)  # raised below, outside this handler, without the original attached
     else:
-        return output.write(unit, image, restored, unit_info(run_info), unit_record(unit, run_info, digest), maps)
+        record = unit_record(unit, run_info, digest)
+        if pieces:
+            record["tile_units"] = len(pieces)  # solved as this many tasks, blended by this one
+        return output.write(unit, image, restored, unit_info(run_info), record, maps)
     raise UnitOutOfMemory(message, worker_address())
+
+
+def count_tiles(source, unit: Unit, job: Job) -> int:
+    """How many Y-X tiles the unit's z-stack is cut into (1: it fits one tile); run on a worker."""
+    plan = unit_run(source, unit, job).plan
+    return 1 if plan is None else plan.count
+
+
+def run_tile(source, unit: Unit, job: Job, index: int) -> TilePiece:
+    """Solve tile ``index`` of the unit's z-stack (:meth:`Restorer.solve_tile`); the piece goes to the
+    unit's :func:`run_unit` task, not to the client."""
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
+    run = unit_run(source, unit, job)
+    try:
+        return worker_restorer(job).solve_tile(run, index)
+    except OutOfMemoryError as error:
+        message = str(error)
+    raise UnitOutOfMemory(message, worker_address())
+
+
+def unit_run(source, unit: Unit, job: Job) -> Run:
+    """The engine's checked plan of the unit's restoration (its seed, the job's intensity range, its file's
+    recorded camera values), read from its source."""
+    from napari_treg.engine.restorer import prepare
+
+    options = replace(job.settings.run, seed=job.unit_seed(unit))
+    noise_defaults = recorded_noise_defaults(source, unit, job)
+    return prepare(source.read(unit), job.operator, options, job.intensity_range, noise_defaults)
 
 
 def array_digest(image: np.ndarray) -> str:
@@ -114,15 +157,22 @@ def recorded_noise_defaults(source, unit: Unit, job: Job) -> Any:
 
 
 def restore_unit(
-    image: np.ndarray, job: Job, seed: int, noise_defaults: Any = None
+    image: np.ndarray, job: Job, seed: int, noise_defaults: Any = None, *pieces: TilePiece
 ) -> tuple[np.ndarray, RunInfo | EnsembleInfo, dict[str, np.ndarray]]:
     """The restoration of one unit by this worker's engine for the job, its record, and its maps by name.
 
     With ``job.ensemble``: the ensemble's mean, its record and its maps (:meth:`Job.map_names`).
     ``noise_defaults``: the camera values its file records (:func:`recorded_noise_defaults`).
+    With ``pieces``: the unit's solved tiles blended (:meth:`Restorer.assemble_tiles`).
     """
     restorer = worker_restorer(job)
     run = replace(job.settings.run, seed=seed)
+    if pieces:
+        from napari_treg.engine.restorer import prepare
+
+        prepared = prepare(image, job.operator, run, job.intensity_range, noise_defaults)
+        restoration = restorer.assemble_tiles(prepared, list(pieces))
+        return restoration.image, restoration.run_info, {}
     if job.ensemble is None:
         restoration = restorer.restore(
             image, job.operator, options=run, intensity_range=job.intensity_range, noise_defaults=noise_defaults

@@ -476,12 +476,54 @@ class Restorer:
         conflicts = self.conflict_log(run)
         restored = guard_memory(lambda: self.solve_run(run, batch_size, reporter, conflicts))
         raise_if(is_cancelled)  # cancelled during the last step: still nothing is returned
+        return self.finished(run, batch_size, restored, conflicts, started)
+
+    def finished(
+        self, run: Run, batch_size: int, restored: np.ndarray, conflicts: ConflictLog | None, started: float
+    ) -> Restoration:
+        """The restored planes checked finite, shaped like the input, with their provenance."""
         check_finite(restored, "the restored image")
         image = imaging.from_planes(restored, run.layout)
         seconds = time.perf_counter() - started
         conflict = conflicts.conflict() if conflicts is not None else TextConflict(reason=self.unchecked_reason())
         run_info = self.provenance(run, batch_size, restored, seconds, conflict)
         return Restoration(image, run_info, residual_map(run, restored))
+
+    # -- a tiled run one tile at a time (batch units, engine/tiling.py) ---------------------
+
+    def solve_tile(self, run: Run, index: int) -> TilePiece:
+        """Tile ``index`` (row-major) of a tiled run, solved on its own exactly as :meth:`restore_prepared`
+        solves it among the others: the same planes, seeds (units ``index * N ..``) and batches.
+
+        Only for operators that serve every tile (:func:`~napari_treg.engine.tiling.is_size_agnostic`):
+        their tiles are independent solves. :meth:`assemble_tiles` blends the pieces.
+        """
+        plan = checked_tile_plan(run)
+        if not 0 <= index < plan.count:
+            raise InvalidInputError(f"tile {index} does not exist: the run has {plan.count} tiles")
+        batch_size = self.batch_size(run)
+        reporter = Reporter(
+            run, self.planes_per_call(run, batch_size), self.config.steps, None, lambda: False, self.preview
+        )
+        conflicts = self.conflict_log(run)
+        rows, cols = plan.slices()[index]
+        solve = self.unit_solver(run, batch_size, reporter, conflicts)
+        restored = guard_memory(lambda: solve(run.planes[:, :, rows, cols], run.operator, index * len(run.measured)))
+        return TilePiece(index, restored, conflicts)
+
+    def assemble_tiles(self, run: Run, pieces: list[TilePiece], started: float | None = None) -> Restoration:
+        """The restoration of a tiled run from all its tiles' pieces (:meth:`solve_tile`), blended as
+        :meth:`restore_prepared` blends them: the same image, bit for bit, and the same provenance."""
+        started = time.perf_counter() if started is None else started
+        plan = checked_tile_plan(run)
+        by_index = {piece.index: piece for piece in pieces}
+        if sorted(by_index) != list(range(plan.count)):
+            raise InvalidInputError(f"the run has {plan.count} tiles; got the pieces {sorted(by_index)}")
+        canvas = tiling.Canvas(plan, run.layout, len(run.measured))
+        for index in range(plan.count):
+            canvas.add(by_index[index].planes, index * len(run.measured))
+        conflicts = merged_conflicts([by_index[index].conflicts for index in range(plan.count)])
+        return self.finished(run, self.batch_size(run), canvas.result(), conflicts, started)
 
     def check_noise_model(self, run: Run) -> None:
         """Refuse photon noise for a method whose data steps do not weigh values (all but TReg)."""
@@ -523,7 +565,16 @@ class Restorer:
         self, run: Run, batch_size: int, reporter: Reporter, conflicts: ConflictLog | None = None
     ) -> np.ndarray:
         """All planes of a run, whole or in tiles; restored planes ``(N, C, H, W)`` in input units."""
-        planes = run.planes
+        solve = self.unit_solver(run, batch_size, reporter, conflicts)
+        if run.plan is None:
+            return solve(run.planes, run.operator, 0)
+        return tiling.solve_in_tiles(solve, run.planes, run.operator, run.plan, run.layout)
+
+    def unit_solver(
+        self, run: Run, batch_size: int, reporter: Reporter, conflicts: ConflictLog | None
+    ) -> Callable[..., np.ndarray]:
+        """``solve(units, operator, offset, place=None)``: a run's measurement units numbered ``offset ..`` solved
+        with their seeds, restored planes in input units (:data:`~napari_treg.engine.tiling.Solve`)."""
 
         def solve(units: np.ndarray, operator: LinearOperator, offset: int, place: PlacePreview | None = None):
             hook = functools.partial(reporter.after_step, offset=offset, place=place)
@@ -539,9 +590,7 @@ class Restorer:
                 depth=run.depth,
             )
 
-        if run.plan is None:
-            return solve(planes, run.operator, 0)
-        return tiling.solve_in_tiles(solve, planes, run.operator, run.plan, run.layout)
+        return solve
 
     def solve_planes(
         self,
@@ -698,6 +747,39 @@ class Restorer:
             volume=volume_info(run.operator, run.layout, batch_size),
             text_conflict=text_conflict,
         )
+
+
+@dataclass
+class TilePiece:
+    """One tile of a tiled run, solved alone (:meth:`Restorer.solve_tile`): its restored planes
+    ``(N, C, h', w')`` in input units and its text-conflict evidence (None where unchecked)."""
+
+    index: int
+    planes: np.ndarray
+    conflicts: ConflictLog | None
+
+
+def checked_tile_plan(run: Run) -> tiling.Tiling:
+    """The run's tiling, refusing a run in one piece and operators cut per tile (masks)."""
+    if run.plan is None:
+        raise InvalidInputError("the run is not tiled (no tile_size, or the image fits one tile)")
+    if not tiling.is_size_agnostic(run.operator):
+        raise InvalidInputError(f"{run.operator!r} is cut per tile: its tiles are not solved one at a time")
+    return run.plan
+
+
+def merged_conflicts(logs: list[ConflictLog | None]) -> ConflictLog | None:
+    """One run's text-conflict log from its tiles' logs, in tile order (as one run collects them)."""
+    if not logs or logs[0] is None:
+        return None
+    merged = ConflictLog(logs[0].noise, logs[0].noise_source, logs[0].variance)
+    for log in logs:
+        assert log is not None
+        merged.deficits.extend(log.deficits)
+        merged.unchecked_units += log.unchecked_units
+        for reason in log.reasons:
+            merged.note(reason)
+    return merged
 
 
 def residual_map(run: Run, restored: np.ndarray) -> np.ndarray:

@@ -372,11 +372,16 @@ OME_MICROMETRES = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m":
 
 
 def read_voxel_size(path: PathLike) -> tuple[float, float, float] | None:
-    """The ``(z, y, x)`` voxel size in micrometres of an OME-TIFF (``PhysicalSize*``), or None if it has none."""
+    """The ``(z, y, x)`` voxel size in micrometres of an OME-TIFF (``PhysicalSize*``) or an OME-Zarr image
+    (its full-resolution ``scale``, :mod:`napari_treg.io.ome_zarr`), or None if it has none."""
     import xml.etree.ElementTree as ElementTree
 
     import tifffile
 
+    from napari_treg.io.ome_zarr import is_zarr, ome_zarr_voxel_size
+
+    if is_zarr(path):
+        return ome_zarr_voxel_size(path)
     if file_format(path) not in (".tif", ".tiff"):
         return None
     with tifffile.TiffFile(path) as tif:

@@ -8,7 +8,9 @@ rule (half-sample symmetric mirroring, :mod:`.convolution`), so ``A x`` equals
 centred at ``k // 2``, scipy's ``origin=-1``). The padding is a gather and its adjoint a
 scatter-add through the same index map; the convolution is torch's ``conv3d`` and its adjoint
 the transposed convolution (a full ``conv3d`` by the flipped kernel): the operator is exactly
-linear and exactly adjoint (``tests/operators/test_volume_blur.py``). It is written here rather
+linear and exactly adjoint (``tests/operators/test_volume_blur.py``). In float64 (the residuals and
+checks of the provenance) both run by FFT instead, whose memory is a few copies of the volume: torch's
+direct float64 ``conv3d`` unfolds every voxel's neighbourhood (:func:`uses_fft`). It is written here rather
 than taken from a library because no library offers a 3-D convolution with this boundary
 together with its exact adjoint.
 """
@@ -81,14 +83,19 @@ class VolumeBlur(LinearOperator):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self._flipped.like(x)
         padded = mirror_pad_3d(as_volume(x), kernel.shape)
+        if uses_fft(x):
+            return as_planes(fft_correlate_valid(padded, kernel))
         return as_planes(F.conv3d(padded, channel_weight(kernel, x.shape[1]), groups=x.shape[1]))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         kernel = self._flipped.like(y)
-        # conv_transpose3d(y, k) = conv3d(y zero-padded by the kernel size - 1, k flipped); conv3d is faster on CPU
-        reach = [side - 1 for side in reversed(kernel.shape) for _ in (0, 1)]
-        flipped = torch.flip(kernel, dims=(0, 1, 2))
-        spread = F.conv3d(F.pad(as_volume(y), reach), channel_weight(flipped, y.shape[1]), groups=y.shape[1])
+        if uses_fft(y):
+            spread = fft_convolve_full(as_volume(y), kernel)
+        else:
+            # conv_transpose3d(y, k) = conv3d(y zero-padded by the kernel size - 1, k flipped); faster on CPU
+            reach = [side - 1 for side in reversed(kernel.shape) for _ in (0, 1)]
+            flipped = torch.flip(kernel, dims=(0, 1, 2))
+            spread = F.conv3d(F.pad(as_volume(y), reach), channel_weight(flipped, y.shape[1]), groups=y.shape[1])
         return as_planes(mirror_pad_3d_adjoint(spread, kernel.shape, tuple(y.shape[-2:]), y.shape[0]))
 
     def __repr__(self) -> str:
@@ -96,6 +103,34 @@ class VolumeBlur(LinearOperator):
         voxel = "" if self.voxel_size is None else f", voxel_size={self.voxel_size}"
         source = "" if self.source is None else f", source={self.source!r}"
         return f"VolumeBlur(psf={kz}x{ky}x{kx}{voxel}{source})"
+
+
+def uses_fft(x: torch.Tensor) -> bool:
+    """Whether the convolution runs by FFT: in float64, where torch has no direct 3-D convolution but
+    one that unfolds every voxel's neighbourhood (``kz * ky * kx`` copies of the volume: 1.8 GB for 16
+    planes of 64x64 and a 7x13x13 PSF, docs/validation.md "Cost of a volume solve")."""
+    return x.dtype == torch.float64
+
+
+SPATIAL_DIMS = (-3, -2, -1)
+
+
+def fft_correlate_valid(padded: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``conv3d(padded, kernel)`` (a correlation, 'valid' part) by FFT: the circular correlation over the
+    padded volume's own size has no wrap-around in its first ``n - k + 1`` samples per axis."""
+    shape = tuple(padded.shape[-3:])
+    spectrum = torch.fft.rfftn(padded, dim=SPATIAL_DIMS) * torch.fft.rfftn(kernel, s=shape).conj()
+    full = torch.fft.irfftn(spectrum, s=shape, dim=SPATIAL_DIMS)
+    kz, ky, kx = kernel.shape
+    return full[..., : shape[0] - kz + 1, : shape[1] - ky + 1, : shape[2] - kx + 1]
+
+
+def fft_convolve_full(volume: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """The full convolution of ``volume`` ``(1, C, Z, H, W)`` with ``kernel`` by FFT (the adjoint of
+    :func:`fft_correlate_valid`): ``(1, C, Z + kz - 1, H + ky - 1, W + kx - 1)``, no wrap-around."""
+    shape = tuple(n + k - 1 for n, k in zip(volume.shape[-3:], kernel.shape))
+    spectrum = torch.fft.rfftn(volume, s=shape, dim=SPATIAL_DIMS) * torch.fft.rfftn(kernel, s=shape)
+    return torch.fft.irfftn(spectrum, s=shape, dim=SPATIAL_DIMS)
 
 
 def as_volume(planes: torch.Tensor) -> torch.Tensor:
