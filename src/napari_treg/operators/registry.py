@@ -61,6 +61,8 @@ class OperatorSpec:
     build: Callable[..., LinearOperator]
     parameters: tuple[Param, ...] = ()
     aliases: tuple[str, ...] = ()
+    #: always a 3-D blur (a modelled PSF): a stack is solved as one volume (a measured PSF: when it is 3-D)
+    volume: bool = False
 
     def make(self, **values: Any) -> LinearOperator:
         """The operator from its parameter values (missing ones take their defaults; others are ignored)."""
@@ -200,6 +202,7 @@ OPERATORS: dict[str, OperatorSpec] = {
                 f"a 3-D blur of a z-stack by a modelled {kind} PSF (psfmodels, vectorial model)",
                 functools.partial(modelled_blur, kind),
                 OPTICS,
+                volume=True,
             )
             for kind in ("widefield", "confocal")
         ),

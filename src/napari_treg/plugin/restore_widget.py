@@ -77,6 +77,8 @@ class RestoreWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.operator.changed.connect(self._update_visibility)
+        self.kernel.changed.connect(self._update_visibility)  # a 3-D PSF layer: the stack is one volume
+        self.kernel_file.changed.connect(self._open_psf_file)
         self.image.changed.connect(self._image_changed)
         self.noise_model.changed.connect(self._noise_model_changed)
         for widget in (self.model, self.model_path, self.device, self.dtype, self.low_memory):
@@ -136,6 +138,12 @@ class RestoreWidget(Container):
         choices = [layer for layer in self.image.choices if layer is not None]
         if choices and self.image.value is not choices[0]:
             self.image.value = choices[0]
+
+    def _open_psf_file(self, *_: Any) -> None:
+        try:
+            restore_form.open_psf_file(self, self.viewer)
+        except TRegError as error:
+            self.status_panel.failed(explain_error(error))
 
     def _image_changed(self, *_: Any) -> None:
         restore_form.follow_layer(self, self.viewer, self._memory)
