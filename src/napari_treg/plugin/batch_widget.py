@@ -283,6 +283,8 @@ class BatchWidget(Container):
 
     def _started(self, report: Any) -> None:
         self.report = report
+        if report.note:
+            show_info(f"Batch: {report.note}.")
         self._refresh()
 
     def _unit_done(self, report: Any, name: str, error: str | None) -> None:
@@ -293,7 +295,8 @@ class BatchWidget(Container):
         """Progress, and the zarr output as a layer once it exists (re-read so new chunks show)."""
         report = self.report
         if report is not None and self.activity is not None:
-            self.status.value = f"{report.done} of {report.units} units done on {report.workers} workers..."
+            where = "in napari's process, one at a time" if report.note else f"on {report.workers} workers"
+            self.status.value = f"{report.done} of {report.units} units done {where}..."
             # last: napari's progress handles pending events (maybe the run's end) while it updates
             self.activity.update(report.done + len(report.failed), report.units, "TReg batch")
         request, layer = self._target
