@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox, Widget
+from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox, Widget
 from napari.utils.notifications import show_error, show_info
 
 from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_map_names
@@ -38,6 +38,7 @@ from napari_treg.plugin.forms import (
     setting_value,
     setting_widget,
     show_operator,
+    status_label,
 )
 from napari_treg.plugin.layers import restored_geometry, simulation_record
 from napari_treg.plugin.messages import explain_error, headline
@@ -172,8 +173,7 @@ class BatchWidget(Container):
         )
         self.run_button = PushButton(text="Run on cluster")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
+        self.status = status_label()
         self._actions = Container(labels=False, widgets=[self.run_button, self.cancel_button, self.status])
         self.native.layout().addWidget(self._actions.native)
         self.viewer = viewer
@@ -295,7 +295,8 @@ class BatchWidget(Container):
         """Progress, and the zarr output as a layer once it exists (re-read so new chunks show)."""
         report = self.report
         if report is not None and self.activity is not None:
-            where = "in napari's process, one at a time" if report.note else f"on {report.workers} workers"
+            workers = f"{report.workers} worker{'s' if report.workers != 1 else ''}"
+            where = "in napari's process, one at a time" if report.note else f"on {workers}"
             self.status.value = f"{report.done} of {report.units} units done {where}..."
             # last: napari's progress handles pending events (maybe the run's end) while it updates
             self.activity.update(report.done + len(report.failed), report.units, "TReg batch")

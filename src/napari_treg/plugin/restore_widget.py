@@ -51,6 +51,9 @@ from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 if TYPE_CHECKING:
     import napari
 
+#: the run's name in napari's activity dock: short, so its Cancel button fits the dock's 520 px beside the step counts
+#: ("TReg: restoring:" pushed it out of view at 1280x720); the status panel says what the run is doing
+ACTIVITY_NAME = "TReg"
 #: the widget starts from the schedule every front end uses (data-first: docs/method.md)
 WIDGET_SCHEDULE = DEFAULT_SCHEDULE
 
@@ -176,7 +179,7 @@ class RestoreWidget(Container):
         self._state.request = request
         self._stop_reason = None
         self._set_running(True)
-        self.activity = ActivityProgress("TReg: loading model", cancel=self.cancel)
+        self.activity = ActivityProgress(ACTIVITY_NAME, cancel=self.cancel)
         self._on_status(f"loading model {request.model.model}", None)
         work = functools.partial(
             run_request,
@@ -215,7 +218,7 @@ class RestoreWidget(Container):
         if event.preview is not None and self.preview.value:
             show_preview(self.viewer, request, event.preview)
         if self.activity is not None:
-            self.activity.update(event.step, event.total, f"TReg: {'ensemble' if ensemble else 'restoring'}")
+            self.activity.update(event.step, event.total, ACTIVITY_NAME)
 
     def _on_returned(self, outcome: Outcome) -> None:
         request = self._state.request
