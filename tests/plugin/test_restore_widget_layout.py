@@ -71,3 +71,15 @@ def test_the_activity_cancel_button_and_the_batch_status_are_not_cut_off_at_1280
     qtbot.wait(100)
     label = batch.status.native
     assert label.height() >= label.heightForWidth(label.width())  # every wrapped line shown
+
+
+def test_the_form_is_never_wider_than_its_dock_at_1280x720(make_napari_viewer, qtbot):
+    """The form was 401 px wide in a 309 px dock: the spin boxes' + buttons and the combo arrows were cut off."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 720)
+    widget = open_demo(viewer, "fluorescence_stack_sr")
+    widget.operator.value = "widefield"
+    widget.noise_model.value = "poisson-gaussian"
+    qtbot.wait(200)
+    assert widget.noise_estimate.value  # the estimate's text is shown, wrapped
+    assert widget.scroll_area.widget().width() <= widget.scroll_area.viewport().width()

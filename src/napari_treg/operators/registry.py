@@ -81,8 +81,18 @@ OPTICS = (
     Param(
         "wavelength", 0.52, float, "emission wavelength, in micrometres", label="emission (um)", minimum=0.2, maximum=2
     ),
-    Param("immersion_index", 1.515, float, "refractive index of the immersion medium", minimum=1.0, maximum=2.0),
-    Param("sample_index", 1.33, float, "refractive index of the sample", minimum=1.0, maximum=2.0),
+    Param(
+        "immersion_index",
+        1.515,
+        float,
+        "refractive index of the immersion medium",
+        label="immersion index",
+        minimum=1.0,
+        maximum=2.0,
+    ),
+    Param(
+        "sample_index", 1.33, float, "refractive index of the sample", label="sample index", minimum=1.0, maximum=2.0
+    ),
     Param(
         "depth",
         0.0,

@@ -220,7 +220,7 @@ def holdout_widget() -> CheckBox:
     """The held-out check of an ensemble (:mod:`napari_treg.engine.holdout`), with 10 % of the values."""
     return CheckBox(
         name="holdout",
-        label="check the spread on held-out measurements",
+        label="held-out check of the spread",
         value=False,
         tooltip=f"With 4 or more samples: first restore without {WIDGET_HOLDOUT:.0%} of the measured values, see "
         "whether the spread predicts them, and scale the spread of invented pixels by what it finds; one extra "
@@ -316,6 +316,7 @@ def frame_sections(sections: tuple[Container, ...]) -> tuple[QScrollArea, QColla
             frame.layout().setContentsMargins(4, 4, 4, 4)
         column.addWidget(frame)
     column.addStretch(1)
+    let_fields_shrink(content)
     scroll = QScrollArea()
     scroll.setWidget(content)
     scroll.setWidgetResizable(True)
@@ -324,6 +325,20 @@ def frame_sections(sections: tuple[Container, ...]) -> tuple[QScrollArea, QColla
     scroll.setMinimumWidth(min(content.minimumSizeHint().width() + 16, DOCK_WIDTH))
     scroll.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
     return scroll, advanced
+
+
+#: the narrowest a field may get: a spin box's own minimum fits its largest value (1e9: 13 digits), which made
+#: the form 401 px wide in a 309 px dock at 1280x720, its right edge (the + buttons, combo arrows) cut off
+FIELD_MIN_WIDTH = 64
+
+
+def let_fields_shrink(content: QWidget) -> None:
+    """Let the spin boxes, line edits and combo boxes of the form narrow down to :data:`FIELD_MIN_WIDTH`."""
+    from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QLineEdit
+
+    for kind in (QAbstractSpinBox, QComboBox, QLineEdit):
+        for field_widget in content.findChildren(kind):
+            field_widget.setMinimumWidth(FIELD_MIN_WIDTH)
 
 
 # -- what is shown --------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from napari_treg.plugin.noise_fields import prefill_photon_fields
 from napari_treg.plugin.output_layers import add_outputs, remove_preview, run_outputs, show_preview, taken_names
 from napari_treg.plugin.restoration import Outcome, RestoreRequest, run_request
 from napari_treg.plugin.status import StatusPanel
+from napari_treg.plugin.warmup import start_background_imports
 from napari_treg.plugin.worker import ActivityProgress, CloseWatcher, Relay, RunState, shutdown, start_worker
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 
@@ -95,6 +96,7 @@ class RestoreWidget(Container):
         self.native.destroyed.connect(stop)
         self._prefer_visible_measurement()
         self._image_changed()
+        start_background_imports()  # so the first Run does not wait for them
 
     def reset_choices(self, *_: Any) -> None:
         for section in self._sections:
