@@ -135,6 +135,7 @@ def volume_shot(viewer) -> None:
     from napari_treg.plugin.restore_widget import RestoreWidget
 
     viewer.layers.clear()
+    viewer.window.remove_dock_widget("all")  # its own dock, alone
     r = np.arange(-3, 4)
     g = np.exp(-0.5 * (r / 1.5) ** 2)
     psf = (np.exp(-0.5 * (r / 1.0) ** 2)[:, None, None] * g[None, :, None] * g[None, None, :]).astype(np.float32)
@@ -171,6 +172,7 @@ def controls_shot(viewer) -> None:
     from napari_treg.plugin.restore_widget import RestoreWidget
 
     viewer.layers.clear()
+    viewer.window.remove_dock_widget("all")  # its own dock, alone
     viewer.canvas.grid.enabled = False
     rng = np.random.default_rng(0)
     counts = rng.poisson(np.full((8, 64, 64), 40.0) + 400 * (rng.random((8, 64, 64)) > 0.97))
@@ -198,6 +200,8 @@ def failure_shot(viewer) -> None:
     from napari_treg.plugin.demo import open_demo
 
     viewer.layers.clear()
+    viewer.window.remove_dock_widget("all")  # the demo's two docks, as a user opens them
+    viewer.canvas.grid.enabled = False
     widget = open_demo(viewer, "fluorescence_blur")
     dock_of(widget.native).raise_()
     widget.run()

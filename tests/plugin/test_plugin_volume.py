@@ -53,6 +53,8 @@ def test_the_planes_field_shows_the_volume_while_a_3d_psf_is_chosen_and_gives_th
     assert restore_widget.planes.enabled
     restore_widget.kernel.value = psf
     assert restore_widget.planes.native.currentText() == VOLUME_PLANES
+    viewer.add_image(np.zeros((4, 32, 32), np.float32), name="another")  # the form resets its choices
+    assert restore_widget.planes.native.currentText() == VOLUME_PLANES
     restore_widget.operator.value = "gauss"
     assert restore_widget.planes.value == CURRENT_PLANE  # the user's choice back
 

@@ -29,7 +29,13 @@ _WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_mo
 
 
 def load_pipeline_folder(
-    folder: Path, device: torch.device, dtype: torch.dtype, *, name: str, progress: Progress | None = None
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    name: str,
+    progress: Progress | None = None,
+    label: str | None = None,
 ) -> DiffusionPrior:
     """Build a :class:`StableDiffusionPrior` from a diffusers-format folder (plus a CLIP image tower)."""
     weights = check_pipeline_folder(folder, dtype)
@@ -38,11 +44,12 @@ def load_pipeline_folder(
 
     from napari_treg.models.stable_diffusion import StableDiffusionPrior, schedule_from_config
 
-    _report(progress, part_message(name, 0))
+    label = label or name  # what the progress calls it
+    _report(progress, part_message(label, 0))
     unet = _from_folder(UNet2DConditionModel, folder, "unet", weights["unet"], torch_dtype=dtype)
-    _report(progress, part_message(name, 1))
+    _report(progress, part_message(label, 1))
     vae = _from_folder(AutoencoderKL, folder, "vae", weights["vae"], torch_dtype=dtype)
-    _report(progress, part_message(name, 2))
+    _report(progress, part_message(label, 2))
     text_encoder = _load_transformers(
         CLIPTextModel,
         folder,
@@ -51,9 +58,9 @@ def load_pipeline_folder(
         dtype=dtype,
         **_variant(weights["text_encoder"]),
     )
-    _report(progress, part_message(name, 3))
+    _report(progress, part_message(label, 3))
     tokenizer = _from_folder(CLIPTokenizer, folder, "tokenizer", None)
-    tower, preprocessing = load_image_tower(folder, dtype, progress, what=part_message(name, 4))
+    tower, preprocessing = load_image_tower(folder, dtype, progress, what=part_message(label, 4))
     prior = StableDiffusionPrior(
         unet,
         vae,

@@ -193,8 +193,8 @@ def _load(
         return _load_analytic(device, dtype)
     if kind == "hub":
         folder = fetch_pipeline(where, dtype, progress)
-        name = f"Stable Diffusion ({where}) from the cache"
-        return load_pipeline_folder(folder, device, dtype, name=name, progress=progress)
+        label = f"Stable Diffusion ({where}) from the cache"
+        return load_pipeline_folder(folder, device, dtype, name=where, progress=progress, label=label)
     if kind == "folder":
         return load_pipeline_folder(Path(where), device, dtype, name=where, progress=progress)
     return load_checkpoint_file(Path(where), device, dtype, config=config, progress=progress)

@@ -123,8 +123,8 @@ def number_widget(
         tooltip=sentence(help),
     )
     spin.adaptive_step = True
-    if minimum is not None and 0 < minimum < 0.01:  # show values as small as the smallest allowed
-        spin.native.setDecimals(-math.floor(math.log10(minimum)))
+    if minimum is not None and 0 < minimum < 0.01:  # show values as small as the smallest allowed, to 4 decimals
+        spin.native.setDecimals(max(spin.native.decimals(), min(-math.floor(math.log10(minimum)), 4)))
     return spin
 
 

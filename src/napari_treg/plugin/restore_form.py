@@ -141,6 +141,11 @@ class PlanesComboBox(ComboBox):
         else:  # from the console while the volume is shown: kept for when another operator is chosen
             self.chosen = value
 
+    def reset_choices(self, *_: Any) -> None:
+        """The form's reset on layer changes (the planes' choices are fixed): the volume stays shown."""
+        if self.enabled:
+            super().reset_choices()
+
     def show_volume(self, volume: bool) -> None:
         if volume == (not self.enabled):
             return
