@@ -99,3 +99,30 @@ def test_the_batch_dock_runs_from_a_napari_script_without_a_main_guard(tmp_path)
     assert "script ran as __mp_main__" not in output  # no worker process ran the script again
     assert "STATUS: Done: 2 of 2 units" in output, output[-2000:]
     assert "view_stack.py" in output and "guard" in output  # the one-line note says why and what to do
+
+
+def test_a_cluster_failure_in_the_batch_dock_does_not_blame_the_inputs(
+    make_napari_viewer, qtbot, monkeypatch, tmp_path
+):
+    import numpy as np
+
+    import napari_treg.batch as batch
+    from napari_treg.plugin.batch_widget import BatchWidget
+
+    def nanny(*args, **kwargs):
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr(batch, "restore_many", nanny)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((2, 16, 16), np.float32), name="stack")
+    widget = BatchWidget(viewer)
+    widget.image.value = layer
+    widget.model.value = "analytic"
+    widget.output.value = tmp_path / "out.zarr"
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=30_000)
+    from napari.utils.notifications import notification_manager
+
+    said = [str(record.message) for record in notification_manager.records]
+    assert "Nanny failed to start" in widget.status.value
+    assert said and all("Check the inputs" not in text for text in said), said

@@ -27,6 +27,7 @@ from napari.utils.notifications import show_error, show_info
 from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_map_names
 from napari_treg.engine.restorer import RunSettings
 from napari_treg.errors import Cancelled, TRegError
+from napari_treg.failures import describe_failure
 from napari_treg.io.files import companion
 from napari_treg.models.options import ModelSettings
 from napari_treg.plugin.forms import (
@@ -108,6 +109,16 @@ def result_display(layer: Any) -> dict[str, Any]:
         return {}
     shown = {"units": layer.units, "axis_labels": layer.axis_labels, "contrast_limits": list(layer.contrast_limits)}
     return {**shown, "rgb": True} if layer.rgb else {**shown, "colormap": layer.colormap}
+
+
+def cluster_failure(error: BaseException, report: Any) -> str:
+    """An error nobody foresaw (the cluster, a library): not the user's inputs, so not "check the inputs"."""
+    text = " ".join(str(error).split())[:200] or type(error).__name__
+    log = f" ({report.log})" if report is not None and report.log else ""
+    return (
+        f"The batch run stopped: {type(error).__name__}: {text}. The units done so far are kept; the run's log"
+        f"{log} has the details. Run again to resume, or give a scheduler address to use a cluster started apart."
+    )
 
 
 def cluster_options(scheduler: str, workers: int) -> dict:
@@ -391,7 +402,9 @@ class BatchWidget(Container):
             show_info("Cancelled: the units done so far are kept; run again with the same settings to resume.")
             self.status.value = "Stopped."
         else:
-            message = explain_error(error)
+            message = (
+                explain_error(error) if describe_failure(error) is not None else cluster_failure(error, self.report)
+            )
             show_error(message)
             self.status.value = f"Stopped. {headline(message)}"
 
