@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_treg.batch.cluster import CONNECT_TIMEOUT, checked_address, connect, default_workers
+from napari_treg.batch.cluster import CONNECT_TIMEOUT, checked_address, connect, default_workers, in_process_note
 from napari_treg.batch.logs import RunLog, routed_logs
 from napari_treg.batch.outputs import FolderOutput, ZarrOutput, open_output
 from napari_treg.batch.ranges import stack_intensity_range
@@ -58,6 +58,7 @@ class BatchReport:
     intensity_range: tuple[float, float] | None = None
     records: list[dict] = field(default_factory=list)  # of the units computed by this run
     log: str | None = None  # the run's log: dask's messages and each failed unit's traceback
+    note: str | None = None  # how the cluster differs from the one asked for (a worker thread in this process)
 
     @property
     def done(self) -> int:
@@ -188,6 +189,7 @@ def restore_many(
     with routed_logs() as log, connect(size, scheduler, client, connect_timeout) as (active, embedded):
         report.dashboard = getattr(active, "dashboard_link", None)
         report.workers = len(active.scheduler_info().get("workers", {}))
+        report.note = in_process_note(active) if embedded else None
         job = Job(operator, model, restore_settings, None, threads=1 if embedded else None, ensemble=ensemble)
         job = with_intensity_range(job, data, intensity_range, active)
         report.intensity_range = job.intensity_range

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -75,10 +77,28 @@ def run_unit(source, output, unit: Unit, job: Job, *pieces: TilePiece) -> dict[s
     A unit whose record and output already match its input (a task rerun after its worker died
     once it had finished) is not computed again: its record is returned and nothing is written.
     """
-    if job.threads:
-        import torch
+    with torch_thread_count(job.threads):
+        return computed_unit(source, output, unit, job)
 
-        torch.set_num_threads(job.threads)
+
+@contextmanager
+def torch_thread_count(threads: int | None) -> Iterator[None]:
+    """torch's thread count set to ``threads`` (None: left) while a unit runs, then set back (a worker thread
+    in napari's process, :func:`napari_treg.batch.cluster.in_process_cluster`, leaves napari's count as it was)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads:
+            torch.set_num_threads(previous)
+
+
+def computed_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
+    """:func:`run_unit` at the job's thread count."""
     image = source.read(unit)
     digest = array_digest(image)
     previous = output.record(unit)

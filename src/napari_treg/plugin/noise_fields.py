@@ -40,10 +40,19 @@ def photon_widgets() -> list[Widget]:
         spec = spec_named(PoissonGaussian, name)
         minimum = MIN_GAIN if spec.positive else spec.minimum
         widgets.append(number_widget(name, spec.label, spec.kind, spec.default, spec.help, minimum, spec.maximum))
-    estimate = Label(name="noise_estimate", value="")
-    estimate.native.setWordWrap(True)
-    widgets.append(estimate)
+    widgets.append(estimate_label())
     return widgets
+
+
+def estimate_label() -> Label:
+    """Where the estimate is said: it wraps within the dock's width (its one-line width made the form 389 px
+    wide, cut off in a 309 px dock)."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    estimate = Label(name="noise_estimate", label="estimate", value="")
+    estimate.native.setWordWrap(True)
+    estimate.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return estimate
 
 
 def uses_photon_noise(form: Any) -> bool:
