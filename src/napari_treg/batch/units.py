@@ -78,7 +78,7 @@ def run_unit(source, output, unit: Unit, job: Job, *pieces: TilePiece) -> dict[s
     once it had finished) is not computed again: its record is returned and nothing is written.
     """
     with torch_thread_count(job.threads):
-        return computed_unit(source, output, unit, job)
+        return computed_unit(source, output, unit, job, *pieces)
 
 
 @contextmanager
@@ -97,7 +97,7 @@ def torch_thread_count(threads: int | None) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-def computed_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
+def computed_unit(source, output, unit: Unit, job: Job, *pieces: TilePiece) -> dict[str, Any]:
     """:func:`run_unit` at the job's thread count."""
     image = source.read(unit)
     digest = array_digest(image)
@@ -127,15 +127,12 @@ def count_tiles(source, unit: Unit, job: Job) -> int:
 def run_tile(source, unit: Unit, job: Job, index: int) -> TilePiece:
     """Solve tile ``index`` of the unit's z-stack (:meth:`Restorer.solve_tile`); the piece goes to the
     unit's :func:`run_unit` task, not to the client."""
-    if job.threads:
-        import torch
-
-        torch.set_num_threads(job.threads)
-    run = unit_run(source, unit, job)
-    try:
-        return worker_restorer(job).solve_tile(run, index)
-    except OutOfMemoryError as error:
-        message = str(error)
+    with torch_thread_count(job.threads):
+        run = unit_run(source, unit, job)
+        try:
+            return worker_restorer(job).solve_tile(run, index)
+        except OutOfMemoryError as error:
+            message = str(error)
     raise UnitOutOfMemory(message, worker_address())
 
 
