@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from napari_treg.errors import InvalidInputError
 from napari_treg.operators.base import DeviceCopies, LinearOperator
 from napari_treg.operators.blur import validate_psf
-from napari_treg.operators.convolution import mirror_index, scatter_axis
+from napari_treg.operators.convolution import (
+    fft_convolve_full,
+    fft_correlate_valid,
+    mirror_index,
+    scatter_axis,
+    uses_fft,
+)
 
 
 class VolumeBlur(LinearOperator):
@@ -103,34 +109,6 @@ class VolumeBlur(LinearOperator):
         voxel = "" if self.voxel_size is None else f", voxel_size={self.voxel_size}"
         source = "" if self.source is None else f", source={self.source!r}"
         return f"VolumeBlur(psf={kz}x{ky}x{kx}{voxel}{source})"
-
-
-def uses_fft(x: torch.Tensor) -> bool:
-    """Whether the convolution runs by FFT: in float64, where torch has no direct 3-D convolution but
-    one that unfolds every voxel's neighbourhood (``kz * ky * kx`` copies of the volume: 1.8 GB for 16
-    planes of 64x64 and a 7x13x13 PSF, docs/validation.md "Cost of a volume solve")."""
-    return x.dtype == torch.float64
-
-
-SPATIAL_DIMS = (-3, -2, -1)
-
-
-def fft_correlate_valid(padded: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """``conv3d(padded, kernel)`` (a correlation, 'valid' part) by FFT: the circular correlation over the
-    padded volume's own size has no wrap-around in its first ``n - k + 1`` samples per axis."""
-    shape = tuple(padded.shape[-3:])
-    spectrum = torch.fft.rfftn(padded, dim=SPATIAL_DIMS) * torch.fft.rfftn(kernel, s=shape).conj()
-    full = torch.fft.irfftn(spectrum, s=shape, dim=SPATIAL_DIMS)
-    kz, ky, kx = kernel.shape
-    return full[..., : shape[0] - kz + 1, : shape[1] - ky + 1, : shape[2] - kx + 1]
-
-
-def fft_convolve_full(volume: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """The full convolution of ``volume`` ``(1, C, Z, H, W)`` with ``kernel`` by FFT (the adjoint of
-    :func:`fft_correlate_valid`): ``(1, C, Z + kz - 1, H + ky - 1, W + kx - 1)``, no wrap-around."""
-    shape = tuple(n + k - 1 for n, k in zip(volume.shape[-3:], kernel.shape))
-    spectrum = torch.fft.rfftn(volume, s=shape, dim=SPATIAL_DIMS) * torch.fft.rfftn(kernel, s=shape)
-    return torch.fft.irfftn(spectrum, s=shape, dim=SPATIAL_DIMS)
 
 
 def as_volume(planes: torch.Tensor) -> torch.Tensor:
