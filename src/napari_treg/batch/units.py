@@ -54,9 +54,9 @@ class Job:
 
 
 def ensemble_maps(settings: RestoreSettings, ensemble: EnsembleSettings | None) -> tuple[str, ...]:
-    """The ensemble maps of a run with these restore settings (:func:`napari_treg.engine.maps.ensemble_map_names`);
-    none without an ensemble."""
-    return () if ensemble is None else ensemble_map_names(settings.uses_text)
+    """The ensemble maps of a run with these restore settings (:func:`napari_treg.engine.maps.ensemble_map_names`:
+    with the held-out check also ``uncorrected_std``); none without an ensemble."""
+    return () if ensemble is None else ensemble_map_names(settings.uses_text, ensemble.holdout is not None)
 
 
 def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
@@ -163,13 +163,15 @@ def torch_threads() -> int:
 
 def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str, Any]:
     """The per-unit provenance kept with the output: which unit and input, seed, residual, time, where
-    (and an ensemble's held-out check, where it made one)."""
+    (and an ensemble's own info: its seeds, noise, prior sd, calibration note and held-out check, also under
+    ``holdout`` where it made one)."""
     record = {
         "key": unit.key,
         "input_digest": input_digest,
         "name": unit.name,
         "plane": unit.plane,
         "seed": info.get("seed"),
+        **{key: info.get(key) for key in ("model", "device", "dtype")},  # as the worker loaded it
         "residual": info.get("residual"),
         "residual_over_noise": info.get("residual_over_noise"),
         "intensity_range": info.get("intensity_range"),
@@ -179,7 +181,9 @@ def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str
         "torch_threads": torch_threads(),  # bit-identity with local restore needs the same count
         "models_loaded": len(_LOADED),
     }
-    held_out = (info.get("ensemble") or {}).get("holdout")
-    if held_out:
-        record["holdout"] = held_out
+    ensemble = info.get("ensemble")
+    if ensemble:
+        record["ensemble"] = {key: value for key, value in ensemble.items() if key != "text_conflict"}
+        if ensemble.get("holdout"):
+            record["holdout"] = ensemble["holdout"]
     return record

@@ -163,6 +163,8 @@ def finish_message(args: argparse.Namespace, report) -> int:
         )
         for name, line in report.holdout_verdicts.items():
             print(f"{PROG}: {name}: {line}", file=sys.stderr)
+        if report.too_few_steps is not None:
+            print(f"{PROG}: warning: {report.too_few_steps['note']}", file=sys.stderr)
     return 0
 
 

@@ -40,7 +40,7 @@ from napari_treg.cli.options import (
     restore_settings,
     setting_type,
 )
-from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_map_names
+from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_maps
 from napari_treg.errors import TRegError
 from napari_treg.failures import EXIT_INTERRUPTED, describe_failure
 from napari_treg.io import files as io
@@ -271,13 +271,15 @@ def run_ensemble(args: argparse.Namespace) -> int:
     image = io.read_image(args.input)
     operator = operator_from_args(args)
     shape = outputs.result_shape(image, args.rgb, operator.image_hw)
-    names = ensemble_map_names(restore_settings(args).uses_text)  # checks the settings before any work
+    uses_text = restore_settings(args).uses_text  # checks the settings before any work
+    maps = ensemble_maps(uses_text, "holdout" in args)
+    names = tuple(m.name for m in maps)
     planned = [outputs.Output("-o", Path(args.output), shape)]
-    planned += [outputs.Output(f"--samples ({name})", io.companion(args.output, name), shape) for name in names]
+    for kind in maps:
+        option = "--holdout" if kind.needs_holdout else f"--samples ({kind.name})"
+        planned.append(outputs.Output(option, io.companion(args.output, kind.name), shape))
     if args.keep_samples:
         planned.append(outputs.Output("--keep-samples", io.companion(args.output, "samples"), (args.samples, *shape)))
-    if "holdout" in args:
-        planned.append(outputs.Output("--holdout", io.companion(args.output, "uncorrected_std"), shape))
     if args.info is not None:
         planned.append(outputs.Output("--info", Path(args.info)))
     outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
@@ -296,8 +298,6 @@ def run_ensemble(args: argparse.Namespace) -> int:
     arrays |= {io.companion(args.output, name): getattr(result, name) for name in names}
     if args.keep_samples and result.samples is not None:
         arrays[io.companion(args.output, "samples")] = result.samples
-    if result.uncorrected_std is not None:
-        arrays[io.companion(args.output, "uncorrected_std")] = result.uncorrected_std
     writers: dict[str | os.PathLike, Callable[[Path], object]] = {
         path: functools.partial(io.write_image, array=array, like=None if array is result.data_share else image)
         for path, array in arrays.items()
@@ -314,6 +314,9 @@ def run_ensemble(args: argparse.Namespace) -> int:
     )
     if "holdout" in result.info:
         _say(args, lambda: result.info["holdout"]["verdict"])
+    few_steps = result.info["calibration"]["note"]
+    if few_steps is not None:
+        _say(args, lambda: f"warning: {few_steps}")
     return 0
 
 

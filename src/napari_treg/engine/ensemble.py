@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from napari_treg.engine import holdout
+from napari_treg.engine.calibration import calibration_info
 from napari_treg.engine.restorer import (
     MAX_SEED,
     ProgressCallback,
@@ -270,6 +271,7 @@ def ensemble_prepared(
         else 0,
         "seconds": seconds,
         "seconds_per_sample": seconds / options.samples,
+        "calibration": calibration_info(restorer.config.steps, restorer.method),
         "settings": restorer.provenance(run, batch_size, mean, seconds),
     }
     if run.noise_model is not None:

@@ -237,7 +237,7 @@ class RestoreWidget(Container):
         notes = [Note(done_line(added, outcome)), fit_note(outcome.info, is_constant(request.planes.data))]
         if outcome.ensemble is not None:
             self._show_side_by_side()
-            notes.append(ensemble_note(request.samples))
+            notes.append(ensemble_note(request.samples, outcome.ensemble.info))
             if "holdout" in outcome.ensemble.info:
                 verdict = outcome.ensemble.info["holdout"]["verdict"]
                 notes.append(Note(f"{verdict[0].upper()}{verdict[1:]}."))
