@@ -412,9 +412,20 @@ def _fail(message: str) -> None:
 _interrupted = threading.Event()
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def _interrupt(signum: int, frame: Any) -> None:
     _interrupted.set()
+    if _importing(frame):  # raised inside torch's C++ module setup it aborts the process with a C++ trace
+        return  # main() and the commands check the event
     raise KeyboardInterrupt
+
+
+def _importing(frame: Any) -> bool:
+    """Whether the interrupted code runs inside an import (a frame of importlib's bootstrap on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _note_dropped_interrupts(previous: Callable[[Any], object]) -> Callable[[Any], object]:
@@ -454,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _signals_as_interrupt():
             args = build_parser().parse_args(argv)
+            if _interrupted.is_set():  # held while the parser imported the engine
+                raise KeyboardInterrupt
             return args.run(args)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
