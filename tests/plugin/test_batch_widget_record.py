@@ -40,7 +40,8 @@ def test_every_batch_layer_carries_the_run_record_and_keeps_it_in_an_ome_tiff(
     qtbot.waitUntil(lambda: not widget.is_running, timeout=120_000)
     # 4 steps: below the calibrated steps, and the dock's last line says so
     assert (
-        f"With only 4 steps the spread is likely too small: use {CALIBRATED_FROM_STEPS} or more" in widget.status.value
+        f"With only 4 steps the spread is likely too small: use {CALIBRATED_FROM_STEPS['data-first']} or more"
+        in widget.status.value
     )
 
     # the restore dock's record of an ensemble of the same stack, for its keys

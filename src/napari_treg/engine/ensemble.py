@@ -271,7 +271,7 @@ def ensemble_prepared(
         else 0,
         "seconds": seconds,
         "seconds_per_sample": seconds / options.samples,
-        "calibration": calibration_info(restorer.config.steps, restorer.method),
+        "calibration": calibration_info(restorer.config, restorer.method),
         "settings": restorer.provenance(run, batch_size, mean, seconds),
     }
     if run.noise_model is not None:
