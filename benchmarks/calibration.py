@@ -21,7 +21,7 @@ of copies: what an ensemble was before the noise-aware last step).
     python benchmarks/calibration.py                 # the default schedule's table
     python benchmarks/calibration.py --schedules data-first paper --write   # both, into docs/uncertainty.md
     python benchmarks/calibration.py --samples 16    # faster, rougher
-    python benchmarks/calibration.py --photon --write   # the photon-noise rows (docs/uncertainty.md)
+    python benchmarks/calibration.py --photon --seeds 7 8 9 10 11 --last-step --write   # photon rows (docs/uncertainty.md)
 
 Photon rows (``--photon``): the one-class prior mapped to photons (model -1 -> BACKGROUND, 1 -> PEAK
 photons), measured with the Poisson-Gaussian variance of a camera of gain 1, read sd 2, offset 0, in
@@ -29,7 +29,10 @@ its heteroscedastic Gaussian form, ``y = A x + sqrt(var(A x)) n`` (var clipped a
 whose exact posterior is ``C = (I / s^2 + A^T diag(1 / var) A)^-1``. (Poisson counts themselves are
 not drawn here: the prior's spread, 40 photons, puts half the background below zero photons.) Rows for the dark and the bright half of the pixels (split at the truth's median), for
 the ensemble with the model given, with it estimated from the image, and, to compare, with one
-Gaussian level given (the RMS of the true per-value sd).
+Gaussian level given (the RMS of the true per-value sd). ``--seeds``: several truths and measurements,
+each figure as mean ± sd (range) over them. ``--last-step``: two checks of where the spread comes from
+(:func:`last_step_rows`): the noise-aware last step alone on exact prior draws, and the sampler's samples
+before it (their variance, and the ensemble variance their covariance predicts).
 
 ``--holdout 0.1`` instead measures the held-out check (napari_treg.engine.holdout) with a prior
 whose spread is wrong: the truth is drawn with sigma 0.1 (one class, the disk), the model has
@@ -67,7 +70,8 @@ from napari_treg.errors import InvalidInputError
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.noise import PoissonGaussian
 from napari_treg.operators import Denoising, GaussianBlur, Inpainting, LinearOperator, SuperResolution
-from napari_treg.solver.schedules import DEFAULT_SCHEDULE
+from napari_treg.solver.posterior import perturb_and_map, proximal_weight
+from napari_treg.solver.schedules import DEFAULT_SCHEDULE, schedule_settings
 
 NOISE = 0.05
 SIZE = 32
@@ -300,14 +304,17 @@ def photon_posterior(prior: AnalyticPrior, op: LinearOperator, y: np.ndarray, va
     }
 
 
-def photon_case(prior: AnalyticPrior, op: LinearOperator, args: argparse.Namespace) -> list[tuple[str, str, dict]]:
-    """``(noise given as, pixels, row)`` for one operator: the model given, estimated, and one Gaussian level."""
+def photon_case(
+    prior: AnalyticPrior, op: LinearOperator, args: argparse.Namespace, seed: int
+) -> list[tuple[str, str, dict | None, object]]:
+    """``(noise given as, pixels, row, model used)`` for one operator and seed: the model given, estimated,
+    one Gaussian level, and the two checks of the last step (:func:`last_step_rows`)."""
     hw = (SIZE, SIZE)
-    truth, _ = prior.sample(1, 0, hw, torch.Generator().manual_seed(args.seed))
+    truth, _ = prior.sample(1, 0, hw, torch.Generator().manual_seed(seed))
     ax = op.forward(truth.double())[0].numpy()
     variance = CAMERA.in_model_units(BACKGROUND, PEAK)
     var_true = variance.of(torch.from_numpy(ax)).numpy()
-    noise = np.random.default_rng(args.seed + 1).standard_normal(ax.shape)
+    noise = np.random.default_rng(seed + 1).standard_normal(ax.shape)
     measured = to_photons(ax + np.sqrt(var_true) * noise)  # photons (3, h, w)
     post = photon_posterior(prior, op, to_model(measured), var_true)
     image = np.moveaxis(measured.astype(np.float32), 0, -1)
@@ -318,10 +325,10 @@ def photon_case(prior: AnalyticPrior, op: LinearOperator, args: argparse.Namespa
         batch_size=args.samples,
         intensity_range=(BACKGROUND, PEAK),
         schedule=args.schedule,
-        samples=args.samples,
     )
     truth_np = truth[0].numpy()
     dark = truth_np <= np.median(truth_np)
+    halves = (("dark half", dark), ("bright half", ~dark))
     runs = {
         "model given": dict(noise_model=CAMERA),
         "model estimated": dict(noise_model="poisson-gaussian", offset=0.0),
@@ -331,10 +338,10 @@ def photon_case(prior: AnalyticPrior, op: LinearOperator, args: argparse.Namespa
     for label, extra in runs.items():
         started = time.perf_counter()
         try:
-            ens = ensemble(image, op, **common, **extra)
+            ens = ensemble(image, op, samples=args.samples, **common, **extra)
         except InvalidInputError as error:  # the estimate can fail on a small, textured image: say so
             print(f"  {label}: {error}")
-            rows += [(label, part, None, str(error)) for part in ("dark half", "bright half")]
+            rows += [(label, part, None, str(error)) for part, _ in halves]
             continue
         to_chw = lambda a: np.moveaxis(a, -1, -3)  # noqa: E731
         low, high = (to_model(to_chw(b)) for b in ens.interval(LEVEL))
@@ -342,32 +349,136 @@ def photon_case(prior: AnalyticPrior, op: LinearOperator, args: argparse.Namespa
         share = to_chw(ens.data_share)
         used = ens.info["settings"].get("noise_model", {}).get("input_units")
         print(f"  {label}: {time.perf_counter() - started:.1f} s; model {used}")
-        for part, pixels in (("dark half", dark), ("bright half", ~dark)):
+        for part, pixels in halves:
             rows.append((label, part, summary(mean, var, low, high, truth_np, post, share, pixels), used))
+    if args.last_step:
+        rows += last_step_rows(prior, op, image, to_model(measured), var_true, post, common, halves, seed)
     return rows
 
 
+def last_step_rows(prior, op, image, y, var_true, post, common, halves, seed) -> list:
+    """Where the ensemble's spread comes from, with the model given:
+
+    - the noise-aware last step alone (``perturb_and_map``) on exact prior draws ``m + s e``: exact
+      when its weights and its ``sqrt(var)`` perturbation are right (variance ratio 1 up to the draws' spread);
+    - the sampler's samples before that step (``restore`` with the ensemble's settings and no last
+      step): their variance over the prior's ``s^2``, and the ensemble variance their covariance ``S``
+      predicts, ``diag(C S C) / s^4 + diag(C - C^2 / s^2)`` (the last step's algebra, variance at the truth).
+    """
+    s = prior.latent_std
+    variance = CAMERA.in_model_units(BACKGROUND, PEAK)
+    count = int(common["batch_size"])
+    means = prior.means((SIZE, SIZE)).double()[0]
+    draws = torch.Generator().manual_seed(seed + 2)
+    x_prior = (means + s * torch.randn((count, *means.shape), generator=draws, dtype=torch.float64)).float()
+    e = torch.randn((count, *y.shape), generator=draws, dtype=torch.float64).float()
+    y_batch = torch.from_numpy(y).float()[None].expand(count, -1, -1, -1)
+    alone = perturb_and_map(op, y_batch, x_prior, variance.floor_sd, s, e, variance=variance).double().numpy()
+    settings = {"final_dc": False}
+    if schedule_settings(common["schedule"])["data_first"]:
+        settings["cg_lambda"] = proximal_weight(variance.floor_sd, s)  # what the ensemble's samples use
+    stack = np.repeat(image[None], count, axis=0)
+    before = restore(stack, op, noise_model=CAMERA, **common, **settings)  # (n, h, w, 3) photons
+    x_p = to_model(np.moveaxis(before, -1, -3))
+    predicted = predicted_variance(op, x_p, var_true, s)
+    rows = [
+        ("last step alone, exact prior draws", part, moments_row(alone, post, pixels), None) for part, pixels in halves
+    ]
+    for part, pixels in halves:
+        row = {
+            "var ratio": float((predicted / post["var"])[pixels].mean()),
+            "x_p var": float((x_p.var(axis=0, ddof=1) / s**2)[pixels].mean()),
+        }
+        rows.append(("sampler's samples (before the last step)", part, row, None))
+    return rows
+
+
+def moments_row(draws: np.ndarray, post: dict, pixels: np.ndarray) -> dict[str, float]:
+    """Variance ratio and mean error of draws ``(n, 3, H, W)`` against the exact posterior."""
+    sd = np.sqrt(post["var"])
+    return {
+        "var ratio": float((draws.var(axis=0, ddof=1) / post["var"])[pixels].mean()),
+        "mean err": float(np.sqrt((((draws.mean(axis=0) - post["mean"]) / sd) ** 2)[pixels].mean())),
+    }
+
+
+def predicted_variance(op: LinearOperator, x_p: np.ndarray, var: np.ndarray, s: float) -> np.ndarray:
+    """Per value, the variance of the last step's draws around samples ``x_p`` ``(n, 3, H, W)``:
+    ``diag(C S C) / s^4 + diag(C) - diag(C^2) / s^2`` with ``S`` their sample covariance (per channel)."""
+    a = dense(op, (SIZE, SIZE))
+    out = np.zeros(x_p.shape[1:])
+    for c in range(x_p.shape[1]):
+        cov = np.linalg.inv(np.eye(a.shape[1]) / s**2 + (a.T / var[c].ravel()) @ a)
+        centred = x_p[:, c].reshape(len(x_p), -1)
+        centred = centred - centred.mean(axis=0)
+        spread = ((centred @ cov) ** 2).sum(axis=0) / (len(x_p) - 1) / s**4
+        out[c] = (spread + np.diag(cov) - (cov**2).sum(axis=0) / s**2).reshape(SIZE, SIZE)
+    return out
+
+
+#: the photon table's figures: (column, key, format)
+PHOTON_FIGURES = (
+    ("variance ratio", "var ratio", "{:.2f}"),
+    ("90 % coverage", "coverage", "{:.1%}"),
+    ("mean error (sd)", "mean err", "{:.2f}"),
+    ("data share error mean", "share err", "{:.3f}"),
+)
+
+
+def spread(values: list[float], form: str) -> str:
+    """``mean`` of one seed, ``mean +- sd (min - max)`` of several (sample sd)."""
+    if len(values) == 1:
+        return form.format(values[0])
+    low, high = form.format(min(values)), form.format(max(values))
+    return f"{form.format(np.mean(values))} ± {form.format(np.std(values, ddof=1))} ({low} - {high})"
+
+
+def model_range(models: list[dict]) -> str:
+    """The noise models used over the seeds: each value, or its range where the seeds differ."""
+    parts = []
+    for key in models[0]:
+        values = [float(model[key]) for model in models]
+        low, high = min(values), max(values)
+        parts.append(f"{key} {low:.3g}" if f"{low:.3g}" == f"{high:.3g}" else f"{key} {low:.3g} - {high:.3g}")
+    return ", ".join(parts)
+
+
 def photon_table(args: argparse.Namespace) -> list[str]:
-    header = (
-        "| schedule | task | noise given as | pixels | variance ratio | 90 % coverage | mean error (sd) "
-        "| data share error mean / max | model used (input units) |"
-    )
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    names = " | ".join(column for column, _, _ in PHOTON_FIGURES)
+    header = f"| schedule | task | noise given as | pixels | {names} | model used (input units) / notes |"
+    lines = [header, "|---|---|---|---|" + "---|" * len(PHOTON_FIGURES) + "---|"]
     prior = AnalyticPrior(classes=("disk",))
     for schedule in args.schedules:
         args.schedule = schedule
         for task, op in TASKS[: args.tasks]:
-            print(f"{schedule}, photons, {task}")
-            for label, part, row, used in photon_case(prior, op, args):
-                if row is None:
-                    lines.append(f"| {schedule} | {task} | {label} | {part} | - | - | - | - | not estimated: {used} |")
-                    continue
-                model = "-" if used is None else ", ".join(f"{k} {v:.3g}" for k, v in used.items())
-                lines.append(
-                    f"| {schedule} | {task} | {label} | {part} | {row['var ratio']:.2f} | {row['coverage']:.1%} "
-                    f"| {row['mean err']:.2f} | {row['share err']:.3f} / {row['share max']:.2f} | {model} |"
-                )
+            collected: dict[tuple[str, str], list] = {}
+            for seed in args.seeds:
+                print(f"{schedule}, photons, {task}, seed {seed}")
+                for label, part, row, used in photon_case(prior, op, args, seed):
+                    collected.setdefault((label, part), []).append((row, used))
+            for (label, part), results in collected.items():
+                lines.append(f"| {schedule} | {task} | {label} | {part} | " + photon_cells(results) + " |")
+            print("\n".join(lines[-len(collected) :]))
     return lines
+
+
+def photon_cells(results: list[tuple[dict | None, object]]) -> str:
+    """The figures of one row over the seeds, and the model used (or why none was)."""
+    rows = [row for row, _ in results if row is not None]
+    failed = [str(used) for row, used in results if row is None]
+    cells = []
+    for _, key, form in PHOTON_FIGURES:
+        values = [row[key] for row in rows if key in row]
+        cells.append(spread(values, form) if values else "-")
+    notes = []
+    if rows and "x_p var" in rows[0]:
+        notes.append("their variance / prior's s^2: " + spread([row["x_p var"] for row in rows], "{:.2f}"))
+    models = [used for row, used in results if row is not None and isinstance(used, dict)]
+    if models:
+        notes.append(model_range(models))
+    if failed:
+        notes.append(f"not estimated in {len(failed)} of {len(results)} seeds: {failed[0]}")
+    return " | ".join(cells) + " | " + ("; ".join(notes) or "-")
 
 
 def holdout_cases(size: int) -> dict[str, tuple[LinearOperator, dict[str, np.ndarray] | None]]:
@@ -452,16 +563,26 @@ def main() -> None:
         "--schedules", nargs="+", default=[DEFAULT_SCHEDULE], help="named schedules to run (default: the default's)"
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the truth and the measurement noise")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="photon rows (mean ± sd over them) and --steps-sweep (every case of each): these seeds of truth and "
+        "noise (default: --seed)",
+    )
+    parser.add_argument(
+        "--last-step", action="store_true", help="photon rows: also the last step alone and the sampler's samples"
+    )
     parser.add_argument("--write", action="store_true", help="put the table into docs/uncertainty.md")
     parser.add_argument("--photon", action="store_true", help="the photon-noise rows (Poisson-Gaussian) instead")
     parser.add_argument("--tasks", type=int, default=len(TASKS), help="photon rows: the first this many tasks")
     parser.add_argument("--holdout", type=float, help="measure the held-out check with this fraction instead")
     parser.add_argument("--steps-sweep", type=int, nargs="+", help="the base cases at each of these step counts")
-    parser.add_argument("--seeds", type=int, nargs="+", help="with --steps-sweep: these seeds (default: --seed)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     command = "python benchmarks/calibration.py " + shlex.join(sys.argv[1:])
     if args.photon:
+        args.seeds = args.seeds or [args.seed]
         print(
             f"photons {BACKGROUND:g}-{PEAK:g}, {CAMERA}, {SIZE}x{SIZE} RGB, {args.samples} samples, {args.steps} steps"
         )

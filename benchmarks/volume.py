@@ -165,7 +165,8 @@ def run_ensemble(c: dict, op, args) -> tuple[dict, float]:
     labels = np.array([c["prior"].classify(torch.from_numpy(chw(sample)).float()).tolist() for sample in ens.samples])
     right = (labels == np.array(c["labels"])).mean(axis=0)
     print("  share of samples with the true class, per plane:", " ".join(f"{r:.2f}" for r in right))
-    return {"mean": chw(ens.mean), "var": chw(ens.std) ** 2, "interval": (chw(low), chw(high))}, seconds
+    result = {"mean": chw(ens.mean), "var": chw(ens.std) ** 2, "interval": (chw(low), chw(high)), "labels": labels}
+    return result, seconds
 
 
 def richardson_lucy(c: dict, iterations: int) -> tuple[np.ndarray, float]:

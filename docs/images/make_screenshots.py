@@ -4,6 +4,7 @@
     xvfb-run -a -s "-screen 0 1280x720x24" python docs/images/make_screenshots.py ensemble   # that shot only
     xvfb-run -a -s "-screen 0 1280x720x24" python docs/images/make_screenshots.py failure    # that shot only
     xvfb-run -a -s "-screen 0 1280x720x24" python docs/images/make_screenshots.py volume     # a z-stack as a volume
+    xvfb-run -a -s "-screen 0 1280x720x24" python docs/images/make_screenshots.py controls   # volume, photon fields
 
 Runs the real napari window (under Xvfb on a headless machine), 1280 x 720 like a small laptop's
 screen, with the Advanced settings closed and open, and after a failed run with its details open. The result shots use
@@ -134,6 +135,7 @@ def volume_shot(viewer) -> None:
     from napari_treg.plugin.restore_widget import RestoreWidget
 
     viewer.layers.clear()
+    viewer.window.remove_dock_widget("all")  # its own dock, alone
     r = np.arange(-3, 4)
     g = np.exp(-0.5 * (r / 1.5) ** 2)
     psf = (np.exp(-0.5 * (r / 1.0) ** 2)[:, None, None] * g[None, :, None] * g[None, None, :]).astype(np.float32)
@@ -163,11 +165,43 @@ def volume_shot(viewer) -> None:
     save(viewer.screenshot(canvas_only=False, flash=False), "volume-restored.png", width=1200)
 
 
+def controls_shot(viewer) -> None:
+    """The volume and photon-noise controls: a z-stack in nanometres with a modelled widefield PSF (the planes
+    field says "whole stack (volume)", z step and pixel size read from the layer's scale and units) and the
+    Poisson-Gaussian noise model with its estimate on the layer."""
+    from napari_treg.plugin.restore_widget import RestoreWidget
+
+    viewer.layers.clear()
+    viewer.window.remove_dock_widget("all")  # its own dock, alone
+    viewer.canvas.grid.enabled = False
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(np.full((8, 64, 64), 40.0) + 400 * (rng.random((8, 64, 64)) > 0.97))
+    stack = viewer.add_image(
+        (2.0 * counts + 100).astype(np.float32),
+        name="z-stack (photon counts)",
+        scale=(250, 65, 65),
+        units="nm",
+        axis_labels=("z", "y", "x"),
+        colormap="magma",
+    )
+    widget = RestoreWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Restore (TReg)")
+    widget.image.value = stack
+    widget.operator.value = "widefield"
+    widget.noise_model.value = "poisson-gaussian"
+    settle()
+    viewer.reset_view()
+    close_notifications()
+    save(viewer.screenshot(canvas_only=False, flash=False), "volume-photon-controls.png", width=1200)
+
+
 def failure_shot(viewer) -> None:
     """The default model, not downloadable here: the failure's details open, the form still usable above them."""
     from napari_treg.plugin.demo import open_demo
 
     viewer.layers.clear()
+    viewer.window.remove_dock_widget("all")  # the demo's two docks, as a user opens them
+    viewer.canvas.grid.enabled = False
     widget = open_demo(viewer, "fluorescence_blur")
     dock_of(widget.native).raise_()
     widget.run()
@@ -187,7 +221,7 @@ def main(argv: list[str]) -> int:
     viewer = napari.Viewer(title="napari-treg")
     viewer.window._qt_window.showMaximized()
     viewer.window._qt_window.resize(*WINDOW)
-    shots = {"ensemble": ensemble_shot, "failure": failure_shot, "volume": volume_shot}
+    shots = {"ensemble": ensemble_shot, "failure": failure_shot, "volume": volume_shot, "controls": controls_shot}
     if len(argv) == 1 and argv[0] in shots:
         shots[argv[0]](viewer)
         viewer.close()
@@ -259,6 +293,7 @@ def main(argv: list[str]) -> int:
     save(viewer.screenshot(canvas_only=False, flash=False), "result-text-guidance.png", width=1200)
     ensemble_shot(viewer)
     volume_shot(viewer)
+    controls_shot(viewer)
     failure_shot(viewer)
     viewer.close()
     return 0

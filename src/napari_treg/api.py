@@ -28,7 +28,7 @@ from napari_treg.engine.restorer import (
 )
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
-from napari_treg.imaging.noise import PoissonGaussian
+from napari_treg.imaging.noise import NoiseDefaults, PoissonGaussian
 from napari_treg.memory import guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.models.loading import warn_if_slow
@@ -145,6 +145,7 @@ def restore(
     gain: float | None = RunSettings.gain,
     read_sd: float | None = RunSettings.read_sd,
     offset: float | None = RunSettings.offset,
+    noise_defaults: NoiseDefaults | None = None,
     intensity_range: tuple[float, float] | None = None,
     progress: Callable[[Progress], None] | None = None,
     preview_every: int = RunSettings.preview_every,
@@ -198,6 +199,11 @@ def restore(
     gain, read_sd, offset : float, optional
         The Poisson-Gaussian model's parameters one by one (as the command line gives them), with
         ``noise_model="poisson-gaussian"``; gain and read_sd both or neither (then estimated).
+    noise_defaults : NoiseDefaults, optional
+        Camera values recorded with the image (:class:`napari_treg.noise.NoiseDefaults`, e.g.
+        ``napari_treg.io.files.read_noise_defaults(path)`` of an OME-TIFF): with
+        ``noise_model="poisson-gaussian"`` the recorded offset is the default of ``offset`` and the
+        recorded gain that of ``gain`` (read_sd then fitted with it); ``info["noise_model"]["source"]`` says so.
     intensity_range : (float, float), optional
         The input intensities mapped to the model's -1 and 1; default the 0.1 and 99.9
         percentiles of the whole input.
@@ -268,7 +274,7 @@ def restore(
         preview_every=preview_every,
         **{"gain": gain, "read_sd": read_sd, "offset": offset, **noise_model_values(noise_model)},
     )
-    run = prepare(image, operator, options, intensity_range)
+    run = prepare(image, operator, options, intensity_range, noise_defaults)
     callback, prior = front_door(model, device, dtype, progress, cancel)
     restorer = Restorer(prior, config, method=method, prompt=prompt, negative_prompt=negative_prompt)
     restoration = restorer.restore_prepared(run, callback, cancel)
@@ -285,6 +291,7 @@ def ensemble(
     keep_samples: bool = EnsembleSettings.keep_samples,
     prior_sd: float | None = EnsembleSettings.prior_sd,
     holdout: float | None = EnsembleSettings.holdout,
+    noise_defaults: NoiseDefaults | None = None,
     model: str | DiffusionPrior = "sd15",
     device: str = "auto",
     dtype: str | torch.dtype | None = None,
@@ -301,7 +308,8 @@ def ensemble(
     None estimates it from the image (``info["noise_source"]`` says which). ``noise_model``: photon
     noise as in :func:`napari_treg.restore` (each sample's last step then perturbs every value by its
     own ``sqrt(var)``, and the data share comes from the same weighted system). ``prior_sd``: see
-    :class:`EnsembleSettings`. ``holdout`` (a fraction below 0.5, e.g. 0.1; at least 4 samples): first restore
+    :class:`EnsembleSettings`. ``noise_defaults``: as in :func:`napari_treg.restore`.
+    ``holdout`` (a fraction below 0.5, e.g. 0.1; at least 4 samples): first restore
     without that share of the measured values, check how the spread predicts them, and scale the spread of
     invented pixels by the fitted factor (``info["holdout"]``: coverage before and after, factor, values, cost,
     verdict line; ``uncorrected_std`` keeps the std before; docs/uncertainty.md). Everything is checked
@@ -335,7 +343,7 @@ def ensemble(
     options = EnsembleSettings(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd, holdout=holdout)
     values = {**settings, "noise": noise, **noise_model_values(noise_model)}
     typed = RestoreSettings.from_values(values, "ensemble setting")
-    run = prepare(image, operator, typed.run, intensity_range)
+    run = prepare(image, operator, typed.run, intensity_range, noise_defaults)
     check_ensemble(run, options)
     callback, prior = front_door(model, device, dtype, progress, cancel)
     restorer = typed.restorer(prior)

@@ -21,7 +21,7 @@ from napari_treg.batch import open_result, restore_many  # noqa: E402
 from napari_treg.cli.commands import main  # noqa: E402
 from napari_treg.imaging.layout import IntensityScale  # noqa: E402
 from napari_treg.io import files as io  # noqa: E402
-from napari_treg.operators import GaussianBlur, SuperResolution  # noqa: E402
+from napari_treg.operators import Denoising, GaussianBlur, SuperResolution  # noqa: E402
 
 SETTINGS = {"model": "analytic", "device": "cpu", "steps": 4, "seed": 5}
 SLOW = {**SETTINGS, "steps": 20}  # units long enough to be cut short
@@ -141,6 +141,23 @@ def test_folder_with_a_bad_file_names_it_and_writes_the_others(client, tmp_path)
         provenance = json.loads((target / f"{name}.treg.json").read_text())
         assert provenance["seed"] == 5 and provenance["params"]["steps"] == 4
     assert not (target / "broken.tif").exists()
+
+
+def test_each_file_gets_the_camera_values_it_records(client, tmp_path):
+    from noise_helpers import camera_image, write_ome
+
+    source = tmp_path / "in"
+    source.mkdir()
+    write_ome(source / "cells.ome.tif", camera_image(), [{"Gain": 2, "Offset": 100}])
+    io.write_image(source / "plain.tif", camera_image(seed=1))
+    settings = {**SETTINGS, "steps": 2, "noise_model": "poisson-gaussian"}
+    report = restore_many(str(source), str(tmp_path / "out"), Denoising(), client=client, **settings)
+    assert report.ok and report.computed == 2
+    recorded = json.loads((tmp_path / "out" / "cells.ome.tif.treg.json").read_text())["noise_model"]
+    assert (recorded["input_units"]["gain"], recorded["input_units"]["offset"]) == (2.0, 100.0)
+    assert recorded["source"].startswith("OME metadata (DetectorSettings Gain of channel 0")
+    plain = json.loads((tmp_path / "out" / "plain.tif.treg.json").read_text())["noise_model"]
+    assert plain["source"].startswith("estimated from the measurement")
 
 
 def test_cli_exit_status_lists_failed_units(client, tmp_path, capsys):
@@ -324,11 +341,11 @@ def test_a_unit_out_of_memory_is_retried_on_another_worker(tmp_path, monkeypatch
     calls = []
     real = units.restore_unit
 
-    def out_of_memory_once(image, job, seed):
+    def out_of_memory_once(image, job, seed, noise_defaults=None):
         calls.append((seed, units.worker_address()))
         if seed == SETTINGS["seed"] and sum(s == seed for s, _ in calls) == 1:
             raise OutOfMemoryError("out of memory (injected)")
-        return real(image, job, seed)
+        return real(image, job, seed, noise_defaults)
 
     monkeypatch.setattr(units, "restore_unit", out_of_memory_once)
     stack = measurement((3, 16, 16))

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_treg.cli import commands as cli
@@ -83,3 +84,43 @@ def test_ome_voxel_sizes_are_read_in_micrometres(tmp_path):
     tifffile.imwrite(path, np.ones((3, 5, 5), np.float32), ome=True, metadata=metadata)
     assert np.allclose(io.read_voxel_size(path), (0.3, 0.1, 0.1))
     assert io.read_voxel_size(psf_file(tmp_path)) is None
+
+
+def test_an_ome_zarr_psf_restores_the_stack_and_its_voxel_size_is_compared(tmp_path, capsys):
+    pytest.importorskip("ome_zarr")
+    from ome_zarr_helpers import ome_zarr_psf
+
+    psf = ome_zarr_psf(tmp_path / "psf.ome.zarr", np.ones((3, 5, 5)), scale=(500, 100, 100), unit="nanometer")
+    out, info = tmp_path / "out.tif", tmp_path / "info.json"
+    argv = ["restore", str(stack(tmp_path, voxel=(0.5, 0.1, 0.1))), "-o", str(out), "--operator", "kernel"]
+    assert cli.main([*argv, "--kernel", str(psf), "--info", str(info), *FAST]) == 0
+    assert json.loads(info.read_text())["params"]["operator"].startswith("VolumeBlur(psf=3x5x5")
+    argv[1] = str(stack(tmp_path, voxel=(0.3, 0.1, 0.1)))
+    assert cli.main([*argv, "--kernel", str(psf), *FAST]) == 2
+    assert "(0.5, 0.1, 0.1) differs from the stack's (0.3, 0.1, 0.1)" in capsys.readouterr().err
+
+
+def test_batch_compares_the_psf_voxel_size_with_each_stack_of_the_folder(tmp_path, capsys):
+    """``batch`` with a 3-D kernel file: a folder whose second stack has other voxels is refused naming it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, voxel in (("a.tif", (0.5, 0.1, 0.1)), ("b.tif", (0.3, 0.1, 0.1))):
+        image = np.random.default_rng(0).random((6, 16, 16)).astype(np.float32)
+        tifffile.imwrite(folder / name, image, ome=True, metadata={"axes": "ZYX", **ome_sizes(voxel)})
+    argv = ["batch", str(folder), "-o", str(tmp_path / "out"), "--operator", "kernel"]
+    argv += ["--kernel", str(psf_file(tmp_path, voxel=(0.5, 0.1, 0.1))), *FAST]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "b.tif: the PSF's voxel size" in err and "(0.3, 0.1, 0.1)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_restores_a_folder_of_stacks_by_a_3d_kernel_file_in_tile_units(tmp_path):
+    pytest.importorskip("distributed")
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    tifffile.imwrite(folder / "s.tif", np.random.default_rng(0).random((4, 24, 20)).astype(np.float32))
+    argv = ["batch", str(folder), "-o", str(out), "--operator", "kernel", "--kernel", str(psf_file(tmp_path))]
+    assert cli.main([*argv, "--tile-size", "16", "--tile-overlap", "4", "--workers", "1", *FAST]) == 0
+    record = json.loads((out / "s.tif.treg.json").read_text())
+    assert record["tile_units"] == 4 and record["params"]["operator"].startswith("VolumeBlur(psf=3x5x5")

@@ -112,12 +112,17 @@ def test_without_text_both_classes_appear_where_the_data_leave_the_class_open(na
 # -- the text-conflict warning, through the public API ------------------------------------------
 
 
-def restore_disk(op, prompt: str, noise: float | None = NOISE, **kwargs) -> dict:
-    """Restore a measured disk (model units = the prior's, intensity range (0, 1)); returns the info."""
+def restore_disk_run(op, prompt: str, noise: float | None = NOISE, **kwargs):
+    """Restore a measured disk (model units = the prior's, intensity range (0, 1)); returns the Restoration."""
     y = napari_treg.degrade(template("disk", HW), op, noise=NOISE, seed=0)
-    _, info = napari_treg.restore(
+    return napari_treg.restore(
         y, op, prompt=prompt, model="analytic", noise=noise, intensity_range=(0, 1), return_info=True, **kwargs
     )
+
+
+def restore_disk(op, prompt: str, noise: float | None = NOISE, **kwargs) -> dict:
+    """:func:`restore_disk_run`'s info."""
+    info = restore_disk_run(op, prompt, noise, **kwargs).info
     json.dumps(info)  # plain JSON, for the provenance
     return info
 
@@ -172,10 +177,11 @@ def test_the_batch_report_counts_flagged_units():
     from napari_treg.batch.units import unit_record
     from napari_treg.cli.batch import report_summary
 
-    flagged = restore_disk(DECISIVE["Gaussian deblur"], "a square")
-    matched = restore_disk(DECISIVE["Gaussian deblur"], "a disk")
+    flagged = restore_disk_run(DECISIVE["Gaussian deblur"], "a square").run_info
+    matched = restore_disk_run(DECISIVE["Gaussian deblur"], "a disk").run_info
     report = BatchReport(output="out.zarr", units=3)
-    for plane, info in enumerate([flagged, matched, flagged]):
-        report.records.append(unit_record(Unit(key=str(plane), name=f"plane {plane}", plane=plane), info, "digest"))
+    for plane, run_info in enumerate([flagged, matched, flagged]):
+        unit = Unit(key=str(plane), name=f"plane {plane}", plane=plane)
+        report.records.append(unit_record(unit, run_info, "digest"))
     assert report.text_conflicts == 2
     assert report_summary(report)["text_conflicts"] == 2

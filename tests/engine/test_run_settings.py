@@ -30,6 +30,7 @@ def test_restore_takes_its_defaults_from_the_settings_classes():
 
 def test_a_batch_run_takes_restores_keywords_with_restores_defaults():
     skip = {"image", "operator", "progress", "preview_every", "cancel", "return_info", "settings"}
+    skip.add("noise_defaults")  # what a file records: batch reads each file's own (batch.units.recorded_noise_defaults)
     defaults = {n: p.default for n, p in inspect.signature(restore).parameters.items() if n not in skip}
     model, settings, intensity_range = checked_settings(defaults)  # every keyword accepted
     assert (model, settings, intensity_range) == checked_settings({})  # and restore's defaults are the batch's

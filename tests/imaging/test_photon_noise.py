@@ -93,6 +93,16 @@ def test_the_estimate_on_the_photon_ramp_is_within_15_percent_at_300_and_800_adu
     assert model.gain == pytest.approx(2.0, rel=0.15)
 
 
+def test_a_known_gain_is_kept_and_only_the_intercept_is_fitted():
+    noisy = TRUTH.simulate(ramp(), np.random.default_rng(2))
+    model = estimate_poisson_gaussian(noisy, offset=100.0, gain=2.0)
+    assert (model.gain, model.offset) == (2.0, 100.0)
+    for adu in (300.0, 800.0):
+        assert model.variance(adu) == pytest.approx(TRUTH.variance(adu), rel=0.15)
+    doubled = estimate_poisson_gaussian(noisy, offset=100.0, gain=4.0)  # a wrong gain is kept, not corrected
+    assert doubled.gain == 4.0 and doubled.variance(800.0) > 1.5 * TRUTH.variance(800.0)
+
+
 def test_the_estimate_leaves_out_unmeasured_values():
     noisy = TRUTH.simulate(ramp(128), np.random.default_rng(2))
     mask = np.zeros(noisy.shape, bool)

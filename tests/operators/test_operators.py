@@ -114,14 +114,33 @@ def test_gaussian_blur_matches_scipy_style_reference():
     assert np.allclose(y[7:14, 7:14].numpy(), np.outer(g, g))
 
 
-def test_kernel_blur_convolves_not_correlates():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float64 runs by FFT
+def test_kernel_blur_convolves_not_correlates(dtype):
     """A PSF that is one pixel right of centre moves the image one pixel right."""
     psf = np.zeros((3, 3))
     psf[1, 2] = 1
-    x = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    x = torch.zeros(1, 1, 9, 9, dtype=dtype)
     x[0, 0, 4, 4] = 1
-    y = KernelBlur(psf).forward(x)[0, 0]
-    assert y[4, 5] == 1 and y.sum() == 1
+    y = KernelBlur(psf).forward(x)[0, 0].double()
+    assert abs(float(y[4, 5]) - 1) < 1e-6 and abs(float(y.sum()) - 1) < 1e-6 and float(y.abs().max()) < 1 + 1e-6
+
+
+def test_kernel_blur_in_float64_by_fft_equals_the_direct_convolution():
+    """The float64 path (FFT, bounded memory) equals the direct float32 convolution and scipy's, and stays adjoint."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    psf = rng.random((5, 7))
+    x = torch.from_numpy(rng.random((2, 3, 17, 12)))
+    y = torch.from_numpy(rng.random((2, 3, 17, 12)))
+    op = KernelBlur(psf)
+    forward64, forward32 = op.forward(x), op.forward(x.float())
+    assert torch.allclose(forward64, forward32.double(), atol=1e-5)
+    kernel = psf / psf.sum()
+    reference = np.stack([[ndimage.convolve(c, kernel, mode="reflect", origin=(0, 0)) for c in b] for b in x.numpy()])
+    assert np.allclose(forward64.numpy(), reference, atol=1e-12)
+    lhs, rhs = float((forward64 * y).sum()), float((x * op.adjoint(y)).sum())
+    assert abs(lhs - rhs) < 1e-12 * abs(lhs)
 
 
 def test_motion_blur_is_a_line_at_the_given_angle():

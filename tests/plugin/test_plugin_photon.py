@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from noise_helpers import CAMERA, camera_image, write_ome
 
+from napari_treg.noise import PoissonGaussian
 from napari_treg.plugin import restore_form
 from napari_treg.plugin.simulate_widget import SimulateWidget
 
@@ -69,3 +71,16 @@ def test_the_photon_limited_sample_is_measured_with_its_camera_and_the_estimate_
     estimate = estimate_poisson_gaussian(measured, offset=SAMPLE_CAMERA.offset)
     assert estimate.gain == pytest.approx(SAMPLE_CAMERA.gain, rel=0.3)
     assert estimate.variance(200.0) == pytest.approx(SAMPLE_CAMERA.variance(200.0), rel=0.3)
+
+
+def test_the_fields_take_the_gain_and_offset_an_ome_file_records(restore_widget, tmp_path):
+    path = write_ome(tmp_path / "cells.ome.tif", camera_image(96), [{"Gain": 2, "Offset": 100}])
+    (layer,) = restore_widget.viewer.open(path, plugin="napari")
+    assert layer.source.path == path
+    restore_widget.image.value = layer
+    restore_widget.noise_model.value = "poisson-gaussian"
+    assert (restore_widget.gain.value, restore_widget.offset.value) == (2.0, 100.0)
+    fitted = PoissonGaussian(2.0, restore_widget.read_sd.value, 100.0)  # read sd fitted with that gain
+    assert fitted.variance(800.0) == pytest.approx(CAMERA.variance(800.0), rel=0.15)
+    label = restore_widget.noise_estimate.value
+    assert label.startswith("From OME metadata (DetectorSettings Gain of channel 0") and "the rest estimated" in label

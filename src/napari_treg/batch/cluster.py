@@ -10,6 +10,7 @@ refused with one line (:class:`ClusterUnreachable`, or InvalidInputError for a m
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import re
@@ -54,10 +55,81 @@ def default_workers() -> int:
     return gpu_count() or max(1, os.cpu_count() or 1)
 
 
+#: why a local cluster is a worker thread in this process, and what that costs (measured: docs/scale-out.md)
+IN_PROCESS_NOTE = "the units run one at a time in this process, on one worker thread ({why})"
+UNGUARDED_REASON = (
+    "worker processes would run {script} again: it has no 'if __name__ == \"__main__\":' guard; add one, "
+    "or give a scheduler address, to use processes"
+)
+FAILED_REASON = "worker processes did not start: {error}; give a scheduler address to use processes"
+
+
+def is_main_guard(node: ast.stmt) -> bool:
+    """Whether a statement is ``if __name__ == "__main__":`` (either way round)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare) or len(node.test.ops) != 1:
+        return False
+    sides = [node.test.left, *node.test.comparators]
+    names = {side.id for side in sides if isinstance(side, ast.Name)}
+    values = {side.value for side in sides if isinstance(side, ast.Constant)}
+    return isinstance(node.test.ops[0], ast.Eq) and names == {"__name__"} and values == {"__main__"}
+
+
+def unguarded_script() -> str | None:
+    """The script that worker processes would run again, or None.
+
+    Python starts worker processes by re-importing the main script when it was run by path
+    (``python script.py``; not ``python -m``, the ``napari`` command or a notebook). One without an
+    ``if __name__ == "__main__":`` guard would then open napari, and start a cluster, in every worker.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is not None or not path or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            tree = ast.parse(file.read())
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    return None if any(is_main_guard(node) for node in tree.body) else os.path.basename(path)
+
+
+def in_process_cluster(why: str):
+    """A local cluster of one worker thread in this process (torch keeps this process's thread count);
+    ``why`` is said in :func:`in_process_note`."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.worker.profile.enabled": False}):  # see WORKER_CONFIG
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, silence_logs=logging.CRITICAL, dashboard_address=None
+        )
+    cluster.treg_note = IN_PROCESS_NOTE.format(why=why)
+    return cluster
+
+
+def in_process_note(client: Any) -> str | None:
+    """What a client of :func:`in_process_cluster` says about its cluster, else None."""
+    return getattr(getattr(client, "cluster", None), "treg_note", None)
+
+
 def local_cluster(workers: int | None = None):
-    """A new local cluster: one worker per GPU with dask-cuda, else single-threaded worker processes."""
+    """A new local cluster: one worker per GPU with dask-cuda, else single-threaded worker processes, or
+    (from a script that worker processes would run again, :func:`unguarded_script`) a worker thread here."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise InvalidInputError(f"workers must be a whole number >= 1, got {workers!r}")
+    script = unguarded_script()
+    if script is not None:
+        return in_process_cluster(UNGUARDED_REASON.format(script=script))
+    try:
+        return process_cluster(workers)
+    except (RuntimeError, TimeoutError, OSError) as error:  # e.g. "Nanny failed to start"
+        return in_process_cluster(
+            FAILED_REASON.format(error=" ".join(str(error).split())[:120] or type(error).__name__)
+        )
+
+
+def process_cluster(workers: int | None):
+    """One worker per GPU with dask-cuda, else single-threaded worker processes, on 127.0.0.1."""
     import dask
 
     with dask.config.set(WORKER_CONFIG):

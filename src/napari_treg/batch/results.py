@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from napari_treg.batch.outputs import ATTRIBUTE
-from napari_treg.batch.sources import ome_multiscale
+from napari_treg.io.ome_zarr import ome_multiscale
 
 
 def open_result(path: str | os.PathLike):

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_treg.batch.cluster import CONNECT_TIMEOUT, checked_address, connect, default_workers
+from napari_treg.batch.cluster import CONNECT_TIMEOUT, checked_address, connect, default_workers, in_process_note
 from napari_treg.batch.logs import RunLog, routed_logs
 from napari_treg.batch.outputs import FolderOutput, ZarrOutput, open_output
 from napari_treg.batch.ranges import stack_intensity_range
 from napari_treg.batch.sources import ArraySource, Unit, open_source
-from napari_treg.batch.units import Job, ensemble_maps, is_done, run_unit
+from napari_treg.batch.units import Job, count_tiles, ensemble_maps, is_done, run_tile, run_unit
 from napari_treg.engine.ensemble import EnsembleSettings, check_ensemble_noise
 from napari_treg.engine.restore_settings import RestoreSettings, model_settings
 from napari_treg.engine.restorer import MAX_SEED, noise_model_values
@@ -58,6 +58,7 @@ class BatchReport:
     intensity_range: tuple[float, float] | None = None
     records: list[dict] = field(default_factory=list)  # of the units computed by this run
     log: str | None = None  # the run's log: dask's messages and each failed unit's traceback
+    note: str | None = None  # how the cluster differs from the one asked for (a worker thread in this process)
 
     @property
     def done(self) -> int:
@@ -114,7 +115,9 @@ def restore_many(
     output : str
         A folder for files; a ``.zarr`` path for arrays. Rerunning on it resumes.
     operator : LinearOperator
-        The forward model, as for :func:`napari_treg.restore`.
+        The forward model, as for :func:`napari_treg.restore`. One that couples planes (a 3-D PSF,
+        ``VolumeBlur``) restores each file as one z-stack; with ``tile_size`` (and no ``samples``)
+        each Y-X tile of a larger stack is a task of its own, blended as local ``restore`` blends it.
     workers : int, optional
         Workers of the embedded local cluster (default: one per GPU, else one per CPU core).
     scheduler : str, optional
@@ -193,6 +196,7 @@ def restore_many(
     with routed_logs() as log, connect(size, scheduler, client, connect_timeout) as (active, embedded):
         report.dashboard = getattr(active, "dashboard_link", None)
         report.workers = len(active.scheduler_info().get("workers", {}))
+        report.note = in_process_note(active) if embedded else None
         job = Job(operator, model, restore_settings, None, threads=1 if embedded else None, ensemble=ensemble)
         job = with_intensity_range(job, data, intensity_range, active)
         report.intensity_range = job.intensity_range
@@ -202,9 +206,10 @@ def restore_many(
         done = still_done(active, data, target, [unit for unit in units if unit.key in recorded], recorded)
         todo = [unit for unit in units if unit.key not in done]
         report.skipped = len(units) - len(todo)
+        tiles = tile_counts(active, data, todo, job)
         if on_start is not None:
             on_start(report)
-        run_units(active, data, target, todo, job, report, on_unit, cancel, log)
+        run_units(active, data, target, todo, job, report, on_unit, cancel, log, tiles)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -348,19 +353,51 @@ def prepare_output(target, data, operator: LinearOperator, job: Job) -> dict[str
     return target.prepare(data, params, operator.image_hw(data.layout.hw))
 
 
+def tile_counts(client, data, todo: list[Unit], job: Job) -> dict[str, int]:
+    """The Y-X tiles of each z-stack to restore, by unit key, when its tiles are units of their own
+    (:attr:`Job.splits_volumes`; counted by the workers, which read the files); else none."""
+    if not job.splits_volumes or not todo:
+        return {}
+    futures = [client.submit(count_tiles, data.unit_source(unit), unit, job, pure=False) for unit in todo]
+    try:
+        counts = client.gather(futures)
+    finally:
+        client.cancel(futures)
+    return {unit.key: count for unit, count in zip(todo, counts) if count > 1}
+
+
 def run_units(
-    client, data, target, todo: list[Unit], job: Job, report: BatchReport, on_unit, cancel, log: RunLog
+    client,
+    data,
+    target,
+    todo: list[Unit],
+    job: Job,
+    report: BatchReport,
+    on_unit,
+    cancel,
+    log: RunLog,
+    tiles: dict[str, int] | None = None,
 ) -> None:
-    """Submit the units, follow them as they finish; on any interruption cancel the rest, then re-raise."""
+    """Submit the units, follow them as they finish; on any interruption cancel the rest, then re-raise.
+
+    ``tiles``: z-stacks cut into this many Y-X tiles (by unit key): each tile is a task of its own
+    (:func:`run_tile`, on any worker) and the unit's task blends them once all are solved.
+    """
     from distributed import as_completed
 
     if not todo:
         target.finish(target.records(), complete=report.ok)
         return
+    tiles = tiles or {}
 
     # no scattered data: a worker that dies would take it along; every task carries what it needs
     def submit(unit: Unit, **placement: Any):
-        return client.submit(run_unit, data.unit_source(unit), target, unit, job, pure=False, **placement)
+        source = data.unit_source(unit)
+        pieces = [
+            client.submit(run_tile, source, unit, job, index, pure=False, **placement)
+            for index in range(tiles.get(unit.key, 0))
+        ]  # passed on worker to worker: the client never holds a tile
+        return client.submit(run_unit, source, target, unit, job, *pieces, pure=False, **placement)
 
     futures = {submit(unit): unit for unit in todo}
     retried: set[str] = set()

@@ -12,7 +12,6 @@ units: the client never loads the data.
 from __future__ import annotations
 
 import glob
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,8 @@ import numpy as np
 from napari_treg.errors import InvalidInputError
 from napari_treg.imaging import layout as imaging
 from napari_treg.io import files as io
+from napari_treg.io.ome_zarr import is_zarr, ome_image
 
-ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 SPATIAL = ("y", "x")
 
 
@@ -50,6 +49,10 @@ class FileSource:
 
     def read(self, unit: Unit) -> np.ndarray:
         return io.read_image(unit.path)
+
+    def noise_defaults(self, unit: Unit) -> Any:
+        """The camera gain and offset the unit's file records (:func:`napari_treg.io.files.read_noise_defaults`)."""
+        return io.read_noise_defaults(unit.path)
 
     def unit_source(self, unit: Unit) -> FileSource:
         """What a task needs to read ``unit``: its own path."""
@@ -172,11 +175,6 @@ def _files_or_zarr(path: str, rgb: bool | None) -> FileSource | ArraySource:
     return FileSource(tuple(files))
 
 
-def is_zarr(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a zarr array or group (v2 or v3)."""
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in ZARR_MARKERS)
-
-
 def zarr_source(path: str, rgb: bool | None) -> ArraySource:
     """A zarr array, or the full-resolution level of an OME-Zarr image (its axes, pixel sizes and name kept)."""
     import zarr
@@ -213,79 +211,6 @@ def zarr_source(path: str, rgb: bool | None) -> ArraySource:
         translation=image.translation,
         name=image.name or Path(path.rstrip("/\\")).name.split(".")[0] or None,
     )
-
-
-@dataclass(frozen=True)
-class OmeImage:
-    """The full-resolution level of an OME-Zarr image, as its ``multiscales`` metadata describes it."""
-
-    path: str
-    axes: tuple[dict, ...]
-    scale: tuple[float, ...] | None
-    translation: tuple[float, ...] | None
-    name: str | None
-
-
-def ome_multiscale(attrs: dict) -> dict | None:
-    """The first multiscales entry of OME-Zarr attributes (NGFF 0.4 or 0.5), or None (not checked)."""
-    ome = attrs.get("ome")
-    multiscales = (ome.get("multiscales") if isinstance(ome, dict) else None) or attrs.get("multiscales")
-    return multiscales[0] if isinstance(multiscales, list) and multiscales else None
-
-
-def ome_image(attrs: dict, where: str) -> OmeImage:
-    """Parse and check OME-Zarr ``multiscales``; InvalidInputError naming the metadata that does not fit."""
-
-    def bad(what: str) -> InvalidInputError:
-        return InvalidInputError(f"OME-Zarr source {where!r}: malformed multiscales metadata: {what}")
-
-    ome = attrs.get("ome")
-    if "multiscales" not in attrs and not (isinstance(ome, dict) and "multiscales" in ome):
-        raise InvalidInputError(f"source {where!r} is a zarr group but not an OME-Zarr image (no multiscales)")
-    multiscales = ome["multiscales"] if isinstance(ome, dict) and "multiscales" in ome else attrs["multiscales"]
-    if not isinstance(multiscales, list) or not multiscales or not isinstance(multiscales[0], dict):
-        raise bad(f"expected a non-empty list of images, got {short(multiscales)}")
-    image = multiscales[0]
-    datasets = image.get("datasets")
-    if not isinstance(datasets, list) or not datasets or not isinstance(datasets[0], dict):
-        raise bad(f"'datasets' must be a non-empty list, got {short(datasets)}")
-    path = datasets[0].get("path")
-    if not isinstance(path, str) or not path:
-        raise bad(f"datasets[0] 'path' must be a name, got {short(path)}")
-    axes = image.get("axes")
-    if not isinstance(axes, list) or len(axes) < 2:
-        raise bad(f"'axes' must list at least 2 axes, got {short(axes)}")
-    axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
-    if not all(isinstance(a.get("name"), str) for a in axes):
-        raise bad(f"every axis needs a name, got {short(axes)}")
-    names = [a["name"] for a in axes]
-    if len(set(names)) != len(names):
-        raise bad(f"axis names repeat: {names}")
-    transforms = datasets[0].get("coordinateTransformations", [])
-    if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
-        raise bad(f"'coordinateTransformations' must be a list, got {short(transforms)}")
-    values = {t.get("type"): t.get(t.get("type")) for t in transforms if t.get("type") in ("scale", "translation")}
-    for kind, value in values.items():
-        if not isinstance(value, list) or len(value) != len(axes):
-            raise bad(f"{kind} must list one number per axis ({len(axes)}), got {short(value)}")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
-            raise bad(f"{kind} must hold finite numbers, got {short(value)}")
-    if "scale" in values and not all(v > 0 for v in values["scale"]):
-        raise bad(f"scale must be > 0, got {short(values['scale'])}")
-    name = image.get("name")
-    return OmeImage(
-        path=path,
-        axes=tuple(axes),
-        scale=tuple(float(v) for v in values["scale"]) if "scale" in values else None,
-        translation=tuple(float(v) for v in values["translation"]) if "translation" in values else None,
-        name=name if isinstance(name, str) else None,
-    )
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """``repr`` of a metadata value, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def array_source(array: Any, rgb: bool | None, **details: Any) -> ArraySource:

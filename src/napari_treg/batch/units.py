@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,8 @@ from napari_treg.operators import LinearOperator
 if TYPE_CHECKING:
     from napari_treg.engine.ensemble import EnsembleSettings
     from napari_treg.engine.restore_settings import RestoreSettings
+    from napari_treg.engine.restorer import Run, TilePiece
+    from napari_treg.engine.run_info import EnsembleInfo, RunInfo
     from napari_treg.models.options import ModelSettings
 
 _LOADED: list = []  # the priors this process has loaded, to check they load once per worker
@@ -48,6 +52,12 @@ class Job:
         (its sample k then uses ``seed + plane * S + k``: no two units share a seed)."""
         return self.seed + unit.plane * (self.ensemble.samples if self.ensemble is not None else 1)
 
+    @property
+    def splits_volumes(self) -> bool:
+        """Whether a tiled z-stack's Y-X tiles are units of their own: a volume solve (the operator couples
+        planes) with ``tile_size``, one restoration per unit (an ensemble's volume stays one unit)."""
+        return self.operator.couples_planes and self.settings.run.tile_size is not None and self.ensemble is None
+
     def map_names(self) -> tuple[str, ...]:
         """The maps each unit writes beside its output (:func:`ensemble_maps`)."""
         return ensemble_maps(self.settings, self.ensemble)
@@ -59,28 +69,81 @@ def ensemble_maps(settings: RestoreSettings, ensemble: EnsembleSettings | None) 
     return () if ensemble is None else ensemble_map_names(settings.uses_text, ensemble.holdout is not None)
 
 
-def run_unit(source, output, unit: Unit, job: Job) -> dict[str, Any]:
+def run_unit(source, output, unit: Unit, job: Job, *pieces: TilePiece) -> dict[str, Any]:
     """Restore one unit and write it (data first, then its record); returns the record.
 
+    ``pieces``: the unit is a z-stack whose Y-X tiles were solved by :func:`run_tile` tasks (all of
+    them); they are blended here as a local tiled run blends them (:meth:`Restorer.assemble_tiles`).
     A unit whose record and output already match its input (a task rerun after its worker died
     once it had finished) is not computed again: its record is returned and nothing is written.
     """
-    if job.threads:
-        import torch
+    with torch_thread_count(job.threads):
+        return computed_unit(source, output, unit, job, *pieces)
 
-        torch.set_num_threads(job.threads)
+
+@contextmanager
+def torch_thread_count(threads: int | None) -> Iterator[None]:
+    """torch's thread count set to ``threads`` (None: left) while a unit runs, then set back (a worker thread
+    in napari's process, :func:`napari_treg.batch.cluster.in_process_cluster`, leaves napari's count as it was)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads:
+            torch.set_num_threads(previous)
+
+
+def computed_unit(source, output, unit: Unit, job: Job, *pieces: TilePiece) -> dict[str, Any]:
+    """:func:`run_unit` at the job's thread count."""
     image = source.read(unit)
     digest = array_digest(image)
     previous = output.record(unit)
     if previous is not None and previous.get("input_digest") == digest and output.holds(unit, previous):
         return previous
     try:
-        restored, info, maps = restore_unit(image, job, job.unit_seed(unit))
+        restored, run_info, maps = restore_unit(
+            image, job, job.unit_seed(unit), recorded_noise_defaults(source, unit, job), *pieces
+        )
     except OutOfMemoryError as error:  # the engine has freed the memory; another worker may have more
         message = str(error)  # raised below, outside this handler, without the original attached
     else:
-        return output.write(unit, image, restored, info, unit_record(unit, info, digest), maps)
+        record = unit_record(unit, run_info, digest)
+        if pieces:
+            record["tile_units"] = len(pieces)  # solved as this many tasks, blended by this one
+        return output.write(unit, image, restored, unit_info(run_info), record, maps)
     raise UnitOutOfMemory(message, worker_address())
+
+
+def count_tiles(source, unit: Unit, job: Job) -> int:
+    """How many Y-X tiles the unit's z-stack is cut into (1: it fits one tile); run on a worker."""
+    plan = unit_run(source, unit, job).plan
+    return 1 if plan is None else plan.count
+
+
+def run_tile(source, unit: Unit, job: Job, index: int) -> TilePiece:
+    """Solve tile ``index`` of the unit's z-stack (:meth:`Restorer.solve_tile`); the piece goes to the
+    unit's :func:`run_unit` task, not to the client."""
+    with torch_thread_count(job.threads):
+        run = unit_run(source, unit, job)
+        try:
+            return worker_restorer(job).solve_tile(run, index)
+        except OutOfMemoryError as error:
+            message = str(error)
+    raise UnitOutOfMemory(message, worker_address())
+
+
+def unit_run(source, unit: Unit, job: Job) -> Run:
+    """The engine's checked plan of the unit's restoration (its seed, the job's intensity range, its file's
+    recorded camera values), read from its source."""
+    from napari_treg.engine.restorer import prepare
+
+    options = replace(job.settings.run, seed=job.unit_seed(unit))
+    noise_defaults = recorded_noise_defaults(source, unit, job)
+    return prepare(source.read(unit), job.operator, options, job.intensity_range, noise_defaults)
 
 
 def array_digest(image: np.ndarray) -> str:
@@ -102,26 +165,52 @@ def is_done(source, output, unit: Unit, record: dict[str, Any]) -> bool:
         return False
 
 
-def restore_unit(image: np.ndarray, job: Job, seed: int) -> tuple[np.ndarray, dict, dict[str, np.ndarray]]:
-    """The restoration of one unit by this worker's engine for the job, and its maps by name.
+def recorded_noise_defaults(source, unit: Unit, job: Job) -> Any:
+    """The camera values the unit's file records (OME metadata), when the job asks for the Poisson-Gaussian
+    model; None otherwise, and for sources that are not files."""
+    if job.settings.run.noise_model != "poisson-gaussian" or not hasattr(source, "noise_defaults"):
+        return None
+    return source.noise_defaults(unit)
 
-    With ``job.ensemble``: the ensemble's mean, its info and its maps (:meth:`Job.map_names`).
+
+def restore_unit(
+    image: np.ndarray, job: Job, seed: int, noise_defaults: Any = None, *pieces: TilePiece
+) -> tuple[np.ndarray, RunInfo | EnsembleInfo, dict[str, np.ndarray]]:
+    """The restoration of one unit by this worker's engine for the job, its record, and its maps by name.
+
+    With ``job.ensemble``: the ensemble's mean, its record and its maps (:meth:`Job.map_names`).
+    ``noise_defaults``: the camera values its file records (:func:`recorded_noise_defaults`).
+    With ``pieces``: the unit's solved tiles blended (:meth:`Restorer.assemble_tiles`).
     """
     restorer = worker_restorer(job)
     run = replace(job.settings.run, seed=seed)
+    if pieces:
+        from napari_treg.engine.restorer import prepare
+
+        prepared = prepare(image, job.operator, run, job.intensity_range, noise_defaults)
+        restoration = restorer.assemble_tiles(prepared, list(pieces))
+        return restoration.image, restoration.run_info, {}
     if job.ensemble is None:
-        restored, info = restorer.restore(image, job.operator, options=run, intensity_range=job.intensity_range)
-        return restored, info, {}
+        restoration = restorer.restore(
+            image, job.operator, options=run, intensity_range=job.intensity_range, noise_defaults=noise_defaults
+        )
+        return restoration.image, restoration.run_info, {}
     from napari_treg.engine.ensemble import restorer_ensemble
 
     result = restorer_ensemble(
-        restorer, image, job.operator, options=job.ensemble, run_options=run, intensity_range=job.intensity_range
+        restorer,
+        image,
+        job.operator,
+        options=job.ensemble,
+        run_options=run,
+        intensity_range=job.intensity_range,
+        noise_defaults=noise_defaults,
     )
     maps = {name: getattr(result, name) for name in job.map_names()}
     missing = [name for name, array in maps.items() if array is None]
     if missing:
         raise TRegError(f"the ensemble returned no {', '.join(missing)} map")
-    return result.mean, result.restoration_info(), maps
+    return result.mean, result.run_info, maps
 
 
 def worker_restorer(job: Job) -> Any:
@@ -161,29 +250,44 @@ def torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
-def unit_record(unit: Unit, info: dict[str, Any], input_digest: str) -> dict[str, Any]:
+def unit_info(run_info: RunInfo | EnsembleInfo) -> dict[str, Any]:
+    """The unit's ``info`` as written beside its output: a restore's, or an ensemble's as its mean's
+    (:meth:`~napari_treg.engine.ensemble.Ensemble.restoration_info`)."""
+    from napari_treg.engine.run_info import EnsembleInfo
+
+    return run_info.restoration_dict() if isinstance(run_info, EnsembleInfo) else run_info.as_dict()
+
+
+def unit_record(unit: Unit, run_info: RunInfo | EnsembleInfo, input_digest: str) -> dict[str, Any]:
     """The per-unit provenance kept with the output: which unit and input, seed, residual, time, where
     (and an ensemble's own info: its seeds, noise, prior sd, calibration note and held-out check, also under
     ``holdout`` where it made one)."""
+    from napari_treg.engine.run_info import EnsembleInfo
+
+    if isinstance(run_info, EnsembleInfo):
+        single, held_out = run_info.as_restoration(), run_info.holdout
+    else:
+        single, held_out = run_info, None
+    conflict = single.text_conflict
     record = {
         "key": unit.key,
         "input_digest": input_digest,
         "name": unit.name,
         "plane": unit.plane,
-        "seed": info.get("seed"),
-        **{key: info.get(key) for key in ("model", "device", "dtype")},  # as the worker loaded it
-        "residual": info.get("residual"),
-        "residual_over_noise": info.get("residual_over_noise"),
-        "intensity_range": info.get("intensity_range"),
-        "seconds": info.get("seconds"),
-        "text_conflict": info.get("text_conflict"),
+        "seed": single.seed,
+        **{key: getattr(single, key) for key in ("model", "device", "dtype")},  # as the worker loaded it
+        "residual": single.residual,
+        "residual_over_noise": single.residual_over_noise,
+        "intensity_range": list(single.intensity_range),
+        "seconds": single.seconds,
+        "text_conflict": None if conflict is None else conflict.as_dict(),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "torch_threads": torch_threads(),  # bit-identity with local restore needs the same count
         "models_loaded": len(_LOADED),
     }
-    ensemble = info.get("ensemble")
-    if ensemble:
-        record["ensemble"] = {key: value for key, value in ensemble.items() if key != "text_conflict"}
-        if ensemble.get("holdout"):
-            record["holdout"] = ensemble["holdout"]
+    if isinstance(run_info, EnsembleInfo):
+        own = run_info.restoration_dict()["ensemble"]
+        record["ensemble"] = {key: value for key, value in own.items() if key != "text_conflict"}
+    if held_out:
+        record["holdout"] = held_out
     return record

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from napari_treg.cli.options import (
     PROG,
@@ -47,7 +47,9 @@ from napari_treg.io import files as io
 from napari_treg.settings import check_integer, check_number, specs
 
 if TYPE_CHECKING:  # torch is imported inside main(), where Ctrl-C during the import is caught
-    from napari_treg.engine.restorer import Progress
+    from napari_treg.engine.restorer import Progress, Restoration
+    from napari_treg.engine.run_info import NoiseModelInfo, RunInfo
+    from napari_treg.solver.conflict import TextConflict
 
 
 class _Parser(argparse.ArgumentParser):
@@ -192,25 +194,41 @@ def _write_info(path: str | Path, info: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
-def _restore_summary(output: str, info: dict[str, Any]) -> str:
-    summary = f"wrote {output} ({_describe(output)})"
-    if "seconds" in info:
-        summary += f" in {info['seconds']:.1f} s"
-    if "residual" in info:
-        summary += f"; relative residual {info['residual']:.3g}"
-    if info.get("residual_over_noise") is not None:
-        summary += f" ({info['residual_over_noise']:.2g} x the noise level)"
-    return summary + _conflict_note(info)
+def recorded_noise_defaults(args: argparse.Namespace) -> Any:
+    """The camera gain and offset the input file records (OME metadata), with ``--noise-model poisson-gaussian``
+    (the defaults of --gain and --offset: :func:`napari_treg.io.files.read_noise_defaults`), else None."""
+    if getattr(args, "noise_model", None) != "poisson-gaussian":
+        return None
+    return io.read_noise_defaults(args.input)
 
 
-def _conflict_note(info: dict[str, Any]) -> str:
+def _noise_model_note(noise_model: NoiseModelInfo | None) -> str:
+    """The result line's note of a noise model taken from the file's metadata ("" otherwise)."""
+    if noise_model is None or "OME metadata" not in noise_model.source:
+        return ""
+    source = noise_model.source
+    model = ", ".join(f"{name} {value:.4g}" for name, value in noise_model.input_units.as_dict().items())
+    doubt = source[source.index("DOUBTFUL") :] if "DOUBTFUL" in source else ""
+    return f"; noise model {model} ({source.split(';')[0]})" + (f"; {doubt}" if doubt else "")
+
+
+def _restore_summary(output: str, run_info: RunInfo) -> str:
+    summary = f"wrote {output} ({_describe(output)}) in {run_info.seconds:.1f} s"
+    summary += f"; relative residual {run_info.residual:.3g}"
+    if run_info.residual_over_noise is not None:
+        summary += f" ({run_info.residual_over_noise:.2g} x the noise level)"
+    return summary + _noise_model_note(run_info.noise_model) + _conflict_note(run_info.text_conflict)
+
+
+def _conflict_note(conflict: TextConflict | None) -> str:
     """The result line's text-conflict note: the flag, or why the check was not made ("" otherwise)."""
-    from napari_treg.solver.conflict import TextConflict, unchecked_message
+    from napari_treg.solver.conflict import unchecked_message
 
-    conflict = TextConflict.of(info)
+    if conflict is None:
+        return ""
     if conflict.flag:
         return f"; TEXT CONFLICT: the prompt contradicts the measurement ({conflict.deficit_nats:.0f} nats)"
-    unchecked = unchecked_message(info)
+    unchecked = unchecked_message(conflict)
     return "" if unchecked is None else "; " + unchecked[0].lower() + unchecked[1:].rstrip(".")
 
 
@@ -230,16 +248,25 @@ def run_restore(args: argparse.Namespace) -> int:
         planned.append(outputs.Output("--info", Path(args.info)))
     outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
     with ProgressBar(enabled=not args.quiet) as bar:
-        result, info = restore(
-            image, operator, **restore_kwargs(args), progress=bar, cancel=_interrupted, return_info=True
+        restoration = cast(
+            "Restoration",
+            restore(
+                image,
+                operator,
+                **restore_kwargs(args),
+                noise_defaults=recorded_noise_defaults(args),
+                progress=bar,
+                cancel=_interrupted,
+                return_info=True,
+            ),
         )
     writers: dict[str | os.PathLike, Callable[[Path], object]] = {
-        args.output: lambda path: io.write_image(path, result, like=image)
+        args.output: lambda path: io.write_image(path, restoration.image, like=image)
     }
     if args.info is not None:
-        writers[args.info] = lambda path: _write_info(path, info)
+        writers[args.info] = lambda path: _write_info(path, restoration.info)
     outputs.write_together(writers, cancel=_interrupted)
-    _say(args, lambda: _restore_summary(args.output, info))
+    _say(args, lambda: _restore_summary(args.output, restoration.run_info))
     return 0
 
 
@@ -291,6 +318,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
             keep_samples=args.keep_samples,
             **options,
             **restore_kwargs(args),
+            noise_defaults=recorded_noise_defaults(args),
             progress=bar,
             cancel=_interrupted,
         )
@@ -309,11 +337,13 @@ def run_ensemble(args: argparse.Namespace) -> int:
         args,
         lambda: (
             f"wrote the mean of {args.samples} restorations to {args.output} and {', '.join(names)} next to it"
-            + _conflict_note(result.info)
+            + _noise_model_note(result.run_info.noise_model)
+            + _conflict_note(result.run_info.text_conflict)
         ),
     )
-    if "holdout" in result.info:
-        _say(args, lambda: result.info["holdout"]["verdict"])
+    held_out = result.run_info.holdout
+    if held_out:
+        _say(args, lambda: held_out["verdict"])
     few_steps = result.info["calibration"]["note"]
     if few_steps is not None:
         _say(args, lambda: f"warning: {few_steps}")

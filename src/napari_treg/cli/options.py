@@ -8,7 +8,9 @@ Shared by the ``napari-treg`` subcommands that restore (``restore`` in :mod:`nap
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
+from glob import glob
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -138,8 +140,12 @@ def read_mask(path: str) -> np.ndarray:
 
 
 def read_kernel(path: str) -> np.ndarray:
-    """A 2D blur kernel or a 3D PSF ``(Z, Y, X)`` from a file (RGB images are averaged to grey); the
-    operator checks it. A 3D PSF whose last axis has 3 pixels would be read as RGB: pad it."""
+    """A 2D blur kernel or a 3D PSF ``(Z, Y, X)`` from a file or an OME-Zarr image (RGB images are averaged
+    to grey); the operator checks it. A 3D PSF whose last axis has 3 pixels would be read as RGB: pad it."""
+    from napari_treg.io.ome_zarr import is_zarr, read_ome_zarr_psf
+
+    if is_zarr(path):
+        return read_ome_zarr_psf(path)[0]
     kernel = io.read_image(path)
     if kernel.ndim == 3 and kernel.shape[-1] == 3:
         kernel = kernel.mean(axis=-1)
@@ -173,15 +179,41 @@ def operator_from_args(args: argparse.Namespace) -> LinearOperator:
 
 
 def check_psf_voxels(operator: LinearOperator, kernel_path: str | None, input_path: str | None) -> None:
-    """A 3-D PSF file and the stack, both OME-TIFFs with voxel sizes: refuse sizes that differ, naming both."""
+    """A 3-D PSF file (OME-TIFF or OME-Zarr) and the stack, both with voxel sizes: refuse sizes that differ,
+    naming both. ``input_path``: one stack, or (``batch``) a folder or glob of stacks, each compared."""
     from napari_treg.operators import VolumeBlur
     from napari_treg.operators.psf import match_voxel_size
 
     if not isinstance(operator, VolumeBlur) or kernel_path is None or input_path is None:
         return
-    psf_voxel, stack_voxel = io.read_voxel_size(kernel_path), io.read_voxel_size(input_path)
-    if psf_voxel is not None and stack_voxel is not None:
-        match_voxel_size(psf_voxel, stack_voxel)
+    psf_voxel = io.read_voxel_size(kernel_path)
+    if psf_voxel is None:
+        return
+    if os.path.isfile(input_path):
+        stack_voxel = io.read_voxel_size(input_path)
+        if stack_voxel is not None:
+            match_voxel_size(psf_voxel, stack_voxel)
+        return
+    for path in stack_files(input_path):
+        stack_voxel = io.read_voxel_size(path)
+        if stack_voxel is None:
+            continue
+        try:
+            match_voxel_size(psf_voxel, stack_voxel)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"{os.path.basename(path)}: {error}") from None
+
+
+def stack_files(source: str) -> list[str]:
+    """The image files of a batch source given as a folder or glob (none for a zarr store)."""
+    from napari_treg.io.ome_zarr import is_zarr
+
+    if is_zarr(source):
+        return []
+    paths = (
+        [os.path.join(source, name) for name in sorted(os.listdir(source))] if os.path.isdir(source) else glob(source)
+    )
+    return sorted(p for p in paths if os.path.isfile(p) and os.path.splitext(p)[1].lower() in io.SUPPORTED)
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:

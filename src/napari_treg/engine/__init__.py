@@ -3,7 +3,7 @@ the restore settings and the ensemble.
 
 Rooms: ``restorer`` (Restorer, RunSettings, Progress, Restoration, prepare), ``tiling`` (geometry and
 blending), ``restore_settings`` (RestoreSettings), ``ensemble`` (Ensemble, EnsembleSettings),
-``run_info`` (provenance). Nothing here imports ``napari_treg.io`` or a front end.
+``run_info`` (provenance: RunInfo, EnsembleInfo). Nothing here imports ``napari_treg.io`` or a front end.
 
 Importing this package is cheap: its modules load on first use.
 """
@@ -17,15 +17,18 @@ if TYPE_CHECKING:
     from napari_treg.engine.ensemble import Ensemble, EnsembleSettings
     from napari_treg.engine.restore_settings import RestoreSettings
     from napari_treg.engine.restorer import Progress, Restoration, Restorer, RunSettings, prepare
+    from napari_treg.engine.run_info import EnsembleInfo, RunInfo
 
 _HOMES = {
     "Ensemble": "ensemble",
+    "EnsembleInfo": "run_info",
     "EnsembleOptions": "ensemble",
     "EnsembleSettings": "ensemble",
     "Progress": "restorer",
     "Restoration": "restorer",
     "RestoreSettings": "restore_settings",
     "Restorer": "restorer",
+    "RunInfo": "run_info",
     "RunOptions": "restorer",
     "RunSettings": "restorer",
     "prepare": "restorer",
@@ -33,11 +36,13 @@ _HOMES = {
 
 __all__ = [
     "Ensemble",
+    "EnsembleInfo",
     "EnsembleSettings",
     "Progress",
     "Restoration",
     "RestoreSettings",
     "Restorer",
+    "RunInfo",
     "RunSettings",
     "prepare",
 ]

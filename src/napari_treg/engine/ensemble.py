@@ -8,8 +8,9 @@
 - ``data_share``: ``1 - posterior variance / prior variance`` per pixel, from the data step's
   linear system (:func:`napari_treg.solver.posterior.data_share`): 1 = measured, 0 = not seen;
 - ``text_influence``: ``|mean with the prompt - mean without text|`` over the same seeds;
-- ``interval(level)`` and ``info`` (seeds, noise and where it came from, settings, model calls,
-  and ``text_conflict``: the text-conflict check of :mod:`napari_treg.solver.conflict` on every sample).
+- ``interval(level)``, ``run_info`` (an :class:`~napari_treg.engine.run_info.EnsembleInfo`: seeds, noise and
+  where it came from, settings, model calls, and ``text_conflict``: the text-conflict check of
+  :mod:`napari_treg.solver.conflict` on every sample) and ``info``, its plain JSON.
 
 The samples are calibrated, not just a loop over seeds: each one's last step is the noise-aware
 data step of :mod:`napari_treg.solver.posterior` (perturb-and-MAP with the measurement's noise
@@ -42,15 +43,16 @@ from napari_treg.engine.restorer import (
     residual_map,
     run_options_from,
 )
+from napari_treg.engine.run_info import EnsembleInfo
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
-from napari_treg.imaging.noise import estimate_noise
+from napari_treg.imaging.noise import NoiseDefaults, estimate_noise
 from napari_treg.memory import available_host_bytes, guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_number, setting, spec_named, validate
 from napari_treg.solver.config import TRegSettings
-from napari_treg.solver.conflict import ConflictLog, unchecked
+from napari_treg.solver.conflict import ConflictLog, TextConflict
 from napari_treg.solver.divergence import check_finite
 from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.posterior import (
@@ -124,9 +126,14 @@ class Ensemble:
     samples: np.ndarray | None  # (samples, *shape), or None when streamed
     data_share: np.ndarray  # in [0, 1]
     text_influence: np.ndarray | None  # None without a prompt or with guidance 0
-    info: dict
+    run_info: EnsembleInfo
     residual: np.ndarray | None = None  # |A mean - y| per measured value (as Restoration.residual)
     uncorrected_std: np.ndarray | None = None  # with the held-out check: the std before its correction
+
+    @functools.cached_property
+    def info(self) -> dict[str, Any]:
+        """``run_info`` as plain JSON (serialised once: the same dict on every access)."""
+        return self.run_info.as_dict()
 
     def interval(self, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """``(low, high)``: the predictive interval ``mean +- t sqrt(1 + 1/n) std`` holding ``level`` of the values.
@@ -139,15 +146,15 @@ class Ensemble:
         level = check_number(level, "level", minimum=0.0, maximum=1.0)
         if not 0.0 < level < 1.0:
             raise InvalidInputError(f"level must be between 0 and 1 (exclusive), got {level!r}")
-        count = int(self.info["samples"])
+        count = self.run_info.samples
         half = float(t.ppf((1.0 + level) / 2.0, count - 1)) * math.sqrt(1.0 + 1.0 / count) * self.std
         return self.mean - half, self.mean + half
 
     def restoration_info(self) -> dict:
         """The mean's info as a single restore's (its text-conflict check on top), the ensemble's own under
-        ``"ensemble"``: what the widget and the batch runner record for an ensemble's result."""
-        own = {key: value for key, value in self.info.items() if key != "settings"}
-        return {**self.info["settings"], "text_conflict": self.info["text_conflict"], "ensemble": own}
+        ``"ensemble"``: what the widget and the batch runner record for an ensemble's result
+        (:meth:`EnsembleInfo.restoration_dict <napari_treg.engine.run_info.EnsembleInfo.restoration_dict>`)."""
+        return self.run_info.restoration_dict()
 
 
 class Moments:
@@ -192,16 +199,18 @@ def restorer_ensemble(
     intensity_range: tuple[float, float] | None = None,
     callback: ProgressCallback | None = None,
     cancel: CancelSignal = None,
+    noise_defaults: NoiseDefaults | None = None,
     **run_values: Any,
 ) -> Ensemble:
     """:func:`ensemble` for front ends that already hold a :class:`Restorer` (its model, settings and text).
 
     ``run_options``: a ready :class:`~napari_treg.engine.restorer.RunSettings`, or its fields as keywords
-    (``seed``, ``noise``, ``batch_size``, ...). The restorer itself is not changed.
+    (``seed``, ``noise``, ``batch_size``, ...); ``noise_defaults``: see :func:`prepare`. The restorer itself
+    is not changed.
     """
     started = time.perf_counter()
     options = options if options is not None else EnsembleSettings()
-    run = prepare(image, operator, run_options_from(run_options, run_values), intensity_range)
+    run = prepare(image, operator, run_options_from(run_options, run_values), intensity_range, noise_defaults)
     return ensemble_prepared(restorer, run, options, callback, cancel, started)
 
 
@@ -259,25 +268,21 @@ def ensemble_prepared(
     if corrections is not None:
         mean, kept, free_mean = corrected(corrections, mean, kept, free_mean)
     seconds = time.perf_counter() - started
-    info = {
+    run_info = EnsembleInfo(
         **sampling_info(run, options, noise_source, prior_sd_source),
-        "noise": noise,
-        "prior_sd": prior_sd,
-        "replaced": replaced_settings(restorer, main),
-        "text_influence": free is not None,
-        "text_conflict": text_conflict(restorer, conflicts, options.samples),
-        "model_calls": relay.total * restorer.calls_per_step(run, batch_size)
-        if restorer.method in MODEL_METHODS
-        else 0,
-        "seconds": seconds,
-        "seconds_per_sample": seconds / options.samples,
-        "calibration": calibration_info(restorer.config, restorer.method),
-        "settings": restorer.provenance(run, batch_size, mean, seconds),
-    }
-    if run.noise_model is not None:
-        info["noise_model"] = run.noise_model_info()
-    if check is not None:
-        info["holdout"] = check.summary
+        noise=noise,
+        prior_sd=prior_sd,
+        replaced=replaced_settings(restorer, main),
+        text_influence=free is not None,
+        text_conflict=text_conflict(restorer, conflicts, options.samples),
+        model_calls=relay.total * restorer.calls_per_step(run, batch_size) if restorer.method in MODEL_METHODS else 0,
+        seconds=seconds,
+        seconds_per_sample=seconds / options.samples,
+        settings=restorer.provenance(run, batch_size, mean, seconds),
+        noise_model=None if run.noise_model is None else run.noise_model_info(),
+        holdout=None if check is None else check.summary,
+        calibration=calibration_info(restorer.config, restorer.method),
+    )
     layout = run.layout
     return Ensemble(
         mean=imaging.from_planes(mean.astype(np.float32), layout),
@@ -285,7 +290,7 @@ def ensemble_prepared(
         samples=None if kept is None else guard_memory(lambda: samples_in_layout(kept, layout)),
         data_share=imaging.from_planes(share, layout),
         text_influence=None if free_mean is None else imaging.from_planes(influence(mean, free_mean), layout),
-        info=info,
+        run_info=run_info,
         residual=residual_map(run, mean.astype(np.float32)),
         uncorrected_std=None if corrections is None else imaging.from_planes(corrections[0].uncorrected_std(), layout),
     )
@@ -342,15 +347,15 @@ def sampling_info(run: Run, options: EnsembleSettings, noise_source: str, prior_
     }
 
 
-def text_conflict(restorer: Restorer, conflicts: ConflictLog | None, samples: int) -> dict:
+def text_conflict(restorer: Restorer, conflicts: ConflictLog | None, samples: int) -> TextConflict:
     """``info["text_conflict"]``: as a single restore's, over the planes/tiles of every sample of the prompted pass.
 
     Each sample's evidence comes from its own first data-consistency steps, so the result does
     not depend on how the samples were batched (``batch_size``, ``keep_samples``).
     """
     if conflicts is None:
-        return unchecked(restorer.unchecked_reason())
-    return {**conflicts.summary(), "samples": samples}
+        return TextConflict(reason=restorer.unchecked_reason())
+    return replace(conflicts.conflict(), samples=samples)
 
 
 def influence(with_text: np.ndarray, without_text: np.ndarray) -> np.ndarray:

@@ -16,26 +16,32 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from napari_treg.engine import tiling
-from napari_treg.engine.run_info import package_versions
+from napari_treg.engine.run_info import NoiseModelInfo, Parameters, RunInfo, package_versions
 from napari_treg.engine.volume import check_volume, volume_depth, volume_info
 from napari_treg.errors import CancelSignal, InvalidInputError, cancel_checker, raise_if
 from napari_treg.imaging import layout as imaging
 from napari_treg.imaging.metrics import residual_summary, residual_sums, weighted_residual
-from napari_treg.imaging.noise import PoissonGaussian, check_above_offset, estimate_noise, fit_variance_line
+from napari_treg.imaging.noise import (
+    NoiseDefaults,
+    PoissonGaussian,
+    check_above_offset,
+    estimate_noise,
+    fit_variance_line,
+)
 from napari_treg.memory import auto_batch_size, free_bytes, guard_memory
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.models.chunked import PlaneChunks
 from napari_treg.operators import LinearOperator
 from napari_treg.settings import check_text, from_values, optional_like, setting, validate
 from napari_treg.solver import TRegSettings, get_method
-from napari_treg.solver.conflict import ConflictLog, unchecked
+from napari_treg.solver.conflict import ConflictLog, TextConflict
 from napari_treg.solver.divergence import check_finite
 from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
@@ -189,15 +195,21 @@ ProgressCallback = Callable[[Progress], None]
 
 @dataclass(frozen=True)
 class Restoration:
-    """A restored image and its provenance (plain JSON: parameters, model, versions, residual, time).
+    """A restored image and its provenance: ``run_info`` (a :class:`~napari_treg.engine.run_info.RunInfo`:
+    parameters, model, versions, residual, time, checks) and ``info``, its plain JSON.
 
     Unpacks as ``image, info``; ``residual`` is ``|A x - y|`` per measured value in the input's units,
     shaped like the measurement (0 where nothing is measured): the map the engine's ``residual`` sums.
     """
 
     image: np.ndarray
-    info: dict
+    run_info: RunInfo
     residual: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def info(self) -> dict[str, Any]:
+        """``run_info`` as plain JSON (serialised once: the same dict on every access)."""
+        return self.run_info.as_dict()
 
     def __iter__(self):
         return iter((self.image, self.info))
@@ -226,15 +238,10 @@ class Run:
             return None
         return self.noise_model.in_model_units(self.scale.low, self.scale.high)
 
-    def noise_model_info(self) -> dict:
+    def noise_model_info(self) -> NoiseModelInfo:
         """``info["noise_model"]``: the model in the input's units and in model units, and where it came from."""
         assert self.noise_model is not None and self.variance is not None
-        return {
-            "kind": "poisson-gaussian",
-            "input_units": self.noise_model.as_dict(),
-            "model_units": self.variance.as_dict(),
-            "source": self.noise_model_source,
-        }
+        return NoiseModelInfo(self.noise_model, self.variance, self.noise_model_source)
 
     #: the seed of unit ``k`` (plane, or tile-major tile and plane); None: ``options.seed + k``
     seed_of: Callable[[int], int] | None = None
@@ -264,8 +271,17 @@ class Run:
         return tiling.call_sizes(self.operator, len(self.measured), self.plan)
 
 
-def prepare(image: Any, operator: LinearOperator, options: RunSettings, intensity_range: Any = None) -> Run:
-    """Check an image and operator once for every path (tiled or not), and plan the run."""
+def prepare(
+    image: Any,
+    operator: LinearOperator,
+    options: RunSettings,
+    intensity_range: Any = None,
+    noise_defaults: NoiseDefaults | None = None,
+) -> Run:
+    """Check an image and operator once for every path (tiled or not), and plan the run.
+
+    ``noise_defaults``: camera values recorded with the image, the defaults of a Poisson-Gaussian model
+    asked for without its parameters (:func:`photon_noise_of`)."""
     if not isinstance(operator, LinearOperator):
         raise InvalidInputError(
             f"operator must be one of napari_treg.operators (e.g. SuperResolution(4)), got {operator!r}"
@@ -283,30 +299,74 @@ def prepare(image: Any, operator: LinearOperator, options: RunSettings, intensit
     plan = None
     if options.tile_size is not None and max(image_hw) > options.tile_size:
         plan = tiling.Tiling.plan(operator, layout.hw, options.tile_size, options.tile_overlap)
-    noise_model, source = photon_noise_of(options, measured, operator)
+    noise_model, source = photon_noise_of(options, measured, operator, noise_defaults)
     return Run(operator, layout, measured, scale, options, plan, noise_model, source)
 
 
 def photon_noise_of(
-    options: RunSettings, measured: np.ndarray, operator: LinearOperator
+    options: RunSettings, measured: np.ndarray, operator: LinearOperator, defaults: NoiseDefaults | None = None
 ) -> tuple[PoissonGaussian | None, str]:
-    """The run's Poisson-Gaussian model (given, or estimated from the measurement) and its source; the
-    measurement must be mostly at or above its offset."""
+    """The run's Poisson-Gaussian model and its source; the measurement must be mostly at or above its offset.
+
+    What is given wins; then what ``defaults`` record (the offset, and the gain: read_sd is then fitted
+    with that gain); the rest is estimated from the measurement (only gain and read_sd^2 - gain offset are
+    identifiable; offset 0 when neither given nor recorded, or where the fitted line meets zero variance).
+    """
     if options.noise_model != "poisson-gaussian":
         return None, ""
-    model = options.photon_noise()
-    source = "given"
-    if model is None:
-        fit = fit_variance_line(measured, operator)
-        model = fit.model(options.offset)
-        offset = "offset given" if options.offset is not None else "offset 0 or where the fitted line meets 0"
-        source = (
-            f"estimated from the measurement (var = {fit.slope:.4g} I + {fit.intercept:.4g} over {fit.bins} "
-            f"intensity bins of {fit.blocks} 2x2 blocks, finest Haar diagonal detail; {offset}; "
-            "napari_treg.noise.estimate_poisson_gaussian)"
+    recorded = defaults if defaults is not None else NoiseDefaults()
+    offset, offset_recorded = options.offset, False
+    if offset is None and recorded.offset is not None:
+        offset, offset_recorded = recorded.offset, True
+    if options.gain is not None and options.read_sd is not None:
+        model = PoissonGaussian(options.gain, options.read_sd, 0.0 if offset is None else offset)
+        source = "given" + (f" (offset from {recorded.describe()})" if offset_recorded else "")
+    else:
+        gain = recorded.gain
+        fit = fit_variance_line(measured, operator, gain)
+        model = fit.model(offset)
+        where = "offset given" if options.offset is not None else "offset 0 or where the fitted line meets 0"
+        if offset_recorded:
+            where = "offset recorded"
+        fitted = (
+            f"var = {fit.slope:.4g} I + {fit.intercept:.4g} over {fit.bins} intensity bins of {fit.blocks} 2x2 blocks"
         )
+        method = "finest Haar diagonal detail; napari_treg.noise.estimate_poisson_gaussian"
+        if gain is None and not offset_recorded:
+            source = (
+                f"estimated from the measurement ({fitted}, finest Haar diagonal detail; {where}; "
+                "napari_treg.noise.estimate_poisson_gaussian)"
+            )
+        elif gain is None:
+            source = (
+                f"{recorded.describe()} (offset); gain and read_sd estimated from the measurement ({fitted}, {method})"
+            )
+        else:
+            source = (
+                f"{recorded.describe()} (gain{', offset' if offset_recorded else ''}); read_sd estimated from the "
+                f"measurement with that gain ({fitted}, {method}; {where})" + gain_check(measured, operator, gain)
+            )
     check_above_offset(measured, model.offset, "the measurement")
     return model, source
+
+
+#: a recorded gain this many times off the measurement's own fit (either way) is named as doubtful
+GAIN_DOUBT = 2.0
+
+
+def gain_check(measured: np.ndarray, operator: LinearOperator | None, gain: float) -> str:
+    """A warning for the source when the measurement's own fit puts the gain more than :data:`GAIN_DOUBT`
+    times off a recorded one (a file's "gain" is often an amplifier setting, not ADU per photon); else ""."""
+    try:
+        own = fit_variance_line(measured, operator).slope
+    except InvalidInputError:
+        return ""
+    if 1.0 / GAIN_DOUBT <= own / gain <= GAIN_DOUBT:
+        return ""
+    return (
+        f"; DOUBTFUL: the measurement's own fit gives gain {own:.3g}, not the recorded {gain:g} (is the recorded "
+        "gain ADU per photon? give gain and read_sd otherwise)"
+    )
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -361,13 +421,14 @@ class Restorer:
         intensity_range: tuple[float, float] | None = None,
         callback: ProgressCallback | None = None,
         cancel: CancelSignal = None,
+        noise_defaults: NoiseDefaults | None = None,
         **run_values: Any,
     ) -> Restoration:
         """Restore ``image`` (a measurement ``y = A x + n`` by ``operator``); see :func:`napari_treg.restore`.
 
         ``options``: a ready :class:`RunSettings` (built and checked by a front end), or its fields
         as keywords (``seed``, ``rgb``, ``batch_size``, ``tile_size``, ``tile_overlap``, ``noise``,
-        ``preview_every``). Returns a :class:`Restoration` ``(image, info)``.
+        ``preview_every``); ``noise_defaults``: see :func:`prepare`. Returns a :class:`Restoration` ``(image, info)``.
 
         Raises
         ------
@@ -393,7 +454,7 @@ class Restorer:
         """
         started = time.perf_counter()
         options = run_options_from(options, run_values)
-        run = prepare(image, operator, options, intensity_range)
+        run = prepare(image, operator, options, intensity_range, noise_defaults)
         return self.restore_prepared(run, callback, cancel, started)
 
     def restore_prepared(
@@ -415,11 +476,54 @@ class Restorer:
         conflicts = self.conflict_log(run)
         restored = guard_memory(lambda: self.solve_run(run, batch_size, reporter, conflicts))
         raise_if(is_cancelled)  # cancelled during the last step: still nothing is returned
+        return self.finished(run, batch_size, restored, conflicts, started)
+
+    def finished(
+        self, run: Run, batch_size: int, restored: np.ndarray, conflicts: ConflictLog | None, started: float
+    ) -> Restoration:
+        """The restored planes checked finite, shaped like the input, with their provenance."""
         check_finite(restored, "the restored image")
         image = imaging.from_planes(restored, run.layout)
-        info = self.provenance(run, batch_size, restored, time.perf_counter() - started)
-        info["text_conflict"] = conflicts.summary() if conflicts is not None else unchecked(self.unchecked_reason())
-        return Restoration(image, info, residual_map(run, restored))
+        seconds = time.perf_counter() - started
+        conflict = conflicts.conflict() if conflicts is not None else TextConflict(reason=self.unchecked_reason())
+        run_info = self.provenance(run, batch_size, restored, seconds, conflict)
+        return Restoration(image, run_info, residual_map(run, restored))
+
+    # -- a tiled run one tile at a time (batch units, engine/tiling.py) ---------------------
+
+    def solve_tile(self, run: Run, index: int) -> TilePiece:
+        """Tile ``index`` (row-major) of a tiled run, solved on its own exactly as :meth:`restore_prepared`
+        solves it among the others: the same planes, seeds (units ``index * N ..``) and batches.
+
+        Only for operators that serve every tile (:func:`~napari_treg.engine.tiling.is_size_agnostic`):
+        their tiles are independent solves. :meth:`assemble_tiles` blends the pieces.
+        """
+        plan = checked_tile_plan(run)
+        if not 0 <= index < plan.count:
+            raise InvalidInputError(f"tile {index} does not exist: the run has {plan.count} tiles")
+        batch_size = self.batch_size(run)
+        reporter = Reporter(
+            run, self.planes_per_call(run, batch_size), self.config.steps, None, lambda: False, self.preview
+        )
+        conflicts = self.conflict_log(run)
+        rows, cols = plan.slices()[index]
+        solve = self.unit_solver(run, batch_size, reporter, conflicts)
+        restored = guard_memory(lambda: solve(run.planes[:, :, rows, cols], run.operator, index * len(run.measured)))
+        return TilePiece(index, restored, conflicts)
+
+    def assemble_tiles(self, run: Run, pieces: list[TilePiece], started: float | None = None) -> Restoration:
+        """The restoration of a tiled run from all its tiles' pieces (:meth:`solve_tile`), blended as
+        :meth:`restore_prepared` blends them: the same image, bit for bit, and the same provenance."""
+        started = time.perf_counter() if started is None else started
+        plan = checked_tile_plan(run)
+        by_index = {piece.index: piece for piece in pieces}
+        if sorted(by_index) != list(range(plan.count)):
+            raise InvalidInputError(f"the run has {plan.count} tiles; got the pieces {sorted(by_index)}")
+        canvas = tiling.Canvas(plan, run.layout, len(run.measured))
+        for index in range(plan.count):
+            canvas.add(by_index[index].planes, index * len(run.measured))
+        conflicts = merged_conflicts([by_index[index].conflicts for index in range(plan.count)])
+        return self.finished(run, self.batch_size(run), canvas.result(), conflicts, started)
 
     def check_noise_model(self, run: Run) -> None:
         """Refuse photon noise for a method whose data steps do not weigh values (all but TReg)."""
@@ -461,7 +565,16 @@ class Restorer:
         self, run: Run, batch_size: int, reporter: Reporter, conflicts: ConflictLog | None = None
     ) -> np.ndarray:
         """All planes of a run, whole or in tiles; restored planes ``(N, C, H, W)`` in input units."""
-        planes = run.planes
+        solve = self.unit_solver(run, batch_size, reporter, conflicts)
+        if run.plan is None:
+            return solve(run.planes, run.operator, 0)
+        return tiling.solve_in_tiles(solve, run.planes, run.operator, run.plan, run.layout)
+
+    def unit_solver(
+        self, run: Run, batch_size: int, reporter: Reporter, conflicts: ConflictLog | None
+    ) -> Callable[..., np.ndarray]:
+        """``solve(units, operator, offset, place=None)``: a run's measurement units numbered ``offset ..`` solved
+        with their seeds, restored planes in input units (:data:`~napari_treg.engine.tiling.Solve`)."""
 
         def solve(units: np.ndarray, operator: LinearOperator, offset: int, place: PlacePreview | None = None):
             hook = functools.partial(reporter.after_step, offset=offset, place=place)
@@ -477,9 +590,7 @@ class Restorer:
                 depth=run.depth,
             )
 
-        if run.plan is None:
-            return solve(planes, run.operator, 0)
-        return tiling.solve_in_tiles(solve, planes, run.operator, run.plan, run.layout)
+        return solve
 
     def solve_planes(
         self,
@@ -587,42 +698,88 @@ class Restorer:
 
     # -- provenance -------------------------------------------------------------------------
 
-    def provenance(self, run: Run, batch_size: int, restored: np.ndarray, seconds: float) -> dict:
-        """The run's info: every parameter needed to replay it, the model, versions, residual, time."""
+    def provenance(
+        self,
+        run: Run,
+        batch_size: int,
+        restored: np.ndarray,
+        seconds: float,
+        text_conflict: TextConflict | None = None,
+    ) -> RunInfo:
+        """The run's record: every parameter needed to replay it, the model, versions, residual, time, the
+        text-conflict check (None: an ensemble's mean, whose check is the ensemble's)."""
         options = run.options
         x = torch.from_numpy(run.scale.to_model(restored))
         y = torch.from_numpy(run.planes)
-        info = {
-            "params": {
-                "operator": repr(run.operator),
-                "prompt": self.prompt,
-                "negative_prompt": self.negative_prompt,
-                "method": self.method,
-                **asdict(options),
-                "rgb": run.layout.rgb,
-                "batch_size": batch_size,
-                "intensity_range": [run.scale.low, run.scale.high],
-                **self.config.as_dict(),
-            },
-            "model": self.prior.name,
-            "test_model": self.prior.is_test_model,
-            "device": str(self.prior.device),
-            "dtype": str(self.prior.dtype).replace("torch.", ""),
-            "seed": options.seed,
-            **residual_summary(residual_sums(run.operator, x, y), options.noise),
-            "intensity_range": [run.scale.low, run.scale.high],
-            "seconds": seconds,
-            "versions": package_versions(),
-        }
+        intensity_range = (run.scale.low, run.scale.high)
+        params = Parameters(
+            operator=repr(run.operator),
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            method=self.method,
+            options=options,
+            rgb=run.layout.rgb,
+            batch_size=batch_size,
+            intensity_range=intensity_range,
+            config=self.config,
+        )
+        residual = residual_summary(residual_sums(run.operator, x, y), options.noise)
         if run.variance is not None:
-            info["residual_over_noise"] = weighted_residual(run.operator, x, y, run.variance)
-            info["noise_model"] = run.noise_model_info()
+            residual["residual_over_noise"] = weighted_residual(run.operator, x, y, run.variance)
+        cut = None
         if run.plan is not None and options.tile_size is not None:
-            info["tiling"] = run.plan.describe(options.tile_size, options.tile_overlap, len(run.unit_sizes()))
-        volume = volume_info(run.operator, run.layout, batch_size)
-        if volume is not None:
-            info["volume"] = volume
-        return info
+            cut = run.plan.describe(options.tile_size, options.tile_overlap, len(run.unit_sizes()))
+        return RunInfo(
+            params=params,
+            model=self.prior.name,
+            test_model=self.prior.is_test_model,
+            device=str(self.prior.device),
+            dtype=str(self.prior.dtype).replace("torch.", ""),
+            seed=options.seed,
+            residual=residual["residual"],
+            noise=residual["noise"],
+            residual_over_noise=residual["residual_over_noise"],
+            intensity_range=intensity_range,
+            seconds=seconds,
+            versions=package_versions(),
+            noise_model=None if run.variance is None else run.noise_model_info(),
+            tiling=cut,
+            volume=volume_info(run.operator, run.layout, batch_size),
+            text_conflict=text_conflict,
+        )
+
+
+@dataclass
+class TilePiece:
+    """One tile of a tiled run, solved alone (:meth:`Restorer.solve_tile`): its restored planes
+    ``(N, C, h', w')`` in input units and its text-conflict evidence (None where unchecked)."""
+
+    index: int
+    planes: np.ndarray
+    conflicts: ConflictLog | None
+
+
+def checked_tile_plan(run: Run) -> tiling.Tiling:
+    """The run's tiling, refusing a run in one piece and operators cut per tile (masks)."""
+    if run.plan is None:
+        raise InvalidInputError("the run is not tiled (no tile_size, or the image fits one tile)")
+    if not tiling.is_size_agnostic(run.operator):
+        raise InvalidInputError(f"{run.operator!r} is cut per tile: its tiles are not solved one at a time")
+    return run.plan
+
+
+def merged_conflicts(logs: list[ConflictLog | None]) -> ConflictLog | None:
+    """One run's text-conflict log from its tiles' logs, in tile order (as one run collects them)."""
+    if not logs or logs[0] is None:
+        return None
+    merged = ConflictLog(logs[0].noise, logs[0].noise_source, logs[0].variance)
+    for log in logs:
+        assert log is not None
+        merged.deficits.extend(log.deficits)
+        merged.unchecked_units += log.unchecked_units
+        for reason in log.reasons:
+            merged.note(reason)
+    return merged
 
 
 def residual_map(run: Run, restored: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from napari_treg.engine.run_info import TilingInfo
 from napari_treg.errors import InvalidInputError
 from napari_treg.imaging import layout as imaging
 from napari_treg.operators import LinearOperator
@@ -128,16 +129,9 @@ class Tiling:
     def count(self) -> int:
         return len(self.rows) * len(self.cols)
 
-    def describe(self, tile_size: int, tile_overlap: int, calls: int) -> dict:
-        """How the image was cut (and in how many solve calls), for provenance (plain JSON)."""
-        return {
-            "tiles": self.count,
-            "calls": calls,
-            "tile_size": int(tile_size),
-            "tile_overlap": int(tile_overlap),
-            "measurement_tile": list(self.tile_hw),
-            "measurement_overlap": self.overlap,
-        }
+    def describe(self, tile_size: int, tile_overlap: int, calls: int) -> TilingInfo:
+        """How the image was cut (and in how many solve calls), for provenance (``info["tiling"]``)."""
+        return TilingInfo(self.count, calls, int(tile_size), int(tile_overlap), self.tile_hw, self.overlap)
 
     def slices(self) -> list[tuple[slice, slice]]:
         """Measurement-pixel slices of every tile, row-major."""

@@ -8,8 +8,7 @@ keeps seed ``seed + k``. Tiles cut y and x only and keep z whole (a tile is a vo
 
 from __future__ import annotations
 
-from typing import Any
-
+from napari_treg.engine.run_info import VolumeInfo
 from napari_treg.errors import InvalidInputError
 from napari_treg.imaging.layout import Layout
 from napari_treg.operators import LinearOperator
@@ -38,14 +37,8 @@ def volume_depth(operator: LinearOperator, layout: Layout) -> int | None:
     return layout.num_planes if operator.couples_planes else None
 
 
-def volume_info(operator: LinearOperator, layout: Layout, batch_size: int) -> dict[str, Any] | None:
+def volume_info(operator: LinearOperator, layout: Layout, batch_size: int) -> VolumeInfo | None:
     """``info["volume"]``: how the stack was solved as one volume (None when plane by plane)."""
     if not operator.couples_planes:
         return None
-    return {
-        "solved_as": "one volume",
-        "planes": layout.num_planes,
-        "data_step": "one conjugate-gradient solve over the whole stack per data-consistency step",
-        "prior_planes_per_call": min(batch_size, layout.num_planes),
-        "psf_voxel_size": getattr(operator, "voxel_size", None),
-    }
+    return VolumeInfo(layout.num_planes, min(batch_size, layout.num_planes), getattr(operator, "voxel_size", None))

@@ -169,13 +169,44 @@ class VarianceFit:
         return PoissonGaussian(gain=self.slope, read_sd=math.sqrt(max(read_var, 0.0)), offset=offset)
 
 
+@dataclass(frozen=True)
+class NoiseDefaults:
+    """Camera values recorded with an image (an OME file's Detector ``Gain`` / ``Offset``): the defaults of
+    a Poisson-Gaussian model asked for without them. ``source`` says where they were read.
+
+    ``gain`` is taken as the intensity of one photon in the image's units (ADU per photon); see
+    docs/api.md for what that assumes of a file's "gain".
+    """
+
+    gain: float | None = None
+    offset: float | None = None
+    source: str = "metadata"
+
+    def __post_init__(self) -> None:
+        if self.gain is not None and not (math.isfinite(self.gain) and self.gain > 0):
+            raise InvalidInputError(f"the recorded gain must be a finite number > 0, got {self.gain!r} ({self.source})")
+        if self.offset is not None and not math.isfinite(self.offset):
+            raise InvalidInputError(f"the recorded offset must be a finite number, got {self.offset!r} ({self.source})")
+
+    def describe(self) -> str:
+        """``"<source>: gain G, offset O"`` (the values it holds)."""
+        values = [
+            f"{name} {value:g}" for name, value in (("gain", self.gain), ("offset", self.offset)) if value is not None
+        ]
+        return f"{self.source}: {', '.join(values)}"
+
+
 def estimate_poisson_gaussian(
-    image: np.ndarray, offset: float | None = None, operator: LinearOperator | None = None
+    image: np.ndarray,
+    offset: float | None = None,
+    operator: LinearOperator | None = None,
+    gain: float | None = None,
 ) -> PoissonGaussian:
     """The Poisson-Gaussian noise of an image, estimated from the image itself (input units).
 
     ``image``: (H, W), or planes ``(N, C, h, w)``; ``offset``: the camera's, when known (see
-    :meth:`VarianceFit.model`); ``operator``: values it does not measure are left out. The method
+    :meth:`VarianceFit.model`); ``operator``: values it does not measure are left out; ``gain``: the
+    camera's, when known (e.g. recorded in the file): then only the line's intercept is fitted. The method
     (after Foi et al. 2008, "Practical Poissonian-Gaussian noise modeling and fitting for single-image
     raw-data"): the finest diagonal Haar detail of each 2x2 block, ``(y00 - y01 - y10 + y11) / 2``, is
     pure noise on locally planar content and has the block's variance; blocks are grouped into level
@@ -196,11 +227,14 @@ def estimate_poisson_gaussian(
     >>> bool(abs(model.variance(800.0) / truth.variance(800.0) - 1) < 0.15)
     True
     """
-    return fit_variance_line(image, operator).model(offset)
+    return fit_variance_line(image, operator, gain).model(offset)
 
 
-def fit_variance_line(image: np.ndarray, operator: LinearOperator | None = None) -> VarianceFit:
-    """:class:`VarianceFit` of an image (see :func:`estimate_poisson_gaussian`)."""
+def fit_variance_line(
+    image: np.ndarray, operator: LinearOperator | None = None, gain: float | None = None
+) -> VarianceFit:
+    """:class:`VarianceFit` of an image (see :func:`estimate_poisson_gaussian`); with ``gain``, the slope
+    is that gain and only the intercept is fitted."""
     y = np.asarray(image, dtype=np.float64)
     if y.ndim == 2:
         y = y[None, None]
@@ -220,7 +254,7 @@ def fit_variance_line(image: np.ndarray, operator: LinearOperator | None = None)
             "the image is too flat to fit the noise against intensity (its local means span "
             f"{means.min():.4g} to {means.max():.4g}): give gain and read_sd instead, or use a Gaussian noise level"
         )
-    slope, intercept, used = robust_line(level, variance, error)
+    slope, intercept, used = robust_line(level, variance, error, gain)
     if not slope > 0:
         raise InvalidInputError(
             f"the image's noise does not grow with intensity (fitted gain {slope:.3g}): the Poisson-Gaussian "
@@ -260,16 +294,25 @@ def level_sets(means: np.ndarray, details: np.ndarray) -> tuple[np.ndarray, np.n
     return np.array(level), np.array(variance), np.array(error)
 
 
-def robust_line(level: np.ndarray, variance: np.ndarray, error: np.ndarray) -> tuple[float, float, np.ndarray]:
+def robust_line(
+    level: np.ndarray, variance: np.ndarray, error: np.ndarray, slope: float | None = None
+) -> tuple[float, float, np.ndarray]:
     """``variance = slope level + intercept`` by weighted least squares (weights 1 / error^2, the errors
     taken from the line itself after the first pass), leaving out bins more than
-    :data:`OUTLIER_ERRORS` standard errors off it; returns the line and the bins used."""
+    :data:`OUTLIER_ERRORS` standard errors off it; returns the line and the bins used. A given
+    ``slope`` is kept: only the intercept is fitted."""
     used = np.ones(level.shape, bool)
     sigma = np.maximum(error, 1e-300)
-    slope = intercept = 0.0
+    fixed = slope
+    intercept = 0.0
     for _ in range(5):
-        design = np.stack([level[used], np.ones(int(used.sum()))], axis=1) / sigma[used, None]
-        (slope, intercept), *_ = np.linalg.lstsq(design, variance[used] / sigma[used], rcond=None)
+        if fixed is None:
+            design = np.stack([level[used], np.ones(int(used.sum()))], axis=1) / sigma[used, None]
+            (slope, intercept), *_ = np.linalg.lstsq(design, variance[used] / sigma[used], rcond=None)
+        else:
+            weight = 1.0 / sigma[used] ** 2
+            intercept = float(np.sum(weight * (variance[used] - fixed * level[used])) / np.sum(weight))
+        assert slope is not None
         predicted = np.maximum(slope * level + intercept, variance.max() * 1e-6)
         sigma = error * predicted / np.maximum(variance, 1e-300)  # the standard error at the line's variance
         inliers = np.abs(variance - predicted) <= OUTLIER_ERRORS * sigma

@@ -45,10 +45,14 @@ import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_treg.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from napari_treg.imaging.noise import NoiseDefaults
 
 TIFF = (".tif", ".tiff")
 PICTURE = (".png", ".jpg", ".jpeg")
@@ -368,11 +372,16 @@ OME_MICROMETRES = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m":
 
 
 def read_voxel_size(path: PathLike) -> tuple[float, float, float] | None:
-    """The ``(z, y, x)`` voxel size in micrometres of an OME-TIFF (``PhysicalSize*``), or None if it has none."""
+    """The ``(z, y, x)`` voxel size in micrometres of an OME-TIFF (``PhysicalSize*``) or an OME-Zarr image
+    (its full-resolution ``scale``, :mod:`napari_treg.io.ome_zarr`), or None if it has none."""
     import xml.etree.ElementTree as ElementTree
 
     import tifffile
 
+    from napari_treg.io.ome_zarr import is_zarr, ome_zarr_voxel_size
+
+    if is_zarr(path):
+        return ome_zarr_voxel_size(path)
     if file_format(path) not in (".tif", ".tiff"):
         return None
     with tifffile.TiffFile(path) as tif:
@@ -390,3 +399,70 @@ def read_voxel_size(path: PathLike) -> tuple[float, float, float] | None:
             return None
         sizes.append(float(size) * OME_MICROMETRES[unit])
     return (sizes[0], sizes[1], sizes[2])
+
+
+# -- camera values recorded in a file --------------------------------------------------------------
+
+
+def read_noise_defaults(path: PathLike) -> NoiseDefaults | None:
+    """The camera gain and offset an OME-TIFF records, as the defaults of a Poisson-Gaussian model.
+
+    Read from the first image's channels: each channel's ``DetectorSettings`` ``Gain`` / ``Offset``
+    (the acquisition's), else those of the ``Detector`` it refers to (the instrument's). A value is used
+    only when every channel that records one records the same. None when the file is not an OME-TIFF,
+    or records neither. The gain is taken as the intensity of one photon in the file's units (docs/api.md).
+    """
+    import xml.etree.ElementTree as ElementTree
+
+    import tifffile
+
+    from napari_treg.imaging.noise import NoiseDefaults  # imports torch: only when asked
+
+    if file_format(path) not in TIFF:
+        return None
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.ome_metadata
+    if not xml:
+        return None
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:  # unreadable metadata records nothing: the model is estimated
+        return None
+    detectors = {element.get("ID"): element for element in root.iter() if _local(element.tag) == "Detector"}
+    image = next((element for element in root.iter() if _local(element.tag) == "Image"), None)
+    channels = [] if image is None else [e for e in image.iter() if _local(e.tag) == "Channel"]
+    values: dict[str, dict[float, str]] = {"Gain": {}, "Offset": {}}
+    for index, channel in enumerate(channels or [None]):
+        settings = None if channel is None else next((e for e in channel if _local(e.tag) == "DetectorSettings"), None)
+        detector = detectors.get(settings.get("ID")) if settings is not None else None
+        if detector is None and len(detectors) == 1:
+            detector = next(iter(detectors.values()))
+        for name in values:
+            for element, where in ((settings, "DetectorSettings"), (detector, "Detector")):
+                number = _ome_number(element, name)
+                if number is not None and (name != "Gain" or number > 0):  # a gain of 0 or less is no gain
+                    values[name].setdefault(number, f"{where} {name}" + (f" of channel {index}" if channels else ""))
+                    break
+    recorded = {name: next(iter(found)) for name, found in values.items() if len(found) == 1}
+    if not recorded:
+        return None
+    said = ", ".join(values[name][number] for name, number in recorded.items())
+    return NoiseDefaults(
+        gain=recorded.get("Gain"), offset=recorded.get("Offset"), source=f"OME metadata ({said}) of {Path(path).name}"
+    )
+
+
+def _local(tag: str) -> str:
+    """An XML tag without its namespace."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def _ome_number(element: Any, name: str) -> float | None:
+    """The finite number of attribute ``name`` of ``element`` (None when absent, empty or not a number)."""
+    if element is None:
+        return None
+    try:
+        number = float(element.get(name, ""))
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None

@@ -29,7 +29,13 @@ _WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_mo
 
 
 def load_pipeline_folder(
-    folder: Path, device: torch.device, dtype: torch.dtype, *, name: str, progress: Progress | None = None
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    name: str,
+    progress: Progress | None = None,
+    label: str | None = None,
 ) -> DiffusionPrior:
     """Build a :class:`StableDiffusionPrior` from a diffusers-format folder (plus a CLIP image tower)."""
     weights = check_pipeline_folder(folder, dtype)
@@ -38,11 +44,12 @@ def load_pipeline_folder(
 
     from napari_treg.models.stable_diffusion import StableDiffusionPrior, schedule_from_config
 
-    _report(progress, f"loading {name}: UNet")
+    label = label or name  # what the progress calls it
+    _report(progress, part_message(label, 0))
     unet = _from_folder(UNet2DConditionModel, folder, "unet", weights["unet"], torch_dtype=dtype)
-    _report(progress, f"loading {name}: VAE")
+    _report(progress, part_message(label, 1))
     vae = _from_folder(AutoencoderKL, folder, "vae", weights["vae"], torch_dtype=dtype)
-    _report(progress, f"loading {name}: text encoder")
+    _report(progress, part_message(label, 2))
     text_encoder = _load_transformers(
         CLIPTextModel,
         folder,
@@ -51,8 +58,9 @@ def load_pipeline_folder(
         dtype=dtype,
         **_variant(weights["text_encoder"]),
     )
+    _report(progress, part_message(label, 3))
     tokenizer = _from_folder(CLIPTokenizer, folder, "tokenizer", None)
-    tower, preprocessing = load_image_tower(folder, dtype, progress)
+    tower, preprocessing = load_image_tower(folder, dtype, progress, what=part_message(label, 4))
     prior = StableDiffusionPrior(
         unet,
         vae,
@@ -139,8 +147,20 @@ def _vision_config(source: Path) -> Any:
     return vision
 
 
+#: the parts of a Stable Diffusion pipeline folder, in the order they are loaded (the progress says "k of 5")
+PIPELINE_PARTS = ("UNet", "VAE", "text encoder", "tokenizer", "CLIP image model")
+
+
+def part_message(name: str, index: int) -> str:
+    """E.g. "loading runwayml/stable-diffusion-v1-5 (3 of 5 parts: text encoder)"."""
+    return f"loading {name} ({index + 1} of {len(PIPELINE_PARTS)} parts: {PIPELINE_PARTS[index]})"
+
+
 def load_image_tower(
-    folder: Path | None, dtype: torch.dtype, progress: Progress | None = None
+    folder: Path | None,
+    dtype: torch.dtype,
+    progress: Progress | None = None,
+    what: str = "loading the CLIP image model",
 ) -> tuple[Any, dict[str, Any]]:
     """CLIP image tower with projection and its preprocessing (image_size, image_mean, image_std).
 
@@ -151,7 +171,7 @@ def load_image_tower(
     source = folder / "image_encoder" if folder is not None else None
     if source is None or not (source / "config.json").is_file():
         source = fetch_image_tower(progress)
-    _report(progress, "loading the CLIP image model")
+    _report(progress, what)
     try:
         config = _vision_config(source)
     except Exception as error:

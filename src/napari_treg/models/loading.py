@@ -184,12 +184,17 @@ def _load(
     if kind == "tiny":
         from napari_treg.models.tiny import build_tiny_prior
 
+        if progress is not None:
+            progress("building the tiny model", None)
         return build_tiny_prior().to(device, dtype)
     if kind == "analytic":
+        if progress is not None:
+            progress("building the analytic prior", None)
         return _load_analytic(device, dtype)
     if kind == "hub":
         folder = fetch_pipeline(where, dtype, progress)
-        return load_pipeline_folder(folder, device, dtype, name=where, progress=progress)
+        label = f"Stable Diffusion ({where}) from the cache"
+        return load_pipeline_folder(folder, device, dtype, name=where, progress=progress, label=label)
     if kind == "folder":
         return load_pipeline_folder(Path(where), device, dtype, name=where, progress=progress)
     return load_checkpoint_file(Path(where), device, dtype, config=config, progress=progress)

@@ -133,9 +133,25 @@ def psf_blur(kernel, voxel_size: tuple[float, float, float] | None = None):
     from napari_treg.operators.base import as_numpy
     from napari_treg.operators.blur import KernelBlur
 
-    array = np.asarray(as_numpy(kernel, "kernel"))
-    while array.ndim > 2 and array.shape[0] == 1:
-        array = array[0]
+    array = squeezed_psf(np.asarray(as_numpy(kernel, "kernel")))
     if array.ndim == 3:
         return VolumeBlur(array, voxel_size=voxel_size)
     return KernelBlur(array)
+
+
+def psf_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A PSF's shape without leading axes of one plane: a ``(1, Y, X)`` PSF is 2-D."""
+    dims = tuple(int(n) for n in shape)
+    while len(dims) > 2 and dims[0] == 1:
+        dims = dims[1:]
+    return dims
+
+
+def squeezed_psf(kernel: np.ndarray) -> np.ndarray:
+    """``kernel`` reshaped to :func:`psf_shape`."""
+    return kernel.reshape(psf_shape(kernel.shape))
+
+
+def is_volume_psf(shape: tuple[int, ...]) -> bool:
+    """Whether a PSF of this shape blurs across planes (3-D, several planes), so the stack is one volume."""
+    return len(psf_shape(shape)) == 3

@@ -61,6 +61,8 @@ class OperatorSpec:
     build: Callable[..., LinearOperator]
     parameters: tuple[Param, ...] = ()
     aliases: tuple[str, ...] = ()
+    #: always a 3-D blur (a modelled PSF): a stack is solved as one volume (a measured PSF: when it is 3-D)
+    volume: bool = False
 
     def make(self, **values: Any) -> LinearOperator:
         """The operator from its parameter values (missing ones take their defaults; others are ignored)."""
@@ -79,8 +81,18 @@ OPTICS = (
     Param(
         "wavelength", 0.52, float, "emission wavelength, in micrometres", label="emission (um)", minimum=0.2, maximum=2
     ),
-    Param("immersion_index", 1.515, float, "refractive index of the immersion medium", minimum=1.0, maximum=2.0),
-    Param("sample_index", 1.33, float, "refractive index of the sample", minimum=1.0, maximum=2.0),
+    Param(
+        "immersion_index",
+        1.515,
+        float,
+        "refractive index of the immersion medium",
+        label="immersion index",
+        minimum=1.0,
+        maximum=2.0,
+    ),
+    Param(
+        "sample_index", 1.33, float, "refractive index of the sample", label="sample index", minimum=1.0, maximum=2.0
+    ),
     Param(
         "depth",
         0.0,
@@ -200,6 +212,7 @@ OPERATORS: dict[str, OperatorSpec] = {
                 f"a 3-D blur of a z-stack by a modelled {kind} PSF (psfmodels, vectorial model)",
                 functools.partial(modelled_blur, kind),
                 OPTICS,
+                volume=True,
             )
             for kind in ("widefield", "confocal")
         ),

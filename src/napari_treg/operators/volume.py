@@ -8,7 +8,9 @@ rule (half-sample symmetric mirroring, :mod:`.convolution`), so ``A x`` equals
 centred at ``k // 2``, scipy's ``origin=-1``). The padding is a gather and its adjoint a
 scatter-add through the same index map; the convolution is torch's ``conv3d`` and its adjoint
 the transposed convolution (a full ``conv3d`` by the flipped kernel): the operator is exactly
-linear and exactly adjoint (``tests/operators/test_volume_blur.py``). It is written here rather
+linear and exactly adjoint (``tests/operators/test_volume_blur.py``). In float64 (the residuals and
+checks of the provenance) both run by FFT instead, whose memory is a few copies of the volume: torch's
+direct float64 ``conv3d`` unfolds every voxel's neighbourhood (:func:`uses_fft`). It is written here rather
 than taken from a library because no library offers a 3-D convolution with this boundary
 together with its exact adjoint.
 """
@@ -22,7 +24,13 @@ import torch.nn.functional as F
 from napari_treg.errors import InvalidInputError
 from napari_treg.operators.base import DeviceCopies, LinearOperator
 from napari_treg.operators.blur import validate_psf
-from napari_treg.operators.convolution import mirror_index, scatter_axis
+from napari_treg.operators.convolution import (
+    fft_convolve_full,
+    fft_correlate_valid,
+    mirror_index,
+    scatter_axis,
+    uses_fft,
+)
 
 
 class VolumeBlur(LinearOperator):
@@ -81,14 +89,19 @@ class VolumeBlur(LinearOperator):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self._flipped.like(x)
         padded = mirror_pad_3d(as_volume(x), kernel.shape)
+        if uses_fft(x):
+            return as_planes(fft_correlate_valid(padded, kernel))
         return as_planes(F.conv3d(padded, channel_weight(kernel, x.shape[1]), groups=x.shape[1]))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         kernel = self._flipped.like(y)
-        # conv_transpose3d(y, k) = conv3d(y zero-padded by the kernel size - 1, k flipped); conv3d is faster on CPU
-        reach = [side - 1 for side in reversed(kernel.shape) for _ in (0, 1)]
-        flipped = torch.flip(kernel, dims=(0, 1, 2))
-        spread = F.conv3d(F.pad(as_volume(y), reach), channel_weight(flipped, y.shape[1]), groups=y.shape[1])
+        if uses_fft(y):
+            spread = fft_convolve_full(as_volume(y), kernel)
+        else:
+            # conv_transpose3d(y, k) = conv3d(y zero-padded by the kernel size - 1, k flipped); faster on CPU
+            reach = [side - 1 for side in reversed(kernel.shape) for _ in (0, 1)]
+            flipped = torch.flip(kernel, dims=(0, 1, 2))
+            spread = F.conv3d(F.pad(as_volume(y), reach), channel_weight(flipped, y.shape[1]), groups=y.shape[1])
         return as_planes(mirror_pad_3d_adjoint(spread, kernel.shape, tuple(y.shape[-2:]), y.shape[0]))
 
     def __repr__(self) -> str:

@@ -21,12 +21,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox, Widget
+from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox, Widget
 from napari.utils.notifications import show_error, show_info
 
 from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_map_names
 from napari_treg.engine.restorer import RunSettings
 from napari_treg.errors import Cancelled, TRegError
+from napari_treg.failures import describe_failure
 from napari_treg.io.files import companion
 from napari_treg.models.options import ModelSettings
 from napari_treg.plugin.forms import (
@@ -39,6 +40,7 @@ from napari_treg.plugin.forms import (
     setting_value,
     setting_widget,
     show_operator,
+    status_label,
 )
 from napari_treg.plugin.layers import batch_metadata, restored_geometry, simulation_record
 from napari_treg.plugin.messages import explain_error, few_steps_line, headline
@@ -122,6 +124,16 @@ def run_record(request: BatchRequest, attributes: dict) -> dict:
     )
 
 
+def cluster_failure(error: BaseException, report: Any) -> str:
+    """An error nobody foresaw (the cluster, a library): not the user's inputs, so not "check the inputs"."""
+    text = " ".join(str(error).split())[:200] or type(error).__name__
+    log = f" ({report.log})" if report is not None and report.log else ""
+    return (
+        f"The batch run stopped: {type(error).__name__}: {text}. The units done so far are kept; the run's log"
+        f"{log} has the details. Run again to resume, or give a scheduler address to use a cluster started apart."
+    )
+
+
 def cluster_options(scheduler: str, workers: int) -> dict:
     """``scheduler`` (blank: a local cluster) and ``workers`` (0: automatic) for ``restore_many``."""
     return {"scheduler": scheduler.strip() or None, "workers": int(workers) or None}
@@ -188,8 +200,7 @@ class BatchWidget(Container):
         )
         self.run_button = PushButton(text="Run on cluster")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
+        self.status = status_label()
         self._actions = Container(labels=False, widgets=[self.run_button, self.cancel_button, self.status])
         self.native.layout().addWidget(self._actions.native)
         self.viewer = viewer
@@ -301,6 +312,8 @@ class BatchWidget(Container):
 
     def _started(self, report: Any) -> None:
         self.report = report
+        if report.note:
+            show_info(f"Batch: {report.note}.")
         self._refresh()
 
     def _unit_done(self, report: Any, name: str, error: str | None) -> None:
@@ -311,7 +324,9 @@ class BatchWidget(Container):
         """Progress, and the zarr output as a layer once it exists (re-read so new chunks show)."""
         report = self.report
         if report is not None and self.activity is not None:
-            self.status.value = f"{report.done} of {report.units} units done on {report.workers} workers..."
+            workers = f"{report.workers} worker{'s' if report.workers != 1 else ''}"
+            where = "in napari's process, one at a time" if report.note else f"on {workers}"
+            self.status.value = f"{report.done} of {report.units} units done {where}..."
             # last: napari's progress handles pending events (maybe the run's end) while it updates
             self.activity.update(report.done + len(report.failed), report.units, "TReg batch")
         request, layer = self._target
@@ -411,7 +426,9 @@ class BatchWidget(Container):
             show_info("Cancelled: the units done so far are kept; run again with the same settings to resume.")
             self.status.value = "Stopped."
         else:
-            message = explain_error(error)
+            message = (
+                explain_error(error) if describe_failure(error) is not None else cluster_failure(error, self.report)
+            )
             show_error(message)
             self.status.value = f"Stopped. {headline(message)}"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, Widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, SpinBox, Widget
 from napari.layers import Image, Labels
 
 from napari_treg.errors import InvalidInputError
@@ -123,6 +123,8 @@ def number_widget(
         tooltip=sentence(help),
     )
     spin.adaptive_step = True
+    if minimum is not None and 0 < minimum < 0.01:  # show values as small as the smallest allowed, to 4 decimals
+        spin.native.setDecimals(max(spin.native.decimals(), min(-math.floor(math.log10(minimum)), 4)))
     return spin
 
 
@@ -254,6 +256,16 @@ def apply_operator_record(form: Container, record: dict, layers: Any) -> None:
             form[name].value = layers[value] if value in layers else None
         else:
             form[name].value = value
+
+
+def status_label() -> Label:
+    """A status line as wide as its dock, wrapping onto as many lines as its text needs (never cut off)."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    return label
 
 
 def checkbox(name: str, label: str, value: bool, tooltip: str) -> CheckBox:

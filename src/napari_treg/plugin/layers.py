@@ -160,6 +160,29 @@ def place_plane(result: np.ndarray, planes: Planes) -> np.ndarray:
     return result.reshape((1,) * len(planes.index) + result.shape)
 
 
+#: napari's unit of an axis given no unit
+NO_UNIT = "pixel"
+
+
+def voxel_size_um(layer: Any) -> tuple[float, float, float] | None:
+    """The ``(z, y, x)`` voxel size in micrometres of a layer's last three axes, from its ``scale`` and ``units``.
+
+    Length units (nm, um, mm ...) are converted. A scale without units (napari's "pixel", as scales
+    were set before napari had units) is read as micrometres. None where the layer says nothing:
+    fewer than three axes, a scale of all 1 without units, or an axis in another unit (time).
+    """
+    if layer.ndim < 3:
+        return None
+    scale = [float(value) for value in layer.scale[-3:]]
+    units = list(layer.units)[-3:]
+    if all(str(unit) == NO_UNIT for unit in units):
+        return None if set(scale) == {1.0} else (scale[0], scale[1], scale[2])
+    if any(str(unit.dimensionality) != "[length]" for unit in units):
+        return None
+    z, y, x = (float((value * unit).to("micrometer").magnitude) for value, unit in zip(scale, units))
+    return (z, y, x)
+
+
 # -- geometry -------------------------------------------------------------------------------
 
 

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import ComboBox, Label, Widget
 
-from napari_treg.engine.restorer import PHOTON_PARAMETERS, RunSettings
+from napari_treg.engine.restorer import PHOTON_PARAMETERS, RunSettings, gain_check
 from napari_treg.errors import InvalidInputError
-from napari_treg.noise import PoissonGaussian, estimate_poisson_gaussian
+from napari_treg.io.files import read_noise_defaults
+from napari_treg.noise import NoiseDefaults, PoissonGaussian, estimate_poisson_gaussian
 from napari_treg.plugin.forms import number_widget, sentence
 from napari_treg.settings import spec_named
 
@@ -39,10 +40,19 @@ def photon_widgets() -> list[Widget]:
         spec = spec_named(PoissonGaussian, name)
         minimum = MIN_GAIN if spec.positive else spec.minimum
         widgets.append(number_widget(name, spec.label, spec.kind, spec.default, spec.help, minimum, spec.maximum))
-    estimate = Label(name="noise_estimate", value="")
-    estimate.native.setWordWrap(True)
-    widgets.append(estimate)
+    widgets.append(estimate_label())
     return widgets
+
+
+def estimate_label() -> Label:
+    """Where the estimate is said: it wraps within the dock's width (its one-line width made the form 389 px
+    wide, cut off in a 309 px dock)."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    estimate = Label(name="noise_estimate", label="estimate", value="")
+    estimate.native.setWordWrap(True)
+    estimate.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return estimate
 
 
 def uses_photon_noise(form: Any) -> bool:
@@ -66,21 +76,46 @@ def estimate_plane(data: Any, rgb: bool) -> np.ndarray:
     return planes[..., top : top + ESTIMATE_CROP, left : left + ESTIMATE_CROP]
 
 
+def layer_noise_defaults(layer: Any) -> NoiseDefaults | None:
+    """The camera gain and offset recorded in the file the layer was opened from (OME metadata), or None."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path:
+        return None
+    try:
+        return read_noise_defaults(path)
+    except (InvalidInputError, OSError, ValueError):  # not a TIFF we can read, or no longer there: nothing recorded
+        return None
+
+
 def prefill_photon_fields(form: Any, layer: Any) -> None:
-    """Fill gain, read sd and offset with the estimate on ``layer`` and show it (or why there is none)."""
+    """Fill gain, read sd and offset with the estimate on ``layer`` and show it (or why there is none); where
+    the layer's file records the camera's gain or offset (OME metadata), those are used and the rest estimated."""
     if layer is None or not uses_photon_noise(form):
         form.noise_estimate.value = ""
         return
+    recorded = layer_noise_defaults(layer)
+    gain, offset = (None, None) if recorded is None else (recorded.gain, recorded.offset)
+    plane = estimate_plane(layer.data, layer.rgb)
     try:
-        model = estimate_poisson_gaussian(estimate_plane(layer.data, layer.rgb))
+        model = estimate_poisson_gaussian(plane, offset=offset, gain=gain)
     except InvalidInputError as error:
         form.noise_estimate.value = f"Not estimated: {error}."
+        if recorded is not None:
+            form.noise_estimate.value += f" Recorded: {recorded.describe()}."
         return
     for name, value in model.as_dict().items():
         getattr(form, name).value = value
+    values = f"gain {model.gain:.3g}, read sd {model.read_sd:.3g}, offset {model.offset:.4g}"
+    if recorded is None:
+        form.noise_estimate.value = (
+            f"Estimated from '{layer.name}': {values} (only gain and read sd² - gain × offset are identifiable; "
+            "edit to override)."
+        )
+        return
+    doubt = "" if gain is None else gain_check(plane, None, gain)
     form.noise_estimate.value = (
-        f"Estimated from '{layer.name}': gain {model.gain:.3g}, read sd {model.read_sd:.3g}, offset "
-        f"{model.offset:.4g} (only gain and read sd² - gain × offset are identifiable; edit to override)."
+        f"From {recorded.describe()}; the rest estimated from '{layer.name}': {values} (a recorded gain is taken "
+        f"as the intensity of one photon; edit to override){doubt}."
     )
 
 

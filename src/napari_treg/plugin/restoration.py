@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -28,6 +28,7 @@ from napari_treg.models.loading import warn_if_slow
 from napari_treg.models.options import ModelSettings
 from napari_treg.operators import LinearOperator
 from napari_treg.plugin.layers import Planes, reference_for
+from napari_treg.plugin.warmup import PhaseClock, import_run_modules, imports_for
 
 #: progress(event) after every sampling step; status(message, fraction) while loading
 StepProgress = Callable[[Progress], None]
@@ -152,10 +153,12 @@ def _restore(
 ) -> Outcome:
     if request.cancel.is_set():
         raise Cancelled("cancelled before the start")
-    if status is not None:
-        status(f"loading model {request.model.model}", None)
     started = time.perf_counter()
-    with holder.use(request.model, status) as prior:
+    with ExitStack() as run:
+        with PhaseClock(status or (lambda message, fraction: None)) as clock:  # each phase with its elapsed time
+            import_run_modules(imports_for(request.model.model), clock)
+            clock(f"loading model {request.model.model}", None)
+            prior = run.enter_context(holder.use(request.model, clock))
         load_seconds = time.perf_counter() - started
         if status is not None:
             status("restoring", 0.0)

@@ -40,6 +40,7 @@ from napari_treg.plugin.forms import (
     operator_from_form,
     operator_parameters,
     operator_settings,
+    operator_spec,
     operator_widgets,
     reset_operator,
     sentence,
@@ -58,6 +59,7 @@ from napari_treg.plugin.layers import (
     mask_for_planes,
     select_planes,
     simulation_record,
+    voxel_size_um,
 )
 from napari_treg.plugin.noise_fields import (
     photon_values,
@@ -122,17 +124,69 @@ def build_sections(viewer: napari.Viewer, schedule: str) -> tuple[Container, ...
     )
 
 
-def inputs_section(viewer: napari.Viewer) -> Container:
-    planes = ComboBox(
-        name="planes",
-        label="planes",
-        value=CURRENT_PLANE,
-        choices=[CURRENT_PLANE, WHOLE_STACK],
-        tooltip="For stacks: restore only the displayed plane, or every plane",
+#: how the planes field reads while a 3-D blur makes the stack one volume
+VOLUME_PLANES = "whole stack (volume)"
+PLANES_HELP = "For stacks: restore only the displayed plane, or every plane"
+VOLUME_HELP = "A 3-D PSF blurs across planes: the whole stack is restored as one volume"
+
+
+class PlanesComboBox(ComboBox):
+    """The planes choice; while a 3-D blur is chosen it shows "whole stack (volume)", fixed, and keeps the
+    user's own choice for when another operator is chosen."""
+
+    def __init__(self) -> None:
+        super().__init__(name="planes", label="planes", value=CURRENT_PLANE, choices=[CURRENT_PLANE, WHOLE_STACK])
+        self.tooltip = PLANES_HELP
+        self.chosen = CURRENT_PLANE  # the user's choice, while the field shows the volume
+
+    @property
+    def value(self) -> Any:
+        return ComboBox.value.fget(self)
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        if self.enabled:
+            ComboBox.value.fset(self, value)
+        else:  # from the console while the volume is shown: kept for when another operator is chosen
+            self.chosen = value
+
+    def reset_choices(self, *_: Any) -> None:
+        """The form's reset on layer changes (the planes' choices are fixed): the volume stays shown."""
+        if self.enabled:
+            super().reset_choices()
+
+    def show_volume(self, volume: bool) -> None:
+        if volume == (not self.enabled):
+            return
+        if volume:
+            self.chosen = self.value
+            self.choices = [(VOLUME_PLANES, WHOLE_STACK)]
+            self.enabled = False
+        else:
+            self.enabled = True
+            self.choices = [CURRENT_PLANE, WHOLE_STACK]
+            self.value = self.chosen
+        self.tooltip = VOLUME_HELP if volume else PLANES_HELP
+
+
+def psf_file_widget() -> FileEdit:
+    """A PSF from a file: opened as an Image layer (its OME voxel size as the scale) and chosen."""
+    return FileEdit(
+        name="kernel_file",
+        label="PSF file",
+        mode="r",
+        filter="Images (*.tif *.tiff *.npy *.png)",
+        tooltip="Or open a PSF from a file (TIFF, OME-TIFF, .npy, PNG): it is added as an Image layer and chosen",
     )
+
+
+def inputs_section(viewer: napari.Viewer) -> Container:
     noise = setting_widget(spec_named(RunSettings, "noise"), label="noise σ", off="unknown", step=0.005)
     image = layer_combo(viewer, "Image", "image", "image", "The measured (degraded) image to restore", False)
-    return Container(name="inputs", widgets=[image, planes, *operator_widgets(viewer), noise, *photon_widgets()])
+    operator = operator_widgets(viewer)
+    kernel = next(i for i, widget in enumerate(operator) if widget.name == "kernel")
+    operator.insert(kernel + 1, psf_file_widget())
+    return Container(name="inputs", widgets=[image, PlanesComboBox(), *operator, noise, *photon_widgets()])
 
 
 def model_section() -> Container:
@@ -180,7 +234,7 @@ def holdout_widget() -> CheckBox:
     """The held-out check of an ensemble (:mod:`napari_treg.engine.holdout`), with 10 % of the values."""
     return CheckBox(
         name="holdout",
-        label="check the spread on held-out measurements",
+        label="held-out check of the spread",
         value=False,
         tooltip=f"With 4 or more samples: first restore without {WIDGET_HOLDOUT:.0%} of the measured values, see "
         "whether the spread predicts them, and scale the spread of invented pixels by what it finds; one extra "
@@ -283,6 +337,7 @@ def frame_sections(sections: tuple[Container, ...]) -> tuple[QScrollArea, QColla
             frame.layout().setContentsMargins(4, 4, 4, 4)
         column.addWidget(frame)
     column.addStretch(1)
+    let_fields_shrink(content)
     scroll = QScrollArea()
     scroll.setWidget(content)
     scroll.setWidgetResizable(True)
@@ -293,18 +348,74 @@ def frame_sections(sections: tuple[Container, ...]) -> tuple[QScrollArea, QColla
     return scroll, advanced
 
 
+#: the narrowest a field may get: a spin box's own minimum fits its largest value (1e9: 13 digits), which made
+#: the form 401 px wide in a 309 px dock at 1280x720, its right edge (the + buttons, combo arrows) cut off
+FIELD_MIN_WIDTH = 64
+
+
+def let_fields_shrink(content: QWidget) -> None:
+    """Let the spin boxes, line edits and combo boxes of the form narrow down to :data:`FIELD_MIN_WIDTH`."""
+    from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QLineEdit
+
+    for kind in (QAbstractSpinBox, QComboBox, QLineEdit):
+        for field_widget in content.findChildren(kind):
+            field_widget.setMinimumWidth(FIELD_MIN_WIDTH)
+
+
 # -- what is shown --------------------------------------------------------------------------
 
 
 def update_visibility(form: Any) -> None:
-    """Only the chosen operator's parameters; planes for stacks; the path for a model given by path."""
+    """Only the chosen operator's parameters; planes for stacks (fixed to the volume for a 3-D blur);
+    the path for a model given by path."""
     show_operator(form.inputs)
+    form.kernel_file.visible = visible_parameters(form.operator.value)["kernel"]
     layer = form.image.value
     form.planes.visible = layer is not None and len(leading_shape(np.shape(layer.data), layer.rgb)) > 0
+    form.planes.show_volume(solves_as_volume(form))
     choice = form.model.value
     form.model_path.visible = choice in ("folder", "checkpoint")
     form.model_path.mode = "d" if choice == "folder" else "r"
     show_photon_fields(form)
+
+
+def solves_as_volume(form: Any) -> bool:
+    """Whether the chosen operator blurs across planes: a modelled PSF, or a PSF layer of several planes."""
+    from napari_treg.operators.psf import is_volume_psf
+
+    if operator_spec(form.operator.value).volume:
+        return True
+    kernel = form.kernel.value if form.operator.value == "kernel" else None
+    return kernel is not None and not kernel.rgb and is_volume_psf(np.shape(kernel.data))
+
+
+def open_psf_file(form: Any, viewer: napari.Viewer) -> None:
+    """Add the PSF file chosen in ``kernel_file`` as an Image layer (scale: its OME voxel size) and choose it."""
+    from pathlib import Path
+
+    from napari_treg.io.files import read_image, read_voxel_size
+
+    path = Path(str(form.kernel_file.value))
+    if not path.is_file():
+        return
+    psf = read_image(path)
+    voxel = read_voxel_size(path) if psf.ndim == 3 else None
+    placed = {"scale": voxel, "units": "um"} if voxel is not None else {}
+    layer = viewer.add_image(psf, name=path.stem, visible=False, **placed)
+    form.kernel.reset_choices()
+    form.kernel.value = layer
+
+
+def prefill_voxel_fields(form: Any, layer: Any) -> None:
+    """The modelled PSF's z step and pixel size from the layer's scale and units (when it gives them)."""
+    voxel = None if layer is None else voxel_size_um(layer)
+    if voxel is None:
+        return
+    parameters = operator_parameters()
+    for name, value in (("voxel_z", voxel[0]), ("voxel_xy", voxel[2])):
+        param = parameters[name]
+        if param.minimum <= value <= param.maximum:
+            form.inputs[name].value = value
 
 
 # -- settings that follow the chosen layer --------------------------------------------------
@@ -343,6 +454,8 @@ def follow_layer(form: Any, viewer: napari.Viewer, memory: SetFromLayer) -> None
         for name, param in operator_parameters().items():
             if param.is_image:
                 form.inputs[name].value = None
+    if "operator" not in record:
+        prefill_voxel_fields(form, layer)
     follow_text(form, record, memory)
     form.noise.value = float(record.get("noise") or 0.0)
     prefill_photon_fields(form, layer)
@@ -411,17 +524,16 @@ def read_settings(form: Any, rgb: bool) -> RestoreSettings:
 
 
 def check_layer_voxels(form: Any, layer: Any, operator: LinearOperator) -> None:
-    """Refuse a PSF whose voxel size (modelled, or its Image layer's scale) differs from the stack layer's
-    scale; a scale of all 1 (napari's default) says nothing and is not compared."""
+    """Refuse a PSF whose voxel size (modelled, or its Image layer's scale and units) differs from the stack
+    layer's; a layer that gives no voxel size (:func:`voxel_size_um`) is not compared."""
     from napari_treg.operators.psf import match_voxel_size
 
-    stack = tuple(float(v) for v in layer.scale[-3:])
+    stack = voxel_size_um(layer)
     psf = getattr(operator, "voxel_size", None)
     kernel_layer = getattr(getattr(form.inputs, "kernel", None), "value", None)
     if psf is None and form.operator.value == "kernel" and kernel_layer is not None:
-        psf = tuple(float(v) for v in kernel_layer.scale[-3:])
-    known = [voxel for voxel in (stack, psf) if voxel is not None and len(voxel) == 3 and set(voxel) != {1.0}]
-    if len(known) == 2:
+        psf = voxel_size_um(kernel_layer)
+    if stack is not None and psf is not None:
         match_voxel_size(psf, stack)
 
 

@@ -45,12 +45,16 @@ from napari_treg.plugin.noise_fields import prefill_photon_fields
 from napari_treg.plugin.output_layers import add_outputs, remove_preview, run_outputs, show_preview, taken_names
 from napari_treg.plugin.restoration import Outcome, RestoreRequest, run_request
 from napari_treg.plugin.status import StatusPanel
+from napari_treg.plugin.warmup import start_background_imports
 from napari_treg.plugin.worker import ActivityProgress, CloseWatcher, Relay, RunState, shutdown, start_worker
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE
 
 if TYPE_CHECKING:
     import napari
 
+#: the run's name in napari's activity dock: short, so its Cancel button fits the dock's 520 px beside the step counts
+#: ("TReg: restoring:" pushed it out of view at 1280x720); the status panel says what the run is doing
+ACTIVITY_NAME = "TReg"
 #: the widget starts from the schedule every front end uses (data-first: docs/method.md)
 WIDGET_SCHEDULE = DEFAULT_SCHEDULE
 
@@ -77,6 +81,8 @@ class RestoreWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.operator.changed.connect(self._update_visibility)
+        self.kernel.changed.connect(self._update_visibility)  # a 3-D PSF layer: the stack is one volume
+        self.kernel_file.changed.connect(self._open_psf_file)
         self.image.changed.connect(self._image_changed)
         self.noise_model.changed.connect(self._noise_model_changed)
         for widget in (self.model, self.model_path, self.device, self.dtype, self.low_memory):
@@ -90,6 +96,7 @@ class RestoreWidget(Container):
         self.native.destroyed.connect(stop)
         self._prefer_visible_measurement()
         self._image_changed()
+        start_background_imports()  # so the first Run does not wait for them
 
     def reset_choices(self, *_: Any) -> None:
         for section in self._sections:
@@ -137,6 +144,12 @@ class RestoreWidget(Container):
         if choices and self.image.value is not choices[0]:
             self.image.value = choices[0]
 
+    def _open_psf_file(self, *_: Any) -> None:
+        try:
+            restore_form.open_psf_file(self, self.viewer)
+        except TRegError as error:
+            self.status_panel.failed(explain_error(error))
+
     def _image_changed(self, *_: Any) -> None:
         restore_form.follow_layer(self, self.viewer, self._memory)
 
@@ -168,7 +181,7 @@ class RestoreWidget(Container):
         self._state.request = request
         self._stop_reason = None
         self._set_running(True)
-        self.activity = ActivityProgress("TReg: loading model", cancel=self.cancel)
+        self.activity = ActivityProgress(ACTIVITY_NAME, cancel=self.cancel)
         self._on_status(f"loading model {request.model.model}", None)
         work = functools.partial(
             run_request,
@@ -207,7 +220,7 @@ class RestoreWidget(Container):
         if event.preview is not None and self.preview.value:
             show_preview(self.viewer, request, event.preview)
         if self.activity is not None:
-            self.activity.update(event.step, event.total, f"TReg: {'ensemble' if ensemble else 'restoring'}")
+            self.activity.update(event.step, event.total, ACTIVITY_NAME)
 
     def _on_returned(self, outcome: Outcome) -> None:
         request = self._state.request
@@ -238,8 +251,9 @@ class RestoreWidget(Container):
         if outcome.ensemble is not None:
             self._show_side_by_side()
             notes.append(ensemble_note(request.samples, outcome.ensemble.info))
-            if "holdout" in outcome.ensemble.info:
-                verdict = outcome.ensemble.info["holdout"]["verdict"]
+            held_out = outcome.ensemble.run_info.holdout
+            if held_out:
+                verdict = held_out["verdict"]
                 notes.append(Note(f"{verdict[0].upper()}{verdict[1:]}."))
         if outcome.residual is not None:
             notes.append(Note(f"The residual layer is below it, hidden: '{name} residual'."))

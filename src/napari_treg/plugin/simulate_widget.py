@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import Container, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import Container, FloatSpinBox, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
 from napari_treg.api import degrade
@@ -21,6 +21,7 @@ from napari_treg.plugin.forms import (
     operator_spec,
     operator_widgets,
     show_operator,
+    status_label,
     visible_parameters,
 )
 from napari_treg.plugin.layers import Planes, linear_part, mask_for_planes, measurement_geometry, plain
@@ -76,8 +77,7 @@ class SimulateWidget(Container):
         )
         self.noise_estimate.visible = False  # a simulation is given its model, nothing is estimated
         self.simulate_button = PushButton(text="Simulate", tooltip="Add the simulated measurement as a layer")
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
+        self.status = status_label()
         # below the labelled parameters, full width (a labelled row would show an empty label column)
         self._actions = Container(labels=False, widgets=[self.simulate_button, self.status])
         self.native.layout().addWidget(self._actions.native)

@@ -166,7 +166,11 @@ class ConflictLog:
             self.reasons.append(reason)
 
     def summary(self) -> dict:
-        """``info["text_conflict"]``: the flag and the evidence behind it (:class:`TextConflict`, as JSON).
+        """``info["text_conflict"]``: :meth:`conflict` as JSON."""
+        return self.conflict().as_dict()
+
+    def conflict(self) -> TextConflict:
+        """The check of the run: the flag and the evidence behind it.
 
         ``deficit_nats``: the largest over planes/tiles of the median nats by which the prompted
         estimate fit the measurement worse than the text-free one; ``units_unchecked``: planes/tiles
@@ -183,7 +187,7 @@ class ConflictLog:
             noise=self.noise,
             noise_source=self.noise_source,
             reason="; ".join(self.reasons) or None,
-        ).as_dict()
+        )
 
 
 @dataclass(frozen=True)
@@ -207,8 +211,11 @@ class TextConflict:
     samples: int | None = None
 
     @classmethod
-    def of(cls, info: Mapping[str, Any]) -> TextConflict:
-        """The check recorded in a run's ``info`` (or a batch record); not applicable when absent."""
+    def of(cls, info: Mapping[str, Any] | TextConflict) -> TextConflict:
+        """The check recorded in a run's ``info`` (or a batch record; not applicable when absent), or ``info``
+        itself when it is one (a run's ``run_info.text_conflict``)."""
+        if isinstance(info, TextConflict):
+            return info
         recorded = info.get("text_conflict") or {}
         return cls(**{name: recorded[name] for name in TEXT_CONFLICT_FIELDS if name in recorded})
 
@@ -238,8 +245,10 @@ def unchecked(reason: str) -> dict:
     return TextConflict(reason=reason).as_dict()
 
 
-def conflict_message(info: Mapping[str, Any]) -> str | None:
-    """The one paragraph a front end shows when the prompt contradicts the measurement, else None."""
+def conflict_message(info: Mapping[str, Any] | TextConflict) -> str | None:
+    """The one paragraph a front end shows when the prompt contradicts the measurement, else None.
+
+    ``info``: a run's info, or its check itself (:meth:`TextConflict.of`)."""
     conflict = TextConflict.of(info)
     if not conflict.flag:
         return None
@@ -254,7 +263,7 @@ def conflict_message(info: Mapping[str, Any]) -> str | None:
     )
 
 
-def unchecked_message(info: Mapping[str, Any]) -> str | None:
+def unchecked_message(info: Mapping[str, Any] | TextConflict) -> str | None:
     """The line a front end shows when the prompt guided the run but the check lacked evidence, else None.
 
     None where every plane/tile was checked, and for runs the check does not apply to (no prompt,
