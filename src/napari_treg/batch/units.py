@@ -286,8 +286,7 @@ def unit_record(unit: Unit, run_info: RunInfo | EnsembleInfo, input_digest: str)
         "models_loaded": len(_LOADED),
     }
     if isinstance(run_info, EnsembleInfo):
-        own = run_info.restoration_dict()["ensemble"]
-        record["ensemble"] = {key: value for key, value in own.items() if key != "text_conflict"}
+        record["ensemble"] = run_info.restoration_dict()["ensemble"]  # as the unit's info holds it
     if held_out:
         record["holdout"] = held_out
     return record
