@@ -43,6 +43,13 @@ and with the check, the held-out coverage before and after, the factor and the c
 and closer than without):
 
     python benchmarks/calibration.py --holdout 0.1 --samples 16 --write
+
+``--steps-sweep 20 50 100 150 200`` instead runs the base cases (both priors, the three tasks) at
+each number of steps and prints, per schedule and step count, the range of each number over the
+cases and which cases miss a target; it gives the step count from which every case meets every
+target (``napari_treg.engine.calibration.CALIBRATED_FROM_STEPS`` is that number):
+
+    python benchmarks/calibration.py --steps-sweep 20 50 100 150 200 --seeds 7 8 9 --write
 """
 
 from __future__ import annotations
@@ -77,6 +84,10 @@ CAMERA = PoissonGaussian(gain=1.0, read_sd=2.0, offset=0.0)
 TASKS = (("denoising", Denoising()), ("Gaussian blur 1", GaussianBlur(1.0)))
 HOLDOUT_BLOCK = ("<!-- holdout:start -->", "<!-- holdout:end -->")
 TRUE_SIGMA, MODEL_SIGMAS = 0.1, (0.05, 0.1, 0.2)
+STEPS_BLOCK = ("<!-- calibration-steps:start -->", "<!-- calibration-steps:end -->")
+#: the targets of every base row (docs/uncertainty.md): variance ratio, coverage, mean error, data share error
+VAR_RATIO, COVERAGE, MEAN_ERROR, SHARE_ERROR = (0.75, 1.33), (0.85, 0.95), 0.45, 0.12
+PRIORS = (("one class", ("disk",), True), ("two classes", ("disk", "square"), False))
 
 
 def dense(op: LinearOperator, hw: tuple[int, int]) -> np.ndarray:
@@ -195,10 +206,7 @@ def table(args: argparse.Namespace) -> list[str]:
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for schedule in args.schedules:
         args.schedule = schedule
-        for prior_name, classes, with_text in (
-            ("one class", ("disk",), True),
-            ("two classes", ("disk", "square"), False),
-        ):
+        for prior_name, classes, with_text in PRIORS:
             prior = AnalyticPrior(classes=classes)
             for task, (op, parts) in cases(SIZE).items():
                 print(f"{schedule}, {prior_name}, {task}")
@@ -210,6 +218,59 @@ def table(args: argparse.Namespace) -> list[str]:
                         f"| {ours['ensemble share err']:.3f} "
                         f"| {base['var ratio']:.2f}, {base['coverage']:.1%}, {base['mean err']:.2f} |"
                     )
+    return lines
+
+
+def missed_targets(row: dict[str, float]) -> list[str]:
+    """The targets one row misses (empty: it meets them all)."""
+    missed = []
+    if not VAR_RATIO[0] <= row["var ratio"] <= VAR_RATIO[1]:
+        missed.append(f"variance ratio {row['var ratio']:.2f}")
+    if not COVERAGE[0] <= row["coverage"] <= COVERAGE[1]:
+        missed.append(f"coverage {row['coverage']:.1%}")
+    if row["mean err"] > MEAN_ERROR:
+        missed.append(f"mean error {row['mean err']:.2f}")
+    if row["share err"] > SHARE_ERROR:
+        missed.append(f"data share error {row['share err']:.3f}")
+    return missed
+
+
+def steps_rows(args: argparse.Namespace) -> list[tuple[str, dict[str, float]]]:
+    """``(case label, row)`` of every base case at ``args.steps`` for every seed in ``args.seeds``."""
+    rows = []
+    for seed in args.seeds:
+        for prior_name, classes, with_text in PRIORS:
+            prior = AnalyticPrior(classes=classes)
+            for task, (op, parts) in cases(SIZE).items():
+                for name, ours, _ in run_case(prior, op, parts, args, with_text, seed):
+                    label = task if name == "all" else f"{task}, {name}"
+                    rows.append((f"{prior_name}, {label}, seed {seed}", ours))
+    return rows
+
+
+def steps_table(args: argparse.Namespace) -> list[str]:
+    """Per schedule and step count: the range of each number over the base cases and the cases that miss."""
+    lines = [
+        "| schedule | steps | variance ratio (min - max) | 90 % coverage (min - max) | mean error (max) "
+        "| data share error (max) | cases meeting every target | missed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for schedule in args.schedules:
+        args.schedule = schedule
+        for steps in args.steps_sweep:
+            args.steps = steps
+            print(f"{schedule}, {steps} steps")
+            rows = steps_rows(args)
+            value = lambda key: [row[key] for _, row in rows]  # noqa: E731
+            missed = [(label, missed_targets(row)) for label, row in rows]
+            failing = [f"{label}: {', '.join(m)}" for label, m in missed if m]
+            lines.append(
+                f"| {schedule} | {steps} | {min(value('var ratio')):.2f} - {max(value('var ratio')):.2f} "
+                f"| {min(value('coverage')):.1%} - {max(value('coverage')):.1%} | {max(value('mean err')):.2f} "
+                f"| {max(value('share err')):.3f} | {len(rows) - len(failing)} of {len(rows)} "
+                f"| {'; '.join(failing) or '-'} |"
+            )
+            print(lines[-1])
     return lines
 
 
@@ -503,7 +564,11 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the truth and the measurement noise")
     parser.add_argument(
-        "--seeds", type=int, nargs="+", help="photon rows: these seeds of truth and noise (mean ± sd over them)"
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="photon rows (mean ± sd over them) and --steps-sweep (every case of each): these seeds of truth and "
+        "noise (default: --seed)",
     )
     parser.add_argument(
         "--last-step", action="store_true", help="photon rows: also the last step alone and the sampler's samples"
@@ -512,6 +577,7 @@ def main() -> None:
     parser.add_argument("--photon", action="store_true", help="the photon-noise rows (Poisson-Gaussian) instead")
     parser.add_argument("--tasks", type=int, default=len(TASKS), help="photon rows: the first this many tasks")
     parser.add_argument("--holdout", type=float, help="measure the held-out check with this fraction instead")
+    parser.add_argument("--steps-sweep", type=int, nargs="+", help="the base cases at each of these step counts")
     args = parser.parse_args()
     torch.set_num_threads(1)
     command = "python benchmarks/calibration.py " + shlex.join(sys.argv[1:])
@@ -524,6 +590,14 @@ def main() -> None:
         print("\n".join(lines))
         if args.write:
             write(lines, command, PHOTON_BLOCK)
+        return
+    if args.steps_sweep:
+        args.seeds = args.seeds or [args.seed]
+        print(f"noise {NOISE}, {SIZE}x{SIZE} RGB, {args.samples} samples, steps {args.steps_sweep}")
+        lines = steps_table(args)
+        print("\n".join(lines))
+        if args.write:
+            write(lines, command, STEPS_BLOCK)
         return
     print(f"noise {NOISE}, {SIZE}x{SIZE} RGB, {args.samples} samples, {args.steps} steps")
     lines = table(args) if args.holdout is None else holdout_table(args)

@@ -172,7 +172,25 @@ def test_batch_holdout_records_each_units_check_and_prints_its_verdict(client, t
     assert main([*args, "--holdout", "0.2", "--scheduler", client.scheduler.address]) == 0
     local = ensemble(measurement((16, 16), seed=0), BLUR, samples=4, holdout=0.2, keep_samples=False, **SETTINGS)
     np.testing.assert_allclose(io.read_image(out / "img0.tif"), local.mean, rtol=1e-5, atol=1e-5)
-    assert f"napari-treg: img0.tif: {local.info['holdout']['verdict']}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"napari-treg: img0.tif: {local.info['holdout']['verdict']}" in err
+    # the std before the check's correction beside the others, as restore --samples --holdout writes it
+    expected = tmp_path / "expected.tif"
+    io.write_image(expected, local.uncorrected_std, like=measurement((16, 16), seed=0))
+    np.testing.assert_allclose(io.read_image(companion(out / "img0.tif", "uncorrected_std")), io.read_image(expected))
+    # 4 steps: fewer than the ensemble's spread is calibrated for, said once
+    assert err.count("warning: with 4 steps the ensemble's spread is likely too small") == 1
     with pytest.raises(InvalidInputError, match="holdout needs samples"):
         restore_many(str(tmp_path / "in"), str(tmp_path / "other"), BLUR, holdout=0.2, **SETTINGS)
     assert not (tmp_path / "other").exists()
+
+
+def test_the_held_out_check_adds_the_uncorrected_std_to_every_units_maps():
+    from napari_treg.batch.units import ensemble_maps
+    from napari_treg.engine.ensemble import EnsembleSettings
+    from napari_treg.engine.restore_settings import RestoreSettings
+
+    plain, checked = EnsembleSettings(samples=4), EnsembleSettings(samples=4, holdout=0.1)
+    assert ensemble_maps(RestoreSettings(), plain) == ("std", "data_share")
+    assert ensemble_maps(RestoreSettings(), checked) == ("std", "data_share", "uncorrected_std")
+    assert ensemble_maps(RestoreSettings(), None) == ()

@@ -212,3 +212,5 @@ def test_the_held_out_check_runs_from_the_widget_and_says_its_verdict(restore_wi
     check = viewer.layers["y TReg mean"].metadata["treg"]["ensemble"]["holdout"]
     assert check["fraction"] == 0.1 and check["values"] == round(0.1 * 32 * 32)
     assert f"Held-out check: {check['coverage_before']:.0%} of 90% covered" in restore_widget.status.value
+    uncorrected = viewer.layers["y TReg uncorrected std"]  # the std before the check, hidden, with the run's record
+    assert not uncorrected.visible and uncorrected.metadata["treg"] == viewer.layers["y TReg std"].metadata["treg"]

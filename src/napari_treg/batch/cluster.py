@@ -258,8 +258,66 @@ def connect(
         with scheduler_client(scheduler, connect_timeout) as own:
             yield own, False
         return
-    with local_cluster(workers) as cluster, Client(cluster, set_as_default=False) as own:
+    with signals_held() as held:  # a cluster cut off half-started prints dask's tracebacks at exit
+        cluster = local_cluster(workers)
+        try:
+            own = Client(cluster, set_as_default=False)
+        except BaseException:
+            cluster.close()
+            raise
+    with cluster, own:
+        held.deliver()  # Ctrl-C or SIGTERM during the start: acted on now, and the cluster closes cleanly
         yield own, True
+
+
+class HeldSignals:
+    """The Ctrl-C and SIGTERM that arrived while held (:func:`signals_held`), to act on later."""
+
+    def __init__(self) -> None:
+        self.caught: list[int] = []
+        self.handlers: dict[int, Any] = {}
+
+    def hold(self, signum: int, frame: object) -> None:
+        """The first signal waits; a second one is acted on at once (a start that hangs can still be stopped)."""
+        self.caught.append(signum)
+        if len(self.caught) > 1:
+            self.deliver()
+
+    def deliver(self) -> None:
+        """Act on the first signal held, as the handler in place before would have: the CLI's and Python's raise
+        KeyboardInterrupt; the default action of SIGTERM ends the process."""
+        import signal
+
+        if not self.caught:
+            return
+        signum, self.caught = self.caught[0], []
+        handler = self.handlers.get(signum)
+        if callable(handler):
+            handler(signum, None)
+        elif handler in (signal.SIG_DFL, None):  # None: set outside Python; its default action then
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+
+@contextmanager
+def signals_held() -> Iterator[HeldSignals]:
+    """Within: Ctrl-C and SIGTERM are remembered, not acted on, so a local cluster's start is never cut off
+    half-way; the caller acts on them with :meth:`HeldSignals.deliver` once the cluster can be closed. Outside
+    the main thread (the napari dock's worker) nothing is held: signals reach the main thread only."""
+    import signal
+    import threading
+
+    held = HeldSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        held.handlers[signum] = signal.signal(signum, held.hold)
+    try:
+        yield held
+    finally:
+        for signum, handler in held.handlers.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def worker_exports() -> list[str]:

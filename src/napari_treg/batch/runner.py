@@ -75,6 +75,13 @@ class BatchReport:
         return {record["name"]: record["holdout"]["verdict"] for record in self.records if record.get("holdout")}
 
     @property
+    def too_few_steps(self) -> dict | None:
+        """The ensembles' ``info["calibration"]`` when they had too few steps for a calibrated spread (the
+        same for every unit of a run), else None."""
+        calibrations = ((record.get("ensemble") or {}).get("calibration") or {} for record in self.records)
+        return next((calibration for calibration in calibrations if calibration.get("below")), None)
+
+    @property
     def ok(self) -> bool:
         """Every unit is done (by this run or an earlier one) and none failed."""
         return not self.failed and self.done == self.units

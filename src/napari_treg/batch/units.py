@@ -64,9 +64,9 @@ class Job:
 
 
 def ensemble_maps(settings: RestoreSettings, ensemble: EnsembleSettings | None) -> tuple[str, ...]:
-    """The ensemble maps of a run with these restore settings (:func:`napari_treg.engine.maps.ensemble_map_names`);
-    none without an ensemble."""
-    return () if ensemble is None else ensemble_map_names(settings.uses_text)
+    """The ensemble maps of a run with these restore settings (:func:`napari_treg.engine.maps.ensemble_map_names`:
+    with the held-out check also ``uncorrected_std``); none without an ensemble."""
+    return () if ensemble is None else ensemble_map_names(settings.uses_text, ensemble.holdout is not None)
 
 
 def run_unit(source, output, unit: Unit, job: Job, *pieces: TilePiece) -> dict[str, Any]:
@@ -260,7 +260,8 @@ def unit_info(run_info: RunInfo | EnsembleInfo) -> dict[str, Any]:
 
 def unit_record(unit: Unit, run_info: RunInfo | EnsembleInfo, input_digest: str) -> dict[str, Any]:
     """The per-unit provenance kept with the output: which unit and input, seed, residual, time, where
-    (and an ensemble's held-out check, where it made one)."""
+    (and an ensemble's own info: its seeds, noise, prior sd, calibration note and held-out check, also under
+    ``holdout`` where it made one)."""
     from napari_treg.engine.run_info import EnsembleInfo
 
     if isinstance(run_info, EnsembleInfo):
@@ -274,6 +275,7 @@ def unit_record(unit: Unit, run_info: RunInfo | EnsembleInfo, input_digest: str)
         "name": unit.name,
         "plane": unit.plane,
         "seed": single.seed,
+        **{key: getattr(single, key) for key in ("model", "device", "dtype")},  # as the worker loaded it
         "residual": single.residual,
         "residual_over_noise": single.residual_over_noise,
         "intensity_range": list(single.intensity_range),
@@ -283,6 +285,8 @@ def unit_record(unit: Unit, run_info: RunInfo | EnsembleInfo, input_digest: str)
         "torch_threads": torch_threads(),  # bit-identity with local restore needs the same count
         "models_loaded": len(_LOADED),
     }
+    if isinstance(run_info, EnsembleInfo):
+        record["ensemble"] = run_info.restoration_dict()["ensemble"]  # as the unit's info holds it
     if held_out:
         record["holdout"] = held_out
     return record

@@ -117,10 +117,12 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
         return EXIT_UNREACHABLE
     except (KeyboardInterrupt, Cancelled):
         bar.close()
-        print(
-            f"{PROG}: interrupted; {args.output} keeps the units done so far: rerun the same command to resume",
-            file=sys.stderr,
+        kept = (
+            f"{args.output} keeps the units done so far: rerun the same command to resume"
+            if Path(args.output).exists()
+            else "nothing was written"
         )
+        print(f"{PROG}: interrupted; {kept}", file=sys.stderr)
         return 130
     bar.close()
     if args.info:
@@ -163,6 +165,8 @@ def finish_message(args: argparse.Namespace, report) -> int:
         )
         for name, line in report.holdout_verdicts.items():
             print(f"{PROG}: {name}: {line}", file=sys.stderr)
+        if report.too_few_steps is not None:
+            print(f"{PROG}: warning: {report.too_few_steps['note']}", file=sys.stderr)
     return 0
 
 

@@ -40,7 +40,7 @@ from napari_treg.cli.options import (
     restore_settings,
     setting_type,
 )
-from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_map_names
+from napari_treg.engine.maps import ENSEMBLE_MAPS, ensemble_maps
 from napari_treg.errors import TRegError
 from napari_treg.failures import EXIT_INTERRUPTED, describe_failure
 from napari_treg.io import files as io
@@ -298,13 +298,15 @@ def run_ensemble(args: argparse.Namespace) -> int:
     image = io.read_image(args.input)
     operator = operator_from_args(args)
     shape = outputs.result_shape(image, args.rgb, operator.image_hw)
-    names = ensemble_map_names(restore_settings(args).uses_text)  # checks the settings before any work
+    uses_text = restore_settings(args).uses_text  # checks the settings before any work
+    maps = ensemble_maps(uses_text, "holdout" in args)
+    names = tuple(m.name for m in maps)
     planned = [outputs.Output("-o", Path(args.output), shape)]
-    planned += [outputs.Output(f"--samples ({name})", io.companion(args.output, name), shape) for name in names]
+    for kind in maps:
+        option = "--holdout" if kind.needs_holdout else f"--samples ({kind.name})"
+        planned.append(outputs.Output(option, io.companion(args.output, kind.name), shape))
     if args.keep_samples:
         planned.append(outputs.Output("--keep-samples", io.companion(args.output, "samples"), (args.samples, *shape)))
-    if "holdout" in args:
-        planned.append(outputs.Output("--holdout", io.companion(args.output, "uncorrected_std"), shape))
     if args.info is not None:
         planned.append(outputs.Output("--info", Path(args.info)))
     outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
@@ -324,8 +326,6 @@ def run_ensemble(args: argparse.Namespace) -> int:
     arrays |= {io.companion(args.output, name): getattr(result, name) for name in names}
     if args.keep_samples and result.samples is not None:
         arrays[io.companion(args.output, "samples")] = result.samples
-    if result.uncorrected_std is not None:
-        arrays[io.companion(args.output, "uncorrected_std")] = result.uncorrected_std
     writers: dict[str | os.PathLike, Callable[[Path], object]] = {
         path: functools.partial(io.write_image, array=array, like=None if array is result.data_share else image)
         for path, array in arrays.items()
@@ -344,6 +344,9 @@ def run_ensemble(args: argparse.Namespace) -> int:
     held_out = result.run_info.holdout
     if held_out:
         _say(args, lambda: held_out["verdict"])
+    few_steps = result.info["calibration"]["note"]
+    if few_steps is not None:
+        _say(args, lambda: f"warning: {few_steps}")
     return 0
 
 
@@ -439,9 +442,20 @@ def _fail(message: str) -> None:
 _interrupted = threading.Event()
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def _interrupt(signum: int, frame: Any) -> None:
     _interrupted.set()
+    if _importing(frame):  # raised inside torch's C++ module setup it aborts the process with a C++ trace
+        return  # main() and the commands check the event
     raise KeyboardInterrupt
+
+
+def _importing(frame: Any) -> bool:
+    """Whether the interrupted code runs inside an import (a frame of importlib's bootstrap on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _note_dropped_interrupts(previous: Callable[[Any], object]) -> Callable[[Any], object]:
@@ -481,6 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _signals_as_interrupt():
             args = build_parser().parse_args(argv)
+            if _interrupted.is_set():  # held while the parser imported the engine
+                raise KeyboardInterrupt
             return args.run(args)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0

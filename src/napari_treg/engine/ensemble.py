@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from napari_treg.engine import holdout
+from napari_treg.engine.calibration import calibration_info
 from napari_treg.engine.restorer import (
     MAX_SEED,
     ProgressCallback,
@@ -280,6 +281,7 @@ def ensemble_prepared(
         settings=restorer.provenance(run, batch_size, mean, seconds),
         noise_model=None if run.noise_model is None else run.noise_model_info(),
         holdout=None if check is None else check.summary,
+        calibration=calibration_info(restorer.config, restorer.method),
     )
     layout = run.layout
     return Ensemble(

@@ -193,10 +193,12 @@ class EnsembleInfo:
     settings: RunInfo
     noise_model: NoiseModelInfo | None = None
     holdout: dict[str, Any] | None = None
+    #: whether its steps reach those from which its spread is calibrated (napari_treg.engine.calibration)
+    calibration: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """``Ensemble.info``: plain JSON, the optional parts only where the ensemble had them."""
-        optional = ("noise_model", "holdout")
+        optional = ("noise_model", "holdout", "calibration")
         info = {f.name: json_value(getattr(self, f.name)) for f in fields(self) if f.name not in optional}
         return {**info, **present(self, optional)}
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox, Widget
@@ -34,6 +34,7 @@ from napari_treg.plugin.forms import (
     apply_operator_record,
     layer_combo,
     operator_from_form,
+    operator_settings,
     operator_widgets,
     sentence,
     setting_value,
@@ -41,8 +42,8 @@ from napari_treg.plugin.forms import (
     show_operator,
     status_label,
 )
-from napari_treg.plugin.layers import restored_geometry, simulation_record
-from napari_treg.plugin.messages import explain_error, headline
+from napari_treg.plugin.layers import batch_metadata, restored_geometry, simulation_record
+from napari_treg.plugin.messages import explain_error, few_steps_line, headline
 from napari_treg.plugin.output_layers import MAP_KEY
 from napari_treg.plugin.restore_form import samples_widget
 from napari_treg.plugin.worker import ActivityProgress, Relay, start_worker
@@ -111,6 +112,18 @@ def result_display(layer: Any) -> dict[str, Any]:
     return {**shown, "rgb": True} if layer.rgb else {**shown, "colormap": layer.colormap}
 
 
+def run_record(request: BatchRequest, attributes: dict) -> dict:
+    """The record of a batch run's layers (:func:`napari_treg.plugin.layers.batch_metadata`), from its output's
+    attributes."""
+    return batch_metadata(
+        input_name=request.input_name,
+        operator=request.operator_record,
+        settings=request.keywords,
+        output=request.output,
+        run=attributes,
+    )
+
+
 def cluster_failure(error: BaseException, report: Any) -> str:
     """An error nobody foresaw (the cluster, a library): not the user's inputs, so not "check the inputs"."""
     text = " ".join(str(error).split())[:200] or type(error).__name__
@@ -137,6 +150,9 @@ class BatchRequest:
     keywords: dict
     #: the ensemble maps written beside each unit (none without an ensemble)
     maps: tuple[str, ...] = ()
+    #: for the layers' record: the input's name and the operator as the form chose it (``{"name": ..., param: ...}``)
+    input_name: str = ""
+    operator_record: dict = field(default_factory=dict)
 
     @property
     def is_zarr(self) -> bool:
@@ -251,6 +267,8 @@ class BatchWidget(Container):
             operator,
             {**keywords, **ensemble, **cluster_options(self.scheduler.value, self.workers.value)},
             ensemble_map_names(settings.uses_text) if ensemble else (),
+            input_name=layer.name if self.source.value == "layer" else source,
+            operator_record={"name": self.operator.value, **operator_settings(self)},
         )
 
     def run(self, *_: Any):
@@ -327,23 +345,27 @@ class BatchWidget(Container):
         from napari_treg.batch import open_result
 
         try:
-            data, _ = open_result(request.output)
+            data, attributes = open_result(request.output)
         except (OSError, ValueError, KeyError):
             return  # still being created
+        metadata = {"treg": run_record(request, attributes), **({MAP_KEY: "mean"} if request.maps else {})}
         if self.result_layer is None or self.result_layer not in self.viewer.layers:
             name = f"{os.path.basename(request.output.rstrip('/'))} (batch)"
             shown = {**self._geometry(request, layer), **result_display(layer)}
-            self.result_layer = self.viewer.add_image(data, name=name, **shown)
+            self.result_layer = self.viewer.add_image(data, name=name, metadata=metadata, **shown)
         else:
             self.result_layer.data = data
+            self.result_layer.metadata = {**self.result_layer.metadata, **metadata}
 
     def _show_maps(self, request: BatchRequest, layer: Any) -> None:
         """Add (or re-read) the ensemble's map stores beside a zarr output as lazy layers, placed as the
-        result and named and coloured as the restore widget's (colour channels averaged)."""
+        result and named and coloured as the restore widget's (colour channels averaged), each with the
+        run's record (``metadata["treg"]``, as the result's)."""
         from napari_treg.batch import open_result
 
         if self.result_layer is None:
             return
+        record = self.result_layer.metadata.get("treg", {})
         for kind in ENSEMBLE_MAPS:
             attribute, suffix, colormap = kind.name, kind.layer_suffix, kind.colormap
             if attribute not in request.maps:
@@ -356,6 +378,7 @@ class BatchWidget(Container):
             known = self.map_layers.get(attribute)
             if known is not None and known in self.viewer.layers:
                 known.data = data
+                known.metadata = {**known.metadata, "treg": record, MAP_KEY: attribute}
                 continue
             limits = {"contrast_limits": [0.0, 1.0]} if attribute == "data_share" else {}
             placed = {"units": layer.units, "axis_labels": layer.axis_labels} if layer is not None else {}
@@ -363,7 +386,7 @@ class BatchWidget(Container):
                 data,
                 name=f"{self.result_layer.name}{suffix}",
                 colormap=colormap,
-                metadata={MAP_KEY: attribute},
+                metadata={"treg": record, MAP_KEY: attribute},
                 **self._geometry(request, layer),
                 **placed,
                 **limits,
@@ -385,8 +408,9 @@ class BatchWidget(Container):
                 f"Restored {report.computed} units ({report.skipped} already done) into {report.output}"
                 + self._maps_note()
             )
+        few_steps = "" if report.too_few_steps is None else " " + few_steps_line(report.too_few_steps)
         self.status.value = (
-            f"Done: {report.done} of {report.units} units in {report.seconds:.1f} s." + self._maps_note()
+            f"Done: {report.done} of {report.units} units in {report.seconds:.1f} s." + self._maps_note() + few_steps
         )
 
     def _maps_note(self) -> str:

@@ -35,6 +35,35 @@ PRECISIONS: tuple[tuple[str, str | None], ...] = (
     ("auto (float16 on GPU)", None),
     *((name, name) for name in DTYPE_CHOICES),
 )
+#: why the widget does not offer float16 on the CPU (measured: benchmarks/cpu_precision.py)
+CPU_FLOAT16_REASON = (
+    "float16 is not offered on the CPU: torch runs its convolutions there in a slow generic kernel "
+    "(3.8 and 6.4 x the time of float32 for the tiny model at 64x64 and 128x128) and a CPU gains nothing "
+    "from half the memory; use float32 or bfloat16 there, float16 on a GPU"
+)
+
+
+def runs_on_cpu(device: str) -> bool:
+    """Whether the device choice (``auto`` included) runs on the CPU here."""
+    from napari_treg.models.devices import resolve_device
+
+    try:
+        return resolve_device(device).type == "cpu"
+    except InvalidInputError:  # a device that is not here: refused with its own message when the run starts
+        return False
+
+
+def precisions_for(device: str) -> list[tuple[str, str | None]]:
+    """The precisions the widget offers on ``device``: all of :data:`PRECISIONS`, without float16 on the CPU."""
+    if runs_on_cpu(device):
+        return [choice for choice in PRECISIONS if choice[1] != "float16"]
+    return list(PRECISIONS)
+
+
+def check_precision(device: str, dtype: str | None) -> None:
+    """Refuse a precision the widget does not offer on ``device``: float16 on the CPU (:data:`CPU_FLOAT16_REASON`)."""
+    if dtype not in {value for _, value in precisions_for(device)}:
+        raise InvalidInputError(CPU_FLOAT16_REASON)
 
 
 def model_spec(choice: str, path: str | None = None) -> str:

@@ -320,6 +320,34 @@ def restore_metadata(
     return plain(record)
 
 
+def batch_metadata(*, input_name: str, operator: dict, settings: dict, output: str, run: dict) -> dict:
+    """``layer.metadata["treg"]`` of a batch dock's result and map layers: the keys of
+    :func:`restore_metadata` that describe the run (``params``; ``model``, ``device`` and ``dtype`` as the
+    workers loaded the model; ``seed``, ``versions``, the input, operator and settings), and ``batch``: the
+    output, whether it is complete, and each unit's record (its seed, residual, text-conflict check and, for an
+    ensemble, the ensemble's seeds, noise and checks).
+
+    ``run`` is the output's ``napari_treg`` attributes (:func:`napari_treg.batch.open_result`).
+    """
+    from napari_treg.engine.run_info import package_versions
+
+    params, units = dict(run.get("params") or {}), dict(run.get("planes") or {})
+    loaded = next(iter(units.values()), {})  # the model as the workers loaded it (its name, device, dtype)
+    record = {
+        "params": params,
+        **{key: loaded.get(key, params.get(key)) for key in ("model", "device", "dtype")},
+        "seed": params.get("seed"),
+        "versions": package_versions(),
+        "input_layer": input_name,
+        "operator": operator,
+        "settings": settings,
+        "planes": "every plane (batch)",
+        "plane_index": None,
+        "batch": {"output": output, "complete": run.get("complete"), "units": units},
+    }
+    return plain(record)
+
+
 def reference_for(reference: np.ndarray, result_shape: Sequence[int], planes: Planes) -> np.ndarray:
     """The part of a reference layer to compare with a result (its plane, for a current-plane run)."""
     reference = np.asarray(reference)

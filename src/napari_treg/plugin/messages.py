@@ -204,10 +204,23 @@ def text_check_notes(info: dict, random_text: bool = False) -> tuple[Note | None
     return unchecked_note(info), conflict_note(info)
 
 
-def ensemble_note(samples: int) -> Note:
-    """What an ensemble added, and how to see one map at a time."""
-    return Note(
+def ensemble_note(samples: int, info: dict | None = None) -> Note:
+    """What an ensemble added, and how to see one map at a time; with the ensemble's ``info``, also whether
+    it had too few steps for its spread to be relied on (``info["calibration"]``; details: the engine's note)."""
+    text = (
         f"Added the mean of {samples} restorations with their spread (std: where they disagree) and where the "
         "result comes from the measurement (data share: green) or was invented (pink), side by side; "
         "Ctrl+G (or the grid button, bottom left) shows one at a time."
+    )
+    calibration = (info or {}).get("calibration") or {}
+    if not calibration.get("below"):
+        return Note(text)
+    return Note(f"{text} {few_steps_line(calibration)}", sentence_case(calibration["note"]) + ".")
+
+
+def few_steps_line(calibration: dict) -> str:
+    """What an ensemble below the calibrated steps (``info["calibration"]`` with ``below``) means, in plain words."""
+    return (
+        f"With only {calibration['steps']} steps the spread is likely too small: use "
+        f"{calibration['calibrated_from_steps']} or more steps to rely on the std and intervals."
     )

@@ -91,7 +91,8 @@ def taken_names(names: list[str]) -> set[str]:
 
 
 def ensemble_outputs(outcome: Outcome, record: dict, rgb: bool) -> list[OutputLayer]:
-    """The std, data share and text influence of an ensemble (one channel each: colour channels averaged)."""
+    """The std, data share, text influence and (hidden) uncorrected std of an ensemble, where it made them (one
+    channel each: colour channels averaged)."""
     outputs = []
     for kind in ENSEMBLE_MAPS:
         attribute, suffix, colormap = kind.name, kind.layer_suffix, kind.colormap
@@ -101,6 +102,8 @@ def ensemble_outputs(outcome: Outcome, record: dict, rgb: bool) -> list[OutputLa
         data = data.mean(axis=-1) if rgb else data
         limits = [0.0, 1.0] if attribute == "data_share" else [0.0, percentile_limits(data, 0.0, 99.5)[1]]
         kwargs = {"colormap": colormap, "contrast_limits": limits, "metadata": {"treg": record, MAP_KEY: attribute}}
+        if kind.needs_holdout:  # the std before the held-out check's correction: listed, not in the grid
+            kwargs["visible"] = False
         outputs.append(OutputLayer(data, suffix, kwargs))
     return outputs
 

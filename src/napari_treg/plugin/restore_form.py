@@ -22,7 +22,15 @@ from napari_treg.engine.restore_settings import RestoreSettings
 from napari_treg.engine.restorer import RunSettings
 from napari_treg.errors import InvalidInputError
 from napari_treg.models.options import ModelSettings
-from napari_treg.plugin.choices import MODELS, PRECISIONS, available_devices, model_spec
+from napari_treg.plugin.choices import (
+    CPU_FLOAT16_REASON,
+    MODELS,
+    PRECISIONS,
+    available_devices,
+    check_precision,
+    model_spec,
+    precisions_for,
+)
 from napari_treg.plugin.forms import (
     DEFAULT_OPERATOR,
     apply_operator_record,
@@ -35,6 +43,7 @@ from napari_treg.plugin.forms import (
     operator_spec,
     operator_widgets,
     reset_operator,
+    sentence,
     setting_value,
     setting_widget,
     show_operator,
@@ -266,13 +275,9 @@ def advanced_section(method_settings: list) -> Container:
         choices=available_devices(),
         tooltip="auto: the GPU if there is one, else the CPU",
     )
-    dtype = ComboBox(
-        name="dtype",
-        label="precision",
-        value=None,
-        choices=list(PRECISIONS),
-        tooltip="float16 halves GPU memory; float32 is safest on the CPU",
-    )
+    dtype = ComboBox(name="dtype", label="precision", value=None, choices=list(PRECISIONS))
+    device.changed.connect(lambda *_: offer_precisions(device, dtype))
+    offer_precisions(device, dtype)
     low_memory = checkbox(
         "low_memory",
         "low-memory mode",
@@ -284,6 +289,17 @@ def advanced_section(method_settings: list) -> Container:
     for combo in (device, dtype):
         narrow(combo)
     return Container(name="advanced", widgets=[*method_settings, device, dtype, low_memory, tile_size, tile_overlap])
+
+
+def offer_precisions(device: ComboBox, dtype: ComboBox) -> None:
+    """The precisions the device can use well (no float16 on the CPU: :data:`CPU_FLOAT16_REASON`), said in the
+    tooltip; a precision no longer offered falls back to auto."""
+    offered = precisions_for(device.value)
+    if dtype.value not in [value for _, value in offered]:
+        dtype.value = None
+    dtype.choices = offered
+    on_cpu = len(offered) < len(PRECISIONS)
+    dtype.tooltip = f"{sentence(CPU_FLOAT16_REASON)}." if on_cpu else "float16 halves GPU memory"
 
 
 def buttons() -> Container:
@@ -492,6 +508,7 @@ def plane_index(viewer: napari.Viewer, layer: Any) -> tuple[int, ...]:
 def read_model(form: Any) -> ModelSettings:
     """The model section as :class:`ModelSettings` (checked)."""
     model = model_spec(form.model.value, str(form.model_path.value))
+    check_precision(form.device.value, form.dtype.value)
     return ModelSettings(model, form.device.value, form.dtype.value, form.low_memory.value)
 
 

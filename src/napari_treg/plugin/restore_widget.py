@@ -250,7 +250,7 @@ class RestoreWidget(Container):
         notes = [Note(done_line(added, outcome)), fit_note(outcome.info, is_constant(request.planes.data))]
         if outcome.ensemble is not None:
             self._show_side_by_side()
-            notes.append(ensemble_note(request.samples))
+            notes.append(ensemble_note(request.samples, outcome.ensemble.info))
             held_out = outcome.ensemble.run_info.holdout
             if held_out:
                 verdict = held_out["verdict"]
