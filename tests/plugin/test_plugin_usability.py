@@ -105,9 +105,21 @@ def test_warnings_of_a_run_become_notifications(restore_widget, run_to_end):
     assert any("77 tokens" in message for message in warnings), warnings
 
 
-def test_reruns_get_short_unique_names_and_the_status_separates_model_loading(restore_widget, run_to_end):
+def test_reruns_get_short_unique_names_and_the_status_separates_model_loading(
+    restore_widget, run_to_end, monkeypatch
+):
+    import time
+
+    from napari_treg.models import tiny
     from napari_treg.models.loading import clear_model_cache
 
+    build = tiny.build_tiny_prior
+
+    def slow_build(*args, **kwargs):  # a fast CPU builds the tiny model in under the 0.05 s the status shows
+        time.sleep(0.2)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(tiny, "build_tiny_prior", slow_build)
     clear_model_cache()  # the first run loads the model here, whatever earlier tests loaded
     viewer = restore_widget.viewer
     viewer.add_image(np.random.default_rng(0).uniform(0, 1, (32, 32)).astype(np.float32), name="y")
