@@ -105,9 +105,7 @@ def test_warnings_of_a_run_become_notifications(restore_widget, run_to_end):
     assert any("77 tokens" in message for message in warnings), warnings
 
 
-def test_reruns_get_short_unique_names_and_the_status_separates_model_loading(
-    restore_widget, run_to_end, monkeypatch
-):
+def test_reruns_get_short_unique_names_and_the_status_separates_model_loading(restore_widget, run_to_end, monkeypatch):
     import time
 
     from napari_treg.models import tiny
