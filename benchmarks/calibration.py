@@ -66,10 +66,12 @@ import torch
 
 from napari_treg import restore
 from napari_treg.api import ensemble
+from napari_treg.engine.calibration import ENSEMBLE_DC_UNTIL
 from napari_treg.errors import InvalidInputError
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.noise import PoissonGaussian
 from napari_treg.operators import Denoising, GaussianBlur, Inpainting, LinearOperator, SuperResolution
+from napari_treg.solver.config import TRegSettings
 from napari_treg.solver.posterior import perturb_and_map, proximal_weight
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, schedule_settings
 
@@ -374,8 +376,9 @@ def last_step_rows(prior, op, image, y, var_true, post, common, halves, seed) ->
     e = torch.randn((count, *y.shape), generator=draws, dtype=torch.float64).float()
     y_batch = torch.from_numpy(y).float()[None].expand(count, -1, -1, -1)
     alone = perturb_and_map(op, y_batch, x_prior, variance.floor_sd, s, e, variance=variance).double().numpy()
-    settings = {"final_dc": False}
-    if schedule_settings(common["schedule"])["data_first"]:
+    schedule = schedule_settings(common["schedule"])
+    settings = {"final_dc": False, "dc_until": min(schedule.get("dc_until", TRegSettings.dc_until), ENSEMBLE_DC_UNTIL)}
+    if schedule["data_first"]:
         settings["cg_lambda"] = proximal_weight(variance.floor_sd, s)  # what the ensemble's samples use
     stack = np.repeat(image[None], count, axis=0)
     before = restore(stack, op, noise_model=CAMERA, **common, **settings)  # (n, h, w, 3) photons

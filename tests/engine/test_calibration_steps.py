@@ -72,8 +72,12 @@ def test_the_command_line_warns_below_the_threshold(tmp_path, capsys):
 
 
 def test_the_paper_schedule_has_its_own_threshold():
-    steps = CALIBRATED_FROM_STEPS["paper"] - 1
-    paper, _ = inpainting_ensemble(steps=steps, samples=2, schedule="paper")
-    assert paper.info["calibration"]["below"] and paper.info["calibration"]["calibrated_from_steps"] == steps + 1
-    default, _ = inpainting_ensemble(steps=steps, samples=2)
-    assert steps >= DEFAULT_FROM and not default.info["calibration"]["below"]  # enough for the default schedule
+    (low, _), (high, high_from) = sorted(CALIBRATED_FROM_STEPS.items(), key=lambda item: item[1])
+    assert CALIBRATED_FROM_STEPS[low] < high_from  # measured apart: 75 (paper) and 100 (data-first)
+    steps = high_from - 1  # enough for one schedule, too few for the other
+    calibration = {
+        name: inpainting_ensemble(steps=steps, samples=2, schedule=name)[0].info["calibration"]
+        for name in CALIBRATED_FROM_STEPS
+    }
+    assert calibration[high]["below"] and not calibration[low]["below"]
+    assert {name: c["calibrated_from_steps"] for name, c in calibration.items()} == CALIBRATED_FROM_STEPS

@@ -15,9 +15,12 @@ import pytest
 
 from napari_treg import Cancelled, InvalidInputError, ensemble
 from napari_treg.engine import ensemble as engine_ensemble
+from napari_treg.engine.calibration import ENSEMBLE_DC_UNTIL
 from napari_treg.engine.restore_settings import RestoreSettings
-from napari_treg.engine.restorer import RunSettings, prepare
+from napari_treg.cli.commands import ProgressBar
+from napari_treg.engine.restorer import DATA_SHARE, SAMPLING, Progress, RunSettings, prepare
 from napari_treg.operators import GaussianBlur, Inpainting
+from napari_treg.solver import posterior
 
 NOISE = 0.05
 FAST = dict(model="analytic", device="cpu", steps=5, seed=3, noise=NOISE)
@@ -177,6 +180,42 @@ def test_an_explicit_cg_lambda_replaced_under_data_first_is_warned_and_recorded(
         result = ensemble(image(16), GaussianBlur(1.0), samples=2, cg_lambda=0.01, **FAST)
     replaced = result.info["replaced"]["cg_lambda"]
     assert replaced["given"] == 0.01 and replaced["used"] == pytest.approx((NOISE / result.info["prior_sd"]) ** 2)
+
+
+def test_the_samples_take_no_data_step_after_the_ensembles_share_of_the_steps():
+    """ENSEMBLE_DC_UNTIL caps dc_until (a later data step would be counted again by the last step); a smaller
+    one given is kept, a larger one given is warned about and recorded."""
+    run = dict(samples=2, dc_every=1, **{**FAST, "steps": 10})
+    with pytest.warns(UserWarning, match=r"dc_until = 0.6 in place of the dc_until 1 given"):
+        late = ensemble(image(16), GaussianBlur(1.0), dc_until=1.0, **run)
+    assert late.info["replaced"]["dc_until"] == {"given": 1.0, "used": ENSEMBLE_DC_UNTIL}
+    capped = ensemble(image(16), GaussianBlur(1.0), dc_until=ENSEMBLE_DC_UNTIL, **run)
+    np.testing.assert_array_equal(late.mean, capped.mean)
+    early = ensemble(image(16), GaussianBlur(1.0), dc_until=0.3, **run)
+    assert "dc_until" not in early.info["replaced"]
+    assert np.abs(early.mean - capped.mean).max() > 1e-3  # the smaller share given is used
+
+
+def test_the_data_share_reports_its_probe_solves_after_the_sampling(monkeypatch):
+    """A large image's data share is many probe solves (minutes on a CPU): they come as progress of their own."""
+    monkeypatch.setattr(posterior, "PROBE_VALUES", 16 * 16 * 3 * 16)  # 16 probes per solve: 4 solves
+    events = []
+    ensemble(image(16), GaussianBlur(1.0), samples=2, progress=events.append, **FAST)
+    sampling = [event for event in events if event.phase == SAMPLING]
+    assert sampling and events[: len(sampling)] == sampling and sampling[-1].step == sampling[-1].total
+    share = events[len(sampling) :]
+    assert [(e.phase, e.step, e.total, e.plane, e.planes) for e in share] == [
+        (DATA_SHARE, k, 4, 1, 1) for k in (1, 2, 3, 4)
+    ]
+
+
+def test_the_command_line_shows_the_data_share_in_a_bar_of_its_own(capsys):
+    with ProgressBar(desc="restore x2") as bar:
+        for step in (1, 2):
+            bar(Progress(step, 2, 1, 1))
+        bar(Progress(1, 3, 1, 1, phase=DATA_SHARE))
+    err = capsys.readouterr().err
+    assert "restore x2: 100%" in err and "restore x2: data share:  33%" in err and "1/3 [" in err
 
 
 def test_the_default_cg_lambda_is_replaced_silently_and_recorded():

@@ -85,10 +85,18 @@ def test_an_ensemble_adds_mean_std_data_share_and_text_influence_side_by_side(re
     # plane per model call on the CPU (batch_size auto = 1), 2 steps each
     assert record["params"]["batch_size"] == 1
     total = 2 * 3 * 2
-    assert [event.step for event, _ in events] == list(range(1, total + 1))
-    assert {event.total for event, _ in events} == {total} and ensemble["model_calls"] == total
-    assert events[4][1] == f"Step 5 of {total} (ensemble of 3 samples)"
-    assert restore_widget.progress_bar.native.value() == total
+    sampling = [(event, line) for event, line in events if event.phase == "sampling"]
+    assert [event.step for event, _ in sampling] == list(range(1, total + 1))
+    assert {event.total for event, _ in sampling} == {total} and ensemble["model_calls"] == total
+    assert sampling[4][1] == f"Step 5 of {total} (ensemble of 3 samples)"
+    # then the data share's probe solves, in the status line and the bar
+    share = [(event, line) for event, line in events if event.phase == "data share"]
+    solves = len(share)
+    assert events[len(sampling) :] == share and [(e.step, e.total) for e, _ in share] == [
+        (k, solves) for k in range(1, solves + 1)
+    ]
+    assert share[-1][1] == f"Data share: solve {solves} of {solves} (ensemble of 3 samples)"
+    assert restore_widget.progress_bar.native.value() == solves == restore_widget.progress_bar.native.maximum()
 
 
 def test_an_ensemble_without_prompt_has_no_text_influence_and_a_second_run_gets_its_own_names(

@@ -148,15 +148,26 @@ class ProgressBar:
         self.enabled = enabled
         self.desc = desc
         self._bar: Any = None
+        self._phase: str | None = None
 
     def __call__(self, event: Progress) -> None:
         if not self.enabled:
             return
+        if self._bar is not None and event.phase != self._phase:  # a new phase: a bar of its own
+            self._bar.close()
+            self._bar = None
         if self._bar is None:
             from tqdm import tqdm
 
+            first = self._phase is None  # the sampler's steps; a later phase (an ensemble's data share) is named
+            self._phase = event.phase
             self._bar = tqdm(
-                total=event.total, desc=self.desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True
+                total=event.total,
+                desc=self.desc if first else f"{self.desc}: {event.phase}",
+                unit="step" if first else "solve",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=True,
             )
         if event.planes > 1 or event.tiles > 1:
             self._bar.set_postfix_str(self._where(event), refresh=False)
@@ -171,6 +182,7 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._phase = None
 
     def __enter__(self) -> ProgressBar:
         return self

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 
 from napari_treg.engine import holdout
-from napari_treg.engine.calibration import calibration_info
+from napari_treg.engine.calibration import ENSEMBLE_DC_UNTIL, calibration_info
 from napari_treg.engine.restorer import (
+    DATA_SHARE,
     MAX_SEED,
+    Progress,
     ProgressCallback,
     Reporter,
     Restorer,
@@ -62,6 +64,9 @@ from napari_treg.solver.posterior import (
     probes_per_solve,
     proximal_weight,
 )
+
+#: ``progress(done, solves)`` of the data share's probe solves
+SolveProgress = Callable[[int, int], None]
 
 #: the prior's standard deviation per pixel (model units) when neither the user nor the model gives one
 DEFAULT_PRIOR_SD = 0.5
@@ -263,7 +268,7 @@ def ensemble_prepared(
     raise_if(is_cancelled)
     mean, std = guard_memory(lambda: statistics(moments, kept))
     share_sd = prior_sd if check is None else check.factor * prior_sd
-    share = data_share_planes(restorer.prior, run, noise, share_sd, mean, cancel_check)
+    share = data_share_planes(restorer.prior, run, noise, share_sd, mean, cancel_check, share_progress(callback))
     raise_if(is_cancelled)
     if corrections is not None:
         mean, kept, free_mean = corrected(corrections, mean, kept, free_mean)
@@ -483,6 +488,8 @@ def calibrated(
 
     - No final projection (``final_dc``): it would pull every sample onto the data before the
       noise-aware step, which is itself the last data step.
+    - Data steps over at most the first :data:`~napari_treg.engine.calibration.ENSEMBLE_DC_UNTIL` of the
+      steps: the later ones would survive into the sample, and the noise-aware step count the data again.
     - With data-first re-noising, whose data-consistent estimate enters at full weight, each data
       step weighs the data by the measurement's noise (``cg_lambda = noise^2 / prior_sd^2``, as
       the noise-aware step) instead of fitting them exactly: the exact fits carry the measurement
@@ -491,19 +498,24 @@ def calibrated(
       with both, 0.31 sd and 86 % without them (docs/uncertainty.md).
 
     ``restore``'s single images are not changed by this (``restorer`` itself is not changed). A
-    ``cg_lambda`` given explicitly is replaced then: a warning says so, and ``info["replaced"]``.
+    ``cg_lambda`` or ``dc_until`` given explicitly and replaced: a warning says so, and ``info["replaced"]``.
     With photon noise (``variance``), ``noise`` is the floor's sd, and the last step perturbs and
     weighs each value by its own variance. ``check()`` is called in every CG iteration of the last
     step (a cancel raises from it).
     """
-    config = replace(restorer.config, final_dc=False)
+    given = restorer.config
+    config = replace(given, final_dc=False, dc_until=min(given.dc_until, ENSEMBLE_DC_UNTIL))
     if config.data_first:
         config = replace(config, cg_lambda=proximal_weight(noise, prior_sd))
-        given = restorer.config.cg_lambda
-        if given != TRegSettings.cg_lambda:
+    for name, why in (
+        ("dc_until", f"the samples take data steps over at most {ENSEMBLE_DC_UNTIL:g} of the steps"),
+        ("cg_lambda", "(noise / prior_sd)^2, schedule data-first"),
+    ):
+        explicit = getattr(given, name) != getattr(TRegSettings, name)
+        if explicit and getattr(config, name) != getattr(given, name):
             warnings.warn(
-                f"the ensemble's data steps use cg_lambda = (noise / prior_sd)^2 = {config.cg_lambda:.3g} in place "
-                f"of the cg_lambda {given:g} given (schedule data-first; info['replaced'] records it)",
+                f"the ensemble's data steps use {name} = {getattr(config, name):.3g} in place of the {name} "
+                f"{getattr(given, name):g} given ({why}; info['replaced'] records it)",
                 UserWarning,
                 stacklevel=2,
             )
@@ -650,6 +662,18 @@ def statistics(moments: Moments | None, kept: np.ndarray | None) -> tuple[np.nda
     return moments.mean, moments.std()
 
 
+def share_progress(callback: ProgressCallback | None) -> Callable[[int, int], SolveProgress | None]:
+    """``(map, maps) -> progress(done, solves)``: the data share's probe solves of map ``map`` of ``maps``
+    (one per plane with photon noise) as :class:`Progress` events of phase :data:`DATA_SHARE`."""
+
+    def for_map(index: int, maps: int) -> SolveProgress | None:
+        if callback is None:
+            return None
+        return lambda done, solves: callback(Progress(done, solves, index, maps, phase=DATA_SHARE))
+
+    return for_map
+
+
 def data_share_planes(
     prior: DiffusionPrior,
     run: Run,
@@ -657,12 +681,14 @@ def data_share_planes(
     prior_sd: float,
     mean: np.ndarray | None = None,
     check: Callable[[], None] | None = None,
+    progress: Callable[[int, int], SolveProgress | None] = share_progress(None),
 ) -> np.ndarray:
     """The data share of every plane ``(N, C, H, W)`` (float32; one operator, so the same for all planes,
     unless it couples them: then one map of the whole volume).
 
     With photon noise each plane (or the volume) has its own: the weights are taken at its ``mean`` (input units).
-    ``check()`` runs in every CG iteration of the probes (a cancel raises from it).
+    ``check()`` runs in every CG iteration of the probes (a cancel raises from it); ``progress``: see
+    :func:`share_progress`.
     """
     volume = () if run.depth is None else (run.depth,)
     image_shape = (*volume, run.layout.channels, *run.operator.image_hw(run.layout.hw))
@@ -671,13 +697,15 @@ def data_share_planes(
     if variance is not None and mean is not None:
         estimates = torch.from_numpy(run.scale.to_model(mean))
         weights = variance.weights(run.operator.forward(estimates))
+        shapes = (image_shape, measurement_shape)
         if volume:
-            return share_map(prior, run, noise, prior_sd, image_shape, measurement_shape, weights, check).astype(
-                np.float32
-            )
-        maps = [share_map(prior, run, noise, prior_sd, image_shape, measurement_shape, w, check) for w in weights]
+            return share_map(prior, run, noise, prior_sd, *shapes, weights, check, progress(1, 1)).astype(np.float32)
+        maps = [
+            share_map(prior, run, noise, prior_sd, *shapes, w, check, progress(k + 1, len(weights)))
+            for k, w in enumerate(weights)
+        ]
         return np.stack(maps).astype(np.float32)
-    share = share_map(prior, run, noise, prior_sd, image_shape, measurement_shape, check=check)
+    share = share_map(prior, run, noise, prior_sd, image_shape, measurement_shape, check=check, progress=progress(1, 1))
     return np.broadcast_to(share, (len(run.measured), *image_shape[-3:])).astype(np.float32)
 
 
@@ -690,6 +718,7 @@ def share_map(
     measurement_shape: tuple[int, ...],
     weights: torch.Tensor | None = None,
     check: Callable[[], None] | None = None,
+    progress: SolveProgress | None = None,
 ) -> np.ndarray:
     """One data-share map (the probes seeded with :data:`PROBE_SEED`), checked finite."""
     generator = torch.Generator().manual_seed(PROBE_SEED)
@@ -703,6 +732,7 @@ def share_map(
         device=prior.device,
         weights=weights,
         check=check,
+        progress=progress,
     )
     check_finite(share, "the data share")
     return share.cpu().numpy()

@@ -179,6 +179,8 @@ class Progress:
 
     ``plane`` of ``planes`` and ``tile`` of ``tiles`` count from 1; ``preview`` is the current
     estimate (shaped like one output plane, or the whole blended image when tiled), or None.
+    ``phase``: :data:`SAMPLING`, or an ensemble's :data:`DATA_SHARE` (then ``step`` of ``total``
+    counts the probe solves of the data share, anew from 1).
     """
 
     step: int
@@ -188,6 +190,11 @@ class Progress:
     tile: int = 1
     tiles: int = 1
     preview: np.ndarray | None = None
+    phase: str = "sampling"
+
+
+#: the phases of :class:`Progress`: the sampler's steps, and an ensemble's data share (its probe solves)
+SAMPLING, DATA_SHARE = "sampling", "data share"
 
 
 ProgressCallback = Callable[[Progress], None]

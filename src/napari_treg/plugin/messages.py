@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_treg.engine.restorer import SAMPLING
 from napari_treg.failures import Failure, describe_failure, first_sentence
 from napari_treg.solver.conflict import TextConflict, conflict_message, unchecked_message
 
@@ -98,8 +99,12 @@ def step_line(event: Progress) -> str:
 
 
 def ensemble_step_line(event: Progress, samples: int) -> str:
-    """``"Step 30 of 320 (ensemble of 8 samples)"``: the steps of all samples (and of their text-free pass)."""
-    return f"Step {event.step} of {event.total} (ensemble of {samples} samples)"
+    """``"Step 30 of 320 (ensemble of 8 samples)"``: the steps of all samples (and of their text-free pass);
+    then ``"Data share: solve 2 of 64 (ensemble of 8 samples)"`` while the data share's probes are solved."""
+    if event.phase == SAMPLING:
+        return f"Step {event.step} of {event.total} (ensemble of {samples} samples)"
+    where = f", plane {event.plane} of {event.planes}" if event.planes > 1 else ""
+    return f"{sentence_case(event.phase)}: solve {event.step} of {event.total} (ensemble of {samples} samples{where})"
 
 
 def data_consistency_line(info: dict, constant: bool = False) -> str:

@@ -15,7 +15,7 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
-from napari_treg.engine.restorer import Progress
+from napari_treg.engine.restorer import SAMPLING, Progress
 from napari_treg.plugin.messages import CANCELLED, after_headline, headline, sentence_case, step_line
 
 READY = "Ready."
@@ -102,7 +102,7 @@ class StatusPanel(Container):
     def step(self, event: Progress, line: str | None = None) -> None:
         """``Step 3 of 50`` (or ``line``) in the status line, and the bar."""
         bar = self.progress_bar.native
-        bar.setFormat("%v / %m steps")
+        bar.setFormat("%v / %m steps" if event.phase == SAMPLING else "%v / %m solves")
         bar.setRange(0, event.total)
         bar.setValue(event.step)
         self.say(line or step_line(event))

@@ -134,6 +134,7 @@ def data_share(
     device: torch.device | str = "cpu",
     weights: torch.Tensor | None = None,
     check: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Per pixel ``1 - C_ii / tau^2`` for one image ``image_shape`` ``(C, H, W)``, clipped to [0, 1].
 
@@ -141,7 +142,7 @@ def data_share(
     ``floor / var`` shaped like it (``noise`` is then the floor's sd), from the same weighted system.
     For an operator that couples planes both shapes are a whole volume's, ``(Z, C, H, W)``, and each
     probe is one solve of the volume. ``check()`` is called before every CG iteration of every probe
-    solve (a cancel raises from it).
+    solve (a cancel raises from it); ``progress(done, solves)`` after every solve.
     """
     lam = proximal_weight(noise, prior_sd)
     volume = operator.couples_planes
@@ -159,4 +160,6 @@ def data_share(
             operator, zeros, signs, lam, iterations or cg_iterations(lam), weight, check
         )  # lam (.)^-1 r
         total += signs * solved if volume else (signs * solved).sum(dim=0)
+        if progress is not None:
+            progress(first // per_solve + 1, math.ceil(probes / per_solve))
     return (1.0 - total / probes).clamp(0.0, 1.0)
