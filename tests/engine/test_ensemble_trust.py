@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from napari_treg import Cancelled, InvalidInputError, ensemble
+from napari_treg.cli.commands import ProgressBar
 from napari_treg.engine import ensemble as engine_ensemble
 from napari_treg.engine.calibration import ENSEMBLE_DC_UNTIL
 from napari_treg.engine.restore_settings import RestoreSettings
-from napari_treg.cli.commands import ProgressBar
 from napari_treg.engine.restorer import DATA_SHARE, SAMPLING, Progress, RunSettings, prepare
 from napari_treg.operators import GaussianBlur, Inpainting
 from napari_treg.solver import posterior
