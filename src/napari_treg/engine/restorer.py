@@ -173,6 +173,10 @@ def run_options_from(options: RunSettings | None, values: dict[str, Any]) -> Run
     return options
 
 
+#: the phases of :class:`Progress`: the sampler's steps, and an ensemble's data share (its probe solves)
+SAMPLING, DATA_SHARE = "sampling", "data share"
+
+
 @dataclass(frozen=True)
 class Progress:
     """One progress event: after step ``step`` of ``total`` (all planes and tiles together).
@@ -190,11 +194,7 @@ class Progress:
     tile: int = 1
     tiles: int = 1
     preview: np.ndarray | None = None
-    phase: str = "sampling"
-
-
-#: the phases of :class:`Progress`: the sampler's steps, and an ensemble's data share (its probe solves)
-SAMPLING, DATA_SHARE = "sampling", "data share"
+    phase: str = SAMPLING
 
 
 ProgressCallback = Callable[[Progress], None]
