@@ -97,29 +97,47 @@ def exact_posterior(c: dict) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-def class_posterior(c: dict, a: np.ndarray) -> np.ndarray:
-    """``P(plane k has class j | y)`` ``(Z, K)``: the exact mixture over all ``K^Z`` class assignments,
-    each weighted by its evidence ``N(y; A m, sigma^2 I + s^2 A A^T)``."""
-    from itertools import product
-
+def evidence(c: dict, a: np.ndarray):
+    """``labels -> log N(y; A m_labels, sigma^2 I + s^2 A A^T)`` (no constant): the evidence of a class assignment."""
     from scipy.linalg import cho_factor, cho_solve
 
     prior = c["prior"]
     means = prior.means((SIZE, SIZE)).double().numpy()  # (K, 3, H, W)
     factor = cho_factor(NOISE**2 * np.eye(a.shape[0]) + prior.latent_std**2 * a @ a.T)
     y = c["y"].numpy()
-    assignments = list(product(range(prior.num_classes), repeat=PLANES))
-    log_w = []
-    for labels in assignments:
+
+    def log_evidence(labels) -> float:
         m = means[list(labels)]  # (Z, 3, H, W)
         r = np.stack([y[:, ch].ravel() - a @ m[:, ch].ravel() for ch in range(3)], axis=1)
-        log_w.append(-0.5 * float((r * cho_solve(factor, r)).sum()))
-    w = np.exp(np.array(log_w) - max(log_w))
+        return -0.5 * float((r * cho_solve(factor, r)).sum())
+
+    return log_evidence
+
+
+def class_posterior(c: dict, a: np.ndarray) -> np.ndarray:
+    """``P(plane k has class j | y)`` ``(Z, K)``: the exact mixture over all ``K^Z`` class assignments,
+    each weighted by its evidence."""
+    from itertools import product
+
+    num_classes = c["prior"].num_classes
+    log_evidence = evidence(c, a)
+    assignments = list(product(range(num_classes), repeat=PLANES))
+    log_w = np.array([log_evidence(labels) for labels in assignments])
+    w = np.exp(log_w - log_w.max())
     w /= w.sum()
-    marginal = np.zeros((PLANES, prior.num_classes))
+    marginal = np.zeros((PLANES, num_classes))
     for weight, labels in zip(w, assignments):
         marginal[np.arange(PLANES), list(labels)] += weight
     return marginal
+
+
+def flip_log_odds(c: dict, a: np.ndarray) -> list[float]:
+    """Per plane: log evidence of the true assignment minus that with this one plane's class changed (two classes)."""
+    log_evidence, labels = evidence(c, a), c["labels"]
+    true = log_evidence(labels)
+    return [
+        true - log_evidence([1 - label if j == k else label for j, label in enumerate(labels)]) for k in range(PLANES)
+    ]
 
 
 def scores(c: dict, post: tuple[np.ndarray, np.ndarray], mean: np.ndarray, var=None, interval=None) -> dict:
@@ -206,6 +224,8 @@ def table(classes: tuple[str, ...], args) -> list[str]:
         marginal = class_posterior(c, c["dense"])
         truth_p = marginal[np.arange(PLANES), c["labels"]]
         print("exact P(true class | y) per plane:", " ".join(f"{p:.2f}" for p in truth_p))
+        odds = flip_log_odds(c, c["dense"])
+        print("exact log odds of each plane's true class, the others true (nats):", " ".join(f"{o:.1f}" for o in odds))
         print(
             f"planes whose most probable class (exact mixture posterior) is the truth's: {(truth_p > 0.5).sum()}/{PLANES}"
         )
