@@ -114,13 +114,11 @@ def evidence(c: dict, a: np.ndarray):
     return log_evidence
 
 
-def class_posterior(c: dict, a: np.ndarray) -> np.ndarray:
+def class_posterior(num_classes: int, log_evidence) -> np.ndarray:
     """``P(plane k has class j | y)`` ``(Z, K)``: the exact mixture over all ``K^Z`` class assignments,
-    each weighted by its evidence."""
+    each weighted by its evidence (``log_evidence``, from :func:`evidence`)."""
     from itertools import product
 
-    num_classes = c["prior"].num_classes
-    log_evidence = evidence(c, a)
     assignments = list(product(range(num_classes), repeat=PLANES))
     log_w = np.array([log_evidence(labels) for labels in assignments])
     w = np.exp(log_w - log_w.max())
@@ -131,9 +129,8 @@ def class_posterior(c: dict, a: np.ndarray) -> np.ndarray:
     return marginal
 
 
-def flip_log_odds(c: dict, a: np.ndarray) -> list[float]:
-    """Per plane: log evidence of the true assignment minus that with this one plane's class changed (two classes)."""
-    log_evidence, labels = evidence(c, a), c["labels"]
+def flip_log_odds(labels: list[int], log_evidence) -> list[float]:
+    """Per plane: log evidence of the true ``labels`` minus that with this one plane's class changed (two classes)."""
     true = log_evidence(labels)
     return [
         true - log_evidence([1 - label if j == k else label for j, label in enumerate(labels)]) for k in range(PLANES)
@@ -221,10 +218,11 @@ def table(classes: tuple[str, ...], args) -> list[str]:
         estimate, seconds = richardson_lucy(c, iterations)
         rows.append((f"3-D Richardson-Lucy, {iterations} iterations", scores(c, post, estimate), seconds))
     if len(classes) > 1:
-        marginal = class_posterior(c, c["dense"])
+        log_evidence = evidence(c, c["dense"])
+        marginal = class_posterior(c["prior"].num_classes, log_evidence)
         truth_p = marginal[np.arange(PLANES), c["labels"]]
         print("exact P(true class | y) per plane:", " ".join(f"{p:.2f}" for p in truth_p))
-        odds = flip_log_odds(c, c["dense"])
+        odds = flip_log_odds(c["labels"], log_evidence)
         print("exact log odds of each plane's true class, the others true (nats):", " ".join(f"{o:.1f}" for o in odds))
         print(
             f"planes whose most probable class (exact mixture posterior) is the truth's: {(truth_p > 0.5).sum()}/{PLANES}"
