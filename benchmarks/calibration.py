@@ -66,14 +66,13 @@ import torch
 
 from napari_treg import restore
 from napari_treg.api import ensemble
-from napari_treg.engine.calibration import ENSEMBLE_DC_UNTIL
+from napari_treg.engine.ensemble import sample_settings
 from napari_treg.errors import InvalidInputError
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.noise import PoissonGaussian
 from napari_treg.operators import Denoising, GaussianBlur, Inpainting, LinearOperator, SuperResolution
-from napari_treg.solver.config import TRegSettings
-from napari_treg.solver.posterior import perturb_and_map, proximal_weight
-from napari_treg.solver.schedules import DEFAULT_SCHEDULE, schedule_settings
+from napari_treg.solver.posterior import perturb_and_map
+from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
 NOISE = 0.05
 SIZE = 32
@@ -376,10 +375,8 @@ def last_step_rows(prior, op, image, y, var_true, post, common, halves, seed) ->
     e = torch.randn((count, *y.shape), generator=draws, dtype=torch.float64).float()
     y_batch = torch.from_numpy(y).float()[None].expand(count, -1, -1, -1)
     alone = perturb_and_map(op, y_batch, x_prior, variance.floor_sd, s, e, variance=variance).double().numpy()
-    schedule = schedule_settings(common["schedule"])
-    settings = {"final_dc": False, "dc_until": min(schedule.get("dc_until", TRegSettings.dc_until), ENSEMBLE_DC_UNTIL)}
-    if schedule["data_first"]:
-        settings["cg_lambda"] = proximal_weight(variance.floor_sd, s)  # what the ensemble's samples use
+    used = sample_settings(method_config(common["schedule"], {}), variance.floor_sd, s)  # the ensemble's samples'
+    settings = {name: getattr(used, name) for name in ("final_dc", "dc_until", "cg_lambda")}
     stack = np.repeat(image[None], count, axis=0)
     before = restore(stack, op, noise_model=CAMERA, **common, **settings)  # (n, h, w, 3) photons
     x_p = to_model(np.moveaxis(before, -1, -3))

@@ -225,3 +225,17 @@ def test_the_default_cg_lambda_is_replaced_silently_and_recorded():
     assert "cg_lambda" in result.info["replaced"]
     paper = ensemble(image(16), GaussianBlur(1.0), samples=2, schedule="paper", cg_lambda=0.01, **FAST)
     assert "cg_lambda" not in paper.info["replaced"]  # the paper's schedule keeps it
+
+
+@pytest.mark.parametrize("schedule", ["paper", "data-first"])
+def test_the_samples_settings_are_those_the_ensemble_reports(schedule):
+    """``sample_settings`` (also used by benchmarks/calibration.py) is what an ensemble runs its samples with."""
+    from napari_treg.solver.schedules import method_config
+
+    used = engine_ensemble.sample_settings(method_config(schedule, {}), noise=NOISE, prior_sd=0.2)
+    result = ensemble(image(16), GaussianBlur(1.0), samples=2, schedule=schedule, prior_sd=0.2, **FAST)
+    assert used.final_dc is False and used.dc_until == ENSEMBLE_DC_UNTIL
+    for name, change in result.info["replaced"].items():
+        assert change["used"] == pytest.approx(getattr(used, name))
+    expected = (NOISE / 0.2) ** 2 if schedule == "data-first" else method_config(schedule, {}).cg_lambda
+    assert used.cg_lambda == pytest.approx(expected)

@@ -504,9 +504,7 @@ def calibrated(
     step (a cancel raises from it).
     """
     given = restorer.config
-    config = replace(given, final_dc=False, dc_until=min(given.dc_until, ENSEMBLE_DC_UNTIL))
-    if config.data_first:
-        config = replace(config, cg_lambda=proximal_weight(noise, prior_sd))
+    config = sample_settings(given, noise, prior_sd)
     for name, why in (
         ("dc_until", f"the samples take data steps over at most {ENSEMBLE_DC_UNTIL:g} of the steps"),
         ("cg_lambda", "(noise / prior_sd)^2, schedule data-first"),
@@ -523,6 +521,16 @@ def calibrated(
         noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device, variance=variance, check=check
     )
     return restorer.variant(config, finish)
+
+
+def sample_settings(config: TRegSettings, noise: float, prior_sd: float) -> TRegSettings:
+    """The method settings an ensemble's samples run with (:func:`calibrated` says why): no final
+    projection, data steps over at most the first ``ENSEMBLE_DC_UNTIL`` of the steps, and with
+    data-first re-noising ``cg_lambda = noise^2 / prior_sd^2``."""
+    config = replace(config, final_dc=False, dc_until=min(config.dc_until, ENSEMBLE_DC_UNTIL))
+    if config.data_first:
+        config = replace(config, cg_lambda=proximal_weight(noise, prior_sd))
+    return config
 
 
 def replaced_settings(restorer: Restorer, calibrated_restorer: Restorer) -> dict:
