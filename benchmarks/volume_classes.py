@@ -16,6 +16,9 @@ the truth's in each plane, the classes of the ensemble mean, and the calibration
 - ``oracle``: the denoiser's exact posterior covariance given ``z_t`` (within-class plus the
   between-class rank-one term of the mixture, known for the analytic prior) in place of
   ``lam I``: ``x = x0 + S A^T (A S A^T + noise^2 I)^-1 (y + e - A x0)`` (``e = 0``), solved to convergence;
+- ``prior``: the same step with the prior's own covariance, ``S = s^2 I + sum_k pi_k (m_k - m)(m_k - m)^T``
+  (the mixture's first two moments; the between-class term does not shrink as the denoiser commits
+  to a class), solved to convergence: the most a linear data step can take from the prior;
 - ``kalman``: the ensemble's samples run as one batch and every data step uses their spread,
   ``S = prior_sd^2 I + X X^T / (N - 1)`` (``X``: the samples' deviations from their mean), with
   perturbed measurements (``e ~ N(0, noise^2 I)``), as an ensemble Kalman update; then the
@@ -43,7 +46,7 @@ from napari_treg.solver.config import TRegSettings
 from napari_treg.solver.posterior import perturb_and_map, proximal_weight
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, schedule_settings
 
-VARIANTS = ("default", "converged", "annealed", "oracle", "kalman")
+VARIANTS = ("default", "converged", "annealed", "oracle", "prior", "kalman")
 
 
 @contextmanager
@@ -65,6 +68,8 @@ def data_step_variant(name: str, prior, iterations: int):
             config = replace(config, cg_iterations=iterations, cg_lambda=lam)
         elif name == "oracle":
             return oracle_step(operator, y, x0, prior, step["z"].float(), a, iterations)
+        elif name == "prior":
+            return covariance_step(operator, y, x0, prior_covariance(prior, tuple(x0.shape[-2:])), iterations)
         return shipped_step(operator, y, x0, config, variance)
 
     sampler.data_step, sampler.tweedie = data_step, tweedie
@@ -107,6 +112,20 @@ def oracle_step(operator, y, x0, prior, z, a, iterations):
         return within * u + between * delta * (delta * u).flatten(1).sum(1).view(-1, 1, 1, 1)
 
     return covariance_step(operator, y, x0, cov, iterations)
+
+
+def prior_covariance(prior, image_hw):
+    """``u -> S u`` for the mixture's covariance ``S = s^2 I + sum_k pi_k d_k d_k^T``, ``d_k = m_k - m``
+    (equal class weights), applied to each plane of a batch."""
+    means = prior.means(image_hw).float()
+    deviations = means - means.mean(dim=0)
+    s2, weight = prior.latent_std**2, 1.0 / len(means)
+
+    def cov(u):
+        projections = torch.einsum("bchw,kchw->bk", u, deviations)
+        return s2 * u + weight * torch.einsum("bk,kchw->bchw", projections, deviations)
+
+    return cov
 
 
 class Volumes(VolumeBlur):
