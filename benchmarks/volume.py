@@ -175,6 +175,18 @@ def flip_log_odds(labels: list[int], log_evidence) -> list[float]:
     ]
 
 
+def single_flip_maxima(labels: list[int], log_evidence) -> list[tuple[tuple[int, ...], float]]:
+    """The class assignments (two classes) that no change of one plane's class improves, with their log evidence
+    relative to the true ``labels``, best first."""
+    from itertools import product
+
+    values = {a: log_evidence(a) for a in product((0, 1), repeat=PLANES)}
+    flips = lambda a: (tuple(1 - v if j == k else v for j, v in enumerate(a)) for k in range(PLANES))  # noqa: E731
+    maxima = [a for a, v in values.items() if all(v >= values[f] for f in flips(a))]
+    true = values[tuple(labels)]
+    return sorted(((a, values[a] - true) for a in maxima), key=lambda item: -item[1])
+
+
 def scores(c: dict, post: tuple[np.ndarray, np.ndarray], mean: np.ndarray, var=None, interval=None) -> dict:
     x = torch.from_numpy(mean)
     op, y, truth = c["op"], c["y"], c["truth"].numpy()
@@ -254,6 +266,8 @@ def print_class_evidence(c: dict, a: np.ndarray) -> None:
     print(
         f"planes whose most probable class (exact mixture posterior) is the truth's: {(truth_p > 0.5).sum()}/{PLANES}"
     )
+    for labels, gap in single_flip_maxima(c["labels"], log_evidence):
+        print(f"assignment no one-plane change improves: {labels}, log evidence {gap:+.1f} nats from the truth's")
     side = relaxed_class_side(c, a, factor)
     print("the prior's Gaussian relaxation (two moments): P(class on the truth's side | y) per plane:", end=" ")
     print(" ".join(f"{p:.2f}" for p in side))
