@@ -20,14 +20,15 @@ the truth's in each plane, the classes of the ensemble mean, and the calibration
   (the mixture's first two moments; the between-class term does not shrink as the denoiser commits
   to a class), solved to convergence: the most a linear data step can take from the prior;
 - ``lookahead``: the default data step, and at three steps (40 %, 55 % and 59 % of the way, the last
-  within the ensemble's data steps) the samples, run as one batch, trade planes by their evidence: each plane of each sample is carried ahead to ``abar = 0.8``
-  by 5 deterministic DDIM steps without data (its look-ahead estimate ``x_k``, committed to a class but with
-  its detail still shrunk), and every sample draws, by Gibbs moves over windows of 3 adjacent planes, a
-  choice among the N samples' look-aheads for each plane with probability
-  ``N(y; A x, noise^2 I + r^2 A A^T)``, ``r^2 = s^2 (1 - abar) / (abar s^2 + 1 - abar)`` (the posterior
-  variance of a plane around its estimate at ``abar``, from the data step's own prior ``s``). A plane taken
-  from another sample restarts from that look-ahead with fresh noise; its own planes keep their state.
-  Then the ensemble's own noise-aware last step;
+  within the ensemble's data steps) the samples, run as one batch, trade planes by their evidence: each
+  plane of each sample is carried ahead to ``abar = 0.8`` by 5 deterministic DDIM steps without data (its
+  look-ahead estimate ``x_k``, committed to a class but with its detail still shrunk), and every sample
+  draws, by Gibbs moves over windows of 3 adjacent planes, a choice among the N samples' look-aheads for
+  each plane with probability ``N(y; A x, noise^2 I + r^2 A A^T)``,
+  ``r^2 = s^2 (1 - abar) / (abar s^2 + 1 - abar)`` (the posterior variance of a plane around its estimate
+  at ``abar``, from the data step's own prior ``s``). A plane taken from another sample restarts from that
+  look-ahead with fresh noise; its own planes keep their state. Then the ensemble's own noise-aware last
+  step;
 - ``kalman``: the ensemble's samples run as one batch and every data step uses their spread,
   ``S = prior_sd^2 I + X X^T / (N - 1)`` (``X``: the samples' deviations from their mean), with
   perturbed measurements (``e ~ N(0, noise^2 I)``), as an ensemble Kalman update; then the
