@@ -200,8 +200,10 @@ def test_run_request_collects_the_warnings_of_the_run():
     outcome = run_request(job, holder)
     assert any("77 tokens" in message for message in outcome.warnings), outcome.warnings
     assert outcome.load_seconds > 0
+    loaded = holder.prior
     again = run_request(job, holder)  # the same warning again: reported again, the model not reloaded
-    assert any("77 tokens" in message for message in again.warnings) and again.load_seconds < outcome.load_seconds
+    assert any("77 tokens" in message for message in again.warnings)
+    assert loaded is not None and holder.prior is loaded  # (sub-millisecond load times are no evidence either way)
 
 
 def test_the_cli_prints_the_warnings_of_a_run(tmp_path):
