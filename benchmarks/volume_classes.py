@@ -56,6 +56,7 @@ from napari_treg.operators import VolumeBlur
 from napari_treg.solver import sampler
 from napari_treg.solver.config import TRegSettings
 from napari_treg.solver.posterior import perturb_and_map, proximal_weight
+from napari_treg.solver.sampler import tweedie as clean_estimate  # bound before the lookahead row wraps it
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, schedule_settings
 from napari_treg.solver.timesteps import ddim_steps
 
@@ -225,7 +226,7 @@ class PlaneEvidence:
             for j in range(PLANES)
             if abs(k - j) < window
         }
-        self.a, self.y = a, np.stack([y[:, ch].ravel() for ch in range(y.shape[1])], axis=1)  # (Z * P, C)
+        self.y = np.stack([y[:, ch].ravel() for ch in range(y.shape[1])], axis=1)  # (Z * P, C)
 
     def draw(self, candidates: np.ndarray, start: int, rng: np.random.Generator, sweeps: int) -> list[int]:
         """For one sample: which candidate ``(N, Z, C, P)`` each plane takes, by ``sweeps`` Gibbs sweeps over the
@@ -243,7 +244,7 @@ class PlaneEvidence:
                     axes[i] = count
                     log_w = log_w + (steps[i] @ (self.w_blocks[k].T @ r).T.ravel()).reshape(axes)
                     for j, m in enumerate(planes):
-                        quad = candidates[:, k] @ self.gram[(k, m)] - candidates[choice[k], k] @ self.gram[(k, m)]
+                        quad = steps[i].reshape(count, -1, self.plane) @ self.gram[(k, m)]
                         q = quad.reshape(count, -1) @ steps[j].T  # (N, N): window plane i x window plane j
                         if i == j:
                             log_w = log_w - 0.5 * np.diagonal(q).reshape(axes)
@@ -269,10 +270,9 @@ def look_ahead(prior, z: torch.Tensor, t: int, a_to: float, count: int) -> torch
     for now, later in zip(times[:-1], times[1:]):
         a_now, a_later = float(alphas[now]), float(alphas[later])
         eps = prior.predict_noise(z, int(now), empty).float()
-        x0 = (z - math.sqrt(1 - a_now) * eps) / math.sqrt(a_now)
-        z = math.sqrt(a_later) * x0 + math.sqrt(1 - a_later) * eps
+        z = math.sqrt(a_later) * clean_estimate(z, eps, a_now) + math.sqrt(1 - a_later) * eps
     eps = prior.predict_noise(z, int(times[-1]), empty).float()
-    return (z - math.sqrt(1 - float(alphas[times[-1]])) * eps) / math.sqrt(float(alphas[times[-1]]))
+    return clean_estimate(z, eps, float(alphas[times[-1]]))
 
 
 def lookahead_ensemble(
