@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import tifffile
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from napari.layers import Image
 
@@ -322,6 +322,7 @@ def _valid_ome_tiff(folder) -> bytes:
 
 
 @settings(max_examples=int(os.environ.get("TREG_OME_EXAMPLES", "40")), deadline=None)
+@example(edits=[(0.75, 0), (0.0078125, 1)])  # a header that reads as 6 x 0 pixels (found by hypothesis)
 @given(edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=6))
 def test_a_damaged_ome_tiff_opens_or_is_one_clear_error(tmp_path_factory, edits):
     """Bytes changed anywhere (header, tags, OME-XML, the layer record, pixels): never a traceback."""

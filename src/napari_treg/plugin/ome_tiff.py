@@ -191,16 +191,19 @@ def read_ome_tiff(path: str) -> list[LayerData]:
 
 
 def read_pixels(path: str) -> np.ndarray:
-    """The pixels of ``path``; InvalidInputError naming the file when tifffile cannot decode them."""
+    """The pixels of ``path``; InvalidInputError naming the file when tifffile cannot decode them or finds none."""
     import tifffile
 
     try:
-        return np.asarray(tifffile.imread(path))
+        pixels = np.asarray(tifffile.imread(path))
     except MemoryError:
         raise
     except Exception as error:  # noqa: BLE001 - any decoder failure is a damaged file
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise InvalidInputError(f"cannot read the pixels of {path}: {reason}") from None
+    if pixels.size == 0:  # a damaged header can give an axis of length 0: no layer can show it
+        raise InvalidInputError(f"{path} holds no pixels (shape {pixels.shape}): the file is damaged")
+    return pixels
 
 
 def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
