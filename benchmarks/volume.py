@@ -62,11 +62,12 @@ class ZCoupled(VolumeBlur):
         self.mu = mu
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        dz = x[1:] - x[:-1]
-        dtd = torch.zeros_like(x)
-        dtd[1:] += dz
-        dtd[:-1] -= dz
-        return super().normal(x) + self.mu * dtd
+        volumes = x.unflatten(0, (-1, self.system_planes(len(x))))  # each volume's z-differences alone
+        dz = volumes[:, 1:] - volumes[:, :-1]
+        dtd = torch.zeros_like(volumes)
+        dtd[:, 1:] += dz
+        dtd[:, :-1] -= dz
+        return super().normal(x) + self.mu * dtd.flatten(0, 1)
 
 
 def dense(op: VolumeBlur, shape: tuple[int, ...]) -> np.ndarray:
@@ -208,7 +209,7 @@ def chw(a: np.ndarray) -> np.ndarray:
     return np.moveaxis(a, -1, 1).astype(np.float64)
 
 
-def run_ensemble(c: dict, op, args) -> tuple[dict, float]:
+def run_ensemble(c: dict, op, args, plane_exchange: bool = True) -> tuple[dict, float]:
     image = np.moveaxis(c["y"].numpy(), 1, -1).astype(np.float32)
     started = time.perf_counter()
     ens = ensemble(
@@ -222,6 +223,7 @@ def run_ensemble(c: dict, op, args) -> tuple[dict, float]:
         batch_size=PLANES,
         schedule=args.schedule,
         seed=args.seed,
+        plane_exchange=plane_exchange,
         **({} if args.cg_iterations is None else {"cg_iterations": args.cg_iterations}),
         **({} if args.dc_every is None else {"dc_every": args.dc_every}),
     )
@@ -278,11 +280,15 @@ def table(classes: tuple[str, ...], args) -> list[str]:
     post = exact_posterior(c)
     in_focus = KernelBlur(c["op"].psf[c["op"].depth // 2].numpy())
     rows = [("exact posterior mean (given the classes)", scores(c, post, post[0]), 0.0)]
-    candidates = [("volume solve (VolumeBlur)", c["op"]), ("plane by plane (in-focus slice, KernelBlur)", in_focus)]
-    candidates += [(f"volume + z-coupling mu={mu:g}", ZCoupled(c["op"].psf.numpy(), mu)) for mu in args.couplings]
-    for name, op in candidates:
+    candidates = [
+        ("volume solve (VolumeBlur)", c["op"], True),
+        ("volume solve, each sample alone (plane_exchange=False)", c["op"], False),
+        ("plane by plane (in-focus slice, KernelBlur)", in_focus, True),
+    ]
+    candidates += [(f"volume + z-coupling mu={mu:g}", ZCoupled(c["op"].psf.numpy(), mu), True) for mu in args.couplings]
+    for name, op, exchange in candidates:
         print(f"{classes}: {name}", flush=True)
-        result, seconds = run_ensemble(c, op, args)
+        result, seconds = run_ensemble(c, op, args, exchange)
         rows.append((name, scores(c, post, result["mean"], result["var"], result["interval"]), seconds))
     for iterations in args.rl_iterations:
         estimate, seconds = richardson_lucy(c, iterations)

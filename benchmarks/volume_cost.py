@@ -177,7 +177,7 @@ def fft_normal(operator: VolumeBlur, x: torch.Tensor) -> torch.Tensor:
     from napari_treg.operators import volume
 
     kernel = torch.flip(operator.psf, dims=(0, 1, 2)).to(x)  # a convolution is the flipped correlation
-    forward = volume.fft_correlate_valid(volume.mirror_pad_3d(volume.as_volume(x), kernel.shape), kernel)
+    forward = volume.fft_correlate_valid(volume.mirror_pad_3d(volume.as_volume(x, len(x)), kernel.shape), kernel)
     spread = volume.fft_convolve_full(forward, kernel)
     return volume.as_planes(volume.mirror_pad_3d_adjoint(spread, kernel.shape, tuple(x.shape[-2:]), x.shape[0]))
 

@@ -291,6 +291,7 @@ def ensemble(
     keep_samples: bool = EnsembleSettings.keep_samples,
     prior_sd: float | None = EnsembleSettings.prior_sd,
     holdout: float | None = EnsembleSettings.holdout,
+    plane_exchange: bool = EnsembleSettings.plane_exchange,
     noise_defaults: NoiseDefaults | None = None,
     model: str | DiffusionPrior = "sd15",
     device: str = "auto",
@@ -312,7 +313,9 @@ def ensemble(
     ``holdout`` (a fraction below 0.5, e.g. 0.1; at least 4 samples): first restore
     without that share of the measured values, check how the spread predicts them, and scale the spread of
     invented pixels by the fitted factor (``info["holdout"]``: coverage before and after, factor, values, cost,
-    verdict line; ``uncorrected_std`` keeps the std before; docs/uncertainty.md). Everything is checked
+    verdict line; ``uncorrected_std`` keeps the std before; docs/uncertainty.md). ``plane_exchange``: a z-stack
+    under a :class:`~napari_treg.operators.VolumeBlur` lets its samples trade planes by the measurement's evidence
+    (``info["plane_exchange"]``; docs/uncertainty.md "Volumes"); False: each sample alone. Everything is checked
     before any work; ``cancel`` returns nothing.
 
     Raises
@@ -340,7 +343,9 @@ def ensemble(
     (32, 32)
     """
     started = time.perf_counter()
-    options = EnsembleSettings(samples=samples, keep_samples=keep_samples, prior_sd=prior_sd, holdout=holdout)
+    options = EnsembleSettings(
+        samples=samples, keep_samples=keep_samples, prior_sd=prior_sd, holdout=holdout, plane_exchange=plane_exchange
+    )
     values = {**settings, "noise": noise, **noise_model_values(noise_model)}
     typed = RestoreSettings.from_values(values, "ensemble setting")
     run = prepare(image, operator, typed.run, intensity_range, noise_defaults)

@@ -8,10 +8,13 @@ import torch
 
 from napari_treg import InvalidInputError, restore
 from napari_treg.api import ensemble
-from napari_treg.engine.restorer import Restorer
+from napari_treg.engine import ensemble as engine_ensemble
+from napari_treg.engine import holdout
+from napari_treg.engine.restorer import Restorer, RunSettings, prepare
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.models.chunked import PlaneChunks
 from napari_treg.operators import KernelBlur, VolumeBlur
+from napari_treg.solver import exchange
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
 NOISE = 0.01
@@ -131,7 +134,64 @@ def test_ensemble_of_a_volume_uses_the_3d_operator_for_its_last_step_and_data_sh
     share = ens.data_share
     assert share.shape == image.shape
     assert not np.allclose(share[0], share[1], atol=1e-3)  # the end planes see fewer neighbours: a 3-D map
-    assert ens.info["model_calls"] == 3 * 12 * 2  # samples x steps x chunks of 2 planes: as plane by plane
+    assert ens.info["plane_exchange"]["groups"] == [3]  # the 3 samples trade planes as one batch
+    # steps and 5 look-ahead calls at each of the 2 trades (steps 5 and 7 of 12), the 3 x 4 planes in chunks of 2
+    assert ens.info["model_calls"] == (12 + 2 * exchange.LOOK_AHEAD_STEPS) * 6
+    alone = ensemble(image, op, model=AnalyticPrior(), samples=3, batch_size=2, plane_exchange=False, **COMMON)
+    assert "plane_exchange" not in alone.info
+    assert alone.info["model_calls"] == 3 * 12 * 2  # samples x steps x chunks of 2 planes: as plane by plane
+
+
+def test_the_samples_of_a_volume_trade_at_the_exchange_steps(monkeypatch):
+    image, op = alternating_stack(planes=4)
+    seen = []
+    shipped = exchange.Trade.__call__
+
+    def recording(self, step, z_t, z0, eps, predict):
+        out = shipped(self, step, z_t, z0, eps, predict)
+        if step.index in self.at:
+            seen.append((step.index, len(z0), self.depth, self.moved[-1]))
+        return out
+
+    monkeypatch.setattr(exchange.Trade, "__call__", recording)
+    ensemble(image, op, model=AnalyticPrior(), samples=3, **COMMON)
+    assert [s[:3] for s in seen] == [(5, 12, 4), (7, 12, 4)]  # 3 samples x 4 planes in one batch, twice
+    assert all(0 <= moved <= 12 for *_, moved in seen)
+
+
+def test_an_exchanged_ensemble_is_reproducible_and_differs_from_samples_alone():
+    image, op = alternating_stack(planes=4)
+    before = image.copy()
+    first = ensemble(image, op, model=AnalyticPrior(), samples=3, **COMMON)
+    again = ensemble(image, op, model=AnalyticPrior(), samples=3, **COMMON)
+    alone = ensemble(image, op, model=AnalyticPrior(), samples=3, plane_exchange=False, **COMMON)
+    assert np.array_equal(image, before)
+    assert np.allclose(first.samples, again.samples, atol=1e-6)
+    assert not np.allclose(first.samples, alone.samples, atol=1e-3)
+
+
+def test_more_samples_than_a_group_trade_in_balanced_groups():
+    assert engine_ensemble.exchange_groups(16) == [16]
+    assert engine_ensemble.exchange_groups(17) == [9, 8]
+    assert engine_ensemble.exchange_groups(33) == [11, 11, 11]
+    image, op = alternating_stack(planes=3, size=8)
+    ens = ensemble(image, op, model=AnalyticPrior(), samples=exchange.MAX_GROUP + 1, steps=4, noise=NOISE)
+    assert ens.info["plane_exchange"]["groups"] == [9, 8] and len(ens.samples) == 17
+
+
+def test_2d_and_tiled_ensembles_do_not_exchange():
+    image, op = alternating_stack(planes=4, size=24)
+    tiled = ensemble(image, op, model=AnalyticPrior(), samples=2, tile_size=16, tile_overlap=4, **COMMON)
+    flat = ensemble(image[0], KernelBlur(op.psf[1].numpy()), model=AnalyticPrior(), samples=2, **COMMON)
+    assert "plane_exchange" not in tiled.info and "plane_exchange" not in flat.info
+
+
+def test_the_held_out_check_of_a_volume_solves_the_held_out_stack_as_a_volume():
+    image, op = alternating_stack(planes=4, size=24)
+    run = prepare(image, op, RunSettings(noise=NOISE), (-1.0, 1.0))
+    assert holdout.HoldoutCheck.plan(run, 0.1, NOISE, 0.2, 4).held_out_run().depth == 4  # not plane by plane
+    ens = ensemble(image, op, model=AnalyticPrior(), samples=4, holdout=0.1, **COMMON)
+    assert ens.info["holdout"]["values"] > 0 and "plane_exchange" in ens.info
 
 
 @pytest.mark.parametrize(

@@ -251,8 +251,8 @@ def run_restore(args: argparse.Namespace) -> int:
 
     if "samples" in args:
         return run_ensemble(args)
-    if args.keep_samples or "prior_sd" in args or "holdout" in args:
-        raise UsageError("--keep-samples, --prior-sd and --holdout need --samples N (an ensemble)")
+    if args.keep_samples or any(name in args for name in ("prior_sd", "holdout", "plane_exchange")):
+        raise UsageError("--keep-samples, --prior-sd, --[no-]plane-exchange, --holdout need --samples N (an ensemble)")
     image = io.read_image(args.input)
     operator = operator_from_args(args)
     planned = [outputs.Output("-o", Path(args.output), outputs.result_shape(image, args.rgb, operator.image_hw))]
@@ -322,7 +322,9 @@ def run_ensemble(args: argparse.Namespace) -> int:
     if args.info is not None:
         planned.append(outputs.Output("--info", Path(args.info)))
     outputs.check_outputs(planned, [args.input, args.mask, args.kernel])
-    options = {name: getattr(args, name) for name in ("samples", "prior_sd", "holdout") if name in args}
+    options = {
+        name: getattr(args, name) for name in ("samples", "prior_sd", "holdout", "plane_exchange") if name in args
+    }
     with ProgressBar(enabled=not args.quiet, desc=f"restore x{args.samples}") as bar:
         result = ensemble(
             image,

@@ -56,6 +56,7 @@ from napari_treg.settings import check_number, setting, spec_named, validate
 from napari_treg.solver.config import TRegSettings
 from napari_treg.solver.conflict import ConflictLog, TextConflict
 from napari_treg.solver.divergence import check_finite
+from napari_treg.solver.exchange import LOOK_AHEAD_STEPS, MAX_GROUP, PlaneExchange
 from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.posterior import (
     DATA_SHARE_PROBES,
@@ -114,6 +115,12 @@ class EnsembleSettings:
         "scale the spread of invented pixels by what it finds (docs/uncertainty.md); below 0.5, at least 4 samples",
         positive=True,
         maximum=0.5,
+    )
+    plane_exchange: bool = setting(
+        True,
+        "a z-stack under a 3-D PSF (VolumeBlur): the samples trade planes by the measurement's evidence at a "
+        "few steps (napari_treg.solver.exchange), so a plane whose content the data decide is not stuck on "
+        "the wrong side; one Gaussian noise level, untiled, method treg",
     )
 
     def __post_init__(self) -> None:
@@ -236,17 +243,20 @@ def ensemble_prepared(
     prior_sd, prior_sd_source = prior_sd_of(restorer.prior, options, run.layout.channels)
     check_noise_over_prior_sd(noise, prior_sd, prior_sd_source)
     batch_size = restorer.batch_size(replicate(run, 0, options.samples, options.samples))
-    chunks = sample_chunks(options, batch_size, run)
+    exchange = PlaneExchange(noise, prior_sd) if exchanges_planes(run, options, restorer.method) else None
+    chunks = sample_chunks(options, batch_size, run, exchange is not None)
     cancel_check = functools.partial(raise_if, is_cancelled)
-    main = calibrated(restorer, noise, prior_sd, run.variance, cancel_check)
+    main = calibrated(restorer, noise, prior_sd, run.variance, cancel_check, exchange)
     free = text_free(restorer)
-    passes = [main] if free is None else [main, calibrated(free, noise, prior_sd, run.variance, cancel_check)]
+    passes = [main] if free is None else [main, calibrated(free, noise, prior_sd, run.variance, cancel_check, exchange)]
     check = (
         None
         if options.holdout is None
         else holdout.HoldoutCheck.plan(run, options.holdout, noise, prior_sd, options.samples)
     )
     steps = functools.partial(pass_steps, run=run, chunks=chunks, batch_size=batch_size)
+    calls = functools.partial(pass_model_calls, run=run, chunks=chunks, batch_size=batch_size)
+    model_calls = sum(calls(r) for r in passes) + (0 if check is None else calls(main))
     extra = 0 if check is None else steps(main)  # the check's own pass
     relay = StepOffset(callback, extra + sum(steps(r) for r in passes))
     work = functools.partial(
@@ -280,13 +290,14 @@ def ensemble_prepared(
         replaced=replaced_settings(restorer, main),
         text_influence=free is not None,
         text_conflict=text_conflict(restorer, conflicts, options.samples),
-        model_calls=relay.total * restorer.calls_per_step(run, batch_size) if restorer.method in MODEL_METHODS else 0,
+        model_calls=model_calls,
         seconds=seconds,
         seconds_per_sample=seconds / options.samples,
         settings=restorer.provenance(run, batch_size, mean, seconds),
         noise_model=None if run.noise_model is None else run.noise_model_info(),
         holdout=None if check is None else check.summary,
         calibration=calibration_info(restorer.config, restorer.method),
+        plane_exchange=None if exchange is None else exchange.summary([count for _, count in chunks]),
     )
     layout = run.layout
     return Ensemble(
@@ -389,7 +400,8 @@ def check_ensemble(run: Run, options: EnsembleSettings) -> tuple[float, str]:
                 "use holdout with one Gaussian noise level, or no holdout"
             )
         holdout.hidden_map(run, options.holdout)  # refuses a run with too few values to hold out
-    needed = ensemble_host_bytes(run, options)
+    per_call = max(exchange_groups(options.samples)) if exchanges_planes(run, options, "treg") else 1
+    needed = ensemble_host_bytes(run, options, per_call)
     available = available_host_bytes()
     if available is not None and needed > HOST_MEMORY_SHARE * available:
         hw = run.operator.image_hw(run.layout.hw)
@@ -483,6 +495,7 @@ def calibrated(
     prior_sd: float,
     variance: NoiseVariance | None = None,
     check: Callable[[], None] | None = None,
+    exchange: PlaneExchange | None = None,
 ) -> Restorer:
     """``restorer``'s ensemble variant: its samples end with the noise-aware data step, and use the data once.
 
@@ -501,7 +514,7 @@ def calibrated(
     ``cg_lambda`` or ``dc_until`` given explicitly and replaced: a warning says so, and ``info["replaced"]``.
     With photon noise (``variance``), ``noise`` is the floor's sd, and the last step perturbs and
     weighs each value by its own variance. ``check()`` is called in every CG iteration of the last
-    step (a cancel raises from it).
+    step (a cancel raises from it). ``exchange``: the samples of a volume trade planes (solver/exchange.py).
     """
     given = restorer.config
     config = sample_settings(given, noise, prior_sd)
@@ -520,7 +533,7 @@ def calibrated(
     finish = functools.partial(
         noise_aware_step, noise=noise, prior_sd=prior_sd, device=restorer.prior.device, variance=variance, check=check
     )
-    return restorer.variant(config, finish)
+    return restorer.variant(config, finish, exchange)
 
 
 def sample_settings(config: TRegSettings, noise: float, prior_sd: float) -> TRegSettings:
@@ -587,20 +600,62 @@ def replicate(run: Run, first: int, count: int, samples: int) -> Run:
     return replace(run, measured=np.tile(run.measured, (count, 1, 1, 1)), options=options, seed_of=seed_of)
 
 
-def sample_chunks(options: EnsembleSettings, batch_size: int, run: Run) -> list[tuple[int, int]]:
+def exchanges_planes(run: Run, options: EnsembleSettings, method: str) -> bool:
+    """Whether the ensemble's samples trade planes (:mod:`napari_treg.solver.exchange`): a volume solve
+    (``run.depth``) untiled, with one Gaussian noise level, by TReg, and ``plane_exchange`` set."""
+    plain_volume = run.depth is not None and run.plan is None and run.variance is None
+    return options.plane_exchange and plain_volume and method == "treg"
+
+
+def exchange_groups(samples: int) -> list[int]:
+    """Sizes of the groups of samples that trade planes together: balanced, at most ``MAX_GROUP`` each."""
+    count = math.ceil(samples / MAX_GROUP)
+    return [samples // count + (1 if k < samples % count else 0) for k in range(count)]
+
+
+def sample_chunks(
+    options: EnsembleSettings, batch_size: int, run: Run, exchange: bool = False
+) -> list[tuple[int, int]]:
     """``(first, count)`` of the samples solved in one call: a batch's worth of samples, or one sample at a
-    time when tiled (the tiles of one sample are batched), so memory stays that of one tiled restore."""
+    time when tiled (the tiles of one sample are batched), so memory stays that of one tiled restore; with a
+    plane ``exchange``, each group of samples that trade (:func:`exchange_groups`)."""
+    if exchange:
+        sizes = exchange_groups(options.samples)
+        return [(sum(sizes[:k]), size) for k, size in enumerate(sizes)]
     planes = len(run.measured)
     per_call = 1 if run.plan is not None else max(1, batch_size // planes)
     return [(first, min(per_call, options.samples - first)) for first in range(0, options.samples, per_call)]
 
 
+def chunk_runs(run: Run, chunks: list[tuple[int, int]]) -> list[Run]:
+    """Stand-ins of the runs of each chunk of samples, for counting (their planes hold no values)."""
+    planes = len(run.measured)
+    return [replace(run, measured=np.empty((count * planes, 0, 0, 0))) for _, count in chunks]
+
+
 def pass_steps(restorer: Restorer, run: Run, chunks: list[tuple[int, int]], batch_size: int) -> int:
     """Sampler steps of one pass over the samples (one batched model call each for TReg)."""
-    planes = len(run.measured)
-    replicated = (replace(run, measured=np.empty((count * planes, 0, 0, 0))) for _, count in chunks)
-    per_call = restorer.planes_per_call(run, batch_size)
-    return sum(restorer.config.steps * sum(math.ceil(s / per_call) for s in r.unit_sizes()) for r in replicated)
+    total = 0
+    for part in chunk_runs(run, chunks):
+        per_call = restorer.planes_per_call(part, batch_size)
+        total += restorer.config.steps * sum(math.ceil(s / per_call) for s in part.unit_sizes())
+    return total
+
+
+def pass_model_calls(restorer: Restorer, run: Run, chunks: list[tuple[int, int]], batch_size: int) -> int:
+    """Model calls of one pass: each sampler step's (a volume's chunks of ``batch_size`` planes), and each
+    plane exchange's look-aheads."""
+    if restorer.method not in MODEL_METHODS:
+        return 0
+    total = 0
+    for part, (_, count) in zip(chunk_runs(run, chunks), chunks):
+        per_call = restorer.planes_per_call(part, batch_size)
+        sampler_calls = sum(math.ceil(s / per_call) for s in part.unit_sizes())
+        steps = restorer.config.steps
+        if restorer.exchange is not None and count > 1:
+            steps += len(restorer.exchange.trade_steps(steps)) * LOOK_AHEAD_STEPS
+        total += steps * sampler_calls * restorer.calls_per_step(part, batch_size)
+    return total
 
 
 class StepOffset:
@@ -639,7 +694,7 @@ def run_pass(
     kept = None
     for first, count in chunks:
         part = replicate(run, first, count, samples)
-        per_call = restorer.planes_per_call(run, batch_size)
+        per_call = restorer.planes_per_call(part, batch_size)
         reporter = Reporter(part, per_call, restorer.config.steps, relay.for_call(), is_cancelled, restorer.preview)
         planes = restorer.solve_run(part, batch_size, reporter, conflicts)
         raise_if(is_cancelled)

@@ -173,15 +173,16 @@ class HoldoutCheck:
         """A variant of an ensemble's restorer whose last step ``step`` (with the model's spread) also records
         each sample's prediction of the held-out values."""
         first_seed = self.run.options.seed
+        full = self.run.operator.stacked(len(self.run.measured))  # the batch's volumes, each measured alone
 
         def record(x: torch.Tensor, y: torch.Tensor, operator: LinearOperator, seeds: list[int]) -> torch.Tensor:
             out = step(x, y, operator, seeds, prior_sd=self.prior_sd)
-            predicted = self.run.operator.forward(out.double()).numpy()[..., self.hidden]  # (B, C, held out)
+            predicted = full.forward(out.double()).numpy()[..., self.hidden]  # (B, C, held out)
             for seed, values in zip(seeds, predicted):
                 self.predictions[seed - first_seed] = values
             return out
 
-        return restorer.variant(restorer.config, record)
+        return restorer.variant(restorer.config, record, restorer.exchange)
 
     def fit(self, seconds: float, model_calls: int) -> None:
         """Fit the factor on the recorded predictions; fills :attr:`summary`."""
@@ -227,7 +228,7 @@ class Correction:
         self.prior_sums: list[Any] = [0.0] * planes  # sum of the sampler's samples per plane (model units)
         self.plain: list[list[np.ndarray]] = [[] for _ in range(planes)]  # uncorrected sums and squares
         self.count = [0] * planes
-        self.restorer = restorer.variant(restorer.config, self.finish)
+        self.restorer = restorer.variant(restorer.config, self.finish, restorer.exchange)
 
     def finish(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator, seeds: list[int]) -> torch.Tensor:
         check = self.check

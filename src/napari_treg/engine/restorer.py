@@ -43,6 +43,7 @@ from napari_treg.settings import check_text, from_values, optional_like, setting
 from napari_treg.solver import TRegSettings, get_method
 from napari_treg.solver.conflict import ConflictLog, TextConflict
 from napari_treg.solver.divergence import check_finite
+from napari_treg.solver.exchange import PlaneExchange
 from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.schedules import DEFAULT_SCHEDULE, method_config
 
@@ -392,6 +393,7 @@ class Restorer:
         negative_prompt: str | None = "",
         finish: FinishHook | None = None,
         embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        exchange: PlaneExchange | None = None,
     ):
         if not isinstance(prior, DiffusionPrior):
             raise InvalidInputError(f"prior must be a DiffusionPrior (see load_model), got {type(prior).__name__}")
@@ -405,10 +407,14 @@ class Restorer:
             embeddings = (prior.embed_text([self.prompt]), prior.embed_text([self.negative_prompt]))
         self.text, self.null = embeddings
         self._finish = finish  # the last step of every batch's samples (an ensemble's variant), or None
+        #: the plane exchange of an ensemble's volume samples solved together (solver/exchange.py), or None
+        self.exchange = exchange
 
-    def variant(self, config: TRegSettings, finish: FinishHook | None = None) -> Restorer:
-        """This restorer with another config and last step (an ensemble's): the same prior, method and
-        text, and the same text embeddings (nothing is embedded again). This restorer is not changed."""
+    def variant(
+        self, config: TRegSettings, finish: FinishHook | None = None, exchange: PlaneExchange | None = None
+    ) -> Restorer:
+        """This restorer with another config, last step and plane exchange (an ensemble's): the same prior,
+        method and text, and the same text embeddings (nothing is embedded again). This restorer is not changed."""
         return Restorer(
             self.prior,
             config,
@@ -417,6 +423,7 @@ class Restorer:
             negative_prompt=self.negative_prompt,
             finish=finish,
             embeddings=(self.text, self.null),
+            exchange=exchange,
         )
 
     def restore(
@@ -618,17 +625,21 @@ class Restorer:
         text-conflict evidence of every batch; ``variance``: photon noise (None: one Gaussian level).
         ``depth``: the planes are volumes of ``depth``
         consecutive planes (an operator that couples planes), each solved as one batch whose
-        model calls take ``batch_size`` planes at a time (engine/volume.py).
+        model calls take ``batch_size`` planes at a time (engine/volume.py); with a plane exchange all the
+        volumes of the call are one batch, each measured alone, and trade planes (solver/exchange.py).
         """
-        group, prior = batch_size, self.prior
+        group, prior, exchange_depth = batch_size, self.prior, None
         if depth is not None:
-            group, prior = depth, PlaneChunks(self.prior, batch_size, depth)
+            group = depth
+            if self.exchange is not None:
+                group, exchange_depth, operator = len(planes), depth, operator.stacked(depth)
+            prior = PlaneChunks(self.prior, batch_size, group)
         results = []
         for first in range(0, len(planes), group):
             y = torch.from_numpy(np.ascontiguousarray(planes[first : first + group]))
             callback = None if hook is None else functools.partial(hook, first, len(y))
             batch_seeds = seeds[first : first + len(y)]
-            batch = self.solve_batch(y, operator, batch_seeds, callback, conflicts, variance, prior)
+            batch = self.solve_batch(y, operator, batch_seeds, callback, conflicts, variance, prior, exchange_depth)
             results.append(to_output(batch))
         return np.concatenate(results)
 
@@ -641,11 +652,14 @@ class Restorer:
         conflicts: ConflictLog | None = None,
         variance: NoiseVariance | None = None,
         prior: DiffusionPrior | None = None,
+        exchange_depth: int | None = None,
     ) -> torch.Tensor:
         """One batch ``(B, C, h, w)``, plane ``k`` with ``seeds[k]``: pad to the model's size multiple, sample,
         crop back (model units).
 
         ``prior``: the model as the sampler calls it (a volume's :class:`PlaneChunks`); default the restorer's.
+        ``exchange_depth``: the batch is volumes of that many planes (samples of one measurement) that trade
+        planes by the restorer's :attr:`exchange`.
         """
         measurement_hw = (int(y.shape[-2]), int(y.shape[-1]))
         image_hw = operator.image_hw(measurement_hw)
@@ -656,8 +670,15 @@ class Restorer:
         batch = y.shape[0]
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         check = None if conflicts is None else conflicts.check(self.prior, padded, y_model)
+        prior = self.prior if prior is None else prior
+        extra: dict[str, Any] = {} if variance is None else {"variance": variance}
+        if exchange_depth is not None and self.exchange is not None:
+            one_volume = imaging.mirror_pad(y[:exchange_depth], pad_h, pad_w).to(self.prior.device)
+            extra["exchange"] = self.exchange.bind(
+                prior, padded, one_volume, exchange_depth, seeds[0], self.config.steps
+            )
         x = self.sampler(
-            self.prior if prior is None else prior,
+            prior,
             y_model,
             padded,
             padded_hw,
@@ -666,7 +687,7 @@ class Restorer:
             config=self.config,
             generators=generators,
             callback=both(callback, check),
-            **({} if variance is None else {"variance": variance}),
+            **extra,
         )
         if conflicts is not None:
             conflicts.add(check)
@@ -681,15 +702,16 @@ class Restorer:
         plane = run.to_output(x)[0]
         return np.moveaxis(plane, 0, -1) if run.layout.rgb else plane[0]
 
-    @staticmethod
-    def planes_per_call(run: Run, batch_size: int) -> int:
-        """Planes the sampler holds at once: a whole volume when the operator couples planes, else a batch."""
-        return batch_size if run.depth is None else run.depth
+    def planes_per_call(self, run: Run, batch_size: int) -> int:
+        """Planes the sampler holds at once: a batch; a whole volume when the operator couples planes; all the
+        run's volumes (an ensemble's samples) with a plane exchange."""
+        if run.depth is None:
+            return batch_size
+        return len(run.measured) if self.exchange is not None else run.depth
 
-    @staticmethod
-    def calls_per_step(run: Run, batch_size: int) -> int:
-        """Model calls of one sampler step: 1, or a volume's chunks of ``batch_size`` planes."""
-        return 1 if run.depth is None else math.ceil(run.depth / batch_size)
+    def calls_per_step(self, run: Run, batch_size: int) -> int:
+        """Model calls of one sampler step: 1, or the chunks of ``batch_size`` planes of what the sampler holds."""
+        return 1 if run.depth is None else math.ceil(self.planes_per_call(run, batch_size) / batch_size)
 
     def batch_size(self, run: Run) -> int:
         """The run's batch size as a number: ``"auto"`` asks the device how many planes fit."""

@@ -195,10 +195,12 @@ class EnsembleInfo:
     holdout: dict[str, Any] | None = None
     #: whether its steps reach those from which its spread is calibrated (napari_treg.engine.calibration)
     calibration: dict[str, Any] | None = None
+    #: how the samples of a volume traded planes (napari_treg.solver.exchange), None when they did not
+    plane_exchange: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """``Ensemble.info``: plain JSON, the optional parts only where the ensemble had them."""
-        optional = ("noise_model", "holdout", "calibration")
+        optional = ("noise_model", "holdout", "calibration", "plane_exchange")
         info = {f.name: json_value(getattr(self, f.name)) for f in fields(self) if f.name not in optional}
         return {**info, **present(self, optional)}
 

@@ -39,6 +39,18 @@ class LinearOperator(ABC):
         """Whether ``A`` mixes the planes of the batch axis (a 3-D blur of a z-stack); False: per plane."""
         return False
 
+    def system_planes(self, batch: int) -> int:
+        """Planes of a batch of ``batch`` that form one linear system (one volume): ``batch`` when ``A``
+        couples planes, else 1 (each plane its own)."""
+        return batch if self.couples_planes else 1
+
+    def stacked(self, depth: int) -> LinearOperator:
+        """The operator for volumes of ``depth`` planes one after another on the batch axis, each measured
+        alone (the samples of an ensemble solved together); an operator that works per plane is its own."""
+        if self.couples_planes:
+            raise NotImplementedError(f"{type(self).__name__} cannot measure stacked volumes")
+        return self
+
     @property
     def upscale(self) -> int:
         """How many times larger, per image axis, the restored image is than the measurement (1 here)."""

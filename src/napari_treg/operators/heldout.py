@@ -46,6 +46,16 @@ class HeldOut(LinearOperator):
     def upscale(self) -> int:
         return self.inner.upscale
 
+    @property
+    def couples_planes(self) -> bool:
+        return self.inner.couples_planes
+
+    def system_planes(self, batch: int) -> int:
+        return self.inner.system_planes(batch)
+
+    def stacked(self, depth: int) -> LinearOperator:
+        return HeldOut(self.inner.stacked(depth), self.hidden)
+
     def check_image_hw(self, image_hw: tuple[int, int]) -> None:
         self.inner.check_image_hw(image_hw)
         if tuple(self.inner.measurement_hw(image_hw)) != self.hidden.shape:

@@ -17,6 +17,8 @@ together with its exact adjoint.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,10 +64,22 @@ class VolumeBlur(LinearOperator):
         self.source = source
         self.voxel_size = None if voxel_size is None else check_voxel_size(voxel_size, "the PSF's voxel size")
         self._flipped = DeviceCopies(torch.flip(self.psf, dims=(0, 1, 2)))  # convolution = flipped correlation
+        self.volume_planes: int | None = None  # planes of each volume on the batch axis; None: the whole batch
 
     @property
     def couples_planes(self) -> bool:
         return True
+
+    def system_planes(self, batch: int) -> int:
+        return batch if self.volume_planes is None else self.volume_planes
+
+    def stacked(self, depth: int) -> VolumeBlur:
+        """This blur for volumes of ``depth`` planes one after another on the batch axis, each blurred alone."""
+        if int(depth) < 1:
+            raise InvalidInputError(f"a volume has at least one plane, got depth {depth!r}")
+        volumes = copy.copy(self)
+        volumes.volume_planes = int(depth)
+        return volumes
 
     @property
     def depth(self) -> int:
@@ -88,37 +102,42 @@ class VolumeBlur(LinearOperator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self._flipped.like(x)
-        padded = mirror_pad_3d(as_volume(x), kernel.shape)
+        padded = mirror_pad_3d(as_volume(x, self.system_planes(len(x))), kernel.shape)
         if uses_fft(x):
             return as_planes(fft_correlate_valid(padded, kernel))
         return as_planes(F.conv3d(padded, channel_weight(kernel, x.shape[1]), groups=x.shape[1]))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         kernel = self._flipped.like(y)
+        depth = self.system_planes(len(y))
+        volumes = as_volume(y, depth)
         if uses_fft(y):
-            spread = fft_convolve_full(as_volume(y), kernel)
+            spread = fft_convolve_full(volumes, kernel)
         else:
             # conv_transpose3d(y, k) = conv3d(y zero-padded by the kernel size - 1, k flipped); faster on CPU
             reach = [side - 1 for side in reversed(kernel.shape) for _ in (0, 1)]
             flipped = torch.flip(kernel, dims=(0, 1, 2))
-            spread = F.conv3d(F.pad(as_volume(y), reach), channel_weight(flipped, y.shape[1]), groups=y.shape[1])
-        return as_planes(mirror_pad_3d_adjoint(spread, kernel.shape, tuple(y.shape[-2:]), y.shape[0]))
+            spread = F.conv3d(F.pad(volumes, reach), channel_weight(flipped, y.shape[1]), groups=y.shape[1])
+        return as_planes(mirror_pad_3d_adjoint(spread, kernel.shape, tuple(y.shape[-2:]), depth))
 
     def __repr__(self) -> str:
         kz, ky, kx = self.psf.shape
         voxel = "" if self.voxel_size is None else f", voxel_size={self.voxel_size}"
         source = "" if self.source is None else f", source={self.source!r}"
-        return f"VolumeBlur(psf={kz}x{ky}x{kx}{voxel}{source})"
+        stacked = "" if self.volume_planes is None else f", stacked volumes of {self.volume_planes} planes"
+        return f"VolumeBlur(psf={kz}x{ky}x{kx}{voxel}{source}{stacked})"
 
 
-def as_volume(planes: torch.Tensor) -> torch.Tensor:
-    """``(Z, C, H, W)`` -> ``(1, C, Z, H, W)`` (planes become the depth axis of conv3d)."""
-    return planes.transpose(0, 1).unsqueeze(0)
+def as_volume(planes: torch.Tensor, depth: int) -> torch.Tensor:
+    """``(N * depth, C, H, W)`` -> ``(N, C, depth, H, W)``: each run of ``depth`` planes becomes a volume of conv3d."""
+    if len(planes) % depth:
+        raise InvalidInputError(f"{len(planes)} planes are not whole volumes of {depth} planes")
+    return planes.unflatten(0, (-1, depth)).transpose(1, 2)
 
 
-def as_planes(volume: torch.Tensor) -> torch.Tensor:
+def as_planes(volumes: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`as_volume`."""
-    return volume[0].transpose(0, 1).contiguous()
+    return volumes.transpose(1, 2).flatten(0, 1).contiguous()
 
 
 def channel_weight(kernel: torch.Tensor, channels: int) -> torch.Tensor:
@@ -130,14 +149,14 @@ def _axis_indices(kernel_shape, sizes, device) -> list[torch.Tensor]:
 
 
 def mirror_pad_3d(volume: torch.Tensor, kernel_shape) -> torch.Tensor:
-    """Mirror-pad ``(1, C, Z, H, W)`` by the kernel's reach on every axis (a gather)."""
+    """Mirror-pad ``(N, C, Z, H, W)`` by the kernel's reach on every axis (a gather)."""
     for dim, index in zip((2, 3, 4), _axis_indices(kernel_shape, volume.shape[2:], volume.device)):
         volume = torch.index_select(volume, dim, index)
     return volume
 
 
 def mirror_pad_3d_adjoint(padded: torch.Tensor, kernel_shape, hw: tuple[int, int], planes: int) -> torch.Tensor:
-    """Adjoint of :func:`mirror_pad_3d`: scatter-add the padded volume back onto ``planes x hw``."""
+    """Adjoint of :func:`mirror_pad_3d`: scatter-add the padded volumes back onto ``planes x hw`` each."""
     sizes = (planes, *hw)
     for dim, index, size in reversed(list(zip((2, 3, 4), _axis_indices(kernel_shape, sizes, padded.device), sizes))):
         padded = scatter_axis(padded, index, dim, size)

@@ -7,6 +7,7 @@ the current estimate ``x0``.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -14,14 +15,13 @@ import torch
 from napari_treg.operators import LinearOperator
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample inner products, shaped ``(B, 1, 1, 1)`` for broadcasting."""
-    return (a * b).flatten(1).sum(dim=1).view(-1, 1, 1, 1)
-
-
-def _volume_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """One inner product over the whole batch (a z-stack solved as one volume), shaped ``(1, 1, 1, 1)``."""
-    return (a * b).sum().view(1, 1, 1, 1)
+def system_dot(a: torch.Tensor, b: torch.Tensor, planes: int) -> torch.Tensor:
+    """Inner products of each system of ``planes`` consecutive planes (1: each plane; a volume's depth: each
+    volume), repeated over its planes: shaped ``(B, 1, 1, 1)`` for broadcasting."""
+    if planes == 1:
+        return (a * b).flatten(1).sum(dim=1).view(-1, 1, 1, 1)
+    per_system = (a * b).reshape(len(a) // planes, -1).sum(dim=1)
+    return per_system.repeat_interleave(planes).view(-1, 1, 1, 1)
 
 
 def conjugate_gradient(
@@ -30,17 +30,17 @@ def conjugate_gradient(
     x: torch.Tensor,
     iterations: int,
     *,
-    volume: bool = False,
+    planes: int = 1,
     check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """Solve ``apply(x) = rhs`` (symmetric positive definite) for each sample of a batch.
+    """Solve ``apply(x) = rhs`` (symmetric positive definite) for each system of a batch.
 
     Starts at ``x``, runs a fixed number of iterations (no host synchronisation),
-    and stops updating a sample once its residual is exactly zero. ``volume``: the batch is
-    the planes of one volume, solved as one system (one inner product over all planes).
+    and stops updating a system once its residual is exactly zero. ``planes``: each run of that
+    many consecutive planes is one system (a volume: one inner product over its planes); 1: each plane.
     ``check()`` is called before every iteration (it may raise, e.g. :class:`~napari_treg.errors.Cancelled`).
     """
-    dot = _volume_dot if volume else _dot
+    dot = functools.partial(system_dot, planes=planes)
     r = rhs - apply(x)
     p = r.clone()
     rr = dot(r, r)
@@ -71,17 +71,18 @@ def data_consistency(
     """``argmin_x ||y - A x||_W^2 + lam ||x - x0||^2`` by CG started at ``x0``.
 
     ``weights``: ``W`` per measured value, shaped like ``y`` (None: ``W = I``, the plain solve).
-    An operator that couples planes (``couples_planes``, e.g. a 3-D blur) is solved over the
-    whole batch as one volume; any other, plane by plane. ``check``: see :func:`conjugate_gradient`.
+    An operator that couples planes (``couples_planes``, e.g. a 3-D blur) is solved per volume
+    (``system_planes``: the whole batch, or each of its stacked volumes); any other, plane by plane.
+    ``check``: see :func:`conjugate_gradient`.
     """
-    volume = operator.couples_planes
+    planes = operator.system_planes(len(x0))
     if weights is None:
         rhs = operator.adjoint(y) + lam * x0
         apply = lambda v: operator.normal(v) + lam * v  # noqa: E731
-        return conjugate_gradient(apply, rhs, x0, iterations, volume=volume, check=check)
+        return conjugate_gradient(apply, rhs, x0, iterations, planes=planes, check=check)
     rhs = operator.adjoint(weights * y) + lam * x0
 
     def weighted(v):
         return operator.adjoint(weights * operator.forward(v)) + lam * v
 
-    return conjugate_gradient(weighted, rhs, x0, iterations, volume=volume, check=check)
+    return conjugate_gradient(weighted, rhs, x0, iterations, planes=planes, check=check)

@@ -39,6 +39,7 @@ What each step computes (the equation it implements):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -54,6 +55,9 @@ from napari_treg.solver.noise_weights import NoiseVariance
 from napari_treg.solver.timesteps import Step, ddim_steps
 
 Callback = Callable[[dict], None]
+#: ``exchange(step, z_t, z0, eps, predict) -> (z0, eps)``: a hook that may replace the step's estimate and noise
+#: (the ensemble's plane exchange, :mod:`napari_treg.solver.exchange`); ``predict(z, t)`` is the guided noise
+Exchange = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
@@ -69,6 +73,7 @@ def treg_sample(
     generators: list[torch.Generator] | None = None,
     callback: Callback | None = None,
     variance: NoiseVariance | None = None,
+    exchange: Exchange | None = None,
 ) -> torch.Tensor:
     """Restore images ``(B, 3, H, W)`` in [-1, 1] from measurements ``y = A x + n``.
 
@@ -79,6 +84,7 @@ def treg_sample(
     (None at guidance 0) of its one model call; it may raise to stop the run (this is how cancelling works).
     ``variance``: per-value noise (photon noise); every data step then weighs each measured value by
     ``1 / var(A x0)`` at its current estimate ``x0`` (None: one Gaussian level, ``W = I``).
+    ``exchange``: called after every step's Tweedie estimate (:data:`Exchange`), e.g. the plane exchange.
     """
     steps = ddim_steps(prior.schedule, config.steps, config.dc_every, config.dc_until)
     batch = y.shape[0]
@@ -95,6 +101,9 @@ def treg_sample(
         eps_free, eps_text = noise_predictions(prior, z_t, step.t, text, null, config.guidance)
         eps = guide(eps_free, eps_text, config.guidance)
         z0 = tweedie(z_t, eps, step.a)
+        if exchange is not None:
+            predict = functools.partial(guided_noise, prior, text=text, null=null, guidance=config.guidance)
+            z0, eps = exchange(step, z_t, z0, eps, predict)
         if step.data_consistency:
             x0 = prior.decode(z0).float()
             x0y = data_step(operator, y, x0, config, variance)
