@@ -167,3 +167,4 @@ def test_look_ahead_makes_its_model_calls_and_reuses_the_step_noise():
 def test_trades_happen_at_the_fractions_of_the_steps():
     assert PlaneExchange(0.01, 0.2).trade_steps(100) == {40, 55, 59}
     assert PlaneExchange(0.01, 0.2).trade_steps(12) == {5, 7}
+    assert PlaneExchange(0.01, 0.2).trade_steps(1) == {0}  # no step index past the last

@@ -70,7 +70,7 @@ class PlaneExchange:
 
     def trade_steps(self, steps: int) -> frozenset[int]:
         """Indices of the sampler steps (of ``steps``) at which the samples trade."""
-        return frozenset(int(round(f * steps)) for f in EXCHANGE_AT)
+        return frozenset(index for index in (int(round(f * steps)) for f in EXCHANGE_AT) if index < steps)
 
     @property
     def look_ahead_variance(self) -> float:
@@ -210,9 +210,16 @@ def gibbs_choice(linear: np.ndarray, gram: np.ndarray, own: int, rng: np.random.
     return choice
 
 
-def window_log_weights(linear, gram, choice, window, outside, everyone) -> np.ndarray:
+def window_log_weights(
+    linear: np.ndarray,
+    gram: np.ndarray,
+    choice: np.ndarray,
+    window: np.ndarray,
+    outside: np.ndarray,
+    everyone: np.ndarray,
+) -> np.ndarray:
     """The log evidence (up to a constant) of every choice of candidates ``(N,) * width`` for the planes of
-    ``window``, the other planes keeping ``choice``."""
+    ``window``, the other planes (``outside``) keeping ``choice``; ``everyone``: the sample indices as a column."""
     n, width = len(linear), len(window)
     unary = linear[:, window] - 0.5 * gram[everyone, window, everyone, window]  # (N, width)
     if len(outside):
