@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_treg.errors import InvalidInputError
+from napari_treg.errors import Cancelled, InvalidInputError
 from napari_treg.models.analytic import AnalyticPrior
 from napari_treg.operators import GaussianBlur, VolumeBlur
 from napari_treg.operators.heldout import HeldOut
@@ -162,6 +162,20 @@ def test_look_ahead_makes_its_model_calls_and_reuses_the_step_noise():
     calls.clear()
     late = look_ahead(prior, predict, z, 50, eps)  # already past abar 0.8: the step's own estimate
     assert calls == [] and torch.allclose(late, tweedie(z, eps, float(abar[50])))
+
+
+def test_a_cancel_stops_the_evidence_solves():
+    op, candidates, y = small_case()
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        evidence_terms(op.stacked(3), y, candidates, PlaneExchange(0.1, 0.5, cancel))
+    assert len(calls) == 3  # raised inside the first solve, not after all of them
 
 
 def test_trades_happen_at_the_fractions_of_the_steps():

@@ -243,9 +243,10 @@ def ensemble_prepared(
     prior_sd, prior_sd_source = prior_sd_of(restorer.prior, options, run.layout.channels)
     check_noise_over_prior_sd(noise, prior_sd, prior_sd_source)
     batch_size = restorer.batch_size(replicate(run, 0, options.samples, options.samples))
-    exchange = PlaneExchange(noise, prior_sd) if exchanges_planes(run, options, restorer.method) else None
-    chunks = sample_chunks(options, batch_size, run, exchange is not None)
     cancel_check = functools.partial(raise_if, is_cancelled)
+    trades = exchanges_planes(run, options, restorer.method)
+    exchange = PlaneExchange(noise, prior_sd, cancel_check) if trades else None
+    chunks = sample_chunks(options, batch_size, run, trades)
     main = calibrated(restorer, noise, prior_sd, run.variance, cancel_check, exchange)
     free = text_free(restorer)
     passes = [main] if free is None else [main, calibrated(free, noise, prior_sd, run.variance, cancel_check, exchange)]

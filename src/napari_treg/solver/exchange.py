@@ -63,10 +63,12 @@ Predict = Callable[[torch.Tensor, int], torch.Tensor]
 
 @dataclass(frozen=True)
 class PlaneExchange:
-    """The exchange of an ensemble whose measurement has noise sd ``noise`` and whose prior has sd ``prior_sd``."""
+    """The exchange of an ensemble whose measurement has noise sd ``noise`` and whose prior has sd ``prior_sd``;
+    ``check()`` is called in every CG iteration of the evidence's solves (a cancel raises from it)."""
 
     noise: float
     prior_sd: float
+    check: Callable[[], None] | None = field(default=None, compare=False)
 
     def trade_steps(self, steps: int) -> frozenset[int]:
         """Indices of the sampler steps (of ``steps``) at which the samples trade."""
@@ -175,7 +177,8 @@ def evidence_terms(
     n, depth = candidates.shape[:2]
     volume_op = operator.stacked(depth)
     y = y.to(candidates)
-    solved_y = data_consistency(volume_op, y, torch.zeros_like(candidates[0]), lam, iterations)
+    check = exchange.check
+    solved_y = data_consistency(volume_op, y, torch.zeros_like(candidates[0]), lam, iterations, check=check)
     linear = torch.einsum("nkchw,kchw->nk", candidates, solved_y) / r2
     flat = candidates.flatten(0, 1)  # (N * Z, C, H, W): candidate (j, m) at j * Z + m
     gram = torch.empty(n * depth, n * depth, dtype=candidates.dtype, device=candidates.device)  # (ik, jm)
@@ -185,7 +188,7 @@ def evidence_terms(
         embedded = torch.zeros(len(index), depth, *flat.shape[1:], dtype=flat.dtype, device=flat.device)
         embedded[torch.arange(len(index)), index % depth] = flat[index]
         embedded = embedded.flatten(0, 1)
-        smoothed = data_consistency(volume_op, torch.zeros_like(embedded), embedded, lam, iterations)
+        smoothed = data_consistency(volume_op, torch.zeros_like(embedded), embedded, lam, iterations, check=check)
         applied = ((embedded - smoothed) / r2).reshape(len(index), depth, *flat.shape[1:])  # K E_m x_jm
         gram[:, index] = torch.einsum("nkchw,jkchw->nkj", candidates, applied).reshape(n * depth, len(index))
     gram = 0.5 * (gram + gram.T)
