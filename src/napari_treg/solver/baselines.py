@@ -13,8 +13,6 @@ The classical methods ignore the prior, text and noise; they run ``config.steps`
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +22,7 @@ from napari_treg.operators import GaussianBlur, KernelBlur, LinearOperator, Supe
 from napari_treg.solver.cg import conjugate_gradient
 from napari_treg.solver.config import TRegSettings
 from napari_treg.solver.noise_weights import NoiseVariance
-from napari_treg.solver.sampler import Callback, guided_noise, presampled_noise
+from napari_treg.solver.sampler import Callback, ddim_step, guided_noise, presampled_noise, tweedie
 from napari_treg.solver.timesteps import ddim_steps
 
 #: PSLD step sizes of the measurement and gluing terms (the PSLD paper's SD settings)
@@ -84,10 +82,10 @@ def psld_sample(
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             eps = guided_noise(prior, z, step.t, text, null, config.guidance)
-            z0 = (z - math.sqrt(1 - step.a) * eps) / math.sqrt(step.a)
+            z0 = tweedie(z, eps, step.a)
             loss = psld_loss(prior, operator, y, z0, omega, gamma)
             (grad,) = torch.autograd.grad(loss.sum(), z)
-        z_prev = math.sqrt(step.a_prev) * z0 + math.sqrt(1 - step.a_prev) * eps
+        z_prev = ddim_step(z0, eps, step.a_prev)
         z = (z_prev - grad).detach()
         z0 = z0.detach()
         _check_finite(z, step.index, len(steps))

@@ -35,11 +35,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from napari_treg.imaging import layout as imaging
 from napari_treg.models.base import DiffusionPrior
 from napari_treg.operators import LinearOperator
 from napari_treg.solver.cg import data_consistency
 from napari_treg.solver.posterior import PROBE_VALUES, cg_iterations, proximal_weight
-from napari_treg.solver.sampler import tweedie
+from napari_treg.solver.sampler import ddim_step, tweedie
 from napari_treg.solver.timesteps import Step
 
 #: fractions of the sampler's steps at which the samples trade planes (the last within the ensemble's data steps)
@@ -139,10 +140,7 @@ class Trade:
 
     def candidates(self, ahead: torch.Tensor, samples: int) -> torch.Tensor:
         """The look-ahead latents decoded, in the measurement's channels: ``(N, Z, C, H, W)`` (evidence_dtype)."""
-        x = self.prior.decode(ahead).to(evidence_dtype(ahead.device))
-        channels = self.y.shape[1]
-        if channels != x.shape[1]:  # a grey stack is the mean of the model's colour channels
-            x = x.mean(dim=1, keepdim=True).expand(-1, channels, -1, -1)
+        x = imaging.from_rgb(self.prior.decode(ahead).to(evidence_dtype(ahead.device)), self.y.shape[1])
         return x.reshape(samples, self.depth, *x.shape[1:])
 
 
@@ -158,7 +156,7 @@ def look_ahead(prior: DiffusionPrior, predict: Predict, z: torch.Tensor, t: int,
     for index, (now, later) in enumerate(zip(times[:-1], times[1:])):
         if index > 0:
             eps = predict(z, int(now))
-        z = math.sqrt(alphas[later]) * tweedie(z, eps, alphas[now]) + math.sqrt(1 - alphas[later]) * eps
+        z = ddim_step(tweedie(z, eps, alphas[now]), eps, alphas[later])
     return tweedie(z, predict(z, int(t_to)), alphas[t_to])
 
 

@@ -115,7 +115,7 @@ def treg_sample(
             else:
                 z = renoise(z0y, z0, eps, step, noise[step.index + 1])
         else:
-            z = math.sqrt(step.a_prev) * z0 + math.sqrt(1 - step.a_prev) * eps
+            z = ddim_step(z0, eps, step.a_prev)
         watch.observe(z, step.index)
         if callback is not None:
             state = {"i": step.index, "total": len(steps), "z0": z0, "step": step}
@@ -166,6 +166,11 @@ def guide(eps_u: torch.Tensor, eps_c: torch.Tensor | None, guidance: float) -> t
 def tweedie(z: torch.Tensor, eps: torch.Tensor, a: float) -> torch.Tensor:
     """The clean-latent estimate ``(z - sqrt(1 - a) eps) / sqrt(a)`` of a noise prediction."""
     return (z - math.sqrt(1 - a) * eps) / math.sqrt(a)
+
+
+def ddim_step(z0: torch.Tensor, eps: torch.Tensor, a_next: float) -> torch.Tensor:
+    """The deterministic DDIM step (eta 0) to ``a_next``: ``sqrt(a_next) z0 + sqrt(1 - a_next) eps``."""
+    return math.sqrt(a_next) * z0 + math.sqrt(1 - a_next) * eps
 
 
 def renoise(z0y: torch.Tensor, z0: torch.Tensor, eps: torch.Tensor, step: Step, n: torch.Tensor) -> torch.Tensor:
