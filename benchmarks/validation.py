@@ -31,7 +31,8 @@ from napari_treg.solver import TRegSettings, conjugate_gradient, get_method, sch
 from napari_treg.solver.baselines import is_non_negative
 
 NOISE = 0.01
-#: the section benchmarks/fidelity.py writes into docs/validation.md (kept when this script rewrites it)
+#: the section benchmarks/fidelity.py writes into docs/validation.md (it and all after it are kept when this
+#: script rewrites the file)
 FIDELITY_BLOCK = ("<!-- fidelity:start -->", "<!-- fidelity:end -->")
 #: the section benchmarks/data_first.py writes (kept too)
 DATA_FIRST_BLOCK = ("<!-- data-first:start -->", "<!-- data-first:end -->")
@@ -263,13 +264,13 @@ def report(results: dict, evidences: dict, args: argparse.Namespace, prior: Anal
     return "\n".join(out)
 
 
-def fidelity_block(path: Path, markers: tuple[str, str] = FIDELITY_BLOCK) -> str:
-    """The section between ``markers`` of the existing ``path`` (written by another benchmark), or ""."""
+def kept_sections(path: Path) -> str:
+    """What of the existing ``path`` this script does not write: everything from the first section another
+    benchmark writes (:data:`FIDELITY_BLOCK`, :data:`DATA_FIRST_BLOCK`) on, the hand-written sections after
+    them included; "" when there is none."""
     old = path.read_text() if path.exists() else ""
-    if markers[0] not in old or markers[1] not in old:
-        return ""
-    inside = old.split(markers[0], 1)[1].split(markers[1], 1)[0]
-    return "\n" + markers[0] + inside + markers[1] + "\n"
+    starts = [old.index(marker) for marker, _ in (FIDELITY_BLOCK, DATA_FIRST_BLOCK) if marker in old]
+    return "\n" + old[min(starts) :] if starts else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{task:32s} {method.label:30s} {results[task][method.label]}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     text = report(results, evidences, args, prior, time.perf_counter() - started)
-    args.out.write_text(text + fidelity_block(args.out) + fidelity_block(args.out, DATA_FIRST_BLOCK))
+    args.out.write_text(text + kept_sections(args.out))
     print(f"wrote {args.out}")
     return 0
 
